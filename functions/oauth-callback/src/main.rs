@@ -1,0 +1,12 @@
+//! `GET /oauth/google/callback`, `GET /oauth/google/status`, `DELETE /oauth/google/connection`: wiring only; the handler lives in `shared::http`.
+
+use lambda_http::{Error, service_fn};
+use shared::{aws::Clients, config, http, telemetry};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    telemetry::init();
+    let _config = config::load_or_exit("oauth-callback");
+    let _clients = Clients::from_env().await;
+    lambda_http::run(service_fn(http::not_implemented)).await
+}

@@ -1,0 +1,43 @@
+//! AWS SDK clients, built once per cold start.
+//!
+//! The SDK's default HTTPS client would bring a second TLS crypto provider (aws-lc) beside the
+//! `ring` one that reqwest and oauth2 use; two providers make rustls refuse to pick one at run
+//! time, so the SDK gets a rustls client on `ring` here. Endpoints come from the standard
+//! `AWS_ENDPOINT_URL*` variables, which is how the local stack points it at moto's server.
+
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_smithy_http_client::{
+    Builder,
+    tls::{Provider, rustls_provider::CryptoMode},
+};
+
+/// Loads region, credentials and endpoints the standard way, over a `ring` TLS client.
+pub async fn sdk_config() -> SdkConfig {
+    let http_client = Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client)
+        .load()
+        .await
+}
+
+/// Every AWS client a calsync function uses, sharing one configuration and connection pool.
+#[derive(Clone, Debug)]
+pub struct Clients {
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
+}
+
+impl Clients {
+    pub fn new(config: &SdkConfig) -> Self {
+        Self {
+            dynamodb: aws_sdk_dynamodb::Client::new(config),
+            secrets: aws_sdk_secretsmanager::Client::new(config),
+        }
+    }
+
+    pub async fn from_env() -> Self {
+        Self::new(&sdk_config().await)
+    }
+}

@@ -1,0 +1,1 @@
+//! Grants: one item per app user holding the sealed Google tokens, written with optimistic versioning.

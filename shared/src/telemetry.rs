@@ -1,0 +1,34 @@
+//! Logging: JSON lines through `tracing`, the shape CloudWatch Logs Insights reads best.
+//!
+//! Secret values never reach a log line because they are `secrecy` types whose `Debug` prints
+//! `[REDACTED]`; tests scan captured output to hold that.
+
+use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
+
+/// Installs the JSON subscriber on stdout. The level comes from `RUST_LOG`, else Lambda's
+/// `AWS_LAMBDA_LOG_LEVEL`, else `info`.
+pub fn init() {
+    init_with_writer(std::io::stdout);
+}
+
+/// Same as [`init`] with another writer (tests capture logs this way). A second call is a no-op.
+pub fn init_with_writer<W>(writer: W)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
+        .map(|l| l.to_lowercase())
+        .unwrap_or_else(|_| "info".into());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_current_span(false)
+        .with_span_list(false)
+        .flatten_event(true)
+        .with_target(true)
+        .without_time()
+        .with_ansi(false)
+        .try_init();
+}

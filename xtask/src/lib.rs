@@ -1,0 +1,1 @@
+//! calsync's dev tooling.
