@@ -1,1 +1,4 @@
 //! calsync's dev tooling.
+
+pub mod front;
+pub mod poller;
