@@ -102,6 +102,12 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     pub domain: &'static str,
+    pub auth: Option<Box<AuthDetails>>,
+}
+
+/// The extra parts of Google's authentication and permission errors.
+#[derive(Debug, Clone, Default)]
+pub struct AuthDetails {
     /// The detail message in `errors[0].message` when it differs from the top-level one.
     pub item_message: Option<&'static str>,
     pub status: Option<&'static str>,
@@ -116,10 +122,7 @@ impl ApiError {
             reason,
             message: message.into(),
             domain: "global",
-            item_message: None,
-            status: None,
-            location: None,
-            www_authenticate: None,
+            auth: None,
         }
     }
 
@@ -137,12 +140,14 @@ impl ApiError {
 
     pub fn invalid_credentials() -> Self {
         Self {
-            item_message: Some("Invalid Credentials"),
-            status: Some("UNAUTHENTICATED"),
-            location: Some(("Authorization", "header")),
-            www_authenticate: Some(
-                "Bearer realm=\"https://accounts.google.com/\", error=\"invalid_token\"",
-            ),
+            auth: Some(Box::new(AuthDetails {
+                item_message: Some("Invalid Credentials"),
+                status: Some("UNAUTHENTICATED"),
+                location: Some(("Authorization", "header")),
+                www_authenticate: Some(
+                    "Bearer realm=\"https://accounts.google.com/\", error=\"invalid_token\"",
+                ),
+            })),
             ..Self::new(
                 StatusCode::UNAUTHORIZED,
                 "authError",
@@ -153,10 +158,12 @@ impl ApiError {
 
     pub fn missing_credentials() -> Self {
         Self {
-            item_message: Some("Login Required."),
-            status: Some("UNAUTHENTICATED"),
-            location: Some(("Authorization", "header")),
-            www_authenticate: Some("Bearer realm=\"https://accounts.google.com/\""),
+            auth: Some(Box::new(AuthDetails {
+                item_message: Some("Login Required."),
+                status: Some("UNAUTHENTICATED"),
+                location: Some(("Authorization", "header")),
+                www_authenticate: Some("Bearer realm=\"https://accounts.google.com/\""),
+            })),
             ..Self::new(
                 StatusCode::UNAUTHORIZED,
                 "required",
@@ -167,11 +174,14 @@ impl ApiError {
 
     pub fn insufficient_scopes() -> Self {
         Self {
-            item_message: Some("Insufficient Permission"),
-            status: Some("PERMISSION_DENIED"),
-            www_authenticate: Some(
-                "Bearer realm=\"https://accounts.google.com/\", error=\"insufficient_scope\"",
-            ),
+            auth: Some(Box::new(AuthDetails {
+                item_message: Some("Insufficient Permission"),
+                status: Some("PERMISSION_DENIED"),
+                www_authenticate: Some(
+                    "Bearer realm=\"https://accounts.google.com/\", error=\"insufficient_scope\"",
+                ),
+                ..AuthDetails::default()
+            })),
             ..Self::new(
                 StatusCode::FORBIDDEN,
                 "insufficientPermissions",
@@ -216,12 +226,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let auth = self.auth.map(|a| *a).unwrap_or_default();
         let mut item = json!({
             "domain": self.domain,
             "reason": self.reason,
-            "message": self.item_message.map(str::to_owned).unwrap_or_else(|| self.message.clone()),
+            "message": auth.item_message.map(str::to_owned).unwrap_or_else(|| self.message.clone()),
         });
-        if let Some((location, location_type)) = self.location {
+        if let Some((location, location_type)) = auth.location {
             item["location"] = json!(location);
             item["locationType"] = json!(location_type);
         }
@@ -230,11 +241,11 @@ impl IntoResponse for ApiError {
             "code": self.code.as_u16(),
             "message": self.message,
         });
-        if let Some(status) = self.status {
+        if let Some(status) = auth.status {
             error["status"] = json!(status);
         }
         let mut response = (self.code, axum::Json(json!({ "error": error }))).into_response();
-        if let Some(value) = self.www_authenticate
+        if let Some(value) = auth.www_authenticate
             && let Ok(value) = value.parse()
         {
             response

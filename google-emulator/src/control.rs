@@ -22,9 +22,9 @@ fn bad_request(error: &str, description: impl Into<String>) -> Response {
         .into_response()
 }
 
-/// Parses a JSON body, answering 400 with the reason when it does not fit.
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| bad_request("invalid_request", e.to_string()))
+/// Parses a JSON body; the error text says which field does not fit.
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| e.to_string())
 }
 
 #[derive(Deserialize)]
@@ -38,7 +38,7 @@ pub struct ClientRequest {
 pub async fn add_client(State(shared): State<SharedState>, body: axum::body::Bytes) -> Response {
     let request: ClientRequest = match parse(&body) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return bad_request("invalid_request", e),
     };
     if request.client_id.is_empty() || request.client_secret.is_empty() {
         return bad_request(
@@ -66,7 +66,7 @@ struct AccountRequest {
 pub async fn add_account(State(shared): State<SharedState>, body: axum::body::Bytes) -> Response {
     let request: AccountRequest = match parse(&body) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return bad_request("invalid_request", e),
     };
     if !request.email.contains('@') {
         return bad_request("invalid_request", "email must be an email address");
@@ -92,7 +92,7 @@ struct ConsentRequest {
 pub async fn consent(State(shared): State<SharedState>, body: axum::body::Bytes) -> Response {
     let request: ConsentRequest = match parse(&body) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return bad_request("invalid_request", e),
     };
     let mut world = shared.lock();
     let authorization = match AuthorizationRequest::from_url(&world, &request.authorization_url) {
@@ -129,7 +129,7 @@ pub async fn get_clock(State(shared): State<SharedState>) -> Response {
 pub async fn advance_clock(State(shared): State<SharedState>, body: axum::body::Bytes) -> Response {
     let request: ClockRequest = match parse(&body) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return bad_request("invalid_request", e),
     };
     let mut world = shared.lock();
     world.clock_offset += Duration::seconds(request.advance_seconds);
@@ -146,7 +146,7 @@ struct SettingsRequest {
 pub async fn settings(State(shared): State<SharedState>, body: axum::body::Bytes) -> Response {
     let request: SettingsRequest = match parse(&body) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return bad_request("invalid_request", e),
     };
     let mut world = shared.lock();
     if let Some(lifetime) = request.access_token_lifetime_seconds {
@@ -174,7 +174,7 @@ pub async fn expire_access_tokens(
 ) -> Response {
     let request: EmailRequest = match parse(&body) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return bad_request("invalid_request", e),
     };
     shared.lock().expire_access_tokens(&request.email);
     Json(json!({})).into_response()
@@ -187,7 +187,7 @@ pub async fn revoke_account(
 ) -> Response {
     let request: EmailRequest = match parse(&body) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return bad_request("invalid_request", e),
     };
     shared.lock().revoke_account(&request.email);
     Json(json!({})).into_response()
@@ -207,7 +207,7 @@ struct FaultRequest {
 pub async fn add_fault(State(shared): State<SharedState>, body: axum::body::Bytes) -> Response {
     let request: FaultRequest = match parse(&body) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return bad_request("invalid_request", e),
     };
     if let Some(status) = request.status
         && !(400..=599).contains(&status)
@@ -241,7 +241,7 @@ struct CalendarRequest {
 pub async fn add_calendar(State(shared): State<SharedState>, body: axum::body::Bytes) -> Response {
     let request: CalendarRequest = match parse(&body) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return bad_request("invalid_request", e),
     };
     let mut world = shared.lock();
     if !world.accounts.contains_key(&request.email) {
