@@ -730,3 +730,33 @@ pub async fn revoke(
         .into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn granted_scopes_are_reported_in_googles_form() {
+        let scopes: BTreeSet<String> = [
+            "openid",
+            "email",
+            "https://www.googleapis.com/auth/calendar",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        assert_eq!(
+            canonical_scopes(&scopes).join(" "),
+            "email openid https://www.googleapis.com/auth/userinfo.email https://www.googleapis.com/auth/calendar"
+        );
+    }
+
+    #[test]
+    fn verifier_rules() {
+        assert!(is_valid_verifier(&"a".repeat(43)));
+        assert!(is_valid_verifier(&"-._~".repeat(32)));
+        assert!(!is_valid_verifier(&"a".repeat(42)));
+        assert!(!is_valid_verifier(&"a".repeat(129)));
+        assert!(!is_valid_verifier(&format!("{}+", "a".repeat(43))));
+    }
+}

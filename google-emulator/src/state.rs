@@ -399,3 +399,48 @@ pub fn random_event_id() -> String {
         .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_is_used_count_times_then_gone() {
+        let mut state = State::new();
+        state.faults.push_back(Fault {
+            target: FaultTarget::Calendar,
+            status: Some(503),
+            reason: None,
+            remaining: 2,
+            delay_ms: 0,
+        });
+        assert!(state.take_fault(FaultTarget::Token).is_none());
+        assert_eq!(
+            state.take_fault(FaultTarget::Calendar).unwrap().status,
+            Some(503)
+        );
+        assert!(state.take_fault(FaultTarget::Calendar).is_some());
+        assert!(state.take_fault(FaultTarget::Calendar).is_none());
+    }
+
+    #[test]
+    fn generated_ids_and_tokens_have_googles_alphabets() {
+        let id = random_event_id();
+        assert!(id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'v')));
+        let token = random_token(200);
+        assert!(
+            token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_ne!(random_token(40), random_token(40));
+    }
+
+    #[test]
+    fn etags_change_on_every_write() {
+        let mut state = State::new();
+        let first = state.next_etag();
+        let second = state.next_etag();
+        assert_ne!(first, second);
+    }
+}
