@@ -99,13 +99,20 @@ pub async fn consent(State(shared): State<SharedState>, body: axum::body::Bytes)
         Ok(a) => a,
         Err(error) => return bad_request(error.error, error.description),
     };
-    let decision = match (request.decision.as_str(), request.account) {
+    // Without an account the one named by `login_hint` is chosen, as the page preselects it.
+    let account = request.account.or_else(|| authorization.login_hint.clone());
+    let decision = match (request.decision.as_str(), account) {
         ("deny", _) => Decision::Deny,
         ("allow", Some(email)) => Decision::Allow {
             email,
             removed_scopes: request.remove_scopes,
         },
-        ("allow", None) => return bad_request("invalid_request", "allow needs an account"),
+        ("allow", None) => {
+            return bad_request(
+                "invalid_request",
+                "allow needs an account (or a login_hint)",
+            );
+        }
         _ => return bad_request("invalid_request", "decision must be allow or deny"),
     };
     match decide(&mut world, &authorization, &decision) {
