@@ -197,7 +197,12 @@ pub async fn expire_access_tokens(
         Ok(r) => r,
         Err(e) => return bad_request("invalid_request", e),
     };
-    shared.lock().expire_access_tokens(&request.email);
+    let mut world = shared.lock();
+    if !world.accounts.contains_key(&request.email) {
+        // A typo here would otherwise make a test pass without testing anything.
+        return bad_request("invalid_request", "unknown account");
+    }
+    world.expire_access_tokens(&request.email);
     Json(json!({})).into_response()
 }
 
@@ -210,7 +215,12 @@ pub async fn revoke_account(
         Ok(r) => r,
         Err(e) => return bad_request("invalid_request", e),
     };
-    shared.lock().revoke_account(&request.email);
+    let mut world = shared.lock();
+    if !world.accounts.contains_key(&request.email) {
+        // A typo here would otherwise make a test pass without testing anything.
+        return bad_request("invalid_request", "unknown account");
+    }
+    world.revoke_account(&request.email);
     Json(json!({})).into_response()
 }
 
