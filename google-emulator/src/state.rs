@@ -74,6 +74,9 @@ pub struct Grant {
     pub scopes: Vec<String>,
     pub nonce: Option<String>,
     pub revoked: bool,
+    /// When the refresh token stops working by itself (Google's time-limited refresh tokens,
+    /// e.g. 7 days for apps in testing mode); `None` = until revoked.
+    pub refresh_expires_at: Option<DateTime<Utc>>,
 }
 
 /// One access token.
@@ -149,6 +152,8 @@ pub const DEFAULT_ACCOUNTS: [(&str, &str); 2] = [
 pub struct State {
     pub clock_offset: Duration,
     pub access_token_lifetime_seconds: i64,
+    /// Lifetime of refresh tokens issued from now on; `None` = until revoked.
+    pub refresh_token_lifetime_seconds: Option<i64>,
     pub clients: HashMap<String, Client>,
     pub accounts: BTreeMap<String, Account>,
     /// Scopes each account has granted each client, keyed by (client_id, email). Present means
@@ -180,6 +185,7 @@ impl State {
         let mut state = State {
             clock_offset: Duration::zero(),
             access_token_lifetime_seconds: DEFAULT_ACCESS_TOKEN_LIFETIME_SECONDS,
+            refresh_token_lifetime_seconds: None,
             clients: HashMap::new(),
             accounts: BTreeMap::new(),
             consents: HashMap::new(),
@@ -302,6 +308,12 @@ impl State {
     pub fn mint_refresh_token(&mut self, grant_id: u64) -> String {
         let token = format!("1//{}", random_token(100));
         self.refresh_tokens.insert(token.clone(), grant_id);
+        let expires_at = self
+            .refresh_token_lifetime_seconds
+            .map(|lifetime| self.now() + Duration::seconds(lifetime));
+        if let Some(grant) = self.grants.get_mut(&grant_id) {
+            grant.refresh_expires_at = expires_at;
+        }
         self.remember_secret(&token);
         token
     }

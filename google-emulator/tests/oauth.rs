@@ -701,3 +701,50 @@ async fn token_lifetime_setting_changes_expires_in() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn time_limited_refresh_tokens_expire_on_the_emulator_clock() {
+    let h = Harness::start().await;
+    let (status, _) = h
+        .control_post(
+            "settings",
+            json!({"refresh_token_lifetime_seconds": 604800}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let tokens = h.connect(ALICE).await;
+    assert_eq!(tokens.body["refresh_token_expires_in"], 604800);
+    let refresh = tokens.refresh_token.unwrap();
+    h.control_post("clock", json!({"advance_seconds": 604700}))
+        .await;
+    let (status, _) = h.refresh(&refresh).await;
+    assert_eq!(status, StatusCode::OK);
+    h.control_post("clock", json!({"advance_seconds": 101}))
+        .await;
+    let (status, body) = h.refresh(&refresh).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body,
+        json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."})
+    );
+}
+
+#[tokio::test]
+async fn refresh_tokens_do_not_expire_by_default() {
+    let h = Harness::start().await;
+    let tokens = h.connect(ALICE).await;
+    assert!(tokens.body.get("refresh_token_expires_in").is_none());
+    h.control_post("clock", json!({"advance_seconds": 400 * 86400}))
+        .await;
+    let (status, _) = h.refresh(tokens.refresh_token.as_deref().unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn approval_prompt_with_prompt_is_a_conflict() {
+    let h = Harness::start().await;
+    let url = h.auth_url(&[("approval_prompt", "force")]);
+    let (status, body) = h.consent(&url, ALICE, "allow", &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_request");
+}
