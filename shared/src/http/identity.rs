@@ -27,3 +27,64 @@ pub fn user_id(request: &Request) -> Option<String> {
         .map(|id| id.trim().to_string())
         .filter(|id| !id.is_empty() && id.len() <= 512 && !id.chars().any(char::is_control))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn request(authorizer: Option<Value>) -> Request {
+        let mut context = json!({
+            "accountId": "1", "apiId": "a", "domainName": "api.example", "domainPrefix": "api",
+            "http": {"method": "GET", "path": "/oauth/google/status", "protocol": "HTTP/1.1",
+                     "sourceIp": "127.0.0.1", "userAgent": "t"},
+            "requestId": "r", "routeKey": "GET /oauth/google/status", "stage": "$default",
+            "time": "25/Nov/2026:21:00:00 +0000", "timeEpoch": 1795000000000u64
+        });
+        if let Some(authorizer) = authorizer {
+            context["authorizer"] = authorizer;
+        }
+        let event = json!({
+            "version": "2.0", "routeKey": "GET /oauth/google/status",
+            "rawPath": "/oauth/google/status", "rawQueryString": "",
+            "headers": {"host": "api.example"}, "requestContext": context, "isBase64Encoded": false
+        });
+        lambda_http::request::from_str(&event.to_string()).unwrap()
+    }
+
+    #[test]
+    fn jwt_sub_and_lambda_user_id_are_read() {
+        let jwt = request(Some(
+            json!({"jwt": {"claims": {"sub": "user-1"}, "scopes": null}}),
+        ));
+        assert_eq!(user_id(&jwt).as_deref(), Some("user-1"));
+        let lambda = request(Some(json!({"lambda": {"user_id": "user-2"}})));
+        assert_eq!(user_id(&lambda).as_deref(), Some("user-2"));
+        let numeric = request(Some(json!({"lambda": {"user_id": 42}})));
+        assert_eq!(user_id(&numeric).as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn no_usable_identity_is_none() {
+        assert_eq!(user_id(&request(None)), None);
+        assert_eq!(
+            user_id(&request(Some(
+                json!({"jwt": {"claims": {"email": "x@y"}, "scopes": null}})
+            ))),
+            None
+        );
+        assert_eq!(
+            user_id(&request(Some(json!({"lambda": {"user_id": ""}})))),
+            None
+        );
+        assert_eq!(
+            user_id(&request(Some(json!({"lambda": {"user_id": true}})))),
+            None
+        );
+        // A plain http::Request (no API Gateway context) has no identity either.
+        let bare = lambda_http::http::Request::builder()
+            .body(lambda_http::Body::Empty)
+            .unwrap();
+        assert_eq!(user_id(&bare), None);
+    }
+}

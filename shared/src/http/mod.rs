@@ -180,3 +180,180 @@ pub(crate) fn query(
     }
     Ok(map)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        flows::{InMemoryFlowStore, nonce_hash},
+        grants::InMemoryGrantStore,
+        secrets::GoogleClient,
+        vault::Keyring,
+    };
+    use serde_json::json;
+
+    fn config() -> Config {
+        let env: std::collections::HashMap<String, String> = [
+            ("GRANTS_TABLE", "grants"),
+            ("OAUTH_FLOWS_TABLE", "flows"),
+            ("SYNC_STATE_TABLE", "sync"),
+            ("EVENTS_TABLE", "events"),
+            ("GOOGLE_CLIENT_SECRET_ID", "client"),
+            ("TOKEN_KEYS_SECRET_ID", "keys"),
+            (
+                "OAUTH_REDIRECT_URI",
+                "https://api.example/oauth/google/callback",
+            ),
+            ("ALLOWED_RETURN_ORIGINS", "https://app.example"),
+            ("DEFAULT_RETURN_URL", "https://app.example/settings"),
+            // Nothing listens here: these tests must never reach Google.
+            ("GOOGLE_TOKEN_URL", "http://127.0.0.1:9/token"),
+            ("GOOGLE_REVOKE_URL", "http://127.0.0.1:9/revoke"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Config::from_source(&env).unwrap()
+    }
+
+    fn google(config: &Config) -> GoogleOAuth {
+        let secrets = Arc::new(SecretsCache::fixed(
+            GoogleClient {
+                client_id: "cid".into(),
+                client_secret: secrecy::SecretString::from("GOCSPX-secret".to_string()),
+            },
+            Keyring::generate("k1"),
+        ));
+        GoogleOAuth::new(config, secrets)
+    }
+
+    fn request(path: &str, query: &str, cookie: Option<&str>, user: Option<&str>) -> Request {
+        let mut context = json!({
+            "accountId": "1", "apiId": "a", "domainName": "api.example", "domainPrefix": "api",
+            "http": {"method": "GET", "path": path, "protocol": "HTTP/1.1",
+                     "sourceIp": "127.0.0.1", "userAgent": "t"},
+            "requestId": "r", "routeKey": format!("GET {path}"), "stage": "$default",
+            "time": "25/Nov/2026:21:00:00 +0000", "timeEpoch": 1795000000000u64
+        });
+        if let Some(user) = user {
+            context["authorizer"] = json!({"jwt": {"claims": {"sub": user}, "scopes": null}});
+        }
+        let mut event = json!({
+            "version": "2.0", "routeKey": format!("GET {path}"), "rawPath": path,
+            "rawQueryString": query, "headers": {"host": "api.example"},
+            "requestContext": context, "isBase64Encoded": false
+        });
+        if let Some(cookie) = cookie {
+            event["cookies"] = json!([format!("{}={cookie}", cookies::NAME)]);
+        }
+        lambda_http::request::from_str(&event.to_string()).unwrap()
+    }
+
+    fn deps() -> (
+        StartDeps<InMemoryFlowStore>,
+        CallbackDeps<InMemoryGrantStore, InMemoryFlowStore, status::FixedParkedChanges, NoReplay>,
+    ) {
+        let config = config();
+        let flows = InMemoryFlowStore::new();
+        let start = StartDeps {
+            config: config.clone(),
+            flows: flows.clone(),
+            google: google(&config),
+        };
+        let callback = CallbackDeps {
+            google: google(&config),
+            config,
+            grants: InMemoryGrantStore::new(),
+            flows,
+            parked: status::FixedParkedChanges(3),
+            after_connect: NoReplay,
+        };
+        (start, callback)
+    }
+
+    fn location(response: &Response<Body>) -> url::Url {
+        url::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn start_stores_a_flow_bound_to_the_cookie() {
+        let (start, _) = deps();
+        let response = start_router(
+            &start,
+            request("/oauth/google/start", "", None, Some("user-1")),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::FOUND);
+        let url = location(&response);
+        let state = url
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .unwrap()
+            .1
+            .into_owned();
+        let cookie = response.headers()["set-cookie"].to_str().unwrap();
+        let nonce = cookie.split(';').next().unwrap().split_once('=').unwrap().1;
+        let flow = start.flows.find(&state).await.unwrap().unwrap();
+        assert_eq!(flow.user_id, "user-1");
+        assert_eq!(flow.return_to, "https://app.example/settings");
+        assert_eq!(flow.nonce_hash, nonce_hash(nonce));
+        assert!(!url.as_str().contains(flow.verifier_secret()));
+    }
+
+    #[tokio::test]
+    async fn callback_refusals_never_reach_google_or_consume_the_flow() {
+        let (start, callback) = deps();
+        let started = start_router(
+            &start,
+            request("/oauth/google/start", "", None, Some("user-1")),
+        )
+        .await;
+        let state = location(&started)
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .unwrap()
+            .1
+            .into_owned();
+        let query = format!("state={state}&code=4%2F0abc");
+        let cases = [
+            (
+                "state=unknown&code=x".to_string(),
+                Some("whatever"),
+                "invalid_state",
+            ),
+            (query.clone(), None, "state_mismatch"),
+            (query.clone(), Some("wrong-nonce"), "state_mismatch"),
+            (format!("state={state}"), Some("x"), "invalid_request"),
+            (format!("{query}&state=again"), Some("x"), "invalid_request"),
+        ];
+        for (query, cookie, code) in cases {
+            let response = callback_router(
+                &callback,
+                request("/oauth/google/callback", &query, cookie, None),
+            )
+            .await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+            let Body::Text(body) = response.body() else {
+                panic!("a text body")
+            };
+            assert!(body.contains(code), "{query}: {body}");
+        }
+        assert!(callback.flows.find(&state).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn status_of_a_user_without_grant() {
+        let (_, callback) = deps();
+        let response = callback_router(
+            &callback,
+            request("/oauth/google/status", "", None, Some("user-1")),
+        )
+        .await;
+        let Body::Text(body) = response.body() else {
+            panic!("a text body")
+        };
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["status"], "not_connected");
+        assert_eq!(body["parked_changes"], 3);
+    }
+}
