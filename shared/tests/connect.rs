@@ -962,3 +962,108 @@ async fn grant_writes_are_versioned_and_tokens_sealed_at_rest() {
     let _ = GoogleOAuth::new(&h.config, Arc::new(cache));
     h.assert_no_leaks().await;
 }
+
+#[tokio::test]
+async fn two_racing_callbacks_connect_once() {
+    let h = Harness::start().await;
+    let started = h.begin("user-1").await;
+    let query = h
+        .consent(&started.authorization_url, ALICE, "allow", &[])
+        .await;
+    let (a, b) = tokio::join!(
+        h.callback_with(&query, Some(&started.nonce)),
+        h.callback_with(&query, Some(&started.nonce))
+    );
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [302, 400]);
+    let winner = if a.status() == StatusCode::FOUND {
+        &a
+    } else {
+        &b
+    };
+    assert_eq!(outcome(winner).0, "connected");
+    assert_eq!(h.stats().await["token"]["authorization_code"], 1);
+    assert_eq!(
+        h.callback
+            .grants
+            .get("user-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        1
+    );
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_rotated_keyring_reads_old_grants_and_reseals_on_the_next_write() {
+    let h = Harness::start().await;
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    let sealed_key_id = |item: &HashMap<String, AttributeValue>| {
+        item["refresh_token_sealed"]
+            .as_s()
+            .unwrap()
+            .split('.')
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    let read_item = || async {
+        h.dynamodb
+            .get_item()
+            .table_name(h.table("GrantsTable"))
+            .key("user_id", AttributeValue::S("user-1".into()))
+            .send()
+            .await
+            .unwrap()
+            .item
+            .unwrap()
+    };
+    let old_key_id = sealed_key_id(&read_item().await);
+
+    // Rotate: add a key, make it current, keep the old one.
+    let secrets = aws_sdk_secretsmanager::Client::new(&h.stack.sdk);
+    let text = secrets
+        .get_secret_value()
+        .secret_id(&h.config.secrets.token_keys)
+        .send()
+        .await
+        .unwrap()
+        .secret_string()
+        .unwrap()
+        .to_string();
+    let mut keyring: Value = serde_json::from_str(&text).unwrap();
+    use base64::Engine;
+    let new_key = base64::engine::general_purpose::STANDARD.encode([42u8; 32]);
+    keyring["keys"]["rotated-2"] = json!(new_key);
+    keyring["current"] = json!("rotated-2");
+    secrets
+        .put_secret_value()
+        .secret_id(&h.config.secrets.token_keys)
+        .secret_string(keyring.to_string())
+        .send()
+        .await
+        .unwrap();
+
+    // A warm function's cache keeps the old keyring until its lifetime ends; a fresh one (or an
+    // expired cache) reads the rotated keyring.
+    let fresh = Arc::new(SecretsCache::with_ttl(
+        secrets.clone(),
+        h.config.secrets.clone(),
+        std::time::Duration::ZERO,
+    ));
+    let store = DynamoGrantStore::new(h.dynamodb.clone(), h.table("GrantsTable"), fresh.clone());
+    let grant = store.get("user-1").await.unwrap().unwrap();
+    assert_eq!(sealed_key_id(&read_item().await), old_key_id);
+    store.save(&grant).await.unwrap();
+    assert_eq!(sealed_key_id(&read_item().await), "rotated-2");
+    let reread = store.get("user-1").await.unwrap().unwrap();
+    assert_eq!(
+        reread.refresh_token.unwrap().expose_secret(),
+        grant.refresh_token.unwrap().expose_secret()
+    );
+    assert_eq!(fresh.keyring().await.unwrap().current_key_id(), "rotated-2");
+    h.assert_no_leaks().await;
+}
