@@ -6,14 +6,20 @@
 
 pub mod aws;
 pub mod chromium;
+pub mod ci;
 pub mod ddb_json;
 pub mod demo;
+pub mod event_checks;
+pub mod events;
 pub mod front;
 pub mod moto;
 pub mod paths;
 pub mod poller;
 pub mod process;
+pub mod rie;
 pub mod seed;
+pub mod setup;
+pub mod stack;
 pub mod streams;
 pub mod tables;
 pub mod template;
