@@ -12,6 +12,7 @@ pub mod demo;
 pub mod event_checks;
 pub mod events;
 pub mod front;
+pub mod gateway;
 pub mod moto;
 pub mod paths;
 pub mod poller;

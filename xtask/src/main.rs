@@ -27,6 +27,7 @@ async fn main() -> ExitCode {
         }
         ["test", rest @ ..] => xtask::ci::run(&xtask::ci::Options::parse(rest)).await,
         ["events"] => xtask::events::regenerate().await,
+        ["gateway"] => gateway().await,
         ["demo", ..] => {
             eprintln!("cargo xtask demo: not yet; `cargo xtask stack up` starts the local stack");
             return ExitCode::from(2);
@@ -59,4 +60,12 @@ async fn stack_up(rest: &[&str]) -> anyhow::Result<()> {
     let state = xtask::stack::up(&options).await?;
     println!("stack: up\n{}", xtask::stack::summary(&state));
     Ok(())
+}
+
+/// The local stack's HTTP front and stream poller (started by `stack up`).
+async fn gateway() -> anyhow::Result<()> {
+    let state = xtask::stack::load_state()
+        .ok_or_else(|| anyhow::anyhow!("no running stack: `cargo xtask stack up` starts one"))?;
+    let options = xtask::stack::Options::default();
+    xtask::gateway::run(&state, xtask::stack::PREFIX, options.front_port).await
 }

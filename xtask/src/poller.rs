@@ -32,6 +32,26 @@ pub struct MappingSettings {
     pub bisect_on_function_error: bool,
 }
 
+impl MappingSettings {
+    /// Reads the settings of the template's DynamoDB event (its `Properties`); absent ones keep
+    /// Lambda's defaults.
+    pub fn from_template_properties(properties: &Value) -> Self {
+        let defaults = Self::default();
+        let number = |name: &str| properties.get(name).and_then(Value::as_u64);
+        Self {
+            batch_size: number("BatchSize").map_or(defaults.batch_size, |n| n as usize),
+            maximum_retry_attempts: number("MaximumRetryAttempts")
+                .map_or(defaults.maximum_retry_attempts, |n| n as u32),
+            maximum_record_age: number("MaximumRecordAgeInSeconds")
+                .map_or(defaults.maximum_record_age, Duration::from_secs),
+            bisect_on_function_error: properties
+                .get("BisectBatchOnFunctionError")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        }
+    }
+}
+
 impl Default for MappingSettings {
     fn default() -> Self {
         Self {
