@@ -46,3 +46,46 @@ where
         .collect();
     Ok(response)
 }
+
+/// The production wiring: Google over HTTP, state and grants in DynamoDB.
+pub type SyncDeps = Syncer<
+    crate::calendar::CalendarClient,
+    crate::sync_state::DynamoSyncStateStore,
+    crate::tokens::StoredGrants<crate::grants::DynamoGrantStore>,
+    crate::google_oauth::GoogleOAuth,
+>;
+
+impl SyncDeps {
+    /// Builds the clients once per cold start (`calendar_timeout` is the Calendar client's).
+    pub fn from_config(
+        config: &crate::config::Config,
+        clients: &crate::aws::Clients,
+        calendar_timeout: Duration,
+    ) -> Self {
+        let secrets = std::sync::Arc::new(crate::secrets::SecretsCache::new(
+            clients.secrets.clone(),
+            config.secrets.clone(),
+        ));
+        Syncer {
+            calendar: crate::calendar::CalendarClient::new(
+                config.google.calendar_api_url.clone(),
+                calendar_timeout,
+            ),
+            states: crate::sync_state::DynamoSyncStateStore::new(
+                clients.dynamodb.clone(),
+                config.tables.sync_state.clone(),
+            ),
+            grants: crate::tokens::StoredGrants(crate::grants::DynamoGrantStore::new(
+                clients.dynamodb.clone(),
+                config.tables.grants.clone(),
+                secrets.clone(),
+            )),
+            refresher: crate::google_oauth::GoogleOAuth::new(config, secrets),
+            retry: super::retry::RetryPolicy {
+                safety_margin: calendar_timeout + Duration::from_secs(2),
+                ..Default::default()
+            },
+            concurrency: config.sync_concurrency,
+        }
+    }
+}
