@@ -31,3 +31,6 @@ pub struct Syncer<C, S, G, R> {
     /// Event groups applied at the same time (`SYNC_CONCURRENCY`).
     pub concurrency: usize,
 }
+
+#[cfg(test)]
+mod tests;
