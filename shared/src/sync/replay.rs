@@ -92,6 +92,11 @@ where
         let tokens = TokenProvider::new(&self.grants, &self.refresher);
         let mut report = ReplayReport::default();
         for previous in parked {
+            // Out of time: the rest stays parked (the status route counts it) for the next connect.
+            if tokio::time::Instant::now() + self.retry.safety_margin > deadline.0 {
+                report.still_parked += 1;
+                continue;
+            }
             let event_id = previous.event_id.as_str();
             let row = events.current_row(event_id).await?;
             let change = match &row {
@@ -123,5 +128,63 @@ where
         }
         tracing::info!(user_id, ?report, "replayed parked changes");
         Ok(report)
+    }
+}
+
+/// The callback's [`crate::http::AfterConnect`] hook: replays the user's parked changes within
+/// `budget` (the callback must still answer the browser in time). Problems are logged, never
+/// turned into a failed connect; what is left stays parked.
+pub struct ReplayOnConnect<C, S, G, R, E> {
+    pub syncer: Syncer<C, S, G, R>,
+    pub events: E,
+    pub budget: std::time::Duration,
+}
+
+impl<C, S, G, R, E> crate::http::AfterConnect for ReplayOnConnect<C, S, G, R, E>
+where
+    C: Calendar,
+    S: SyncStateStore,
+    G: GrantAccess,
+    R: TokenRefresher,
+    E: EventsSource,
+{
+    async fn connected(&self, user_id: &str) {
+        let deadline = Deadline::in_(self.budget);
+        if let Err(error) = self
+            .syncer
+            .replay_user(&self.events, user_id, deadline)
+            .await
+        {
+            tracing::error!(user_id, %error, "replay after connect failed; changes stay parked");
+        }
+    }
+}
+
+/// The production hook: the sync's clients plus the Events table.
+pub type ProductionReplay = ReplayOnConnect<
+    crate::calendar::CalendarClient,
+    crate::sync_state::DynamoSyncStateStore,
+    crate::tokens::StoredGrants<crate::grants::DynamoGrantStore>,
+    crate::google_oauth::GoogleOAuth,
+    DynamoEvents,
+>;
+
+/// Time a connect may spend replaying before answering the browser.
+pub const REPLAY_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Calendar timeout during a replay: shorter, so one slow answer cannot eat the whole budget.
+pub const REPLAY_CALENDAR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl ProductionReplay {
+    pub fn from_config(config: &crate::config::Config, clients: &crate::aws::Clients) -> Self {
+        let mut syncer =
+            super::handler::SyncDeps::from_config(config, clients, REPLAY_CALENDAR_TIMEOUT);
+        // One attempt may still start while the budget allows one call.
+        syncer.retry.safety_margin = REPLAY_CALENDAR_TIMEOUT;
+        Self {
+            syncer,
+            events: DynamoEvents::new(clients.dynamodb.clone(), config.tables.events.clone()),
+            budget: REPLAY_BUDGET,
+        }
     }
 }
