@@ -1,1 +1,15 @@
-//! calsync's dev tooling.
+//! calsync's dev tooling: the local stack, the test kit for integration tests, the CI command.
+//!
+//! `template.yaml` is the one description of the stack: [`template`] reads it and every other
+//! module works from what it declares.
+
+pub mod aws;
+pub mod ddb_json;
+pub mod moto;
+pub mod paths;
+pub mod process;
+pub mod seed;
+pub mod streams;
+pub mod tables;
+pub mod template;
+pub mod testkit;
