@@ -341,6 +341,76 @@ pub mod fakes {
     }
 }
 
+/// [`GrantAccess`] over the connect flow's [`crate::grants::GrantStore`].
+pub struct StoredGrants<G>(pub G);
+
+/// Attempts of a refreshed-token write that keeps meeting newer versions.
+const SAVE_ATTEMPTS: usize = 3;
+
+fn grant_error(error: crate::grants::GrantError) -> TokenError {
+    TokenError::Store(error.to_string())
+}
+
+impl<G: crate::grants::GrantStore> GrantAccess for StoredGrants<G> {
+    async fn load(&self, user_id: &str) -> Result<Option<GrantTokens>, TokenError> {
+        let grant = self.0.get(user_id).await.map_err(grant_error)?;
+        Ok(grant.map(|g| GrantTokens {
+            active: g.status == crate::grants::GrantStatus::Active,
+            access_token: g.access_token,
+            access_token_expires_at: g.access_token_expires_at,
+            refresh_token: g.refresh_token,
+        }))
+    }
+
+    async fn record_refresh(&self, user_id: &str, token: &FreshToken) -> Result<(), TokenError> {
+        for _ in 0..SAVE_ATTEMPTS {
+            let Some(mut grant) = self.0.get(user_id).await.map_err(grant_error)? else {
+                return Ok(());
+            };
+            // A grant that was disconnected or replaced meanwhile must not get this token.
+            if grant.status != crate::grants::GrantStatus::Active || grant.refresh_token.is_none() {
+                return Ok(());
+            }
+            let now = Utc::now();
+            grant.access_token = Some(token.access_token.clone());
+            grant.access_token_expires_at = Some(token.expires_at);
+            grant.refreshed_at = Some(now);
+            match self.0.save(&grant).await {
+                Ok(_) => return Ok(()),
+                Err(crate::grants::GrantError::Conflict { .. }) => continue,
+                Err(e) => return Err(grant_error(e)),
+            }
+        }
+        Err(TokenError::Store(format!(
+            "the grant of user {user_id:?} kept changing while storing a refreshed token"
+        )))
+    }
+
+    async fn mark_needs_reauth(&self, user_id: &str) -> Result<(), TokenError> {
+        self.0
+            .delete_tokens(user_id, crate::grants::GrantStatus::NeedsReauth)
+            .await
+            .map_err(grant_error)
+    }
+}
+
+impl TokenRefresher for crate::google_oauth::GoogleOAuth {
+    async fn refresh(&self, refresh_token: &SecretString) -> Result<FreshToken, RefreshError> {
+        use crate::google_oauth::OAuthError;
+        match crate::google_oauth::GoogleOAuth::refresh(self, refresh_token).await {
+            Ok(t) => Ok(FreshToken {
+                access_token: t.access_token,
+                expires_at: t.expires_at,
+            }),
+            Err(OAuthError::InvalidGrant) => Err(RefreshError::InvalidGrant),
+            Err(e @ (OAuthError::Transient(_) | OAuthError::Secrets(_))) => {
+                Err(RefreshError::Transient(e.to_string()))
+            }
+            Err(e) => Err(RefreshError::Rejected(e.to_string())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::fakes::*;
@@ -410,75 +480,5 @@ mod tests {
             tokens.access_token("nobody").await,
             Err(TokenError::NotConnected)
         ));
-    }
-}
-
-/// [`GrantAccess`] over the connect flow's [`crate::grants::GrantStore`].
-pub struct StoredGrants<G>(pub G);
-
-/// Attempts of a refreshed-token write that keeps meeting newer versions.
-const SAVE_ATTEMPTS: usize = 3;
-
-fn grant_error(error: crate::grants::GrantError) -> TokenError {
-    TokenError::Store(error.to_string())
-}
-
-impl<G: crate::grants::GrantStore> GrantAccess for StoredGrants<G> {
-    async fn load(&self, user_id: &str) -> Result<Option<GrantTokens>, TokenError> {
-        let grant = self.0.get(user_id).await.map_err(grant_error)?;
-        Ok(grant.map(|g| GrantTokens {
-            active: g.status == crate::grants::GrantStatus::Active,
-            access_token: g.access_token,
-            access_token_expires_at: g.access_token_expires_at,
-            refresh_token: g.refresh_token,
-        }))
-    }
-
-    async fn record_refresh(&self, user_id: &str, token: &FreshToken) -> Result<(), TokenError> {
-        for _ in 0..SAVE_ATTEMPTS {
-            let Some(mut grant) = self.0.get(user_id).await.map_err(grant_error)? else {
-                return Ok(());
-            };
-            // A grant that was disconnected or replaced meanwhile must not get this token.
-            if grant.status != crate::grants::GrantStatus::Active || grant.refresh_token.is_none() {
-                return Ok(());
-            }
-            let now = Utc::now();
-            grant.access_token = Some(token.access_token.clone());
-            grant.access_token_expires_at = Some(token.expires_at);
-            grant.refreshed_at = Some(now);
-            match self.0.save(&grant).await {
-                Ok(_) => return Ok(()),
-                Err(crate::grants::GrantError::Conflict { .. }) => continue,
-                Err(e) => return Err(grant_error(e)),
-            }
-        }
-        Err(TokenError::Store(format!(
-            "the grant of user {user_id:?} kept changing while storing a refreshed token"
-        )))
-    }
-
-    async fn mark_needs_reauth(&self, user_id: &str) -> Result<(), TokenError> {
-        self.0
-            .delete_tokens(user_id, crate::grants::GrantStatus::NeedsReauth)
-            .await
-            .map_err(grant_error)
-    }
-}
-
-impl TokenRefresher for crate::google_oauth::GoogleOAuth {
-    async fn refresh(&self, refresh_token: &SecretString) -> Result<FreshToken, RefreshError> {
-        use crate::google_oauth::OAuthError;
-        match crate::google_oauth::GoogleOAuth::refresh(self, refresh_token).await {
-            Ok(t) => Ok(FreshToken {
-                access_token: t.access_token,
-                expires_at: t.expires_at,
-            }),
-            Err(OAuthError::InvalidGrant) => Err(RefreshError::InvalidGrant),
-            Err(e @ (OAuthError::Transient(_) | OAuthError::Secrets(_))) => {
-                Err(RefreshError::Transient(e.to_string()))
-            }
-            Err(e) => Err(RefreshError::Rejected(e.to_string())),
-        }
     }
 }
