@@ -638,6 +638,17 @@ async fn a_revoked_refresh_token_parks_and_reconnecting_replays() {
         h.state("q1").await.unwrap().status,
         SyncStatus::NotConnected
     );
+    let status = http::callback_router(
+        &h.callback,
+        api_event("/oauth/google/status", "", &[], Some("u1")),
+    )
+    .await;
+    let status: Value = match status.body() {
+        Body::Text(text) => serde_json::from_str(text).unwrap(),
+        other => panic!("unexpected body {other:?}"),
+    };
+    assert_eq!(status["status"], "needs_reauth");
+    assert_eq!(status["parked_changes"], 3);
     // The latest change wins at replay: edit p2 again while parked.
     h.put_row("p2", "u1", "New while parked, edited", &[]).await;
     assert!(h.sync_new().await.is_empty());
@@ -823,6 +834,21 @@ async fn invalid_rows_are_marked_and_do_not_fail_the_batch() {
         "only the valid row reached Google"
     );
     assert_eq!(h.live_summary(ALICE, "ok").await.as_deref(), Some("Fine"));
+
+    // A row we accept but Google refuses (400): invalid, with Google's reason.
+    let rule = AttributeValue::L(vec![s("RRULE:FREQ=SOMETIMES")]);
+    h.put_row(
+        "i5",
+        "u1",
+        "Odd rule",
+        &[("time_zone", s("UTC")), ("recurrence", rule)],
+    )
+    .await;
+    assert!(h.sync_new().await.is_empty());
+    let state = h.state("i5").await.unwrap();
+    assert_eq!(state.status, SyncStatus::Invalid);
+    assert!(state.last_error.unwrap().contains("400"));
+    assert_eq!(h.live_summary(ALICE, "i5").await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
