@@ -874,3 +874,74 @@ pub async fn delete(
         Err(error) => error.into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_id_rules() {
+        assert!(is_valid_event_id("abcde"));
+        assert!(is_valid_event_id(&"0".repeat(1024)));
+        assert!(!is_valid_event_id("abcd"));
+        assert!(!is_valid_event_id(&"0".repeat(1025)));
+        assert!(!is_valid_event_id("abcdw"));
+        assert!(!is_valid_event_id("ABCDE"));
+    }
+
+    #[test]
+    fn recurrence_lines() {
+        assert!(valid_recurrence_line(
+            "RRULE:FREQ=DAILY;INTERVAL=2;BYDAY=MO,TU"
+        ));
+        assert!(valid_recurrence_line("EXDATE;VALUE=DATE:20261224,20261231"));
+        assert!(valid_recurrence_line(
+            "RDATE;TZID=Europe/Berlin:20261224T100000"
+        ));
+        assert!(!valid_recurrence_line("RRULE:"));
+        assert!(!valid_recurrence_line("RRULE:FREQ=DAILY;FREQ=WEEKLY"));
+        assert!(!valid_recurrence_line("RRULE:FREQ=DAILY;COUNT=0"));
+        assert!(!valid_recurrence_line("RRULE:FREQ=DAILY;BYWHAT=1"));
+        assert!(!valid_recurrence_line("EXDATE:tomorrow"));
+    }
+
+    #[test]
+    fn merge_patches_objects_and_replaces_arrays() {
+        let mut target = json!({"a": {"x": 1, "y": 2}, "b": [1, 2], "c": "keep"})
+            .as_object()
+            .unwrap()
+            .clone();
+        let patch = json!({"a": {"y": null, "z": 3}, "b": [3], "d": "new"})
+            .as_object()
+            .unwrap()
+            .clone();
+        merge(&mut target, patch);
+        assert_eq!(
+            Value::Object(target),
+            json!({"a": {"x": 1, "z": 3}, "b": [3], "c": "keep", "d": "new"})
+        );
+    }
+
+    #[test]
+    fn event_fields_match_the_discovery_document_when_it_is_present() {
+        let path = "../.dev/venv/lib/python3.11/site-packages/googleapiclient/discovery_cache/documents/calendar.v3.json";
+        let Ok(text) =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        else {
+            // The venv is optional (`cargo xtask` installs it); say so rather than pass quietly.
+            eprintln!("skipped: no discovery document at .dev/venv");
+            return;
+        };
+        let document: Value = serde_json::from_str(&text).unwrap();
+        let mut fields: Vec<&str> = document["schemas"]["Event"]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort_unstable();
+        let mut ours = EVENT_FIELDS.to_vec();
+        ours.sort_unstable();
+        assert_eq!(ours, fields);
+    }
+}

@@ -99,13 +99,20 @@ pub async fn consent(State(shared): State<SharedState>, body: axum::body::Bytes)
         Ok(a) => a,
         Err(error) => return bad_request(error.error, error.description),
     };
-    let decision = match (request.decision.as_str(), request.account) {
+    // Without an account the one named by `login_hint` is chosen, as the page preselects it.
+    let account = request.account.or_else(|| authorization.login_hint.clone());
+    let decision = match (request.decision.as_str(), account) {
         ("deny", _) => Decision::Deny,
         ("allow", Some(email)) => Decision::Allow {
             email,
             removed_scopes: request.remove_scopes,
         },
-        ("allow", None) => return bad_request("invalid_request", "allow needs an account"),
+        ("allow", None) => {
+            return bad_request(
+                "invalid_request",
+                "allow needs an account (or a login_hint)",
+            );
+        }
         _ => return bad_request("invalid_request", "decision must be allow or deny"),
     };
     match decide(&mut world, &authorization, &decision) {
@@ -140,6 +147,8 @@ pub async fn advance_clock(State(shared): State<SharedState>, body: axum::body::
 #[derive(Deserialize)]
 struct SettingsRequest {
     access_token_lifetime_seconds: Option<i64>,
+    /// Seconds; 0 makes refresh tokens live until revoked again.
+    refresh_token_lifetime_seconds: Option<i64>,
 }
 
 /// `POST __emulator/settings`.
@@ -158,8 +167,20 @@ pub async fn settings(State(shared): State<SharedState>, body: axum::body::Bytes
         }
         world.access_token_lifetime_seconds = lifetime;
     }
-    Json(json!({"access_token_lifetime_seconds": world.access_token_lifetime_seconds}))
-        .into_response()
+    if let Some(lifetime) = request.refresh_token_lifetime_seconds {
+        if lifetime < 0 {
+            return bad_request(
+                "invalid_request",
+                "refresh_token_lifetime_seconds must be 0 (unlimited) or positive",
+            );
+        }
+        world.refresh_token_lifetime_seconds = (lifetime > 0).then_some(lifetime);
+    }
+    Json(json!({
+        "access_token_lifetime_seconds": world.access_token_lifetime_seconds,
+        "refresh_token_lifetime_seconds": world.refresh_token_lifetime_seconds.unwrap_or(0),
+    }))
+    .into_response()
 }
 
 #[derive(Deserialize)]
@@ -176,7 +197,12 @@ pub async fn expire_access_tokens(
         Ok(r) => r,
         Err(e) => return bad_request("invalid_request", e),
     };
-    shared.lock().expire_access_tokens(&request.email);
+    let mut world = shared.lock();
+    if !world.accounts.contains_key(&request.email) {
+        // A typo here would otherwise make a test pass without testing anything.
+        return bad_request("invalid_request", "unknown account");
+    }
+    world.expire_access_tokens(&request.email);
     Json(json!({})).into_response()
 }
 
@@ -189,7 +215,12 @@ pub async fn revoke_account(
         Ok(r) => r,
         Err(e) => return bad_request("invalid_request", e),
     };
-    shared.lock().revoke_account(&request.email);
+    let mut world = shared.lock();
+    if !world.accounts.contains_key(&request.email) {
+        // A typo here would otherwise make a test pass without testing anything.
+        return bad_request("invalid_request", "unknown account");
+    }
+    world.revoke_account(&request.email);
     Json(json!({})).into_response()
 }
 

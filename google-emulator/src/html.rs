@@ -79,7 +79,7 @@ pub async fn consent_page(
     let body = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sign in - Google Accounts (emulator)</title></head>\
          <body><h1>Choose an account to continue</h1>\
-         <form method=\"post\" action=\"decision\">\
+         <form method=\"post\" action=\"auth/decision\">\
          <input type=\"hidden\" name=\"request\" value=\"{query}\">\
          <ul id=\"accounts\">{accounts}</ul>\
          <p>The app wants to:</p><ul id=\"scopes\">{scopes}</ul>\

@@ -24,6 +24,9 @@ use url::Url;
 
 use crate::state::{Client, SharedState};
 
+/// How long `shutdown` lets requests in flight (such as a delayed fault) finish.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// How to start the emulator.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -103,13 +106,18 @@ impl Running {
         );
     }
 
-    /// Stops accepting requests and waits for the server task to end.
+    /// Stops accepting requests and waits (at most a few seconds, then cuts them off) for
+    /// requests in flight to finish.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
         }
     }
 }

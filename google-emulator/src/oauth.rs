@@ -180,6 +180,11 @@ impl AuthorizationRequest {
                 "prompt=none must not be combined with other values",
             ));
         }
+        if params.contains_key("approval_prompt") && params.contains_key("prompt") {
+            return Err(AuthorizationError::invalid_request(
+                "Conflict params: approval_prompt and prompt",
+            ));
+        }
         let include_granted_scopes = params
             .get("include_granted_scopes")
             .is_some_and(|v| v == "true");
@@ -592,6 +597,7 @@ fn exchange_code(
         scopes: record.scopes.clone(),
         nonce: record.nonce.clone(),
         revoked: false,
+        refresh_expires_at: None,
     });
     if let Some(stored) = world.codes.get_mut(code) {
         stored.redeemed_grant = Some(grant_id);
@@ -627,7 +633,8 @@ fn refresh(
         .get(refresh_token)
         .ok_or_else(expired)?;
     let grant = world.grants.get(&grant_id).ok_or_else(expired)?;
-    if grant.revoked {
+    let timed_out = grant.refresh_expires_at.is_some_and(|at| at <= world.now());
+    if grant.revoked || timed_out {
         return Err(expired());
     }
     if grant.client_id != client_id {
@@ -652,6 +659,11 @@ fn token_body(world: &mut World, grant_id: u64) -> Value {
     });
     if grant.scopes.iter().any(|s| s == SCOPE_OPENID) {
         body["id_token"] = Value::String(id_token(world, &grant));
+    }
+    if let Some(at) = grant.refresh_expires_at {
+        // Rounded up: the token was minted a moment ago with a whole number of seconds.
+        let remaining_ms = (at - world.now()).num_milliseconds().max(0);
+        body["refresh_token_expires_in"] = json!((remaining_ms + 999) / 1000);
     }
     body
 }
@@ -728,5 +740,35 @@ pub async fn revoke(
             "Token expired or revoked",
         )
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn granted_scopes_are_reported_in_googles_form() {
+        let scopes: BTreeSet<String> = [
+            "openid",
+            "email",
+            "https://www.googleapis.com/auth/calendar",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        assert_eq!(
+            canonical_scopes(&scopes).join(" "),
+            "email openid https://www.googleapis.com/auth/userinfo.email https://www.googleapis.com/auth/calendar"
+        );
+    }
+
+    #[test]
+    fn verifier_rules() {
+        assert!(is_valid_verifier(&"a".repeat(43)));
+        assert!(is_valid_verifier(&"-._~".repeat(32)));
+        assert!(!is_valid_verifier(&"a".repeat(42)));
+        assert!(!is_valid_verifier(&"a".repeat(129)));
+        assert!(!is_valid_verifier(&format!("{}+", "a".repeat(43))));
     }
 }

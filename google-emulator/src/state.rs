@@ -74,6 +74,9 @@ pub struct Grant {
     pub scopes: Vec<String>,
     pub nonce: Option<String>,
     pub revoked: bool,
+    /// When the refresh token stops working by itself (Google's time-limited refresh tokens,
+    /// e.g. 7 days for apps in testing mode); `None` = until revoked.
+    pub refresh_expires_at: Option<DateTime<Utc>>,
 }
 
 /// One access token.
@@ -149,6 +152,8 @@ pub const DEFAULT_ACCOUNTS: [(&str, &str); 2] = [
 pub struct State {
     pub clock_offset: Duration,
     pub access_token_lifetime_seconds: i64,
+    /// Lifetime of refresh tokens issued from now on; `None` = until revoked.
+    pub refresh_token_lifetime_seconds: Option<i64>,
     pub clients: HashMap<String, Client>,
     pub accounts: BTreeMap<String, Account>,
     /// Scopes each account has granted each client, keyed by (client_id, email). Present means
@@ -180,6 +185,7 @@ impl State {
         let mut state = State {
             clock_offset: Duration::zero(),
             access_token_lifetime_seconds: DEFAULT_ACCESS_TOKEN_LIFETIME_SECONDS,
+            refresh_token_lifetime_seconds: None,
             clients: HashMap::new(),
             accounts: BTreeMap::new(),
             consents: HashMap::new(),
@@ -302,6 +308,12 @@ impl State {
     pub fn mint_refresh_token(&mut self, grant_id: u64) -> String {
         let token = format!("1//{}", random_token(100));
         self.refresh_tokens.insert(token.clone(), grant_id);
+        let expires_at = self
+            .refresh_token_lifetime_seconds
+            .map(|lifetime| self.now() + Duration::seconds(lifetime));
+        if let Some(grant) = self.grants.get_mut(&grant_id) {
+            grant.refresh_expires_at = expires_at;
+        }
         self.remember_secret(&token);
         token
     }
@@ -398,4 +410,49 @@ pub fn random_event_id() -> String {
     (0..26)
         .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_is_used_count_times_then_gone() {
+        let mut state = State::new();
+        state.faults.push_back(Fault {
+            target: FaultTarget::Calendar,
+            status: Some(503),
+            reason: None,
+            remaining: 2,
+            delay_ms: 0,
+        });
+        assert!(state.take_fault(FaultTarget::Token).is_none());
+        assert_eq!(
+            state.take_fault(FaultTarget::Calendar).unwrap().status,
+            Some(503)
+        );
+        assert!(state.take_fault(FaultTarget::Calendar).is_some());
+        assert!(state.take_fault(FaultTarget::Calendar).is_none());
+    }
+
+    #[test]
+    fn generated_ids_and_tokens_have_googles_alphabets() {
+        let id = random_event_id();
+        assert!(id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'v')));
+        let token = random_token(200);
+        assert!(
+            token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_ne!(random_token(40), random_token(40));
+    }
+
+    #[test]
+    fn etags_change_on_every_write() {
+        let mut state = State::new();
+        let first = state.next_etag();
+        let second = state.next_etag();
+        assert_ne!(first, second);
+    }
 }

@@ -110,6 +110,7 @@ async fn binary_registers_the_client_from_flags_and_logs_no_secret() {
     child.0.wait().unwrap();
     let mut logs = String::new();
     child
+        .0
         .stderr
         .take()
         .unwrap()

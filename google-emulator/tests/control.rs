@@ -340,3 +340,14 @@ async fn shutdown_stops_the_server() {
     let fresh = reqwest::Client::new();
     assert!(fresh.get(url).send().await.is_err());
 }
+
+#[tokio::test]
+async fn expiring_or_revoking_an_unknown_account_is_refused() {
+    let h = Harness::start().await;
+    for path in ["expire-access-tokens", "revoke"] {
+        let (status, body) = h
+            .control_post(path, json!({"email": "nobody@example.com"}))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+    }
+}

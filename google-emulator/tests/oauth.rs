@@ -85,6 +85,32 @@ async fn an_added_account_can_consent() {
 }
 
 #[tokio::test]
+async fn control_consent_without_account_uses_login_hint() {
+    let h = Harness::start().await;
+    let url = h.auth_url(&[("login_hint", BOB)]);
+    let (status, body) = h
+        .control_post(
+            "consent",
+            json!({"authorization_url": url, "decision": "allow"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let code = param(&redirect_params(&body), "code").unwrap();
+    let (_, tokens) = h.exchange(&code, VERIFIER).await;
+    assert_eq!(
+        jwt_part(tokens["id_token"].as_str().unwrap(), 1)["email"],
+        BOB
+    );
+    let (status, _) = h
+        .control_post(
+            "consent",
+            json!({"authorization_url": h.auth_url(&[]), "decision": "allow"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "no account and no hint");
+}
+
+#[tokio::test]
 async fn unknown_account_is_refused() {
     let h = Harness::start().await;
     let (status, _) = h
@@ -153,16 +179,43 @@ async fn consent_page_lists_accounts_and_scopes_and_preselects_login_hint() {
     )));
 }
 
+/// Reads an attribute value that follows `marker` in the page, undoing the HTML escaping.
+fn attribute_after(html: &str, marker: &str) -> String {
+    let start = html
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker} in {html}"))
+        + marker.len();
+    let end = start + html[start..].find('"').unwrap();
+    html[start..end]
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
 #[tokio::test]
 async fn consent_page_form_submission_redirects_with_a_code() {
     let h = Harness::start().await;
-    let url = url::Url::parse(&h.auth_url(&[])).unwrap();
-    let query = url.query().unwrap().to_owned();
+    // Act like a browser: load the page, submit its form to the URL its action resolves to.
+    let page_url = url::Url::parse(&h.auth_url(&[])).unwrap();
+    let html = h
+        .http
+        .get(page_url.clone())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let action = page_url.join(&attribute_after(&html, "action=\"")).unwrap();
+    assert_eq!(action.path(), "/o/oauth2/v2/auth/decision");
+    let request = attribute_after(&html, "name=\"request\" value=\"");
     let response = h
         .http
-        .post(h.url("o/oauth2/v2/auth/decision"))
+        .post(action)
         .form(&[
-            ("request", query.as_str()),
+            ("request", request.as_str()),
             ("account", ALICE),
             ("decision", "allow"),
         ])
@@ -171,11 +224,73 @@ async fn consent_page_form_submission_redirects_with_a_code() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::FOUND);
     let location = url::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
+    assert!(location.as_str().starts_with(REDIRECT_URI));
     let params: Vec<(String, String)> = location.query_pairs().into_owned().collect();
+    assert_eq!(param(&params, "state").as_deref(), Some("state-123"));
     // The calendar checkbox was not submitted: the user unticked it.
     assert!(!param(&params, "scope").unwrap().contains("calendar"));
     let (status, _) = h.exchange(&param(&params, "code").unwrap(), VERIFIER).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn consent_page_deny_button_redirects_with_access_denied() {
+    let h = Harness::start().await;
+    let page_url = url::Url::parse(&h.auth_url(&[])).unwrap();
+    let html = h
+        .http
+        .get(page_url.clone())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let request = attribute_after(&html, "name=\"request\" value=\"");
+    let response = h
+        .http
+        .post(page_url.join(&attribute_after(&html, "action=\"")).unwrap())
+        .form(&[("request", request.as_str()), ("decision", "deny")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FOUND);
+    let location = response.headers()["location"].to_str().unwrap();
+    assert!(
+        location.starts_with(&format!("{REDIRECT_URI}?error=access_denied")),
+        "{location}"
+    );
+}
+
+#[tokio::test]
+async fn consent_page_with_the_calendar_box_ticked_grants_it() {
+    let h = Harness::start().await;
+    let page_url = url::Url::parse(&h.auth_url(&[])).unwrap();
+    let html = h
+        .http
+        .get(page_url.clone())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let request = attribute_after(&html, "name=\"request\" value=\"");
+    let response = h
+        .http
+        .post(page_url.join(&attribute_after(&html, "action=\"")).unwrap())
+        .form(&[
+            ("request", request.as_str()),
+            ("account", BOB),
+            ("scope", CALENDAR_SCOPE),
+            ("decision", "allow"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let location = url::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
+    let params: Vec<(String, String)> = location.query_pairs().into_owned().collect();
+    assert!(param(&params, "scope").unwrap().contains(CALENDAR_SCOPE));
 }
 
 #[tokio::test]
@@ -585,4 +700,51 @@ async fn token_lifetime_setting_changes_expires_in() {
         .insert(&tokens.access_token, timed_event("lifetime1"))
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn time_limited_refresh_tokens_expire_on_the_emulator_clock() {
+    let h = Harness::start().await;
+    let (status, _) = h
+        .control_post(
+            "settings",
+            json!({"refresh_token_lifetime_seconds": 604800}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let tokens = h.connect(ALICE).await;
+    assert_eq!(tokens.body["refresh_token_expires_in"], 604800);
+    let refresh = tokens.refresh_token.unwrap();
+    h.control_post("clock", json!({"advance_seconds": 604700}))
+        .await;
+    let (status, _) = h.refresh(&refresh).await;
+    assert_eq!(status, StatusCode::OK);
+    h.control_post("clock", json!({"advance_seconds": 101}))
+        .await;
+    let (status, body) = h.refresh(&refresh).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body,
+        json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."})
+    );
+}
+
+#[tokio::test]
+async fn refresh_tokens_do_not_expire_by_default() {
+    let h = Harness::start().await;
+    let tokens = h.connect(ALICE).await;
+    assert!(tokens.body.get("refresh_token_expires_in").is_none());
+    h.control_post("clock", json!({"advance_seconds": 400 * 86400}))
+        .await;
+    let (status, _) = h.refresh(tokens.refresh_token.as_deref().unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn approval_prompt_with_prompt_is_a_conflict() {
+    let h = Harness::start().await;
+    let url = h.auth_url(&[("approval_prompt", "force")]);
+    let (status, body) = h.consent(&url, ALICE, "allow", &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_request");
 }
