@@ -590,6 +590,9 @@ async fn twenty_records_of_one_user_with_an_expiring_token_make_one_refresh() {
     h.control("settings", json!({"access_token_lifetime_seconds": 120}))
         .await;
     h.connect("u1", ALICE).await;
+    // The refreshed token lives an hour, so the second phase below meets no proactive refresh.
+    h.control("settings", json!({"access_token_lifetime_seconds": 3600}))
+        .await;
     let before = h.refreshes().await;
     for i in 0..20 {
         h.put_row(&format!("bulk-{i}"), "u1", &format!("Bulk {i}"), &[])
@@ -601,6 +604,22 @@ async fn twenty_records_of_one_user_with_an_expiring_token_make_one_refresh() {
         .control_get(&format!("calendars/{ALICE}/primary/events"))
         .await;
     assert_eq!(items["items"].as_array().unwrap().len(), 20);
+
+    // Now Google kills that token early: 20 concurrent 401s still make one refresh.
+    h.control("expire-access-tokens", json!({"email": ALICE}))
+        .await;
+    for i in 0..20 {
+        h.put_row(&format!("bulk-{i}"), "u1", &format!("Bulk {i} v2"), &[])
+            .await;
+    }
+    assert!(h.sync_new().await.is_empty());
+    assert_eq!(h.refreshes().await, before + 2);
+    for i in [0, 7, 19] {
+        assert_eq!(
+            h.live_summary(ALICE, &format!("bulk-{i}")).await,
+            Some(format!("Bulk {i} v2"))
+        );
+    }
     h.assert_no_leaks().await;
 }
 
