@@ -920,6 +920,42 @@ async fn grant_writes_are_versioned_and_tokens_sealed_at_rest() {
         Err(shared::grants::GrantError::Conflict { .. })
     ));
 
+    let sealed_item = h
+        .dynamodb
+        .get_item()
+        .table_name(h.table("GrantsTable"))
+        .key("user_id", AttributeValue::S("user-1".into()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    let sealed = sealed_item["refresh_token_sealed"].as_s().unwrap();
+    assert!(sealed.starts_with("v1."));
+    assert!(!sealed.contains(grant.refresh_token.as_ref().unwrap().expose_secret()));
+
+    // Deleting with a stale version is a conflict; with the current one it works.
+    assert!(matches!(
+        h.callback.grants.delete(&grant).await,
+        Err(shared::grants::GrantError::Conflict { .. })
+    ));
+    let retired = h
+        .callback
+        .grants
+        .retire(&saved, GrantStatus::NeedsReauth)
+        .await
+        .unwrap();
+    assert!(matches!(
+        h.callback
+            .grants
+            .retire(&saved, GrantStatus::NeedsReauth)
+            .await,
+        Err(shared::grants::GrantError::Conflict { .. })
+    ));
+    let reread = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    assert_eq!(reread.status, GrantStatus::NeedsReauth);
+    assert!(reread.refresh_token.is_none() && reread.access_token.is_none());
+    assert_eq!(reread.version, retired.version);
     let item = h
         .dynamodb
         .get_item()
@@ -930,12 +966,12 @@ async fn grant_writes_are_versioned_and_tokens_sealed_at_rest() {
         .unwrap()
         .item
         .unwrap();
-    let sealed = item["refresh_token_sealed"].as_s().unwrap();
-    assert!(sealed.starts_with("v1."));
-    assert!(!sealed.contains(grant.refresh_token.as_ref().unwrap().expose_secret()));
+    assert!(
+        !item.contains_key("refresh_token_sealed") && !item.contains_key("access_token_sealed")
+    );
 
     // The sealed refresh token copied into another user's item does not open.
-    let mut stolen = item.clone();
+    let mut stolen = sealed_item.clone();
     stolen.insert("user_id".into(), AttributeValue::S("user-evil".into()));
     h.dynamodb
         .put_item()
