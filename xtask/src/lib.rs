@@ -4,11 +4,17 @@
 //! module works from what it declares.
 
 pub mod aws;
+pub mod ci;
 pub mod ddb_json;
+pub mod event_checks;
+pub mod events;
 pub mod moto;
 pub mod paths;
 pub mod process;
+pub mod rie;
 pub mod seed;
+pub mod setup;
+pub mod stack;
 pub mod streams;
 pub mod tables;
 pub mod template;
