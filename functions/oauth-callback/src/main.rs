@@ -3,15 +3,16 @@
 use std::sync::Arc;
 
 use lambda_http::{Error, Request, service_fn};
-use shared::{aws::Clients, config, http, telemetry};
+use shared::{aws::Clients, config, http, sync::replay::ProductionReplay, telemetry};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     telemetry::init();
     let config = config::load_or_exit("oauth-callback");
     let clients = Clients::from_env().await;
-    // Until the sync's replay is wired in (shared::sync), a connect replays nothing.
-    let deps = Arc::new(http::CallbackDeps::new(config, &clients, http::NoReplay));
+    // A successful connect replays the user's parked changes before answering.
+    let replay = ProductionReplay::from_config(&config, &clients);
+    let deps = Arc::new(http::CallbackDeps::new(config, &clients, replay));
     lambda_http::run(service_fn(move |request: Request| {
         let deps = deps.clone();
         async move { Ok::<_, Error>(http::callback_router(&deps, request).await) }
