@@ -269,7 +269,9 @@ impl DemoStack {
         Ok(())
     }
 
-    async fn wait_for_titles(&self, email: &str, want: &[&str]) -> Result<Vec<String>> {
+    /// Waits until the calendar's events of this run (by the `calsync_event_id` calsync stamps on
+    /// each) carry exactly the titles `want`; other events in the calendar are not the demo's.
+    async fn wait_for_titles(&self, email: &str, run: &str, want: &[&str]) -> Result<Vec<String>> {
         let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
         want.sort();
         eventually(
@@ -280,6 +282,11 @@ impl DemoStack {
                     .calendar(email)
                     .await?
                     .iter()
+                    .filter(|e| {
+                        e["extendedProperties"]["private"]["calsync_event_id"]
+                            .as_str()
+                            .is_some_and(|id| id.starts_with(run))
+                    })
                     .filter_map(|e| e["summary"].as_str().map(str::to_string))
                     .collect();
                 titles.sort();
@@ -301,8 +308,9 @@ impl DemoStack {
         let email = "alice@example.com";
         let mut browser = Browser::new();
         let mut steps = Vec::new();
-        let run_id = std::process::id();
-        let ids: Vec<String> = (1..=3).map(|i| format!("demo-{run_id}-{i}")).collect();
+        let run = format!("demo-{}-", chrono::Utc::now().timestamp_millis());
+        let run = run.as_str();
+        let ids: Vec<String> = (1..=3).map(|i| format!("{run}{i}")).collect();
 
         macro_rules! step {
             ($title:expr, $body:expr) => {{
@@ -347,7 +355,11 @@ impl DemoStack {
                     .await?;
             }
             let titles = self
-                .wait_for_titles(email, &["Demo event 1", "Demo event 2", "Demo event 3"])
+                .wait_for_titles(
+                    email,
+                    run,
+                    &["Demo event 1", "Demo event 2", "Demo event 3"],
+                )
                 .await?;
             Ok(format!("calendar holds {}", titles.join(", ")))
         });
@@ -356,7 +368,7 @@ impl DemoStack {
             self.put_event(&ids[0], user, "Demo event 1 (moved)", 4)
                 .await?;
             self.delete_event(&ids[1]).await?;
-            self.wait_for_titles(email, &["Demo event 1 (moved)", "Demo event 3"])
+            self.wait_for_titles(email, run, &["Demo event 1 (moved)", "Demo event 3"])
                 .await?;
             Ok("calendar follows the change and the delete".into())
         });
@@ -371,6 +383,7 @@ impl DemoStack {
                     .await?;
                 self.wait_for_titles(
                     email,
+                    run,
                     &["Demo event 1 (moved)", "Demo event 3 (after expiry)"],
                 )
                 .await?;
@@ -409,6 +422,7 @@ impl DemoStack {
             );
             self.wait_for_titles(
                 email,
+                run,
                 &[
                     "Demo event 1 (moved)",
                     "Demo event 2 (while revoked)",

@@ -8,6 +8,7 @@ cargo xtask stack up [--host ADDR] | down | status
                                the local stack: moto, the Google emulator, the functions under the RIE
 cargo xtask test [--sam]       the whole CI: fmt, clippy, tests, sam validate, events/ under the RIE
                                (--sam also: sam build and sam local invoke in Docker)
+cargo xtask browser            the real-browser tests (headless Chromium) against the running stack
 cargo xtask events             regenerate the stream events in events/ from moto's real stream
 cargo xtask demo [--keep-running]
                                install, build, start the stack and run the story end to end
@@ -30,6 +31,7 @@ async fn main() -> ExitCode {
         ["test", rest @ ..] => xtask::ci::run(&xtask::ci::Options::parse(rest)).await,
         ["events"] => xtask::events::regenerate().await,
         ["gateway"] => gateway().await,
+        ["browser"] => browser().await,
         ["demo"] => demo(false).await,
         ["demo", "--keep-running"] => demo(true).await,
         ["help" | "--help" | "-h"] | [] => {
@@ -125,6 +127,16 @@ async fn demo(keep_running: bool) -> anyhow::Result<()> {
     }
     if !all {
         anyhow::bail!("the demo failed; logs of every process are in .dev/logs/");
+    }
+    Ok(())
+}
+
+/// The browser tests against the running local stack.
+async fn browser() -> anyhow::Result<()> {
+    let state = xtask::stack::load_state()
+        .ok_or_else(|| anyhow::anyhow!("no running stack: `cargo xtask stack up` starts one"))?;
+    for line in xtask::chromium::scenarios::run_all(&state.front_url.parse()?).await? {
+        println!("browser: ok  {line}");
     }
     Ok(())
 }
