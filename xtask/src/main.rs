@@ -9,6 +9,7 @@ cargo xtask stack up [--host ADDR] | down | status
 cargo xtask test [--sam]       the whole CI: fmt, clippy, tests, sam validate, events/ under the RIE
                                (--sam also: sam build and sam local invoke in Docker)
 cargo xtask events             regenerate the stream events in events/ from moto's real stream
+cargo xtask events check       only the last step of `test`: events/ under the RIE, answers checked
 cargo xtask demo               the story end to end (not yet)";
 
 #[tokio::main]
@@ -27,6 +28,9 @@ async fn main() -> ExitCode {
         }
         ["test", rest @ ..] => xtask::ci::run(&xtask::ci::Options::parse(rest)).await,
         ["events"] => xtask::events::regenerate().await,
+        ["events", "check"] => xtask::ci::events_under_rie()
+            .await
+            .map(|summary| println!("events: {summary}")),
         ["demo", ..] => {
             eprintln!("cargo xtask demo: not yet; `cargo xtask stack up` starts the local stack");
             return ExitCode::from(2);
