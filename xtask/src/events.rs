@@ -15,16 +15,17 @@ use crate::{aws, moto, paths, process, stack, streams, tables};
 /// Docker's default bridge gateway: how a `sam local invoke` container reaches the host.
 pub const DOCKER_BRIDGE_GATEWAY: &str = "172.17.0.1";
 
-fn row(title: &str, location: &str) -> Vec<(&'static str, AttributeValue)> {
+/// The sample Events row (the ids the sam checks also use: `sam-demo-1` of `demo-user`).
+fn row(event_id: &str, title: &str, end: &str) -> Vec<(&'static str, AttributeValue)> {
     let s = |v: &str| AttributeValue::S(v.to_string());
     vec![
-        ("event_id", s("evt-0001")),
-        ("user_id", s("user-1")),
+        ("event_id", s(event_id)),
+        ("user_id", s("demo-user")),
         ("title", s(title)),
         ("description", s("Weekly planning")),
-        ("location", s(location)),
-        ("start", s("2026-12-01T10:00:00+01:00")),
-        ("end", s("2026-12-01T11:00:00+01:00")),
+        ("location", s("Room 4")),
+        ("start", s("2026-12-02T10:00:00+01:00")),
+        ("end", s(end)),
         ("time_zone", s("Europe/Berlin")),
         (
             "recurrence",
@@ -32,6 +33,14 @@ fn row(title: &str, location: &str) -> Vec<(&'static str, AttributeValue)> {
         ),
     ]
 }
+
+/// The files, in the order their records are written.
+const STREAM_FILES: [&str; 4] = [
+    "event-sync-insert.json",
+    "event-sync-modify.json",
+    "event-sync-remove.json",
+    "event-sync-invalid-row.json",
+];
 
 pub async fn regenerate() -> Result<()> {
     let events_dir = paths::workspace_root().join("events");
@@ -54,23 +63,38 @@ pub async fn regenerate() -> Result<()> {
     let table = Template::local_name(&ctx, &spec.logical_id);
     tables::create_table(&dynamodb, &spec, &table).await?;
 
-    for item in [
-        row("Team sync", "Room 1"),
-        row("Team sync (moved)", "Room 2"),
-    ] {
+    let put = |item: Vec<(&'static str, AttributeValue)>| {
         let mut put = dynamodb.put_item().table_name(&table);
         for (name, value) in item {
             put = put.item(name, value);
         }
-        put.send().await.map_err(aws_sdk_dynamodb::Error::from)?;
-    }
+        put.send()
+    };
+    put(row("sam-demo-1", "Team sync", "2026-12-02T11:00:00+01:00"))
+        .await
+        .map_err(aws_sdk_dynamodb::Error::from)?;
+    put(row(
+        "sam-demo-1",
+        "Team sync (moved)",
+        "2026-12-02T11:00:00+01:00",
+    ))
+    .await
+    .map_err(aws_sdk_dynamodb::Error::from)?;
     dynamodb
         .delete_item()
         .table_name(&table)
-        .key("event_id", AttributeValue::S("evt-0001".into()))
+        .key("event_id", AttributeValue::S("sam-demo-1".into()))
         .send()
         .await
         .map_err(aws_sdk_dynamodb::Error::from)?;
+    // Ends before it starts: event-sync must mark it invalid, not fail the batch.
+    put(row(
+        "sam-demo-invalid",
+        "Team sync",
+        "2026-12-02T09:00:00+01:00",
+    ))
+    .await
+    .map_err(aws_sdk_dynamodb::Error::from)?;
 
     let records = streams::stream_records(
         &dynamodb,
@@ -78,22 +102,19 @@ pub async fn regenerate() -> Result<()> {
         &table,
     )
     .await?;
-    for (record, file) in records.iter().zip([
-        "stream-insert.json",
-        "stream-modify.json",
-        "stream-remove.json",
-    ]) {
+    if records.len() != STREAM_FILES.len() {
+        return Err(anyhow!(
+            "expected {} stream records, moto returned {}",
+            STREAM_FILES.len(),
+            records.len()
+        ));
+    }
+    for (record, file) in records.iter().zip(STREAM_FILES) {
         write_json(
             &events_dir.join(file),
             &streams::stream_event(vec![record.clone()]),
         )?;
         println!("events: wrote events/{file} ({})", record["eventName"]);
-    }
-    if records.len() != 3 {
-        return Err(anyhow!(
-            "expected 3 stream records, moto returned {}",
-            records.len()
-        ));
     }
     write_json(&events_dir.join("env.json"), &sam_env(&template)?)?;
     println!("events: wrote events/env.json (services at {DOCKER_BRIDGE_GATEWAY})");

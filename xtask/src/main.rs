@@ -10,6 +10,7 @@ cargo xtask test [--sam]       the whole CI: fmt, clippy, tests, sam validate, e
                                (--sam also: sam build and sam local invoke in Docker)
 cargo xtask browser            the real-browser tests (headless Chromium) against the running stack
 cargo xtask events             regenerate the stream events in events/ from moto's real stream
+cargo xtask events check       only the last step of `test`: events/ under the RIE, answers checked
 cargo xtask demo [--keep-running]
                                install, build, start the stack and run the story end to end
                                (--keep-running leaves the stack up and prints its URLs)";
@@ -30,6 +31,9 @@ async fn main() -> ExitCode {
         }
         ["test", rest @ ..] => xtask::ci::run(&xtask::ci::Options::parse(rest)).await,
         ["events"] => xtask::events::regenerate().await,
+        ["events", "check"] => xtask::ci::events_under_rie()
+            .await
+            .map(|summary| println!("events: {summary}")),
         ["gateway"] => gateway().await,
         ["browser"] => browser().await,
         ["demo"] => demo(false).await,

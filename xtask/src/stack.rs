@@ -5,7 +5,7 @@
 //! mapping). State lives in
 //! `.dev/`: `stack.json` and `stack.env` (every variable and URL), pid files in `.dev/run/`, logs
 //! in `.dev/logs/`. `up` on a running stack changes nothing; `down` stops by pid and tolerates
-//! stale pid files.
+//! stale pid files. `CALSYNC_STACK_BIN_DIR` runs prebuilt binaries instead of building.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -193,13 +193,26 @@ pub async fn up(options: &Options) -> Result<State> {
     }
     down().await?;
     let template = Template::load_workspace()?;
-    build(&template)?;
+    // Prebuilt binaries (a release build, another checkout's) can stand in for this one's.
+    let bin = match std::env::var_os("CALSYNC_STACK_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            build(&template)?;
+            target_dir().join("debug")
+        }
+    };
     let venv = setup::ensure()?;
     for dir in [paths::run_dir(), paths::logs_dir()] {
         std::fs::create_dir_all(dir)?;
     }
     let ctx = context(options)?;
     let aws_endpoint = format!("http://{}:{}", options.host, options.aws_port);
+    for (port, variable) in [
+        (options.aws_port, "CALSYNC_AWS_PORT"),
+        (options.google_port, "CALSYNC_GOOGLE_PORT"),
+    ] {
+        ensure_free(&options.host, port, variable)?;
+    }
 
     moto::start_detached(
         &venv,
@@ -243,7 +256,6 @@ pub async fn up(options: &Options) -> Result<State> {
     )
     .await?;
 
-    let bin = target_dir().join("debug");
     let mut emulator = Command::new(bin.join("google-emulator"));
     emulator
         .arg("--bind")
@@ -325,6 +337,13 @@ pub async fn up(options: &Options) -> Result<State> {
     )
     .await?;
     Ok(state)
+}
+
+/// A port taken by another program would make the readiness check talk to that program instead.
+fn ensure_free(host: &str, port: u16, variable: &str) -> Result<()> {
+    std::net::TcpListener::bind((host, port)).map(drop).with_context(|| {
+        format!("cannot listen on {host}:{port} (in use, or not an address of this machine); choose another port with {variable}")
+    })
 }
 
 fn write_state(state: &State) -> Result<()> {
