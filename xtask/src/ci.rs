@@ -129,6 +129,11 @@ pub async fn run(options: &Options) -> Result<()> {
     let outcome = events_under_rie().await.map_err(|e| format!("{e:#}"));
     record("events/ under the RIE", started, outcome);
 
+    let started = Instant::now();
+    println!("==> the local stack: browser tests (headless Chromium) and the demo story");
+    let outcome = browser_and_story().await.map_err(|e| format!("{e:#}"));
+    record("browser tests + demo story", started, outcome);
+
     if options.sam {
         let started = Instant::now();
         record(
@@ -190,4 +195,27 @@ pub async fn events_under_rie() -> Result<String> {
         checked.len(),
         checked.len() - pending
     ))
+}
+
+/// On a running local stack (started here if needed): the real-browser tests, then the demo's
+/// story, which together check issue 5's promise (a row written to the Events table reaches the
+/// calendar through the stream poller, tokens expire and are revoked, parked changes replay).
+pub async fn browser_and_story() -> Result<String> {
+    let was_running = stack::is_running();
+    let state = stack::up(&stack::Options::default()).await?;
+    let outcome = async {
+        let front: url::Url = state.front_url.parse()?;
+        let mut lines = crate::chromium::scenarios::run_all(&front).await?;
+        let held = crate::demo::DemoStack::from_state(&state)
+            .await?
+            .run_and_print()
+            .await?;
+        lines.push(format!("demo story: {held} of {held} steps"));
+        Ok(lines.join("; "))
+    }
+    .await;
+    if !was_running {
+        stack::down().await?;
+    }
+    outcome
 }

@@ -145,6 +145,39 @@ where
 }
 
 impl DemoStack {
+    /// The demo's view of a stack `cargo xtask stack up` started.
+    pub async fn from_state(state: &crate::stack::State) -> Result<Self> {
+        let sdk = crate::aws::local_sdk_config(&state.aws_endpoint).await;
+        Ok(Self {
+            front: state.front_url.parse()?,
+            emulator: state.google_url.parse()?,
+            dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+            events_table: state
+                .env
+                .get("EVENTS_TABLE")
+                .context("the stack has no EVENTS_TABLE")?
+                .clone(),
+        })
+    }
+
+    /// Runs the story, printing one line per step; fails unless every step held.
+    pub async fn run_and_print(&self) -> Result<usize> {
+        let steps = self
+            .run(|step| {
+                let mark = if step.ok { "ok " } else { "FAIL" };
+                println!(
+                    "  [{mark}] {:<58} {:>5.1}s  {}",
+                    step.title,
+                    step.took.as_secs_f64(),
+                    step.detail
+                );
+            })
+            .await?;
+        let held = steps.iter().filter(|s| s.ok).count();
+        ensure!(held == STEPS, "the story held {held} of {STEPS} steps");
+        Ok(held)
+    }
+
     fn control(&self, path: &str) -> Url {
         self.emulator
             .join(&format!("__emulator/{path}"))

@@ -91,31 +91,17 @@ async fn demo(keep_running: bool) -> anyhow::Result<()> {
         "calsync demo: stack up in {:.0?} (moto, Google emulator, 3 functions under the RIE, HTTP front, stream poller)\n",
         started.elapsed()
     );
-    let sdk = xtask::aws::local_sdk_config(&state.aws_endpoint).await;
-    let demo = xtask::demo::DemoStack {
-        front: state.front_url.parse()?,
-        emulator: state.google_url.parse()?,
-        dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
-        events_table: state.env["EVENTS_TABLE"].clone(),
-    };
-    let steps = demo
-        .run(|step| {
-            let mark = if step.ok { "ok " } else { "FAIL" };
-            println!(
-                "  [{mark}] {:<58} {:>6.1}s  {}",
-                step.title,
-                step.took.as_secs_f64(),
-                step.detail
-            );
-        })
-        .await?;
-    let passed = steps.iter().filter(|s| s.ok).count();
-    let all = passed == steps.len() && steps.len() == xtask::demo::STEPS;
-    println!(
-        "\ncalsync demo: {passed} of {} steps held, {:.0?} in all",
-        xtask::demo::STEPS,
-        started.elapsed()
-    );
+    let outcome = xtask::demo::DemoStack::from_state(&state)
+        .await?
+        .run_and_print()
+        .await;
+    match &outcome {
+        Ok(held) => println!(
+            "\ncalsync demo: all {held} steps held, {:.0?} in all",
+            started.elapsed()
+        ),
+        Err(e) => println!("\ncalsync demo: {e:#}"),
+    }
     if keep_running {
         println!(
             "\nThe stack is still running; try it in a browser:\n{}",
@@ -129,10 +115,9 @@ async fn demo(keep_running: bool) -> anyhow::Result<()> {
         xtask::stack::down().await?;
         println!("calsync demo: stack stopped (`cargo xtask demo --keep-running` leaves it up)");
     }
-    if !all {
-        anyhow::bail!("the demo failed; logs of every process are in .dev/logs/");
-    }
-    Ok(())
+    outcome
+        .map(|_| ())
+        .map_err(|e| e.context("the demo failed; logs of every process are in .dev/logs/"))
 }
 
 /// The browser tests against the running local stack.
