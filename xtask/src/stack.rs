@@ -144,9 +144,10 @@ pub fn context(options: &Options) -> Result<Context> {
     let front = front_url(options);
     for (name, value) in [
         ("OAuthRedirectUri", format!("{front}oauth/google/callback")),
+        // The sample events in events/ return to the test app's origin; the browser to the front.
         (
             "AllowedReturnOrigins",
-            front.trim_end_matches('/').to_string(),
+            format!("{},{}", front.trim_end_matches('/'), testkit::APP_ORIGIN),
         ),
         ("DefaultReturnUrl", front.clone()),
     ] {
@@ -174,6 +175,10 @@ fn build(template: &Template) -> Result<()> {
         "--quiet",
         "-p",
         "google-emulator",
+        // The gateway process runs this crate's binary as built now, not the `cargo xtask`
+        // that is running (a test build may have replaced that file since it started).
+        "-p",
+        "xtask",
     ]);
     for function in template.functions()? {
         command.args(["-p", &function.binary]);
@@ -325,7 +330,7 @@ pub async fn up(options: &Options) -> Result<State> {
     write_state(&state)?;
 
     // The HTTP front and the stream poller run in one process of their own (`xtask gateway`).
-    let mut gateway = Command::new(std::env::current_exe()?);
+    let mut gateway = Command::new(bin.join("xtask"));
     gateway
         .arg("gateway")
         .env("CALSYNC_FRONT_PORT", options.front_port.to_string());
