@@ -4,3 +4,4 @@ pub mod chromium;
 pub mod demo;
 pub mod front;
 pub mod poller;
+pub mod sam;
