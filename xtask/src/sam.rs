@@ -31,6 +31,9 @@ use url::Url;
 
 /// The locally built stand-in for `public.ecr.aws/lambda/provided:al2023`.
 pub const BASE_IMAGE: &str = "local/lambda-provided:al2023";
+/// Bumped when the base image's recipe changes, so an older local image is rebuilt.
+const BASE_REVISION: &str = "2";
+const BASE_LABEL: &str = "calsync.base-revision";
 /// Set to an image (e.g. `public.ecr.aws/lambda/provided:al2023`) to invoke on it, pulled as
 /// usual, instead of building [`BASE_IMAGE`]; then nothing is installed with apt-get.
 pub const IMAGE_VARIABLE: &str = "CALSYNC_SAM_INVOKE_IMAGE";
@@ -226,26 +229,27 @@ async fn docker_answers() -> bool {
 
 /// Imports the base image from a debootstrapped Debian, cached as a tarball in `.dev/`.
 async fn ensure_base_image(dev: &Path) -> Result<()> {
-    let exists = Command::new("docker")
-        .args(["image", "inspect", BASE_IMAGE])
-        .stdout(Stdio::null())
+    let label = Command::new("docker")
+        .args(["image", "inspect", "--format"])
+        .arg(format!("{{{{ index .Config.Labels \"{BASE_LABEL}\" }}}}"))
+        .arg(BASE_IMAGE)
         .stderr(Stdio::null())
-        .status()
-        .await?
-        .success();
-    if exists {
+        .output()
+        .await?;
+    if label.status.success() && String::from_utf8_lossy(&label.stdout).trim() == BASE_REVISION {
         return Ok(());
     }
     let dir = dev.join("lambda-base");
     std::fs::create_dir_all(&dir)?;
-    let tarball = dir.join("bookworm-minbase.tar");
+    let tarball = dir.join(format!("bookworm-minbase-r{BASE_REVISION}.tar"));
     if !tarball.exists() {
         let rootfs = dir.join("rootfs");
         let _ = std::fs::remove_dir_all(&rootfs);
         println!("sam: debootstrap of Debian bookworm (minbase) for {BASE_IMAGE}");
         run_checked(
             Command::new("debootstrap")
-                .args(["--variant=minbase", "bookworm"])
+                // The official image trusts the usual CAs; a function calling Google needs them.
+                .args(["--variant=minbase", "--include=ca-certificates", "bookworm"])
                 .arg(&rootfs),
             "debootstrap",
         )
@@ -267,6 +271,8 @@ async fn ensure_base_image(dev: &Path) -> Result<()> {
     run_checked(
         Command::new("docker")
             .arg("import")
+            .arg("--change")
+            .arg(format!("LABEL {BASE_LABEL}={BASE_REVISION}"))
             .arg(&tarball)
             .arg(BASE_IMAGE),
         "docker import",
@@ -1152,7 +1158,12 @@ async fn start_api_smoke(sam: &Sam, timings: &mut Timings) -> Result<()> {
     let url = format!("http://127.0.0.1:{port}/oauth/google/callback");
     let deadline = Instant::now() + START_API_READY;
     let result = loop {
-        match http.get(&url).send().await {
+        match http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+        {
             Ok(response) => break Ok(response),
             Err(e) if e.is_connect() && Instant::now() < deadline => {
                 if let Some(status) = child.try_wait()? {
@@ -1174,10 +1185,22 @@ async fn start_api_smoke(sam: &Sam, timings: &mut Timings) -> Result<()> {
             status == 400 && body["error"] == "invalid_state",
             "start-api GET /oauth/google/callback: {status} {body}"
         );
+        // sam local skips JWT authorizers, so an authorized route sees no identity.
+        let start = http
+            .get(format!("http://127.0.0.1:{port}/oauth/google/start"))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await?;
+        let status = start.status();
+        let body: Value = start.json().await.unwrap_or(Value::Null);
+        ensure!(
+            status == 401 && body["error"] == "unauthorized",
+            "start-api GET /oauth/google/start: {status} {body}"
+        );
         Ok(())
     }
     .await;
-    timings.record("sam local start-api up + GET /oauth/google/callback", started.elapsed());
+    timings.record("sam local start-api up + two routes", started.elapsed());
     // SIGINT lets sam remove its containers; kill only if it does not stop.
     if let Some(pid) = child.id() {
         let _ = Command::new("kill")
