@@ -107,11 +107,15 @@ pub async fn run_sam_checks(root: &Path) -> Result<()> {
     let functions = functions_from_template(&root.join("template.yaml"))?;
     let services = LocalServices::start(&root, &tools, gateway).await?;
     let work = tempdir(&root)?;
+    let env = services.env_file();
+    for variable in template_variables(&root.join("template.yaml"))? {
+        ensure!(
+            env["Parameters"].get(&variable).is_some(),
+            "template.yaml declares {variable} but the sam check's env file does not set it"
+        );
+    }
     let env_file = work.join("env.json");
-    std::fs::write(
-        &env_file,
-        serde_json::to_vec_pretty(&services.env_file())?,
-    )?;
+    std::fs::write(&env_file, serde_json::to_vec_pretty(&env)?)?;
     let sam = Sam {
         root: root.clone(),
         tools,
@@ -144,7 +148,11 @@ async fn ensure_packages() -> Result<()> {
         return Ok(());
     }
     println!("sam: installing {}", missing.join(" "));
-    run_checked(Command::new("apt-get").arg("update").arg("-qq"), "apt-get update").await?;
+    run_checked(
+        Command::new("apt-get").arg("update").arg("-qq"),
+        "apt-get update",
+    )
+    .await?;
     run_checked(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -184,7 +192,10 @@ async fn ensure_docker(dev: &Path) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let log = std::fs::File::create(dir.join("dockerd.log"))?;
-    println!("sam: starting dockerd (log {})", dir.join("dockerd.log").display());
+    println!(
+        "sam: starting dockerd (log {})",
+        dir.join("dockerd.log").display()
+    );
     // Its own process group: the engine outlives this run and a Ctrl-C of it.
     let mut command = std::process::Command::new("dockerd");
     command
@@ -320,8 +331,10 @@ async fn sam_build(root: &Path, tools: &Tools) -> Result<usize> {
             tail(&String::from_utf8_lossy(&output.stderr), 40)
         );
     }
-    Ok(compiled_since(&target.join("x86_64-unknown-linux-gnu/release/deps"), since)
-        + compiled_since(&target.join("release/deps"), since))
+    Ok(
+        compiled_since(&target.join("x86_64-unknown-linux-gnu/release/deps"), since)
+            + compiled_since(&target.join("release/deps"), since),
+    )
 }
 
 /// Crates (`.rlib`/`.rmeta`/`.so` written after `since`) in a cargo `deps` folder.
@@ -342,6 +355,18 @@ fn compiled_since(deps: &Path, since: SystemTime) -> usize {
                 .is_ok_and(|m| m >= since)
         })
         .count()
+}
+
+/// The variables `template.yaml` gives every function (`Globals.Function.Environment`).
+pub fn template_variables(template: &Path) -> Result<std::collections::BTreeSet<String>> {
+    let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(template)?)?;
+    let variables = doc["Globals"]["Function"]["Environment"]["Variables"]
+        .as_mapping()
+        .ok_or_else(|| anyhow!("template.yaml has no Globals.Function.Environment.Variables"))?;
+    Ok(variables
+        .keys()
+        .filter_map(|k| k.as_str().map(str::to_string))
+        .collect())
 }
 
 /// The template's functions by binary name (`BuildProperties.Binary`) → logical id.
@@ -410,7 +435,10 @@ impl LocalServices {
             .await
             .is_err()
         {
-            ensure!(Instant::now() < deadline, "moto_server did not answer in 30 s");
+            ensure!(
+                Instant::now() < deadline,
+                "moto_server did not answer in 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let emulator = google_emulator::Emulator::start(google_emulator::Options {
@@ -427,7 +455,11 @@ impl LocalServices {
             .endpoint_url(moto_url.as_str().trim_end_matches('/'))
             .region(Region::new(REGION))
             .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                "test", "test", None, None, "sam-checks",
+                "test",
+                "test",
+                None,
+                None,
+                "sam-checks",
             ))
             .load()
             .await;
@@ -530,21 +562,19 @@ impl LocalServices {
     }
 
     fn control(&self, path: &str) -> Result<Url> {
-        Ok(self
-            .emulator
-            .base_url
-            .join("__emulator/")?
-            .join(path)?)
+        Ok(self.emulator.base_url.join("__emulator/")?.join(path)?)
     }
 
     async fn control_post(&self, path: &str, body: &Value) -> Result<Value> {
-        let response = self.http.post(self.control(path)?).json(body).send().await?;
+        let response = self
+            .http
+            .post(self.control(path)?)
+            .json(body)
+            .send()
+            .await?;
         let status = response.status();
         let text = response.text().await?;
-        ensure!(
-            status.is_success(),
-            "emulator {path}: {status} {text}"
-        );
+        ensure!(status.is_success(), "emulator {path}: {status} {text}");
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
@@ -606,7 +636,11 @@ async fn create_tables(
             .table_name(&name)
             .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
             .set_key_schema(Some(key_schema(&props["KeySchema"])?));
-        for attribute in props["AttributeDefinitions"].as_sequence().into_iter().flatten() {
+        for attribute in props["AttributeDefinitions"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+        {
             request = request.attribute_definitions(
                 AttributeDefinition::builder()
                     .attribute_name(attribute["AttributeName"].as_str().unwrap_or_default())
@@ -616,7 +650,11 @@ async fn create_tables(
                     .build()?,
             );
         }
-        for index in props["GlobalSecondaryIndexes"].as_sequence().into_iter().flatten() {
+        for index in props["GlobalSecondaryIndexes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+        {
             request = request.global_secondary_indexes(
                 GlobalSecondaryIndex::builder()
                     .index_name(index["IndexName"].as_str().unwrap_or_default())
@@ -812,7 +850,13 @@ fn check_http(file: &str, answer: &Value, expect: &HttpExpect) -> Result<()> {
             .into_iter()
             .find(|c| c.starts_with("__Host-"))
             .ok_or_else(|| anyhow!("{file}: no __Host- Set-Cookie in {answer}"))?;
-        for attribute in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/", "Max-Age=600"] {
+        for attribute in [
+            "HttpOnly",
+            "Secure",
+            "SameSite=Lax",
+            "Path=/",
+            "Max-Age=600",
+        ] {
             ensure!(
                 cookie.contains(attribute),
                 "{file}: cookie lacks {attribute}: {cookie}"
@@ -908,8 +952,16 @@ async fn run_invokes(
             .get("oauth-callback")
             .ok_or_else(|| anyhow!("no oauth-callback function"))?,
     );
-    connect_through_callback(sam, services, start_id, callback_id, work, timings, &mut outputs)
-        .await?;
+    connect_through_callback(
+        sam,
+        services,
+        start_id,
+        callback_id,
+        work,
+        timings,
+        &mut outputs,
+    )
+    .await?;
 
     for file in &stream_files {
         let (_, function) = function_of(file)?;
@@ -1008,7 +1060,10 @@ async fn connect_through_callback(
     std::fs::write(&start_file, serde_json::to_vec(&start_event)?)?;
     let started = Instant::now();
     let start = sam.invoke(start_id, &start_file).await?;
-    timings.record(format!("invoke {start_id} (connect: start)"), started.elapsed());
+    timings.record(
+        format!("invoke {start_id} (connect: start)"),
+        started.elapsed(),
+    );
     outputs.push_str(&start.output);
     ensure!(
         start.answer["statusCode"] == 200,
@@ -1303,7 +1358,9 @@ fn random_token(bytes: usize) -> String {
 }
 
 fn tempdir(root: &Path) -> Result<PathBuf> {
-    let dir = root.join(".dev").join(format!("sam-run-{}", random_token(4)));
+    let dir = root
+        .join(".dev")
+        .join(format!("sam-run-{}", random_token(4)));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
@@ -1343,6 +1400,22 @@ mod tests {
     }
 
     #[test]
+    fn events_env_json_sets_exactly_the_template_variables() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let declared = template_variables(&root.join("template.yaml")).unwrap();
+        assert!(declared.contains("GRANTS_TABLE") && declared.contains("AWS_ENDPOINT_URL"));
+        let env: Value =
+            serde_json::from_slice(&std::fs::read(root.join("events/env.json")).unwrap()).unwrap();
+        let set: std::collections::BTreeSet<String> = env["Parameters"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(set, declared);
+    }
+
+    #[test]
     fn set_cookie_is_read_from_v2_cookies_and_from_headers() {
         let v2 = json!({"statusCode": 302, "cookies": ["__Host-a=1; Secure"]});
         assert_eq!(set_cookies(&v2), ["__Host-a=1; Secure"]);
@@ -1376,8 +1449,12 @@ mod tests {
             sets_cookie: false,
         };
         let full = "http://g/auth?response_type=code&redirect_uri=https%3A%2F%2Fapp.example.test%2Foauth%2Fgoogle%2Fcallback&access_type=offline&prompt=consent&code_challenge_method=S256&state=s&code_challenge=c";
-        check_http("x", &json!({"statusCode": 302, "headers": {"location": full}}), &expect)
-            .unwrap();
+        check_http(
+            "x",
+            &json!({"statusCode": 302, "headers": {"location": full}}),
+            &expect,
+        )
+        .unwrap();
         let no_pkce = full.replace("&code_challenge=c", "");
         assert!(
             check_http(
