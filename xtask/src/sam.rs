@@ -107,7 +107,7 @@ pub async fn run_sam_checks(root: &Path) -> Result<()> {
     let functions = functions_from_template(&root.join("template.yaml"))?;
     let services = LocalServices::start(&root, &tools, gateway).await?;
     let work = tempdir(&root)?;
-    let env = services.env_file();
+    let env = services.env_file()?;
     for variable in template_variables(&root.join("template.yaml"))? {
         ensure!(
             env["Parameters"].get(&variable).is_some(),
@@ -507,14 +507,13 @@ impl LocalServices {
             client_secret_id,
             keys_secret_id,
         };
-        let answer = services
+        services
             .control_post(
                 "clients",
                 &json!({"client_id": client_id, "client_secret": client_secret,
                         "redirect_uris": [REDIRECT_URI]}),
             )
             .await?;
-        drop(answer);
         Ok(services)
     }
 
@@ -526,14 +525,14 @@ impl LocalServices {
     }
 
     /// Every variable of SPEC's configuration table, for every function (`Parameters`).
-    fn env_file(&self) -> Value {
+    fn env_file(&self) -> Result<Value> {
         let base = self.emulator.base_url.as_str();
-        let table = |id| self.table(id).unwrap_or_default().to_string();
-        json!({"Parameters": {
-            "GRANTS_TABLE": table("GrantsTable"),
-            "OAUTH_FLOWS_TABLE": table("OAuthFlowsTable"),
-            "SYNC_STATE_TABLE": table("SyncStateTable"),
-            "EVENTS_TABLE": table("EventsTable"),
+        let table = |id| self.table(id).map(str::to_string);
+        Ok(json!({"Parameters": {
+            "GRANTS_TABLE": table("GrantsTable")?,
+            "OAUTH_FLOWS_TABLE": table("OAuthFlowsTable")?,
+            "SYNC_STATE_TABLE": table("SyncStateTable")?,
+            "EVENTS_TABLE": table("EventsTable")?,
             "GOOGLE_CLIENT_SECRET_ID": self.client_secret_id,
             "TOKEN_KEYS_SECRET_ID": self.keys_secret_id,
             "OAUTH_REDIRECT_URI": REDIRECT_URI,
@@ -547,7 +546,7 @@ impl LocalServices {
             "SYNC_CONCURRENCY": "8",
             "AWS_ENDPOINT_URL": self.moto_url.as_str().trim_end_matches('/'),
             "RUST_LOG": "info",
-        }})
+        }}))
     }
 
     /// `AwsEndpointUrl` makes the template declare `AWS_ENDPOINT_URL`, which env files may then set.
