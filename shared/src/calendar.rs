@@ -1,1 +1,270 @@
-//! The Google Calendar v3 events client: insert, update, delete, with Google's error bodies read into typed errors.
+//! The Google Calendar events client: insert, full-replace update and delete of one event, with
+//! Google's error answers read into [`CalendarError`] (which says whether a retry can help).
+//!
+//! Behind the [`Calendar`] trait so the sync logic can be unit-tested with a fake; the adapter
+//! [`CalendarClient`] speaks HTTP to `GOOGLE_CALENDAR_API_URL` (Google or the project's emulator).
+
+use std::{future::Future, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use url::Url;
+
+/// Timeout of one Calendar API call; a slower answer is a retryable [`CalendarError::Timeout`].
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CalendarError {
+    #[error("Google rejected the access token (401); refresh it and retry once")]
+    Unauthorized,
+    #[error("Google has no such event or calendar (404)")]
+    NotFound,
+    #[error("the event was deleted from Google (410)")]
+    Gone,
+    #[error("an event with this id already exists in Google (409)")]
+    Conflict,
+    #[error("Google rate-limited the call ({status} {reason}); retry with backoff")]
+    RateLimited { status: u16, reason: String },
+    #[error("Google refused the call (403 {reason}): {message}")]
+    Forbidden { reason: String, message: String },
+    #[error("Google rejected the event (400): {message}")]
+    BadRequest { message: String },
+    #[error("Google's Calendar API failed ({status}); retry later")]
+    Server { status: u16 },
+    #[error("Google answered {status} unexpectedly: {message}")]
+    Unexpected { status: u16, message: String },
+    #[error("the Calendar API did not answer in time; retry later")]
+    Timeout,
+    #[error("the Calendar API could not be reached: {0}")]
+    Network(String),
+}
+
+impl CalendarError {
+    /// Worth retrying with backoff: rate limits, server errors and transport trouble.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            CalendarError::RateLimited { .. }
+                | CalendarError::Server { .. }
+                | CalendarError::Timeout
+                | CalendarError::Network(_)
+        )
+    }
+}
+
+/// The Calendar calls event-sync needs. `event` is Google's Event resource (with its `id`).
+pub trait Calendar: Send + Sync {
+    fn insert(
+        &self,
+        token: &SecretString,
+        calendar_id: &str,
+        event: &Value,
+    ) -> impl Future<Output = Result<(), CalendarError>> + Send;
+
+    /// Full replace (PUT), so attributes absent from `event` are cleared in Google.
+    fn update(
+        &self,
+        token: &SecretString,
+        calendar_id: &str,
+        event_id: &str,
+        event: &Value,
+    ) -> impl Future<Output = Result<(), CalendarError>> + Send;
+
+    fn delete(
+        &self,
+        token: &SecretString,
+        calendar_id: &str,
+        event_id: &str,
+    ) -> impl Future<Output = Result<(), CalendarError>> + Send;
+}
+
+/// HTTP adapter of [`Calendar`]: one reqwest client (connection pool) per cold start, no redirects.
+#[derive(Clone, Debug)]
+pub struct CalendarClient {
+    http: reqwest::Client,
+    base: Url,
+}
+
+impl CalendarClient {
+    /// `base` is `GOOGLE_CALENDAR_API_URL` (for example `https://www.googleapis.com/calendar/v3`).
+    pub fn new(base: Url, timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("a reqwest client with rustls and no proxies builds");
+        Self { http, base }
+    }
+
+    fn events_url(&self, calendar_id: &str, event_id: Option<&str>) -> Url {
+        let mut url = self.base.clone();
+        {
+            let mut segments = url
+                .path_segments_mut()
+                .expect("the Calendar API URL is an http(s) URL");
+            segments
+                .pop_if_empty()
+                .extend(["calendars", calendar_id, "events"]);
+            if let Some(id) = event_id {
+                segments.push(id);
+            }
+        }
+        url
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<(), CalendarError> {
+        let response = request.send().await.map_err(transport_error)?;
+        let status = response.status().as_u16();
+        if response.status().is_success() {
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        Err(read_error(status, &body))
+    }
+}
+
+fn transport_error(error: reqwest::Error) -> CalendarError {
+    if error.is_timeout() {
+        CalendarError::Timeout
+    } else {
+        // The URL carries no secret (the token is a header), but keep the text short and generic.
+        CalendarError::Network(error.without_url().to_string())
+    }
+}
+
+/// Reads Google's JSON error body `{"error":{"code","message","errors":[{"reason",..}]}}`.
+pub fn read_error(status: u16, body: &str) -> CalendarError {
+    let parsed: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let error = &parsed["error"];
+    let message: String = error["message"]
+        .as_str()
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect();
+    let reason = error["errors"][0]["reason"]
+        .as_str()
+        .or_else(|| error["status"].as_str())
+        .unwrap_or("")
+        .to_string();
+    match status {
+        400 => CalendarError::BadRequest { message },
+        401 => CalendarError::Unauthorized,
+        403 if matches!(
+            reason.as_str(),
+            "rateLimitExceeded" | "userRateLimitExceeded" | "quotaExceeded"
+        ) =>
+        {
+            CalendarError::RateLimited { status, reason }
+        }
+        403 => CalendarError::Forbidden { reason, message },
+        404 => CalendarError::NotFound,
+        409 => CalendarError::Conflict,
+        410 => CalendarError::Gone,
+        429 => CalendarError::RateLimited { status, reason },
+        500..=599 => CalendarError::Server { status },
+        _ => CalendarError::Unexpected { status, message },
+    }
+}
+
+impl Calendar for CalendarClient {
+    async fn insert(
+        &self,
+        token: &SecretString,
+        calendar_id: &str,
+        event: &Value,
+    ) -> Result<(), CalendarError> {
+        let url = self.events_url(calendar_id, None);
+        self.send(
+            self.http
+                .post(url)
+                .bearer_auth(token.expose_secret())
+                .json(event),
+        )
+        .await
+    }
+
+    async fn update(
+        &self,
+        token: &SecretString,
+        calendar_id: &str,
+        event_id: &str,
+        event: &Value,
+    ) -> Result<(), CalendarError> {
+        let url = self.events_url(calendar_id, Some(event_id));
+        self.send(
+            self.http
+                .put(url)
+                .bearer_auth(token.expose_secret())
+                .json(event),
+        )
+        .await
+    }
+
+    async fn delete(
+        &self,
+        token: &SecretString,
+        calendar_id: &str,
+        event_id: &str,
+    ) -> Result<(), CalendarError> {
+        let url = self.events_url(calendar_id, Some(event_id));
+        self.send(self.http.delete(url).bearer_auth(token.expose_secret()))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_escape_calendar_ids() {
+        let client = CalendarClient::new(
+            Url::parse("http://127.0.0.1:1/calendar/v3").unwrap(),
+            DEFAULT_TIMEOUT,
+        );
+        assert_eq!(
+            client
+                .events_url("team/a b@example.com", Some("abc"))
+                .as_str(),
+            "http://127.0.0.1:1/calendar/v3/calendars/team%2Fa%20b@example.com/events/abc"
+        );
+        let slash = CalendarClient::new(
+            Url::parse("http://127.0.0.1:1/calendar/v3/").unwrap(),
+            DEFAULT_TIMEOUT,
+        );
+        assert_eq!(
+            slash.events_url("primary", None).as_str(),
+            "http://127.0.0.1:1/calendar/v3/calendars/primary/events"
+        );
+    }
+
+    #[test]
+    fn google_error_bodies_become_typed_errors() {
+        let body = |reason: &str| {
+            format!(
+                r#"{{"error":{{"code":403,"message":"m","errors":[{{"domain":"usageLimits","reason":"{reason}","message":"m"}}]}}}}"#
+            )
+        };
+        assert!(read_error(403, &body("userRateLimitExceeded")).is_retryable());
+        assert!(read_error(403, &body("rateLimitExceeded")).is_retryable());
+        assert_eq!(
+            read_error(403, &body("forbidden")),
+            CalendarError::Forbidden {
+                reason: "forbidden".into(),
+                message: "m".into()
+            }
+        );
+        assert!(!read_error(403, &body("forbidden")).is_retryable());
+        assert!(read_error(429, "").is_retryable());
+        assert!(read_error(503, "<html>").is_retryable());
+        assert_eq!(read_error(409, ""), CalendarError::Conflict);
+        assert_eq!(read_error(410, ""), CalendarError::Gone);
+        assert_eq!(read_error(401, ""), CalendarError::Unauthorized);
+        assert!(matches!(
+            read_error(400, r#"{"error":{"message":"Invalid start time."}}"#),
+            CalendarError::BadRequest { message } if message == "Invalid start time."
+        ));
+    }
+}

@@ -1,1 +1,399 @@
 //! OAuth flow records: single-use `state`, the sealed PKCE verifier and the browser-binding hash, consumed by a conditional delete.
+//!
+//! A flow lives from `GET /oauth/google/start` to the callback, at most [`FLOW_LIFETIME`]. The
+//! record keys on `state`; it holds the user id, `return_to`, the PKCE verifier (sealed with the
+//! vault, bound to the flows table and the user) and the SHA-256 of the browser nonce whose
+//! plaintext only the `__Host-calsync_oauth` cookie carries. `expires_at` (epoch seconds) is the
+//! table's TTL attribute; DynamoDB deletes late, so expiry is also checked on every read.
+//!
+//! The callback first [`FlowStore::find`]s the record and checks the cookie against it, and only
+//! then [`FlowStore::consume`]s it with a delete conditioned on the record still existing with the
+//! same nonce hash. So a request without the right cookie (a forged link, a leaked callback URL)
+//! cannot burn the legitimate user's flow, while two callbacks racing with the right cookie still
+//! see exactly one winner.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+};
+
+use aws_sdk_dynamodb::{
+    error::SdkError,
+    types::{AttributeValue, ReturnValue},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Duration, Utc};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::{
+    secrets::{SecretsCache, SecretsError},
+    vault::{Vault, VaultError},
+};
+
+/// How long a started connect may take before its callback is refused.
+pub const FLOW_LIFETIME: Duration = Duration::minutes(10);
+
+/// 32 random bytes from the OS, base64url without padding (43 characters): `state` and the nonce.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The stored form of a browser nonce: base64url of its SHA-256.
+pub fn nonce_hash(nonce: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(nonce.as_bytes()))
+}
+
+/// Whether `nonce` (from the cookie) hashes to `stored_hash`, compared in constant time.
+pub fn nonce_matches(nonce: &str, stored_hash: &str) -> bool {
+    let computed = nonce_hash(nonce);
+    computed.as_bytes().ct_eq(stored_hash.as_bytes()).into()
+}
+
+/// A flow as the handlers see it (verifier in plaintext, in a secrecy type).
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub state: String,
+    pub user_id: String,
+    pub return_to: String,
+    pub verifier: SecretString,
+    pub nonce_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Flow {
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        now >= self.expires_at
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    #[error("a flow with this state already exists")]
+    Duplicate,
+    #[error("flow store request failed: {0}")]
+    Store(String),
+    #[error("a stored flow record is unreadable: {0}")]
+    Corrupt(String),
+    #[error("the flow's verifier could not be sealed or opened: {0}")]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+}
+
+/// Where flow records live.
+pub trait FlowStore: Send + Sync {
+    /// Stores a new flow; fails with [`FlowError::Duplicate`] if the state exists.
+    fn create(&self, flow: &Flow) -> impl Future<Output = Result<(), FlowError>> + Send;
+
+    /// Reads a flow without consuming it (expired ones too: the caller checks expiry).
+    fn find(&self, state: &str) -> impl Future<Output = Result<Option<Flow>, FlowError>> + Send;
+
+    /// Deletes the flow if it still exists with this nonce hash, returning it; `None` when it was
+    /// already consumed (or never existed).
+    fn consume(
+        &self,
+        state: &str,
+        nonce_hash: &str,
+    ) -> impl Future<Output = Result<Option<Flow>, FlowError>> + Send;
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredFlow {
+    state: String,
+    user_id: String,
+    return_to: String,
+    verifier_sealed: String,
+    nonce_hash: String,
+    created_at: DateTime<Utc>,
+    /// Epoch seconds: the table's TTL attribute.
+    expires_at: i64,
+}
+
+/// DynamoDB adapter of [`FlowStore`] (partition key `state`, TTL attribute `expires_at`).
+#[derive(Clone)]
+pub struct DynamoFlowStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    secrets: Arc<SecretsCache>,
+}
+
+fn store_error<E, R>(error: SdkError<E, R>) -> FlowError
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    FlowError::Store(aws_sdk_dynamodb::error::DisplayErrorContext(&error).to_string())
+}
+
+impl DynamoFlowStore {
+    pub fn new(
+        client: aws_sdk_dynamodb::Client,
+        table: String,
+        secrets: Arc<SecretsCache>,
+    ) -> Self {
+        Self {
+            client,
+            table,
+            secrets,
+        }
+    }
+
+    async fn vault(&self) -> Result<Vault, FlowError> {
+        Ok(Vault::new(self.secrets.keyring().await?))
+    }
+
+    async fn to_flow(&self, item: HashMap<String, AttributeValue>) -> Result<Flow, FlowError> {
+        let stored: StoredFlow =
+            serde_dynamo::from_item(item).map_err(|e| FlowError::Corrupt(e.to_string()))?;
+        let verifier =
+            self.vault()
+                .await?
+                .open(&self.table, &stored.user_id, &stored.verifier_sealed)?;
+        let expires_at = DateTime::from_timestamp(stored.expires_at, 0)
+            .ok_or_else(|| FlowError::Corrupt("expires_at out of range".into()))?;
+        Ok(Flow {
+            state: stored.state,
+            user_id: stored.user_id,
+            return_to: stored.return_to,
+            verifier,
+            nonce_hash: stored.nonce_hash,
+            created_at: stored.created_at,
+            expires_at,
+        })
+    }
+}
+
+impl FlowStore for DynamoFlowStore {
+    async fn create(&self, flow: &Flow) -> Result<(), FlowError> {
+        let stored = StoredFlow {
+            state: flow.state.clone(),
+            user_id: flow.user_id.clone(),
+            return_to: flow.return_to.clone(),
+            verifier_sealed: self.vault().await?.seal(
+                &self.table,
+                &flow.user_id,
+                &flow.verifier,
+            )?,
+            nonce_hash: flow.nonce_hash.clone(),
+            created_at: flow.created_at,
+            expires_at: flow.expires_at.timestamp(),
+        };
+        let item: HashMap<String, AttributeValue> =
+            serde_dynamo::to_item(&stored).map_err(|e| FlowError::Store(e.to_string()))?;
+        match self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#state)")
+            .expression_attribute_names("#state", "state")
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Err(FlowError::Duplicate)
+            }
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    async fn find(&self, state: &str) -> Result<Option<Flow>, FlowError> {
+        let answer = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("state", AttributeValue::S(state.to_string()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(store_error)?;
+        match answer.item {
+            Some(item) => Ok(Some(self.to_flow(item).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn consume(&self, state: &str, nonce_hash: &str) -> Result<Option<Flow>, FlowError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("state", AttributeValue::S(state.to_string()))
+            .condition_expression("attribute_exists(#state) AND nonce_hash = :nonce_hash")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":nonce_hash", AttributeValue::S(nonce_hash.to_string()))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(answer) => match answer.attributes {
+                Some(item) if !item.is_empty() => Ok(Some(self.to_flow(item).await?)),
+                _ => Ok(None),
+            },
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(store_error(e)),
+        }
+    }
+}
+
+/// An in-memory [`FlowStore`] for unit tests.
+#[derive(Default, Clone)]
+pub struct InMemoryFlowStore {
+    flows: Arc<Mutex<HashMap<String, Flow>>>,
+}
+
+impl InMemoryFlowStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl FlowStore for InMemoryFlowStore {
+    async fn create(&self, flow: &Flow) -> Result<(), FlowError> {
+        let mut flows = self.flows.lock().unwrap();
+        if flows.contains_key(&flow.state) {
+            return Err(FlowError::Duplicate);
+        }
+        flows.insert(flow.state.clone(), flow.clone());
+        Ok(())
+    }
+
+    async fn find(&self, state: &str) -> Result<Option<Flow>, FlowError> {
+        Ok(self.flows.lock().unwrap().get(state).cloned())
+    }
+
+    async fn consume(&self, state: &str, nonce_hash: &str) -> Result<Option<Flow>, FlowError> {
+        let mut flows = self.flows.lock().unwrap();
+        match flows.get(state) {
+            Some(flow) if flow.nonce_hash == nonce_hash => Ok(flows.remove(state)),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Whether a verifier has the shape RFC 7636 requires (43 to 128 unreserved characters).
+pub fn is_valid_verifier(verifier: &str) -> bool {
+    (43..=128).contains(&verifier.len())
+        && verifier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// A new flow for `user_id`: fresh state, nonce and PKCE pair. Returns the flow, the nonce for
+/// the cookie, and the PKCE challenge for the consent URL.
+pub fn new_flow(
+    user_id: &str,
+    return_to: &str,
+    now: DateTime<Utc>,
+) -> (Flow, String, oauth2::PkceCodeChallenge) {
+    let (challenge, verifier) = oauth2::PkceCodeChallenge::new_random_sha256();
+    let nonce = random_token();
+    let flow = Flow {
+        state: random_token(),
+        user_id: user_id.to_string(),
+        return_to: return_to.to_string(),
+        verifier: SecretString::from(verifier.secret().clone()),
+        nonce_hash: nonce_hash(&nonce),
+        created_at: now,
+        expires_at: now + FLOW_LIFETIME,
+    };
+    (flow, nonce, challenge)
+}
+
+impl Flow {
+    /// The verifier's plaintext, for the code exchange only.
+    pub fn verifier_secret(&self) -> &str {
+        self.verifier.expose_secret()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_base64url(s: &str) -> bool {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
+
+    #[test]
+    fn state_and_nonce_are_256_bits_of_base64url() {
+        let a = random_token();
+        let b = random_token();
+        assert_eq!(a.len(), 43);
+        assert!(is_base64url(&a), "{a}");
+        assert_ne!(a, b);
+        assert_eq!(URL_SAFE_NO_PAD.decode(&a).unwrap().len(), 32);
+    }
+
+    #[test]
+    fn a_new_flow_has_a_valid_verifier_and_a_hashed_nonce() {
+        let now = Utc::now();
+        let (flow, nonce, challenge) = new_flow("user-1", "https://app.example/x", now);
+        assert!(is_valid_verifier(flow.verifier_secret()));
+        assert_eq!(flow.verifier_secret().len(), 43);
+        assert!(is_base64url(flow.verifier_secret()));
+        assert_eq!(challenge.method().as_str(), "S256");
+        assert_eq!(
+            challenge.as_str(),
+            URL_SAFE_NO_PAD.encode(Sha256::digest(flow.verifier_secret().as_bytes()))
+        );
+        assert_ne!(flow.nonce_hash, nonce);
+        assert!(nonce_matches(&nonce, &flow.nonce_hash));
+        assert!(!nonce_matches(&random_token(), &flow.nonce_hash));
+        assert!(!nonce_matches("", &flow.nonce_hash));
+        assert_eq!(flow.expires_at - flow.created_at, Duration::minutes(10));
+        assert!(!flow.is_expired(now));
+        assert!(flow.is_expired(now + Duration::minutes(10)));
+        assert!(!format!("{flow:?}").contains(flow.verifier_secret()));
+    }
+
+    #[tokio::test]
+    async fn in_memory_consume_is_single_use_and_needs_the_hash() {
+        let store = InMemoryFlowStore::new();
+        let (flow, nonce, _) = new_flow("u", "https://a.example/", Utc::now());
+        store.create(&flow).await.unwrap();
+        assert!(matches!(
+            store.create(&flow).await,
+            Err(FlowError::Duplicate)
+        ));
+        assert!(
+            store
+                .consume(&flow.state, &nonce_hash("wrong"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .consume(&flow.state, &nonce_hash(&nonce))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            store
+                .consume(&flow.state, &nonce_hash(&nonce))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}

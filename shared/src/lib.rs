@@ -18,4 +18,5 @@ pub mod secrets;
 pub mod sync;
 pub mod sync_state;
 pub mod telemetry;
+pub mod tokens;
 pub mod vault;

@@ -128,6 +128,7 @@ pub fn sam_env(template: &Template) -> Result<Value> {
         host: DOCKER_BRIDGE_GATEWAY.to_string(),
         aws_port: stack::DEFAULT_AWS_PORT,
         google_port: stack::DEFAULT_GOOGLE_PORT,
+        front_port: stack::DEFAULT_FRONT_PORT,
     };
     let ctx = stack::context(&options)?;
     let mut out = BTreeMap::new();

@@ -1,6 +1,8 @@
 //! `cargo xtask stack up|down|status`: the whole local stack as long-running processes. moto's
 //! server with the template's tables and both secrets, the Google emulator with the stack's OAuth
-//! client, and each function of the template under the Runtime Interface Emulator. State lives in
+//! client, each function of the template under the Runtime Interface Emulator, and the gateway
+//! process (the HTTP front standing in for API Gateway, the stream poller for the event source
+//! mapping). State lives in
 //! `.dev/`: `stack.json` and `stack.env` (every variable and URL), pid files in `.dev/run/`, logs
 //! in `.dev/logs/`. `up` on a running stack changes nothing; `down` stops by pid and tolerates
 //! stale pid files. `CALSYNC_STACK_BIN_DIR` runs prebuilt binaries instead of building.
@@ -22,6 +24,9 @@ use crate::{aws, moto, paths, process, rie, seed, setup, tables, testkit};
 pub const PREFIX: &str = "calsync-local-";
 pub const DEFAULT_AWS_PORT: u16 = 5005;
 pub const DEFAULT_GOOGLE_PORT: u16 = 8085;
+/// The HTTP front (the app's site) is on `localhost`, the emulator on `127.0.0.1`: two sites, so the
+/// `SameSite=Lax` cookie is exercised as browsers treat a cross-site redirect.
+pub const DEFAULT_FRONT_PORT: u16 = 3000;
 const FIRST_RIE_PORT: u16 = 9101;
 const FIRST_RUNTIME_API_PORT: u16 = 9201;
 
@@ -32,6 +37,7 @@ pub struct Options {
     pub host: String,
     pub aws_port: u16,
     pub google_port: u16,
+    pub front_port: u16,
 }
 
 impl Default for Options {
@@ -46,6 +52,7 @@ impl Default for Options {
             host: std::env::var("CALSYNC_STACK_HOST").unwrap_or_else(|_| "127.0.0.1".into()),
             aws_port: port("CALSYNC_AWS_PORT", DEFAULT_AWS_PORT),
             google_port: port("CALSYNC_GOOGLE_PORT", DEFAULT_GOOGLE_PORT),
+            front_port: port("CALSYNC_FRONT_PORT", DEFAULT_FRONT_PORT),
         }
     }
 }
@@ -55,6 +62,9 @@ impl Default for Options {
 pub struct State {
     pub aws_endpoint: String,
     pub google_url: String,
+    /// The local HTTP front (API Gateway's stand-in), e.g. `http://localhost:3000/`.
+    #[serde(default)]
+    pub front_url: String,
     /// Template logical id to its local function.
     pub functions: BTreeMap<String, LocalFunction>,
     /// The environment every function gets (plus the AWS variables).
@@ -130,7 +140,24 @@ fn load_or_create_secrets() -> Result<LocalSecrets> {
 pub fn context(options: &Options) -> Result<Context> {
     let google = Url::parse(&format!("http://{}:{}/", options.host, options.google_port))?;
     let aws = format!("http://{}:{}", options.host, options.aws_port);
-    Ok(testkit::local_context(PREFIX, &google, &aws))
+    let mut ctx = testkit::local_context(PREFIX, &google, &aws);
+    let front = front_url(options);
+    for (name, value) in [
+        ("OAuthRedirectUri", format!("{front}oauth/google/callback")),
+        (
+            "AllowedReturnOrigins",
+            front.trim_end_matches('/').to_string(),
+        ),
+        ("DefaultReturnUrl", front.clone()),
+    ] {
+        ctx.parameters.insert(name.to_string(), value);
+    }
+    Ok(ctx)
+}
+
+/// Where the browser reaches the stack's HTTP routes.
+pub fn front_url(options: &Options) -> String {
+    format!("http://localhost:{}/", options.front_port)
 }
 
 fn target_dir() -> PathBuf {
@@ -180,11 +207,12 @@ pub async fn up(options: &Options) -> Result<State> {
     }
     let ctx = context(options)?;
     let aws_endpoint = format!("http://{}:{}", options.host, options.aws_port);
-    for (port, variable) in [
-        (options.aws_port, "CALSYNC_AWS_PORT"),
-        (options.google_port, "CALSYNC_GOOGLE_PORT"),
+    for (host, port, variable) in [
+        (options.host.as_str(), options.aws_port, "CALSYNC_AWS_PORT"),
+        (options.host.as_str(), options.google_port, "CALSYNC_GOOGLE_PORT"),
+        ("127.0.0.1", options.front_port, "CALSYNC_FRONT_PORT"),
     ] {
-        ensure_free(&options.host, port, variable)?;
+        ensure_free(host, port, variable)?;
     }
 
     moto::start_detached(
@@ -291,10 +319,24 @@ pub async fn up(options: &Options) -> Result<State> {
     let state = State {
         aws_endpoint,
         google_url,
+        front_url: front_url(options),
         functions,
         env: all_env,
     };
     write_state(&state)?;
+
+    // The HTTP front and the stream poller run in one process of their own (`xtask gateway`).
+    let mut gateway = Command::new(std::env::current_exe()?);
+    gateway
+        .arg("gateway")
+        .env("CALSYNC_FRONT_PORT", options.front_port.to_string());
+    process::spawn_detached(&mut gateway, &log_file("gateway"), &pid_file("gateway"))?;
+    process::wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], options.front_port)),
+        Duration::from_secs(20),
+        "the HTTP front and stream poller (log: .dev/logs/gateway.log)",
+    )
+    .await?;
     Ok(state)
 }
 
@@ -383,6 +425,7 @@ pub fn summary(state: &State) -> String {
     let mut out = vec![
         format!("  AWS (moto)        {}", state.aws_endpoint),
         format!("  Google emulator   {}", state.google_url),
+        format!("  HTTP front (app)  {}", state.front_url),
     ];
     for (id, function) in &state.functions {
         out.push(format!("  {id:<22} {}", function.invoke_url));

@@ -54,9 +54,21 @@ pub struct FunctionSpec {
     pub logical_id: String,
     pub binary: String,
     pub timeout_seconds: u64,
-    /// `(method, path)` of its HTTP API routes.
-    pub routes: Vec<(String, String)>,
+    /// Its HTTP API routes.
+    pub routes: Vec<HttpRoute>,
     pub has_stream_event: bool,
+    /// The `Properties` of its DynamoDB stream event (the event source mapping's settings).
+    pub stream_mapping: Option<Value>,
+}
+
+/// One `HttpApi` event of a function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRoute {
+    /// Upper case, e.g. `GET`.
+    pub method: String,
+    pub path: String,
+    /// False when the route opts out of the API's default authorizer (`Auth.Authorizer: NONE`).
+    pub authorized: bool,
 }
 
 impl Template {
@@ -157,15 +169,19 @@ impl Template {
                     .values()
                     .filter(|e| e.get("Type").and_then(Value::as_str) == Some("HttpApi"))
                     .filter_map(|e| {
-                        Some((
-                            e.pointer("/Properties/Method")?.as_str()?.to_uppercase(),
-                            e.pointer("/Properties/Path")?.as_str()?.to_string(),
-                        ))
+                        Some(HttpRoute {
+                            method: e.pointer("/Properties/Method")?.as_str()?.to_uppercase(),
+                            path: e.pointer("/Properties/Path")?.as_str()?.to_string(),
+                            authorized: e.pointer("/Properties/Auth/Authorizer")
+                                != Some(&Value::String("NONE".into())),
+                        })
                     })
                     .collect();
-                let has_stream_event = events
+                let stream_mapping = events
                     .values()
-                    .any(|e| e.get("Type").and_then(Value::as_str) == Some("DynamoDB"));
+                    .find(|e| e.get("Type").and_then(Value::as_str) == Some("DynamoDB"))
+                    .and_then(|e| e.get("Properties").cloned());
+                let has_stream_event = stream_mapping.is_some();
                 Ok(FunctionSpec {
                     logical_id: id.clone(),
                     binary,
@@ -175,6 +191,7 @@ impl Template {
                         .unwrap_or(global_timeout),
                     routes,
                     has_stream_event,
+                    stream_mapping,
                 })
             })
             .collect()

@@ -1,15 +1,18 @@
 //! The DynamoDB stream consumer: wiring only; the handler lives in `shared::sync`.
 
+use aws_lambda_events::event::dynamodb::Event as DynamodbEvent;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use shared::{aws::Clients, config, telemetry};
+use shared::{aws::Clients, calendar, config, sync, telemetry};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     telemetry::init();
-    let _config = config::load_or_exit("event-sync");
-    let _clients = Clients::from_env().await;
-    lambda_runtime::run(service_fn(|_event: LambdaEvent<serde_json::Value>| async {
-        Err::<serde_json::Value, Error>("event-sync is not implemented yet".into())
-    }))
+    let config = config::load_or_exit("event-sync");
+    let clients = Clients::from_env().await;
+    let deps = sync::handler::SyncDeps::from_config(&config, &clients, calendar::DEFAULT_TIMEOUT);
+    let deps = &deps;
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<DynamodbEvent>| async move { sync::handle(deps, event).await },
+    ))
     .await
 }

@@ -1,12 +1,21 @@
 //! `GET /oauth/google/callback`, `GET /oauth/google/status`, `DELETE /oauth/google/connection`: wiring only; the handler lives in `shared::http`.
 
-use lambda_http::{Error, service_fn};
-use shared::{aws::Clients, config, http, telemetry};
+use std::sync::Arc;
+
+use lambda_http::{Error, Request, service_fn};
+use shared::{aws::Clients, config, http, sync::replay::ProductionReplay, telemetry};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     telemetry::init();
-    let _config = config::load_or_exit("oauth-callback");
-    let _clients = Clients::from_env().await;
-    lambda_http::run(service_fn(http::not_implemented)).await
+    let config = config::load_or_exit("oauth-callback");
+    let clients = Clients::from_env().await;
+    // A successful connect replays the user's parked changes before answering.
+    let replay = ProductionReplay::from_config(&config, &clients);
+    let deps = Arc::new(http::CallbackDeps::new(config, &clients, replay));
+    lambda_http::run(service_fn(move |request: Request| {
+        let deps = deps.clone();
+        async move { Ok::<_, Error>(http::callback_router(&deps, request).await) }
+    }))
+    .await
 }

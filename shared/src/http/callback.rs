@@ -1,0 +1,339 @@
+//! `GET /oauth/google/callback`: Google sends the browser back here with `state` and a `code` or
+//! an `error`.
+//!
+//! Order of checks: the flow record must exist and be unexpired (else 400 `invalid_state`), the
+//! cookie must match its nonce hash (else 400 `state_mismatch`, and the record stays, so a forged
+//! or leaked link cannot burn the user's own flow), then the record is consumed by a conditional
+//! delete (a lost race is `invalid_state`). None of these calls Google. From then on every answer
+//! is a redirect to the flow's `return_to` with `calsync=connected|denied|error` and the cookie
+//! is cleared.
+
+use chrono::Utc;
+use lambda_http::{Body, Request, Response, http::StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use super::{AfterConnect, CallbackDeps, ParkedChanges, cookies, query, responses};
+use crate::{
+    flows::{Flow, FlowStore, nonce_hash, nonce_matches},
+    google_oauth::{CodeExchange, GoogleIdentity},
+    grants::{Grant, GrantError, GrantStatus, GrantStore},
+};
+
+/// Scopes that let calsync write events (full URLs as Google reports them; short forms too).
+const WRITE_SCOPES: [&str; 3] = ["calendar", "calendar.events", "calendar.events.owned"];
+const SCOPE_PREFIX: &str = "https://www.googleapis.com/auth/";
+
+pub fn can_write_events(scopes: &[String]) -> bool {
+    scopes.iter().any(|scope| {
+        let short = scope.strip_prefix(SCOPE_PREFIX).unwrap_or(scope);
+        WRITE_SCOPES.contains(&short)
+    })
+}
+
+/// How many times a grant write that lost a version race is retried after re-reading.
+const SAVE_ATTEMPTS: usize = 3;
+
+fn outcome_url(return_to: &str, outcome: &str, reason: Option<&str>) -> String {
+    let mut url = Url::parse(return_to).expect("return_to was validated at start");
+    {
+        let mut pairs = url.query_pairs_mut();
+        pairs.append_pair("calsync", outcome);
+        if let Some(reason) = reason {
+            pairs.append_pair("reason", reason);
+        }
+    }
+    url.to_string()
+}
+
+fn finish(flow: &Flow, outcome: &str, reason: Option<&str>) -> Response<Body> {
+    responses::redirect(
+        &outcome_url(&flow.return_to, outcome, reason),
+        Some(cookies::clear()),
+    )
+}
+
+fn invalid_state(request: &Request) -> Response<Body> {
+    responses::error_for(
+        request,
+        StatusCode::BAD_REQUEST,
+        "invalid_state",
+        "This connection link is unknown, expired or already used. Start connecting your calendar again from the app.",
+    )
+}
+
+fn state_mismatch(request: &Request) -> Response<Body> {
+    responses::error_for(
+        request,
+        StatusCode::BAD_REQUEST,
+        "state_mismatch",
+        "This connection was started in another browser or the connection cookie is missing. Start connecting your calendar again from this browser.",
+    )
+}
+
+/// Google's `error` values are short codes; anything else is not echoed back.
+fn safe_code(error: &str) -> Option<&str> {
+    (!error.is_empty()
+        && error.len() <= 64
+        && error.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+    .then_some(error)
+}
+
+pub async fn handle<G, F, P, A>(deps: &CallbackDeps<G, F, P, A>, request: Request) -> Response<Body>
+where
+    G: GrantStore,
+    F: FlowStore,
+    P: ParkedChanges,
+    A: AfterConnect,
+{
+    let params = match query(&request) {
+        Ok(params) => params,
+        Err(_) => {
+            tracing::info!(
+                outcome = "invalid_request",
+                "callback refused: repeated parameter"
+            );
+            return responses::error_for(
+                &request,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "The callback's query repeats a parameter.",
+            );
+        }
+    };
+    let Some(state) = params.get("state").filter(|s| !s.is_empty()) else {
+        tracing::info!(outcome = "invalid_state", "callback refused: no state");
+        return invalid_state(&request);
+    };
+    let code = params.get("code").filter(|c| !c.is_empty());
+    let google_error = params.get("error").filter(|e| !e.is_empty());
+    if code.is_none() && google_error.is_none() {
+        tracing::info!(
+            outcome = "invalid_request",
+            "callback refused: neither code nor error"
+        );
+        return responses::error_for(
+            &request,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "The callback carries neither a code nor an error.",
+        );
+    }
+
+    let flow = match deps.flows.find(state).await {
+        Ok(Some(flow)) if !flow.is_expired(Utc::now()) => flow,
+        Ok(found) => {
+            let outcome = if found.is_some() {
+                "expired"
+            } else {
+                "unknown"
+            };
+            tracing::info!(
+                outcome = "invalid_state",
+                state_was = outcome,
+                "callback refused"
+            );
+            return invalid_state(&request);
+        }
+        Err(error) => {
+            tracing::error!(outcome = "store_failed", %error, "callback failed reading the flow");
+            return responses::internal("could not read the connection; try again");
+        }
+    };
+    let user_id = flow.user_id.clone();
+    let Some(nonce) = cookies::read(&request).filter(|n| nonce_matches(n, &flow.nonce_hash)) else {
+        tracing::warn!(
+            user_id,
+            outcome = "state_mismatch",
+            "callback refused: cookie missing or not matching"
+        );
+        return state_mismatch(&request);
+    };
+    let flow = match deps.flows.consume(state, &nonce_hash(&nonce)).await {
+        Ok(Some(flow)) => flow,
+        Ok(None) => {
+            tracing::info!(
+                user_id,
+                outcome = "invalid_state",
+                state_was = "used",
+                "callback refused"
+            );
+            return invalid_state(&request);
+        }
+        Err(error) => {
+            tracing::error!(user_id, outcome = "store_failed", %error, "callback failed consuming the flow");
+            return responses::internal("could not read the connection; try again");
+        }
+    };
+
+    if let Some(error) = google_error {
+        let reason = safe_code(error).filter(|e| *e != "access_denied");
+        tracing::info!(
+            user_id,
+            outcome = "denied",
+            google_error = safe_code(error),
+            "user did not grant access"
+        );
+        return finish(&flow, "denied", reason);
+    }
+    let code = SecretString::from(code.expect("checked above").clone());
+
+    let exchange = match deps.google.exchange_code(&code, &flow.verifier).await {
+        Ok(exchange) => exchange,
+        Err(error) => {
+            tracing::warn!(user_id, outcome = "token_exchange_failed", %error, "code exchange failed");
+            return finish(&flow, "error", Some("token_exchange_failed"));
+        }
+    };
+    match connect(deps, &flow, exchange).await {
+        Ok(()) => {
+            deps.after_connect.connected(&user_id).await;
+            tracing::info!(user_id, outcome = "connected", "calendar connected");
+            finish(&flow, "connected", None)
+        }
+        Err(reason) => finish(&flow, "error", Some(reason)),
+    }
+}
+
+/// Checks the token answer and stores the grant. Errors are the `reason` for the redirect.
+async fn connect<G, F, P, A>(
+    deps: &CallbackDeps<G, F, P, A>,
+    flow: &Flow,
+    exchange: CodeExchange,
+) -> Result<(), &'static str>
+where
+    G: GrantStore,
+    F: FlowStore,
+    P: ParkedChanges,
+    A: AfterConnect,
+{
+    let user_id = flow.user_id.as_str();
+    let scopes = exchange
+        .scopes
+        .clone()
+        .unwrap_or_else(|| deps.config.oauth.scopes.clone());
+    if !can_write_events(&scopes) {
+        // Without a scope that writes events the grant is useless: give it back to Google.
+        let token = exchange
+            .refresh_token
+            .as_ref()
+            .unwrap_or(&exchange.access_token);
+        if let Err(error) = deps.google.revoke(token).await {
+            tracing::warn!(user_id, %error, "revoking the scope-less grant failed");
+        }
+        tracing::info!(user_id, outcome = "scope_denied", granted = ?scopes, "no event-writing scope granted");
+        return Err("scope_denied");
+    }
+    let Some(GoogleIdentity { sub, email }) = exchange.identity.clone() else {
+        tracing::warn!(
+            user_id,
+            outcome = "no_identity",
+            "the token answer had no id_token; GOOGLE_SCOPES must include openid"
+        );
+        return Err("no_identity");
+    };
+
+    for _ in 0..SAVE_ATTEMPTS {
+        let existing = deps.grants.get(user_id).await.map_err(|error| {
+            tracing::error!(user_id, outcome = "store_failed", %error, "reading the grant failed");
+            "storage_failed"
+        })?;
+        let refresh_token = match (&exchange.refresh_token, &existing) {
+            (Some(fresh), _) => fresh.clone(),
+            (None, Some(old)) if old.google_sub == sub && old.refresh_token.is_some() => {
+                old.refresh_token.clone().expect("checked")
+            }
+            (None, _) => {
+                let same_account = existing.as_ref().map(|g| g.google_sub == sub);
+                tracing::info!(
+                    user_id,
+                    outcome = "no_refresh_token",
+                    ?same_account,
+                    "Google sent no refresh token and none is stored for this account"
+                );
+                return Err("no_refresh_token");
+            }
+        };
+        let grant = Grant {
+            user_id: user_id.to_string(),
+            status: GrantStatus::Active,
+            google_sub: sub.clone(),
+            google_email: email.clone(),
+            scopes: scopes.clone(),
+            connected_at: Utc::now(),
+            refreshed_at: None,
+            access_token: Some(SecretString::from(
+                exchange.access_token.expose_secret().to_string(),
+            )),
+            access_token_expires_at: Some(exchange.expires_at),
+            refresh_token: Some(refresh_token),
+            version: existing.as_ref().map_or(0, |g| g.version),
+        };
+        match deps.grants.save(&grant).await {
+            Ok(_) => return Ok(()),
+            Err(GrantError::Conflict { .. }) => continue,
+            Err(error) => {
+                tracing::error!(user_id, outcome = "store_failed", %error, "writing the grant failed");
+                return Err("storage_failed");
+            }
+        }
+    }
+    tracing::error!(
+        user_id,
+        outcome = "store_failed",
+        "the grant kept changing under the write"
+    );
+    Err("storage_failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_scopes() {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(can_write_events(&s(&[
+            "openid",
+            "https://www.googleapis.com/auth/calendar.events.owned"
+        ])));
+        assert!(can_write_events(&s(&[
+            "https://www.googleapis.com/auth/calendar"
+        ])));
+        assert!(can_write_events(&s(&[
+            "https://www.googleapis.com/auth/calendar.events"
+        ])));
+        assert!(!can_write_events(&s(&[
+            "openid",
+            "email",
+            "https://www.googleapis.com/auth/calendar.readonly"
+        ])));
+        assert!(!can_write_events(&s(&[
+            "https://www.googleapis.com/auth/calendar.events.readonly"
+        ])));
+        assert!(!can_write_events(&[]));
+    }
+
+    #[test]
+    fn outcome_is_appended_to_return_to() {
+        assert_eq!(
+            outcome_url(
+                "https://app.example/settings?tab=cal#top",
+                "error",
+                Some("scope_denied")
+            ),
+            "https://app.example/settings?tab=cal&calsync=error&reason=scope_denied#top"
+        );
+        assert_eq!(
+            outcome_url("https://app.example/", "connected", None),
+            "https://app.example/?calsync=connected"
+        );
+    }
+
+    #[test]
+    fn only_short_codes_are_echoed() {
+        assert_eq!(safe_code("access_denied"), Some("access_denied"));
+        assert_eq!(safe_code("<script>"), None);
+        assert_eq!(safe_code(""), None);
+    }
+}

@@ -1,0 +1,389 @@
+//! The HTTP handlers (API Gateway HTTP API v2 events): identity from the authorizer, start, callback, status and disconnect.
+//!
+//! Each handler is a plain async function from a [`Request`] to a [`Response`], so tests call it
+//! with a JSON event. The dependencies (configuration, stores, Google client) are built once per
+//! cold start by the function's `main` and passed by reference.
+
+pub mod callback;
+pub mod cookies;
+pub mod identity;
+pub mod responses;
+pub mod return_to;
+pub mod start;
+pub mod status;
+
+use std::future::Future;
+
+use lambda_http::{Body, Request, Response, http::Method, http::StatusCode};
+
+use std::sync::Arc;
+
+use crate::{
+    aws::Clients,
+    config::Config,
+    flows::{DynamoFlowStore, FlowStore},
+    google_oauth::GoogleOAuth,
+    grants::{DynamoGrantStore, GrantStore},
+    secrets::SecretsCache,
+};
+
+pub use status::{DynamoParkedChanges, ParkedChanges};
+
+/// What happens right after a user connects: the sync replays the user's parked changes.
+/// The callback awaits it before answering (a Lambda cannot work after its answer); it must not
+/// fail the connect, so it reports problems itself and returns nothing.
+pub trait AfterConnect: Send + Sync {
+    fn connected(&self, user_id: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// An [`AfterConnect`] that does nothing (the start function, and tests of the connect alone).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoReplay;
+
+impl AfterConnect for NoReplay {
+    async fn connected(&self, _user_id: &str) {}
+}
+
+/// What `GET /oauth/google/start` needs.
+pub struct StartDeps<F> {
+    pub config: Config,
+    pub flows: F,
+    pub google: GoogleOAuth,
+}
+
+/// What the oauth-callback function's routes need.
+pub struct CallbackDeps<G, F, P, A> {
+    pub config: Config,
+    pub grants: G,
+    pub flows: F,
+    pub parked: P,
+    pub after_connect: A,
+    pub google: GoogleOAuth,
+}
+
+impl StartDeps<DynamoFlowStore> {
+    /// The production wiring: DynamoDB and Secrets Manager clients, Google's endpoints.
+    pub fn new(config: Config, clients: &Clients) -> Self {
+        let secrets = Arc::new(SecretsCache::new(
+            clients.secrets.clone(),
+            config.secrets.clone(),
+        ));
+        Self {
+            flows: DynamoFlowStore::new(
+                clients.dynamodb.clone(),
+                config.tables.oauth_flows.clone(),
+                secrets.clone(),
+            ),
+            google: GoogleOAuth::new(&config, secrets),
+            config,
+        }
+    }
+}
+
+impl<A: AfterConnect> CallbackDeps<DynamoGrantStore, DynamoFlowStore, DynamoParkedChanges, A> {
+    /// The production wiring, with `after_connect` run after each successful connect.
+    pub fn new(config: Config, clients: &Clients, after_connect: A) -> Self {
+        let secrets = Arc::new(SecretsCache::new(
+            clients.secrets.clone(),
+            config.secrets.clone(),
+        ));
+        Self {
+            grants: DynamoGrantStore::new(
+                clients.dynamodb.clone(),
+                config.tables.grants.clone(),
+                secrets.clone(),
+            ),
+            flows: DynamoFlowStore::new(
+                clients.dynamodb.clone(),
+                config.tables.oauth_flows.clone(),
+                secrets.clone(),
+            ),
+            parked: DynamoParkedChanges::new(
+                clients.dynamodb.clone(),
+                config.tables.sync_state.clone(),
+            ),
+            after_connect,
+            google: GoogleOAuth::new(&config, secrets),
+            config,
+        }
+    }
+}
+
+/// The route a request is for, matched on the end of its path so a stage prefix does not matter.
+fn route_of(request: &Request) -> &str {
+    let path = request.uri().path().trim_end_matches('/');
+    [
+        "/oauth/google/start",
+        "/oauth/google/callback",
+        "/oauth/google/status",
+        "/oauth/google/connection",
+    ]
+    .into_iter()
+    .find(|route| path.ends_with(route))
+    .unwrap_or("")
+}
+
+fn not_found() -> Response<Body> {
+    responses::json_error(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+fn method_not_allowed() -> Response<Body> {
+    responses::json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+/// The oauth-start function's handler.
+pub async fn start_router<F: FlowStore>(deps: &StartDeps<F>, request: Request) -> Response<Body> {
+    match (route_of(&request), request.method()) {
+        ("/oauth/google/start", &Method::GET) => start::handle(deps, request).await,
+        ("/oauth/google/start", _) => method_not_allowed(),
+        _ => not_found(),
+    }
+}
+
+/// The oauth-callback function's handler: callback, status and connection.
+pub async fn callback_router<G, F, P, A>(
+    deps: &CallbackDeps<G, F, P, A>,
+    request: Request,
+) -> Response<Body>
+where
+    G: GrantStore,
+    F: FlowStore,
+    P: ParkedChanges,
+    A: AfterConnect,
+{
+    match (route_of(&request), request.method()) {
+        ("/oauth/google/callback", &Method::GET) => callback::handle(deps, request).await,
+        ("/oauth/google/status", &Method::GET) => status::status(deps, request).await,
+        ("/oauth/google/connection", &Method::DELETE) => status::disconnect(deps, request).await,
+        ("/oauth/google/callback" | "/oauth/google/status" | "/oauth/google/connection", _) => {
+            method_not_allowed()
+        }
+        _ => not_found(),
+    }
+}
+
+/// The query parameters of the request's raw query string. A parameter given twice is
+/// ambiguous and reported as `Err(name)`.
+pub(crate) fn query(
+    request: &Request,
+) -> Result<std::collections::HashMap<String, String>, String> {
+    let mut map = std::collections::HashMap::new();
+    for (key, value) in url::form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+    {
+        if map.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(key.to_string());
+        }
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        flows::{InMemoryFlowStore, nonce_hash},
+        grants::InMemoryGrantStore,
+        secrets::GoogleClient,
+        vault::Keyring,
+    };
+    use serde_json::json;
+
+    fn config() -> Config {
+        let env: std::collections::HashMap<String, String> = [
+            ("GRANTS_TABLE", "grants"),
+            ("OAUTH_FLOWS_TABLE", "flows"),
+            ("SYNC_STATE_TABLE", "sync"),
+            ("EVENTS_TABLE", "events"),
+            ("GOOGLE_CLIENT_SECRET_ID", "client"),
+            ("TOKEN_KEYS_SECRET_ID", "keys"),
+            (
+                "OAUTH_REDIRECT_URI",
+                "https://api.example/oauth/google/callback",
+            ),
+            ("ALLOWED_RETURN_ORIGINS", "https://app.example"),
+            ("DEFAULT_RETURN_URL", "https://app.example/settings"),
+            // Nothing listens here: these tests must never reach Google.
+            ("GOOGLE_TOKEN_URL", "http://127.0.0.1:9/token"),
+            ("GOOGLE_REVOKE_URL", "http://127.0.0.1:9/revoke"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Config::from_source(&env).unwrap()
+    }
+
+    fn google(config: &Config) -> GoogleOAuth {
+        let secrets = Arc::new(SecretsCache::fixed(
+            GoogleClient {
+                client_id: "cid".into(),
+                client_secret: secrecy::SecretString::from("GOCSPX-secret".to_string()),
+            },
+            Keyring::generate("k1"),
+        ));
+        GoogleOAuth::new(config, secrets)
+    }
+
+    fn request(path: &str, query: &str, cookie: Option<&str>, user: Option<&str>) -> Request {
+        let mut context = json!({
+            "accountId": "1", "apiId": "a", "domainName": "api.example", "domainPrefix": "api",
+            "http": {"method": "GET", "path": path, "protocol": "HTTP/1.1",
+                     "sourceIp": "127.0.0.1", "userAgent": "t"},
+            "requestId": "r", "routeKey": format!("GET {path}"), "stage": "$default",
+            "time": "25/Nov/2026:21:00:00 +0000", "timeEpoch": 1795000000000u64
+        });
+        if let Some(user) = user {
+            context["authorizer"] = json!({"jwt": {"claims": {"sub": user}, "scopes": null}});
+        }
+        let mut event = json!({
+            "version": "2.0", "routeKey": format!("GET {path}"), "rawPath": path,
+            "rawQueryString": query, "headers": {"host": "api.example"},
+            "requestContext": context, "isBase64Encoded": false
+        });
+        if let Some(cookie) = cookie {
+            event["cookies"] = json!([format!("{}={cookie}", cookies::NAME)]);
+        }
+        lambda_http::request::from_str(&event.to_string()).unwrap()
+    }
+
+    fn deps() -> (
+        StartDeps<InMemoryFlowStore>,
+        CallbackDeps<InMemoryGrantStore, InMemoryFlowStore, status::FixedParkedChanges, NoReplay>,
+    ) {
+        let config = config();
+        let flows = InMemoryFlowStore::new();
+        let start = StartDeps {
+            config: config.clone(),
+            flows: flows.clone(),
+            google: google(&config),
+        };
+        let callback = CallbackDeps {
+            google: google(&config),
+            config,
+            grants: InMemoryGrantStore::new(),
+            flows,
+            parked: status::FixedParkedChanges(3),
+            after_connect: NoReplay,
+        };
+        (start, callback)
+    }
+
+    fn location(response: &Response<Body>) -> url::Url {
+        url::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn start_stores_a_flow_bound_to_the_cookie() {
+        let (start, _) = deps();
+        let response = start_router(
+            &start,
+            request("/oauth/google/start", "", None, Some("user-1")),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::FOUND);
+        let url = location(&response);
+        let state = url
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .unwrap()
+            .1
+            .into_owned();
+        let cookie = response.headers()["set-cookie"].to_str().unwrap();
+        let nonce = cookie.split(';').next().unwrap().split_once('=').unwrap().1;
+        let flow = start.flows.find(&state).await.unwrap().unwrap();
+        assert_eq!(flow.user_id, "user-1");
+        assert_eq!(flow.return_to, "https://app.example/settings");
+        assert_eq!(flow.nonce_hash, nonce_hash(nonce));
+        assert!(!url.as_str().contains(flow.verifier_secret()));
+    }
+
+    #[tokio::test]
+    async fn callback_refusals_never_reach_google_or_consume_the_flow() {
+        let (start, callback) = deps();
+        let started = start_router(
+            &start,
+            request("/oauth/google/start", "", None, Some("user-1")),
+        )
+        .await;
+        let state = location(&started)
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .unwrap()
+            .1
+            .into_owned();
+        let query = format!("state={state}&code=4%2F0abc");
+        let cases = [
+            (
+                "state=unknown&code=x".to_string(),
+                Some("whatever"),
+                "invalid_state",
+            ),
+            (query.clone(), None, "state_mismatch"),
+            (query.clone(), Some("wrong-nonce"), "state_mismatch"),
+            (format!("state={state}"), Some("x"), "invalid_request"),
+            (format!("{query}&state=again"), Some("x"), "invalid_request"),
+        ];
+        for (query, cookie, code) in cases {
+            let response = callback_router(
+                &callback,
+                request("/oauth/google/callback", &query, cookie, None),
+            )
+            .await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+            let Body::Text(body) = response.body() else {
+                panic!("a text body")
+            };
+            assert!(body.contains(code), "{query}: {body}");
+        }
+        assert!(callback.flows.find(&state).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn status_of_a_user_without_grant() {
+        let (_, callback) = deps();
+        let response = callback_router(
+            &callback,
+            request("/oauth/google/status", "", None, Some("user-1")),
+        )
+        .await;
+        let Body::Text(body) = response.body() else {
+            panic!("a text body")
+        };
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["status"], "not_connected");
+        assert_eq!(body["parked_changes"], 3);
+    }
+
+    #[tokio::test]
+    async fn a_disconnect_google_does_not_confirm_keeps_the_grant() {
+        let (_, callback) = deps();
+        let grant = crate::grants::Grant {
+            user_id: "user-1".into(),
+            status: crate::grants::GrantStatus::Active,
+            google_sub: "1".into(),
+            google_email: None,
+            scopes: vec![],
+            connected_at: chrono::Utc::now(),
+            refreshed_at: None,
+            access_token: None,
+            access_token_expires_at: None,
+            refresh_token: Some(secrecy::SecretString::from("1//rt".to_string())),
+            version: 0,
+        };
+        callback.grants.save(&grant).await.unwrap();
+        let mut delete = request("/oauth/google/connection", "", None, Some("user-1"));
+        *delete.method_mut() = lambda_http::http::Method::DELETE;
+        // The revoke URL points at a closed port: Google "does not answer".
+        let response = callback_router(&callback, delete).await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        let Body::Text(body) = response.body() else {
+            panic!("a text body")
+        };
+        assert!(body.contains("revoke_failed"));
+        assert!(!body.contains("1//rt"));
+        assert!(callback.grants.get("user-1").await.unwrap().is_some());
+    }
+}

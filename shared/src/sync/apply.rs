@@ -1,0 +1,401 @@
+//! Applying one change of one event to Google and computing the event's next sync state.
+//!
+//! An upsert writes the mapped event at the row's user and calendar (insert, 409 → update; or
+//! update, 404/410 → insert when Google should already hold it), after deleting the copy at the
+//! old place if the row moved. A remove deletes the copy (404/410 count as done). Users without a
+//! usable grant park the change; Google 400s and invalid rows mark it `invalid`; retryable trouble
+//! that outlasts the retry policy fails the record.
+
+use std::future::Future;
+
+use chrono::Utc;
+use secrecy::SecretString;
+
+use super::{
+    Syncer,
+    retry::{Deadline, Retryable},
+};
+use crate::{
+    calendar::{Calendar, CalendarError},
+    mapping::{EventRow, placement, synced_fields_changed},
+    sync_state::{SyncState, SyncStateStore, SyncStatus},
+    tokens::{GrantAccess, TokenError, TokenProvider, TokenRefresher},
+};
+
+/// One change to apply.
+#[derive(Clone, Copy, Debug)]
+pub enum Change<'i> {
+    /// INSERT or MODIFY (`old_image` only for MODIFY), or a replay of the current row.
+    Upsert {
+        image: &'i serde_dynamo::Item,
+        old_image: Option<&'i serde_dynamo::Item>,
+    },
+    Remove {
+        old_image: Option<&'i serde_dynamo::Item>,
+    },
+}
+
+/// The change could not be applied now and must be retried (its record goes to
+/// `batchItemFailures`). The reason never contains a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct RecordFailure(pub String);
+
+/// Why one Google call did not succeed, after retries.
+#[derive(Debug)]
+enum CallError {
+    Token(TokenError),
+    Calendar(CalendarError),
+}
+
+impl Retryable for CallError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            CallError::Token(e) => matches!(e, TokenError::Transient(_) | TokenError::Store(_)),
+            CallError::Calendar(e) => e.is_retryable(),
+        }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Token(e) => e.fmt(f),
+            CallError::Calendar(e) => e.fmt(f),
+        }
+    }
+}
+
+/// What a failed call means for the change.
+enum Refusal {
+    /// No usable grant: park with this status.
+    Park(SyncStatus),
+    /// Retryable trouble outlasted the retries.
+    Fail(String),
+    /// Google refused for good (400, 403 other than rate limits, 404 calendar, ...).
+    Reject(CalendarError),
+}
+
+impl From<CallError> for Refusal {
+    fn from(error: CallError) -> Self {
+        match error {
+            CallError::Token(TokenError::NotConnected) => Refusal::Park(SyncStatus::NotConnected),
+            CallError::Token(TokenError::NeedsReauth) => Refusal::Park(SyncStatus::NeedsReauth),
+            CallError::Token(e) => Refusal::Fail(e.to_string()),
+            CallError::Calendar(e) if e.is_retryable() => Refusal::Fail(e.to_string()),
+            CallError::Calendar(e) => Refusal::Reject(e),
+        }
+    }
+}
+
+const PARKED_REASON: &str =
+    "parked until the user connects Google Calendar again; replayed on connect";
+
+fn state(
+    event_id: &str,
+    previous: Option<&SyncState>,
+    user_id: Option<String>,
+    calendar_id: String,
+    google_event_id: Option<String>,
+    status: SyncStatus,
+    last_error: Option<String>,
+) -> SyncState {
+    SyncState {
+        event_id: event_id.to_string(),
+        user_id,
+        calendar_id,
+        google_event_id,
+        status,
+        // The caller sets the sequence of the record applied; a replay keeps the previous one.
+        last_sequence: previous.and_then(|p| p.last_sequence.clone()),
+        last_error,
+        updated_at: Utc::now(),
+    }
+}
+
+impl<C, S, G, R> Syncer<C, S, G, R>
+where
+    C: Calendar,
+    S: SyncStateStore,
+    G: GrantAccess,
+    R: TokenRefresher,
+{
+    /// One Google call with the user's token: 401 refreshes once and retries once; retryable
+    /// errors are retried by the policy.
+    async fn call<F, Fut>(
+        &self,
+        tokens: &TokenProvider<'_, G, R>,
+        user_id: &str,
+        deadline: Deadline,
+        op: F,
+    ) -> Result<(), CallError>
+    where
+        F: Fn(SecretString) -> Fut,
+        Fut: Future<Output = Result<(), CalendarError>>,
+    {
+        let op = &op;
+        self.retry
+            .run(deadline, move || async move {
+                let token = tokens
+                    .access_token(user_id)
+                    .await
+                    .map_err(CallError::Token)?;
+                match op(token.clone()).await {
+                    Err(CalendarError::Unauthorized) => {
+                        let fresh = tokens
+                            .after_unauthorized(user_id, &token)
+                            .await
+                            .map_err(CallError::Token)?;
+                        op(fresh).await.map_err(|e| match e {
+                            CalendarError::Unauthorized => {
+                                CallError::Token(TokenError::StillUnauthorized)
+                            }
+                            e => CallError::Calendar(e),
+                        })
+                    }
+                    other => other.map_err(CallError::Calendar),
+                }
+            })
+            .await
+    }
+
+    async fn delete_at(
+        &self,
+        tokens: &TokenProvider<'_, G, R>,
+        user_id: &str,
+        calendar_id: &str,
+        google_event_id: &str,
+        deadline: Deadline,
+    ) -> Result<(), Refusal> {
+        let result = self
+            .call(tokens, user_id, deadline, |token| async move {
+                match self
+                    .calendar
+                    .delete(&token, calendar_id, google_event_id)
+                    .await
+                {
+                    Err(CalendarError::NotFound | CalendarError::Gone) => Ok(()),
+                    other => other,
+                }
+            })
+            .await;
+        result.map_err(Refusal::from)
+    }
+
+    async fn write_event(
+        &self,
+        tokens: &TokenProvider<'_, G, R>,
+        row: &EventRow,
+        expect_existing: bool,
+        deadline: Deadline,
+    ) -> Result<(), Refusal> {
+        let event = row.to_google_event();
+        let google_id = row.google_event_id();
+        let (user, calendar) = (row.user_id.as_str(), row.calendar_id.as_str());
+        let insert = || {
+            self.call(tokens, user, deadline, |token| {
+                let event = &event;
+                async move { self.calendar.insert(&token, calendar, event).await }
+            })
+        };
+        let update = || {
+            self.call(tokens, user, deadline, |token| {
+                let (event, google_id) = (&event, google_id.as_str());
+                async move {
+                    self.calendar
+                        .update(&token, calendar, google_id, event)
+                        .await
+                }
+            })
+        };
+        let result = if expect_existing {
+            match update().await {
+                Err(CallError::Calendar(CalendarError::NotFound | CalendarError::Gone)) => {
+                    match insert().await {
+                        Err(CallError::Calendar(CalendarError::Conflict)) => update().await,
+                        other => other,
+                    }
+                }
+                other => other,
+            }
+        } else {
+            match insert().await {
+                Err(CallError::Calendar(CalendarError::Conflict)) => update().await,
+                other => other,
+            }
+        };
+        result.map_err(Refusal::from)
+    }
+
+    /// Applies `change` to the event `event_id` whose stored state is `previous`, and returns the
+    /// state to store (with `previous`'s sequence; the caller sets the record's).
+    pub async fn apply(
+        &self,
+        tokens: &TokenProvider<'_, G, R>,
+        event_id: &str,
+        previous: Option<&SyncState>,
+        change: Change<'_>,
+        deadline: Deadline,
+    ) -> Result<SyncState, RecordFailure> {
+        match change {
+            Change::Remove { old_image } => {
+                self.apply_remove(tokens, event_id, previous, old_image, deadline)
+                    .await
+            }
+            Change::Upsert { image, old_image } => {
+                self.apply_upsert(tokens, event_id, previous, image, old_image, deadline)
+                    .await
+            }
+        }
+    }
+
+    async fn apply_remove(
+        &self,
+        tokens: &TokenProvider<'_, G, R>,
+        event_id: &str,
+        previous: Option<&SyncState>,
+        old_image: Option<&serde_dynamo::Item>,
+        deadline: Deadline,
+    ) -> Result<SyncState, RecordFailure> {
+        let copy = previous.and_then(|p| Some((p, p.user_id.clone()?, p.google_event_id.clone()?)));
+        let Some((prev, user_id, google_id)) = copy else {
+            // Google never got this event (or it is deleted already): nothing to call.
+            let place = old_image.map(placement).unwrap_or_default();
+            let user_id = previous.and_then(|p| p.user_id.clone()).or(place.user_id);
+            let calendar_id = previous.map_or(place.calendar_id, |p| p.calendar_id.clone());
+            return Ok(state(
+                event_id,
+                previous,
+                user_id,
+                calendar_id,
+                None,
+                SyncStatus::Deleted,
+                None,
+            ));
+        };
+        let keep = |status, error: Option<String>| {
+            state(
+                event_id,
+                previous,
+                Some(user_id.clone()),
+                prev.calendar_id.clone(),
+                Some(google_id.clone()),
+                status,
+                error,
+            )
+        };
+        match self
+            .delete_at(tokens, &user_id, &prev.calendar_id, &google_id, deadline)
+            .await
+        {
+            Ok(()) => Ok(state(
+                event_id,
+                previous,
+                Some(user_id.clone()),
+                prev.calendar_id.clone(),
+                None,
+                SyncStatus::Deleted,
+                None,
+            )),
+            Err(Refusal::Park(status)) => Ok(keep(status, Some(PARKED_REASON.into()))),
+            Err(Refusal::Fail(reason)) => Err(RecordFailure(reason)),
+            Err(Refusal::Reject(error)) => Ok(keep(SyncStatus::Invalid, Some(error.to_string()))),
+        }
+    }
+
+    async fn apply_upsert(
+        &self,
+        tokens: &TokenProvider<'_, G, R>,
+        event_id: &str,
+        previous: Option<&SyncState>,
+        image: &serde_dynamo::Item,
+        old_image: Option<&serde_dynamo::Item>,
+        deadline: Deadline,
+    ) -> Result<SyncState, RecordFailure> {
+        if let (Some(prev), Some(old)) = (previous, old_image)
+            && !synced_fields_changed(old, image)
+        {
+            let mut unchanged = prev.clone();
+            unchanged.updated_at = Utc::now();
+            return Ok(unchanged);
+        }
+        let old_copy =
+            previous.and_then(|p| Some((p, p.user_id.clone()?, p.google_event_id.clone()?)));
+        let row = match EventRow::from_image(event_id, image) {
+            Ok(row) => row,
+            Err(error) => {
+                tracing::warn!(event_id, %error, "invalid event row");
+                // Google's copy, if any, stays where it is; keep pointing at it.
+                let (user_id, calendar_id, google_id) = match &old_copy {
+                    Some((prev, user, google_id)) => (
+                        Some(user.clone()),
+                        prev.calendar_id.clone(),
+                        Some(google_id.clone()),
+                    ),
+                    None => {
+                        let place = placement(image);
+                        (place.user_id, place.calendar_id, None)
+                    }
+                };
+                return Ok(state(
+                    event_id,
+                    previous,
+                    user_id,
+                    calendar_id,
+                    google_id,
+                    SyncStatus::Invalid,
+                    Some(error.to_string()),
+                ));
+            }
+        };
+        let mut copy_here = None;
+        if let Some((prev, old_user, google_id)) = &old_copy {
+            if *old_user == row.user_id && prev.calendar_id == row.calendar_id {
+                copy_here = Some(google_id.clone());
+            } else {
+                match self
+                    .delete_at(tokens, old_user, &prev.calendar_id, google_id, deadline)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(Refusal::Fail(reason)) => return Err(RecordFailure(reason)),
+                    Err(Refusal::Park(_) | Refusal::Reject(_)) => tracing::warn!(
+                        event_id,
+                        "the event moved but its copy at the old user/calendar cannot be deleted; it stays there"
+                    ),
+                }
+            }
+        }
+        let outcome = self
+            .write_event(tokens, &row, copy_here.is_some(), deadline)
+            .await;
+        let at_row = |google_id, status, error| {
+            state(
+                event_id,
+                previous,
+                Some(row.user_id.clone()),
+                row.calendar_id.clone(),
+                google_id,
+                status,
+                error,
+            )
+        };
+        match outcome {
+            Ok(()) => Ok(at_row(
+                Some(row.google_event_id()),
+                SyncStatus::Synced,
+                None,
+            )),
+            Err(Refusal::Park(status)) => Ok(at_row(copy_here, status, Some(PARKED_REASON.into()))),
+            Err(Refusal::Fail(reason)) => Err(RecordFailure(reason)),
+            Err(Refusal::Reject(error)) => {
+                tracing::warn!(event_id, %error, "Google refused the event");
+                Ok(at_row(
+                    copy_here,
+                    SyncStatus::Invalid,
+                    Some(error.to_string()),
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,519 @@
+//! Unit tests of the batch logic with in-memory fakes of our own traits (ordering, grouping,
+//! skipping, parking, failure cut-off). The same cases run over HTTP in `shared/tests/sync.rs`.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use aws_lambda_events::event::dynamodb::EventRecord;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+
+use super::{Syncer, retry::Deadline, retry::RetryPolicy};
+use crate::{
+    calendar::{Calendar, CalendarError},
+    mapping::google_event_id,
+    sync_state::{InMemorySyncStateStore, SyncStatus},
+    tokens::fakes::{FakeGrants, FakeRefresher},
+};
+
+/// Google calendars in memory: `(user token prefix, calendar, id) -> event`, plus queued faults.
+#[derive(Default)]
+struct FakeCalendar {
+    events: Mutex<HashMap<(String, String), Value>>,
+    /// Event summaries whose writes always fail with this error.
+    failing: Mutex<HashMap<String, CalendarError>>,
+    calls: AtomicUsize,
+}
+
+impl FakeCalendar {
+    fn summary(&self, calendar: &str, id: &str) -> Option<String> {
+        self.events
+            .lock()
+            .unwrap()
+            .get(&(calendar.to_string(), id.to_string()))
+            .map(|e| e["summary"].as_str().unwrap().to_string())
+    }
+
+    fn check(&self, token: &SecretString, event: Option<&Value>) -> Result<(), CalendarError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        assert!(!token.expose_secret().is_empty());
+        if let Some(summary) = event.and_then(|e| e["summary"].as_str())
+            && let Some(error) = self.failing.lock().unwrap().get(summary)
+        {
+            return Err(error.clone());
+        }
+        Ok(())
+    }
+}
+
+impl Calendar for FakeCalendar {
+    async fn insert(
+        &self,
+        token: &SecretString,
+        calendar_id: &str,
+        event: &Value,
+    ) -> Result<(), CalendarError> {
+        self.check(token, Some(event))?;
+        let key = (
+            calendar_id.to_string(),
+            event["id"].as_str().unwrap().to_string(),
+        );
+        let mut events = self.events.lock().unwrap();
+        if events.contains_key(&key) {
+            return Err(CalendarError::Conflict);
+        }
+        events.insert(key, event.clone());
+        Ok(())
+    }
+
+    async fn update(
+        &self,
+        token: &SecretString,
+        calendar_id: &str,
+        event_id: &str,
+        event: &Value,
+    ) -> Result<(), CalendarError> {
+        self.check(token, Some(event))?;
+        let key = (calendar_id.to_string(), event_id.to_string());
+        let mut events = self.events.lock().unwrap();
+        match events.get_mut(&key) {
+            Some(e) => {
+                *e = event.clone();
+                Ok(())
+            }
+            None => Err(CalendarError::NotFound),
+        }
+    }
+
+    async fn delete(
+        &self,
+        token: &SecretString,
+        calendar_id: &str,
+        event_id: &str,
+    ) -> Result<(), CalendarError> {
+        self.check(token, None)?;
+        match self
+            .events
+            .lock()
+            .unwrap()
+            .remove(&(calendar_id.to_string(), event_id.to_string()))
+        {
+            Some(_) => Ok(()),
+            None => Err(CalendarError::Gone),
+        }
+    }
+}
+
+type TestSyncer = Syncer<FakeCalendar, InMemorySyncStateStore, FakeGrants, FakeRefresher>;
+
+fn syncer(grants: FakeGrants) -> TestSyncer {
+    Syncer {
+        calendar: FakeCalendar::default(),
+        states: InMemorySyncStateStore::new(),
+        grants,
+        refresher: FakeRefresher::default(),
+        retry: RetryPolicy {
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(2),
+            max_attempts: 3,
+            safety_margin: Duration::from_millis(1),
+        },
+        concurrency: 4,
+    }
+}
+
+fn image(event_id: &str, user: &str, title: &str) -> Value {
+    json!({
+        "event_id": {"S": event_id}, "user_id": {"S": user}, "title": {"S": title},
+        "start": {"S": "2026-12-01T09:00:00Z"}, "end": {"S": "2026-12-01T10:00:00Z"},
+    })
+}
+
+fn record(
+    name: &str,
+    seq: &str,
+    event_id: &str,
+    new: Option<Value>,
+    old: Option<Value>,
+) -> EventRecord {
+    let mut change = json!({
+        "Keys": {"event_id": {"S": event_id}},
+        "SequenceNumber": seq, "SizeBytes": 1, "StreamViewType": "NEW_AND_OLD_IMAGES",
+    });
+    if let Some(new) = new {
+        change["NewImage"] = new;
+    }
+    if let Some(old) = old {
+        change["OldImage"] = old;
+    }
+    serde_json::from_value(json!({
+        "awsRegion": "us-east-1", "eventID": format!("r{seq}"), "eventName": name,
+        "eventSource": "aws:dynamodb", "eventVersion": "1.1", "dynamodb": change,
+    }))
+    .unwrap()
+}
+
+fn deadline() -> Deadline {
+    Deadline::in_(Duration::from_secs(30))
+}
+
+fn gid(event_id: &str) -> String {
+    google_event_id(event_id)
+}
+
+#[tokio::test]
+async fn insert_modify_remove_in_order_within_one_batch() {
+    let s = syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)));
+    let failed = s
+        .sync_batch(
+            vec![
+                record("INSERT", "100", "e1", Some(image("e1", "u1", "A")), None),
+                record(
+                    "MODIFY",
+                    "200",
+                    "e1",
+                    Some(image("e1", "u1", "B")),
+                    Some(image("e1", "u1", "A")),
+                ),
+                record("INSERT", "150", "e2", Some(image("e2", "u1", "X")), None),
+                record(
+                    "MODIFY",
+                    "300",
+                    "e1",
+                    Some(image("e1", "u1", "C")),
+                    Some(image("e1", "u1", "B")),
+                ),
+            ],
+            deadline(),
+        )
+        .await;
+    assert!(failed.is_empty());
+    assert_eq!(
+        s.calendar.summary("primary", &gid("e1")).as_deref(),
+        Some("C")
+    );
+    assert_eq!(
+        s.calendar.summary("primary", &gid("e2")).as_deref(),
+        Some("X")
+    );
+    let states = s.states.snapshot().await;
+    assert_eq!(states["e1"].last_sequence.as_ref().unwrap().as_str(), "300");
+    assert_eq!(states["e1"].status, SyncStatus::Synced);
+
+    let failed = s
+        .sync_batch(
+            vec![record(
+                "REMOVE",
+                "400",
+                "e1",
+                None,
+                Some(image("e1", "u1", "C")),
+            )],
+            deadline(),
+        )
+        .await;
+    assert!(failed.is_empty());
+    assert_eq!(s.calendar.summary("primary", &gid("e1")), None);
+    assert_eq!(s.states.snapshot().await["e1"].status, SyncStatus::Deleted);
+}
+
+#[tokio::test]
+async fn redelivered_and_older_records_are_skipped() {
+    let s = syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)));
+    let batch = vec![
+        record("INSERT", "9", "e1", Some(image("e1", "u1", "A")), None),
+        record(
+            "MODIFY",
+            "10",
+            "e1",
+            Some(image("e1", "u1", "B")),
+            Some(image("e1", "u1", "A")),
+        ),
+    ];
+    assert!(s.sync_batch(batch.clone(), deadline()).await.is_empty());
+    let calls = s.calendar.calls.load(Ordering::SeqCst);
+    assert!(s.sync_batch(batch, deadline()).await.is_empty());
+    assert_eq!(
+        s.calendar.calls.load(Ordering::SeqCst),
+        calls,
+        "a redelivered batch calls Google again"
+    );
+    // "9" < "10" numerically even though it is greater as text.
+    assert_eq!(
+        s.calendar.summary("primary", &gid("e1")).as_deref(),
+        Some("B")
+    );
+}
+
+#[tokio::test]
+async fn unsynced_modify_makes_no_call_but_records_the_sequence() {
+    let s = syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)));
+    s.sync_batch(
+        vec![record(
+            "INSERT",
+            "1",
+            "e1",
+            Some(image("e1", "u1", "A")),
+            None,
+        )],
+        deadline(),
+    )
+    .await;
+    let calls = s.calendar.calls.load(Ordering::SeqCst);
+    let mut colored = image("e1", "u1", "A");
+    colored["color"] = json!({"S": "red"});
+    let failed = s
+        .sync_batch(
+            vec![record(
+                "MODIFY",
+                "2",
+                "e1",
+                Some(colored),
+                Some(image("e1", "u1", "A")),
+            )],
+            deadline(),
+        )
+        .await;
+    assert!(failed.is_empty());
+    assert_eq!(s.calendar.calls.load(Ordering::SeqCst), calls);
+    assert_eq!(
+        s.states.snapshot().await["e1"]
+            .last_sequence
+            .as_ref()
+            .unwrap()
+            .as_str(),
+        "2"
+    );
+}
+
+#[tokio::test]
+async fn failure_stops_that_event_only_and_names_the_record() {
+    let s = syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)));
+    s.calendar
+        .failing
+        .lock()
+        .unwrap()
+        .insert("BAD".into(), CalendarError::Server { status: 500 });
+    let failed = s
+        .sync_batch(
+            vec![
+                record("INSERT", "1", "e1", Some(image("e1", "u1", "A")), None),
+                record(
+                    "MODIFY",
+                    "2",
+                    "e1",
+                    Some(image("e1", "u1", "BAD")),
+                    Some(image("e1", "u1", "A")),
+                ),
+                record("INSERT", "3", "e2", Some(image("e2", "u1", "other")), None),
+                record(
+                    "MODIFY",
+                    "4",
+                    "e1",
+                    Some(image("e1", "u1", "later")),
+                    Some(image("e1", "u1", "BAD")),
+                ),
+            ],
+            deadline(),
+        )
+        .await;
+    assert_eq!(failed, vec!["2".to_string()]);
+    assert_eq!(
+        s.calendar.summary("primary", &gid("e1")).as_deref(),
+        Some("A")
+    );
+    assert_eq!(
+        s.calendar.summary("primary", &gid("e2")).as_deref(),
+        Some("other")
+    );
+    assert_eq!(
+        s.states.snapshot().await["e1"]
+            .last_sequence
+            .as_ref()
+            .unwrap()
+            .as_str(),
+        "1"
+    );
+}
+
+#[tokio::test]
+async fn users_without_grants_are_parked_and_replayed() {
+    let s = syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)));
+    let failed = s
+        .sync_batch(
+            vec![record(
+                "INSERT",
+                "1",
+                "e9",
+                Some(image("e9", "nobody", "A")),
+                None,
+            )],
+            deadline(),
+        )
+        .await;
+    assert!(failed.is_empty());
+    assert_eq!(
+        s.states.snapshot().await["e9"].status,
+        SyncStatus::NotConnected
+    );
+
+    // The user connects; the current row is what replay applies.
+    let s = Syncer {
+        grants: FakeGrants::default().with_user("nobody", chrono::Duration::hours(1)),
+        ..s
+    };
+    struct Rows(serde_dynamo::Item);
+    impl super::replay::EventsSource for Rows {
+        async fn current_row(
+            &self,
+            _: &str,
+        ) -> Result<Option<serde_dynamo::Item>, super::replay::ReplayError> {
+            Ok(Some(self.0.clone()))
+        }
+    }
+    let current: serde_dynamo::Item = serde_json::from_value(image("e9", "nobody", "Now")).unwrap();
+    let report = s
+        .replay_user(&Rows(current), "nobody", deadline())
+        .await
+        .unwrap();
+    assert_eq!(report.applied, 1);
+    assert_eq!(
+        s.calendar.summary("primary", &gid("e9")).as_deref(),
+        Some("Now")
+    );
+    assert_eq!(s.states.snapshot().await["e9"].status, SyncStatus::Synced);
+}
+
+#[tokio::test]
+async fn moved_events_leave_the_old_place_and_poison_is_skipped() {
+    let s = syncer(
+        FakeGrants::default()
+            .with_user("u1", chrono::Duration::hours(1))
+            .with_user("u2", chrono::Duration::hours(1)),
+    );
+    let mut moved = image("e1", "u1", "A");
+    moved["calendar_id"] = json!({"S": "team"});
+    let mut no_key = record("INSERT", "3", "x", Some(image("x", "u1", "P")), None);
+    no_key.change.keys.clear();
+    let failed = s
+        .sync_batch(
+            vec![
+                record("INSERT", "1", "e1", Some(image("e1", "u1", "A")), None),
+                no_key,
+                record(
+                    "MODIFY",
+                    "2",
+                    "e1",
+                    Some(moved.clone()),
+                    Some(image("e1", "u1", "A")),
+                ),
+            ],
+            deadline(),
+        )
+        .await;
+    assert!(failed.is_empty());
+    assert_eq!(s.calendar.summary("primary", &gid("e1")), None);
+    assert_eq!(s.calendar.summary("team", &gid("e1")).as_deref(), Some("A"));
+    assert_eq!(s.calendar.summary("primary", &gid("x")), None);
+    let invalid = {
+        let mut i = moved.clone();
+        i.as_object_mut().unwrap().remove("title");
+        i
+    };
+    s.sync_batch(
+        vec![record("MODIFY", "5", "e1", Some(invalid), Some(moved))],
+        deadline(),
+    )
+    .await;
+    let state = &s.states.snapshot().await["e1"];
+    assert_eq!(state.status, SyncStatus::Invalid);
+    assert!(state.last_error.as_deref().unwrap().contains("title"));
+}
+
+/// A calendar whose inserts wait at a gate the test opens, counting how many are in flight.
+struct GatedCalendar {
+    gate: tokio::sync::Semaphore,
+    started: tokio::sync::Notify,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+impl Calendar for GatedCalendar {
+    async fn insert(&self, _: &SecretString, _: &str, _: &Value) -> Result<(), CalendarError> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        self.started.notify_one();
+        self.gate.acquire().await.unwrap().forget();
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn update(
+        &self,
+        _: &SecretString,
+        _: &str,
+        _: &str,
+        _: &Value,
+    ) -> Result<(), CalendarError> {
+        unreachable!("only inserts in this test")
+    }
+    async fn delete(&self, _: &SecretString, _: &str, _: &str) -> Result<(), CalendarError> {
+        unreachable!("only inserts in this test")
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn events_run_concurrently_up_to_the_limit() {
+    let mut grants = FakeGrants::default();
+    let mut records = Vec::new();
+    for i in 0..9 {
+        let user = format!("user{i}");
+        grants = grants.with_user(&user, chrono::Duration::hours(1));
+        let id = format!("c{i}");
+        records.push(record(
+            "INSERT",
+            &format!("{}", i + 1),
+            &id,
+            Some(image(&id, &user, "T")),
+            None,
+        ));
+    }
+    let s = Syncer {
+        calendar: GatedCalendar {
+            gate: tokio::sync::Semaphore::new(0),
+            started: tokio::sync::Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+        },
+        states: InMemorySyncStateStore::new(),
+        grants,
+        refresher: FakeRefresher::default(),
+        retry: RetryPolicy::default(),
+        concurrency: 3,
+    };
+    let open_gate = async {
+        // Every event that may start reaches the calendar in the batch's first poll, so once 3
+        // are in flight, a 4th would already have shown up if the limit allowed it.
+        while s.calendar.in_flight.load(Ordering::SeqCst) < 3 {
+            s.calendar.started.notified().await;
+        }
+        tokio::task::yield_now().await;
+        let seen = s.calendar.max_in_flight.load(Ordering::SeqCst);
+        s.calendar.gate.add_permits(100);
+        seen
+    };
+    let (failed, seen) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(s.sync_batch(records, deadline()), open_gate)
+    })
+    .await
+    .expect("three events were in flight at once");
+    assert!(failed.is_empty());
+    assert_eq!(seen, 3);
+    assert_eq!(s.calendar.max_in_flight.load(Ordering::SeqCst), 3);
+    assert_eq!(s.states.snapshot().await.len(), 9);
+}

@@ -1,0 +1,629 @@
+//! Access tokens for event-sync: one [`TokenProvider`] per batch hands out each user's Google access
+//! token, refreshing it when it expires within 5 minutes or after Google answered 401, at most once
+//! per user per batch however many tasks of that user run at the same time.
+//!
+//! When Google refuses the refresh token (`invalid_grant`), the grant is marked `needs_reauth` and its
+//! token material deleted; the caller then parks that user's records. The grant store and the OAuth
+//! client sit behind [`GrantAccess`] and [`TokenRefresher`] so unit tests use fakes.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+};
+
+use chrono::{DateTime, Duration, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Mutex as AsyncMutex;
+
+/// A token that expires sooner than this is refreshed before use.
+pub const REFRESH_MARGIN: Duration = Duration::minutes(5);
+
+/// What the token provider needs to know about a user's grant.
+#[derive(Clone, Debug)]
+pub struct GrantTokens {
+    /// False once Google refused the refresh token (`needs_reauth`).
+    pub active: bool,
+    pub access_token: Option<SecretString>,
+    pub access_token_expires_at: Option<DateTime<Utc>>,
+    pub refresh_token: Option<SecretString>,
+}
+
+/// A fresh access token.
+#[derive(Clone, Debug)]
+pub struct FreshToken {
+    pub access_token: SecretString,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("Google refused the refresh token (invalid_grant); the user must connect again")]
+    InvalidGrant,
+    #[error("the token endpoint is unavailable, retry later: {0}")]
+    Transient(String),
+    #[error("the token endpoint refused the refresh: {0}")]
+    Rejected(String),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    #[error("the user has not connected Google Calendar")]
+    NotConnected,
+    #[error("Google refused the user's refresh token; the user must connect again")]
+    NeedsReauth,
+    #[error("the access token could not be refreshed now, retry later: {0}")]
+    Transient(String),
+    #[error("Google rejected the access token even right after a refresh")]
+    StillUnauthorized,
+    #[error("the grant store failed: {0}")]
+    Store(String),
+}
+
+impl TokenError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            TokenError::Transient(_) | TokenError::Store(_) | TokenError::StillUnauthorized
+        )
+    }
+}
+
+/// The grant operations token handling needs. Implementations never put a token in an error.
+pub trait GrantAccess: Send + Sync {
+    fn load(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Option<GrantTokens>, TokenError>> + Send;
+
+    /// Stores a refreshed access token on the user's grant (re-reading on a version conflict).
+    fn record_refresh(
+        &self,
+        user_id: &str,
+        token: &FreshToken,
+    ) -> impl Future<Output = Result<(), TokenError>> + Send;
+
+    /// Marks the grant `needs_reauth` and deletes its token material, if it still holds
+    /// `refused` (the refresh token Google refused). Returns false when the grant changed
+    /// meanwhile (the user reconnected): then nothing is written.
+    fn mark_needs_reauth(
+        &self,
+        user_id: &str,
+        refused: &SecretString,
+    ) -> impl Future<Output = Result<bool, TokenError>> + Send;
+}
+
+/// Exchanges a refresh token for a new access token.
+pub trait TokenRefresher: Send + Sync {
+    fn refresh(
+        &self,
+        refresh_token: &SecretString,
+    ) -> impl Future<Output = Result<FreshToken, RefreshError>> + Send;
+}
+
+#[derive(Default)]
+enum Slot {
+    #[default]
+    Unknown,
+    Ready {
+        token: SecretString,
+        expires_at: Option<DateTime<Utc>>,
+        refresh_token: Option<SecretString>,
+        refreshed: bool,
+    },
+    Unusable(TokenError),
+}
+
+/// Per-batch token cache. Each user has an async mutex, so concurrent tasks of one user wait for
+/// the single load or refresh instead of starting their own.
+pub struct TokenProvider<'a, G, R> {
+    grants: &'a G,
+    refresher: &'a R,
+    users: Mutex<HashMap<String, Arc<AsyncMutex<Slot>>>>,
+}
+
+impl<'a, G: GrantAccess, R: TokenRefresher> TokenProvider<'a, G, R> {
+    pub fn new(grants: &'a G, refresher: &'a R) -> Self {
+        Self {
+            grants,
+            refresher,
+            users: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, user_id: &str) -> Arc<AsyncMutex<Slot>> {
+        self.users
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(user_id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The user's access token, refreshed first if it expires within [`REFRESH_MARGIN`].
+    pub async fn access_token(&self, user_id: &str) -> Result<SecretString, TokenError> {
+        let slot = self.slot(user_id);
+        let mut slot = slot.lock().await;
+        if matches!(*slot, Slot::Unknown) {
+            *slot = self.load(user_id).await?;
+        }
+        let needs_refresh = match &*slot {
+            Slot::Unusable(e) => return Err(e.clone()),
+            Slot::Ready {
+                refreshed: true, ..
+            } => false,
+            Slot::Ready { expires_at, .. } => {
+                expires_at.is_none_or(|at| at <= Utc::now() + REFRESH_MARGIN)
+            }
+            Slot::Unknown => unreachable!("loaded above"),
+        };
+        if needs_refresh {
+            self.refresh(user_id, &mut slot).await?;
+        }
+        match &*slot {
+            Slot::Ready { token, .. } => Ok(token.clone()),
+            Slot::Unusable(e) => Err(e.clone()),
+            Slot::Unknown => unreachable!("loaded above"),
+        }
+    }
+
+    /// After Google answered 401 to `rejected`: a token to retry with, refreshed once per batch.
+    /// If another task already refreshed since `rejected` was handed out, that token is reused.
+    pub async fn after_unauthorized(
+        &self,
+        user_id: &str,
+        rejected: &SecretString,
+    ) -> Result<SecretString, TokenError> {
+        let slot = self.slot(user_id);
+        let mut slot = slot.lock().await;
+        match &*slot {
+            Slot::Unusable(e) => return Err(e.clone()),
+            Slot::Ready {
+                token, refreshed, ..
+            } => {
+                if token.expose_secret() != rejected.expose_secret() {
+                    return Ok(token.clone());
+                }
+                if *refreshed {
+                    return Err(TokenError::StillUnauthorized);
+                }
+            }
+            Slot::Unknown => *slot = self.load(user_id).await?,
+        }
+        self.refresh(user_id, &mut slot).await?;
+        match &*slot {
+            Slot::Ready { token, .. } => Ok(token.clone()),
+            Slot::Unusable(e) => Err(e.clone()),
+            Slot::Unknown => unreachable!("refreshed above"),
+        }
+    }
+
+    async fn load(&self, user_id: &str) -> Result<Slot, TokenError> {
+        let Some(grant) = self.grants.load(user_id).await? else {
+            return Ok(Slot::Unusable(TokenError::NotConnected));
+        };
+        if !grant.active || grant.refresh_token.is_none() {
+            return Ok(Slot::Unusable(TokenError::NeedsReauth));
+        }
+        // No stored access token: an empty one with no expiry, so the first use refreshes.
+        let expires_at = grant
+            .access_token
+            .as_ref()
+            .and(grant.access_token_expires_at);
+        Ok(Slot::Ready {
+            token: grant
+                .access_token
+                .unwrap_or_else(|| SecretString::from(String::new())),
+            expires_at,
+            refresh_token: grant.refresh_token,
+            refreshed: false,
+        })
+    }
+
+    async fn refresh(&self, user_id: &str, slot: &mut Slot) -> Result<(), TokenError> {
+        let Slot::Ready { refresh_token, .. } = &*slot else {
+            return Ok(());
+        };
+        let refresh_token = refresh_token.clone().ok_or(TokenError::NeedsReauth)?;
+        match self.refresher.refresh(&refresh_token).await {
+            Ok(fresh) => {
+                // The new token works whether or not it is stored; failing to store it only costs
+                // another refresh in a later batch, so that failure is logged, not returned.
+                if let Err(error) = self.grants.record_refresh(user_id, &fresh).await {
+                    tracing::warn!(user_id, %error, "could not store the refreshed access token");
+                }
+                *slot = Slot::Ready {
+                    token: fresh.access_token,
+                    expires_at: Some(fresh.expires_at),
+                    refresh_token: Some(refresh_token),
+                    refreshed: true,
+                };
+                Ok(())
+            }
+            Err(RefreshError::InvalidGrant) => {
+                if !self
+                    .grants
+                    .mark_needs_reauth(user_id, &refresh_token)
+                    .await?
+                {
+                    // The user reconnected while we refreshed: use the new grant on the retry.
+                    *slot = self.load(user_id).await?;
+                    return Err(TokenError::Transient(
+                        "the grant was renewed during the refresh".into(),
+                    ));
+                }
+                tracing::warn!(
+                    user_id,
+                    "Google refused the refresh token; grant marked needs_reauth"
+                );
+                *slot = Slot::Unusable(TokenError::NeedsReauth);
+                Err(TokenError::NeedsReauth)
+            }
+            Err(RefreshError::Transient(reason)) => Err(TokenError::Transient(reason)),
+            // invalid_client and other refusals are configuration trouble, not the user's: retry
+            // later (the record fails and reaches the on-failure queue if it persists).
+            Err(RefreshError::Rejected(reason)) => Err(TokenError::Transient(reason)),
+        }
+    }
+}
+
+/// In-memory fakes of [`GrantAccess`] and [`TokenRefresher`] for unit tests.
+pub mod fakes {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Default)]
+    pub struct FakeGrants {
+        pub grants: Mutex<HashMap<String, GrantTokens>>,
+        pub refreshes_recorded: AtomicUsize,
+    }
+
+    impl FakeGrants {
+        pub fn with_user(self, user_id: &str, access_expires_in: Duration) -> Self {
+            self.grants.lock().unwrap().insert(
+                user_id.to_string(),
+                GrantTokens {
+                    active: true,
+                    access_token: Some(SecretString::from(format!("at-{user_id}-0"))),
+                    access_token_expires_at: Some(Utc::now() + access_expires_in),
+                    refresh_token: Some(SecretString::from(format!("rt-{user_id}"))),
+                },
+            );
+            self
+        }
+
+        pub fn is_active(&self, user_id: &str) -> Option<bool> {
+            self.grants.lock().unwrap().get(user_id).map(|g| g.active)
+        }
+    }
+
+    impl GrantAccess for FakeGrants {
+        async fn load(&self, user_id: &str) -> Result<Option<GrantTokens>, TokenError> {
+            Ok(self.grants.lock().unwrap().get(user_id).cloned())
+        }
+
+        async fn record_refresh(
+            &self,
+            user_id: &str,
+            token: &FreshToken,
+        ) -> Result<(), TokenError> {
+            self.refreshes_recorded.fetch_add(1, Ordering::SeqCst);
+            if let Some(g) = self.grants.lock().unwrap().get_mut(user_id) {
+                g.access_token = Some(token.access_token.clone());
+                g.access_token_expires_at = Some(token.expires_at);
+            }
+            Ok(())
+        }
+
+        async fn mark_needs_reauth(
+            &self,
+            user_id: &str,
+            refused: &SecretString,
+        ) -> Result<bool, TokenError> {
+            let mut grants = self.grants.lock().unwrap();
+            let Some(g) = grants.get_mut(user_id) else {
+                return Ok(true);
+            };
+            if g.refresh_token.as_ref().map(|t| t.expose_secret()) != Some(refused.expose_secret())
+            {
+                return Ok(false);
+            }
+            g.active = false;
+            g.access_token = None;
+            g.refresh_token = None;
+            Ok(true)
+        }
+    }
+
+    /// Refreshes to `at-<n>` tokens; refresh tokens listed in `revoked` get `invalid_grant`.
+    #[derive(Default)]
+    pub struct FakeRefresher {
+        pub calls: AtomicUsize,
+        pub revoked: Mutex<Vec<String>>,
+    }
+
+    impl TokenRefresher for FakeRefresher {
+        async fn refresh(&self, refresh_token: &SecretString) -> Result<FreshToken, RefreshError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            // Yield so concurrent callers really overlap in tests.
+            tokio::task::yield_now().await;
+            if self
+                .revoked
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|r| r == refresh_token.expose_secret())
+            {
+                return Err(RefreshError::InvalidGrant);
+            }
+            Ok(FreshToken {
+                access_token: SecretString::from(format!("at-fresh-{n}")),
+                expires_at: Utc::now() + Duration::hours(1),
+            })
+        }
+    }
+}
+
+/// [`GrantAccess`] over the connect flow's [`crate::grants::GrantStore`].
+pub struct StoredGrants<G>(pub G);
+
+/// Attempts of a refreshed-token write that keeps meeting newer versions.
+const SAVE_ATTEMPTS: usize = 3;
+
+fn grant_error(error: crate::grants::GrantError) -> TokenError {
+    TokenError::Store(error.to_string())
+}
+
+impl<G: crate::grants::GrantStore> GrantAccess for StoredGrants<G> {
+    async fn load(&self, user_id: &str) -> Result<Option<GrantTokens>, TokenError> {
+        let grant = self.0.get(user_id).await.map_err(grant_error)?;
+        Ok(grant.map(|g| GrantTokens {
+            active: g.status == crate::grants::GrantStatus::Active,
+            access_token: g.access_token,
+            access_token_expires_at: g.access_token_expires_at,
+            refresh_token: g.refresh_token,
+        }))
+    }
+
+    async fn record_refresh(&self, user_id: &str, token: &FreshToken) -> Result<(), TokenError> {
+        for _ in 0..SAVE_ATTEMPTS {
+            let Some(mut grant) = self.0.get(user_id).await.map_err(grant_error)? else {
+                return Ok(());
+            };
+            // A grant that was disconnected or replaced meanwhile must not get this token.
+            if grant.status != crate::grants::GrantStatus::Active || grant.refresh_token.is_none() {
+                return Ok(());
+            }
+            let now = Utc::now();
+            grant.access_token = Some(token.access_token.clone());
+            grant.access_token_expires_at = Some(token.expires_at);
+            grant.refreshed_at = Some(now);
+            match self.0.save(&grant).await {
+                Ok(_) => return Ok(()),
+                Err(crate::grants::GrantError::Conflict { .. }) => continue,
+                Err(e) => return Err(grant_error(e)),
+            }
+        }
+        Err(TokenError::Store(format!(
+            "the grant of user {user_id:?} kept changing while storing a refreshed token"
+        )))
+    }
+
+    async fn mark_needs_reauth(
+        &self,
+        user_id: &str,
+        refused: &SecretString,
+    ) -> Result<bool, TokenError> {
+        for _ in 0..SAVE_ATTEMPTS {
+            let Some(grant) = self.0.get(user_id).await.map_err(grant_error)? else {
+                return Ok(true);
+            };
+            let holds_refused = grant
+                .refresh_token
+                .as_ref()
+                .is_some_and(|t| t.expose_secret() == refused.expose_secret());
+            if !holds_refused {
+                return Ok(grant.status == crate::grants::GrantStatus::NeedsReauth);
+            }
+            match self
+                .0
+                .retire(&grant, crate::grants::GrantStatus::NeedsReauth)
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(crate::grants::GrantError::Conflict { .. }) => continue,
+                Err(e) => return Err(grant_error(e)),
+            }
+        }
+        Err(TokenError::Store(format!(
+            "the grant of user {user_id:?} kept changing while marking it needs_reauth"
+        )))
+    }
+}
+
+impl TokenRefresher for crate::google_oauth::GoogleOAuth {
+    async fn refresh(&self, refresh_token: &SecretString) -> Result<FreshToken, RefreshError> {
+        use crate::google_oauth::OAuthError;
+        match crate::google_oauth::GoogleOAuth::refresh(self, refresh_token).await {
+            Ok(t) => Ok(FreshToken {
+                access_token: t.access_token,
+                expires_at: t.expires_at,
+            }),
+            Err(OAuthError::InvalidGrant) => Err(RefreshError::InvalidGrant),
+            Err(e @ (OAuthError::Transient(_) | OAuthError::Secrets(_))) => {
+                Err(RefreshError::Transient(e.to_string()))
+            }
+            Err(e) => Err(RefreshError::Rejected(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fakes::*;
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[tokio::test]
+    async fn valid_token_is_used_without_refresh() {
+        let grants = FakeGrants::default().with_user("u", Duration::minutes(30));
+        let refresher = FakeRefresher::default();
+        let tokens = TokenProvider::new(&grants, &refresher);
+        assert_eq!(
+            tokens.access_token("u").await.unwrap().expose_secret(),
+            "at-u-0"
+        );
+        assert_eq!(refresher.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn expiring_token_is_refreshed_once_under_concurrency() {
+        let grants = FakeGrants::default().with_user("u", Duration::minutes(4));
+        let refresher = FakeRefresher::default();
+        let tokens = TokenProvider::new(&grants, &refresher);
+        let all = futures::future::join_all((0..20).map(|_| tokens.access_token("u"))).await;
+        for token in all {
+            assert_eq!(token.unwrap().expose_secret(), "at-fresh-1");
+        }
+        assert_eq!(refresher.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(grants.refreshes_recorded.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn unauthorized_refreshes_once_then_gives_up() {
+        let grants = FakeGrants::default().with_user("u", Duration::minutes(30));
+        let refresher = FakeRefresher::default();
+        let tokens = TokenProvider::new(&grants, &refresher);
+        let first = tokens.access_token("u").await.unwrap();
+        let second = tokens.after_unauthorized("u", &first).await.unwrap();
+        assert_eq!(second.expose_secret(), "at-fresh-1");
+        // A task still holding the old token gets the refreshed one without a second refresh.
+        let again = tokens.after_unauthorized("u", &first).await.unwrap();
+        assert_eq!(again.expose_secret(), "at-fresh-1");
+        assert!(matches!(
+            tokens.after_unauthorized("u", &second).await,
+            Err(TokenError::StillUnauthorized)
+        ));
+        assert_eq!(refresher.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn invalid_grant_marks_needs_reauth() {
+        let grants = FakeGrants::default().with_user("u", Duration::minutes(1));
+        let refresher = FakeRefresher::default();
+        refresher.revoked.lock().unwrap().push("rt-u".into());
+        let tokens = TokenProvider::new(&grants, &refresher);
+        assert!(matches!(
+            tokens.access_token("u").await,
+            Err(TokenError::NeedsReauth)
+        ));
+        assert!(matches!(
+            tokens.access_token("u").await,
+            Err(TokenError::NeedsReauth)
+        ));
+        assert_eq!(grants.is_active("u"), Some(false));
+        assert_eq!(refresher.calls.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            tokens.access_token("nobody").await,
+            Err(TokenError::NotConnected)
+        ));
+    }
+
+    mod stored {
+        use super::*;
+        use crate::grants::{Grant, GrantStatus, GrantStore, InMemoryGrantStore};
+
+        fn grant(refresh: &str, access_expires_in: Duration) -> Grant {
+            Grant {
+                user_id: "u".into(),
+                status: GrantStatus::Active,
+                google_sub: "sub".into(),
+                google_email: None,
+                scopes: vec![],
+                connected_at: Utc::now(),
+                refreshed_at: None,
+                access_token: Some(SecretString::from("at-old".to_string())),
+                access_token_expires_at: Some(Utc::now() + access_expires_in),
+                refresh_token: Some(SecretString::from(refresh.to_string())),
+                version: 0,
+            }
+        }
+
+        /// Refuses `rt-old`; if `reconnect`, the user reconnects while the refresh is under way.
+        struct Refuser {
+            store: InMemoryGrantStore,
+            reconnect: bool,
+        }
+
+        impl TokenRefresher for Refuser {
+            async fn refresh(&self, token: &SecretString) -> Result<FreshToken, RefreshError> {
+                assert_eq!(token.expose_secret(), "rt-old");
+                if self.reconnect {
+                    let current = self.store.get("u").await.unwrap().unwrap();
+                    let renewed = Grant {
+                        access_token: Some(SecretString::from("at-new".to_string())),
+                        refresh_token: Some(SecretString::from("rt-new".to_string())),
+                        ..grant("rt-new", Duration::hours(1))
+                    };
+                    self.store
+                        .save(&Grant {
+                            version: current.version,
+                            ..renewed
+                        })
+                        .await
+                        .unwrap();
+                }
+                Err(RefreshError::InvalidGrant)
+            }
+        }
+
+        #[tokio::test]
+        async fn invalid_grant_retires_the_stored_grant() {
+            let store = InMemoryGrantStore::new();
+            store
+                .save(&grant("rt-old", Duration::minutes(1)))
+                .await
+                .unwrap();
+            let grants = StoredGrants(store.clone());
+            let refresher = Refuser {
+                store: store.clone(),
+                reconnect: false,
+            };
+            let tokens = TokenProvider::new(&grants, &refresher);
+            assert!(matches!(
+                tokens.access_token("u").await,
+                Err(TokenError::NeedsReauth)
+            ));
+            let stored = store.get("u").await.unwrap().unwrap();
+            assert_eq!(stored.status, GrantStatus::NeedsReauth);
+            assert!(stored.refresh_token.is_none() && stored.access_token.is_none());
+        }
+
+        #[tokio::test]
+        async fn a_reconnect_during_the_refresh_is_not_wiped() {
+            let store = InMemoryGrantStore::new();
+            store
+                .save(&grant("rt-old", Duration::minutes(1)))
+                .await
+                .unwrap();
+            let grants = StoredGrants(store.clone());
+            let refresher = Refuser {
+                store: store.clone(),
+                reconnect: true,
+            };
+            let tokens = TokenProvider::new(&grants, &refresher);
+            assert!(matches!(
+                tokens.access_token("u").await,
+                Err(TokenError::Transient(_))
+            ));
+            let stored = store.get("u").await.unwrap().unwrap();
+            assert_eq!(stored.status, GrantStatus::Active);
+            assert_eq!(stored.refresh_token.unwrap().expose_secret(), "rt-new");
+            // The retry uses the renewed grant's token.
+            assert_eq!(
+                tokens.access_token("u").await.unwrap().expose_secret(),
+                "at-new"
+            );
+        }
+    }
+}

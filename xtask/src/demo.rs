@@ -1,0 +1,434 @@
+//! The demo: the whole calsync story on the local stack, told in a few lines with timings.
+//!
+//! It drives the stack only from the outside, as a user and the app would: the browser side goes
+//! through the local HTTP front (sign in, start, the emulator's consent, the callback), the app side
+//! writes rows to the Events table, and the emulator's read-back shows what reached the calendar.
+//! Each step checks what it claims; the demo exits non-zero when any step does not hold.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use aws_sdk_dynamodb::types::AttributeValue;
+use reqwest::{StatusCode, header};
+use serde_json::{Value, json};
+use url::Url;
+
+/// How many steps the story has; the demo passes only when all of them held.
+pub const STEPS: usize = 6;
+
+/// What the demo needs to know about a running stack.
+pub struct DemoStack {
+    /// The local HTTP front (the app's site), e.g. `http://localhost:PORT/`.
+    pub front: Url,
+    /// The Google emulator, e.g. `http://127.0.0.1:PORT/`.
+    pub emulator: Url,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub events_table: String,
+}
+
+/// A browser-like client: no redirects followed, cookies kept by hand per site.
+pub struct Browser {
+    http: reqwest::Client,
+    cookies: HashMap<String, HashMap<String, String>>,
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Browser {
+    pub fn new() -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("reqwest client"),
+            cookies: HashMap::new(),
+        }
+    }
+
+    /// GET `url`, storing cookies; returns status, Location and body.
+    pub async fn get(&mut self, url: &Url) -> Result<(StatusCode, Option<Url>, String)> {
+        let host = url.host_str().unwrap_or_default().to_string();
+        let jar = self.cookies.entry(host).or_default();
+        let mut request = self.http.get(url.clone());
+        if !jar.is_empty() {
+            let cookie = jar
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            request = request.header(header::COOKIE, cookie);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("GET {}", url.path()))?;
+        for set in response.headers().get_all(header::SET_COOKIE) {
+            let Ok(set) = set.to_str() else { continue };
+            let pair = set.split(';').next().unwrap_or_default();
+            if let Some((name, value)) = pair.split_once('=') {
+                let expired = set.to_ascii_lowercase().contains("max-age=0");
+                if expired || value.is_empty() {
+                    jar.remove(name.trim());
+                } else {
+                    jar.insert(name.trim().to_string(), value.trim().to_string());
+                }
+            }
+        }
+        let status = response.status();
+        let location = response
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .map(|l| url.join(l))
+            .transpose()?;
+        Ok((status, location, response.text().await?))
+    }
+
+    /// Follows redirects from `url` while they stay off `stop_host`; returns the URL that would
+    /// be loaded on `stop_host` (not requested).
+    pub async fn follow_until(&mut self, mut url: Url, stop_host: &str) -> Result<Url> {
+        for _ in 0..10 {
+            if url.host_str() == Some(stop_host) {
+                return Ok(url);
+            }
+            let (status, location, body) = self.get(&url).await?;
+            match location {
+                Some(next) if status.is_redirection() => url = next,
+                _ => bail!(
+                    "{} answered {status} without a redirect: {body}",
+                    url.path()
+                ),
+            }
+        }
+        bail!("too many redirects")
+    }
+}
+
+/// One step's outcome line.
+pub struct Step {
+    pub title: String,
+    pub took: Duration,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`. The stack is asynchronous
+/// (a stream poller sits between a row write and the calendar), so steps wait for the effect.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let started = Instant::now();
+    let mut last_error = None;
+    while started.elapsed() < timeout {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    match last_error {
+        Some(e) => Err(e.context(format!("timed out waiting for {what}"))),
+        None => bail!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+impl DemoStack {
+    fn control(&self, path: &str) -> Url {
+        self.emulator
+            .join(&format!("__emulator/{path}"))
+            .expect("control url")
+    }
+
+    async fn control_post(&self, path: &str, body: Value) -> Result<Value> {
+        let response = reqwest::Client::new()
+            .post(self.control(path))
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        ensure!(status.is_success(), "emulator {path}: {status} {body}");
+        Ok(body)
+    }
+
+    async fn control_get(&self, path: &str) -> Result<Value> {
+        Ok(reqwest::get(self.control(path)).await?.json().await?)
+    }
+
+    /// The events in `email`'s primary calendar that are not cancelled, by summary.
+    pub async fn calendar(&self, email: &str) -> Result<Vec<Value>> {
+        let all = self
+            .control_get(&format!("calendars/{email}/primary/events"))
+            .await?;
+        Ok(all["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["status"] != "cancelled")
+            .collect())
+    }
+
+    /// The browser side of a connect: sign in, start, consent as `account`, callback.
+    /// Returns the `calsync=` outcome the app page receives.
+    pub async fn connect(&self, browser: &mut Browser, user: &str, account: &str) -> Result<Url> {
+        let mut login = self.front.join("__local/login")?;
+        login.query_pairs_mut().append_pair("user", user);
+        browser.get(&login).await?;
+        let mut start = self.front.join("oauth/google/start")?;
+        start
+            .query_pairs_mut()
+            .append_pair("return_to", self.front.as_str());
+        let (status, location, body) = browser.get(&start).await?;
+        ensure!(
+            status == StatusCode::FOUND,
+            "start answered {status}: {body}"
+        );
+        let authorization_url = location.context("start gave no Location")?;
+        let consent = self
+            .control_post(
+                "consent",
+                json!({ "authorization_url": authorization_url.as_str(),
+                        "account": account, "decision": "allow", "remove_scopes": [] }),
+            )
+            .await?;
+        let callback: Url = consent["redirect"]
+            .as_str()
+            .context("consent gave no redirect")?
+            .parse()?;
+        let front_host = self.front.host_str().unwrap_or_default().to_string();
+        let (status, location, body) = browser.get(&callback).await?;
+        ensure!(
+            status == StatusCode::FOUND,
+            "callback answered {status}: {body}"
+        );
+        let back = location.context("callback gave no Location")?;
+        ensure!(
+            back.host_str() == Some(front_host.as_str()),
+            "callback sent the browser to {back}"
+        );
+        Ok(back)
+    }
+
+    pub async fn status(&self, browser: &mut Browser) -> Result<Value> {
+        let (status, _, body) = browser
+            .get(&self.front.join("oauth/google/status")?)
+            .await?;
+        ensure!(status == StatusCode::OK, "status answered {status}: {body}");
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    pub async fn put_event(&self, event_id: &str, user: &str, title: &str, day: u32) -> Result<()> {
+        let item = HashMap::from([
+            ("event_id".to_string(), AttributeValue::S(event_id.into())),
+            ("user_id".to_string(), AttributeValue::S(user.into())),
+            ("title".to_string(), AttributeValue::S(title.into())),
+            (
+                "start".to_string(),
+                AttributeValue::S(format!("2026-12-{day:02}T09:00:00+01:00")),
+            ),
+            (
+                "end".to_string(),
+                AttributeValue::S(format!("2026-12-{day:02}T10:00:00+01:00")),
+            ),
+            (
+                "time_zone".to_string(),
+                AttributeValue::S("Europe/Berlin".into()),
+            ),
+        ]);
+        self.dynamodb
+            .put_item()
+            .table_name(&self.events_table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .context("writing an Events row")?;
+        Ok(())
+    }
+
+    pub async fn delete_event(&self, event_id: &str) -> Result<()> {
+        self.dynamodb
+            .delete_item()
+            .table_name(&self.events_table)
+            .key("event_id", AttributeValue::S(event_id.into()))
+            .send()
+            .await
+            .context("deleting an Events row")?;
+        Ok(())
+    }
+
+    async fn wait_for_titles(&self, email: &str, want: &[&str]) -> Result<Vec<String>> {
+        let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        eventually(
+            Duration::from_secs(60),
+            &format!("calendar to hold {want:?}"),
+            || async {
+                let mut titles: Vec<String> = self
+                    .calendar(email)
+                    .await?
+                    .iter()
+                    .filter_map(|e| e["summary"].as_str().map(str::to_string))
+                    .collect();
+                titles.sort();
+                Ok((titles == want).then_some(titles))
+            },
+        )
+        .await
+    }
+
+    async fn refreshes(&self) -> Result<u64> {
+        Ok(self.control_get("stats").await?["token"]["refresh_token"]
+            .as_u64()
+            .unwrap_or(0))
+    }
+
+    /// Runs the story; every step is checked. Returns the steps for the summary.
+    pub async fn run(&self, mut report: impl FnMut(&Step)) -> Result<Vec<Step>> {
+        let user = "user-alice";
+        let email = "alice@example.com";
+        let mut browser = Browser::new();
+        let mut steps = Vec::new();
+        let run_id = std::process::id();
+        let ids: Vec<String> = (1..=3).map(|i| format!("demo-{run_id}-{i}")).collect();
+
+        macro_rules! step {
+            ($title:expr, $body:expr) => {{
+                let started = Instant::now();
+                let result: Result<String> = $body.await;
+                let step = Step {
+                    title: $title.to_string(),
+                    took: started.elapsed(),
+                    ok: result.is_ok(),
+                    detail: match &result {
+                        Ok(d) => d.clone(),
+                        Err(e) => format!("{e:#}"),
+                    },
+                };
+                report(&step);
+                let failed = !step.ok;
+                steps.push(step);
+                if failed {
+                    return Ok(steps);
+                }
+            }};
+        }
+
+        step!("connect Google Calendar through the consent page", async {
+            let back = self.connect(&mut browser, user, email).await?;
+            let outcome = back
+                .query_pairs()
+                .find(|(k, _)| k == "calsync")
+                .map(|(_, v)| v.into_owned());
+            ensure!(
+                outcome.as_deref() == Some("connected"),
+                "returned to {back}"
+            );
+            let status = self.status(&mut browser).await?;
+            ensure!(status["status"] == "active", "status: {status}");
+            Ok(format!("{user} connected as {email}"))
+        });
+
+        step!("write three events to the Events table", async {
+            for (i, id) in ids.iter().enumerate() {
+                self.put_event(id, user, &format!("Demo event {}", i + 1), 1 + i as u32)
+                    .await?;
+            }
+            let titles = self
+                .wait_for_titles(email, &["Demo event 1", "Demo event 2", "Demo event 3"])
+                .await?;
+            Ok(format!("calendar holds {}", titles.join(", ")))
+        });
+
+        step!("change one, delete one", async {
+            self.put_event(&ids[0], user, "Demo event 1 (moved)", 4)
+                .await?;
+            self.delete_event(&ids[1]).await?;
+            self.wait_for_titles(email, &["Demo event 1 (moved)", "Demo event 3"])
+                .await?;
+            Ok("calendar follows the change and the delete".into())
+        });
+
+        step!(
+            "expire the access token: calsync refreshes on its own",
+            async {
+                let before = self.refreshes().await?;
+                self.control_post("expire-access-tokens", json!({ "email": email }))
+                    .await?;
+                self.put_event(&ids[2], user, "Demo event 3 (after expiry)", 3)
+                    .await?;
+                self.wait_for_titles(
+                    email,
+                    &["Demo event 1 (moved)", "Demo event 3 (after expiry)"],
+                )
+                .await?;
+                let after = self.refreshes().await?;
+                ensure!(after == before + 1, "refreshes went {before} -> {after}");
+                Ok("one refresh, change delivered".into())
+            }
+        );
+
+        step!("revoke the refresh token: changes are parked", async {
+            self.control_post("revoke", json!({ "email": email }))
+                .await?;
+            self.put_event(&ids[1], user, "Demo event 2 (while revoked)", 2)
+                .await?;
+            self.put_event(&ids[2], user, "Demo event 3 (while revoked)", 3)
+                .await?;
+            let status = eventually(Duration::from_secs(60), "parked status", || async {
+                let status = self.status(&mut Browser::clone_session(&browser)).await?;
+                Ok((status["status"] == "needs_reauth"
+                    && status["parked_changes"].as_u64() >= Some(2))
+                .then_some(status))
+            })
+            .await?;
+            Ok(format!(
+                "status needs_reauth, {} parked change(s)",
+                status["parked_changes"]
+            ))
+        });
+
+        step!("reconnect: the parked changes arrive", async {
+            let back = self.connect(&mut browser, user, email).await?;
+            ensure!(
+                back.query_pairs()
+                    .any(|(k, v)| k == "calsync" && v == "connected"),
+                "returned to {back}"
+            );
+            self.wait_for_titles(
+                email,
+                &[
+                    "Demo event 1 (moved)",
+                    "Demo event 2 (while revoked)",
+                    "Demo event 3 (while revoked)",
+                ],
+            )
+            .await?;
+            Ok("calendar holds every change made while revoked".into())
+        });
+
+        Ok(steps)
+    }
+}
+
+impl Browser {
+    /// A second client with the same cookies (for polling while the first is borrowed).
+    pub fn clone_session(other: &Browser) -> Browser {
+        Browser {
+            http: other.http.clone(),
+            cookies: other.cookies.clone(),
+        }
+    }
+}
