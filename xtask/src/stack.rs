@@ -209,7 +209,11 @@ pub async fn up(options: &Options) -> Result<State> {
     let aws_endpoint = format!("http://{}:{}", options.host, options.aws_port);
     for (host, port, variable) in [
         (options.host.as_str(), options.aws_port, "CALSYNC_AWS_PORT"),
-        (options.host.as_str(), options.google_port, "CALSYNC_GOOGLE_PORT"),
+        (
+            options.host.as_str(),
+            options.google_port,
+            "CALSYNC_GOOGLE_PORT",
+        ),
         ("127.0.0.1", options.front_port, "CALSYNC_FRONT_PORT"),
     ] {
         ensure_free(host, port, variable)?;
