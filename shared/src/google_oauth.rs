@@ -492,4 +492,62 @@ mod tests {
             "Google's OAuth endpoint refused the request: invalid_request (Missing code verifier.)"
         );
     }
+
+    /// A token endpoint that answers with a redirect: the client must not follow it (the code
+    /// and client secret would go to wherever it points).
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buffer = vec![0u8; 8192];
+                let _ = socket.read(&mut buffer).await;
+                seen.fetch_add(1, Ordering::SeqCst);
+                let answer = format!(
+                    "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{address}/elsewhere\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+
+        let env: std::collections::HashMap<String, String> = [
+            ("GRANTS_TABLE", "g"),
+            ("OAUTH_FLOWS_TABLE", "f"),
+            ("SYNC_STATE_TABLE", "s"),
+            ("EVENTS_TABLE", "e"),
+            ("GOOGLE_CLIENT_SECRET_ID", "c"),
+            ("TOKEN_KEYS_SECRET_ID", "k"),
+            ("OAUTH_REDIRECT_URI", "https://api.example/cb"),
+            ("ALLOWED_RETURN_ORIGINS", "https://app.example"),
+            ("DEFAULT_RETURN_URL", "https://app.example/"),
+            ("GOOGLE_TOKEN_URL", &format!("http://{address}/token")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let config = Config::from_source(&env).unwrap();
+        let secrets = Arc::new(SecretsCache::fixed(
+            GoogleClient {
+                client_id: "cid".into(),
+                client_secret: SecretString::from("GOCSPX-s".to_string()),
+            },
+            crate::vault::Keyring::generate("k1"),
+        ));
+        let oauth = GoogleOAuth::new(&config, secrets);
+        let error = oauth
+            .refresh(&SecretString::from("1//rt".to_string()))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, OAuthError::Rejected { .. }), "{error}");
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+    }
 }

@@ -86,16 +86,36 @@ pub trait GrantStore: Send + Sync {
     fn save(&self, grant: &Grant) -> impl Future<Output = Result<Grant, GrantError>> + Send;
 
     /// Deletes the token material of an existing grant and sets its status, whatever its
-    /// version (nothing to do when the user has no grant). Used when Google has refused the
-    /// refresh token, where the tokens are dead in any version.
+    /// version (nothing to do when the user has no grant). This is the one write not
+    /// conditional on a version: prefer [`GrantStore::retire`], which cannot wipe a grant the
+    /// user renewed after `grant` was read.
     fn delete_tokens(
         &self,
         user_id: &str,
         status: GrantStatus,
     ) -> impl Future<Output = Result<(), GrantError>> + Send;
 
-    /// Removes the user's grant entirely (the user disconnected).
-    fn delete(&self, user_id: &str) -> impl Future<Output = Result<(), GrantError>> + Send;
+    /// Deletes the token material of `grant` and sets `status` if the stored version is still
+    /// `grant.version` ([`GrantError::Conflict`] otherwise: re-read, the user may have
+    /// reconnected). Used when Google refused this grant's refresh token.
+    fn retire(
+        &self,
+        grant: &Grant,
+        status: GrantStatus,
+    ) -> impl Future<Output = Result<Grant, GrantError>> + Send {
+        let retired = Grant {
+            status,
+            access_token: None,
+            access_token_expires_at: None,
+            refresh_token: None,
+            ..grant.clone()
+        };
+        async move { self.save(&retired).await }
+    }
+
+    /// Removes `grant` entirely (the user disconnected) if the stored version is still
+    /// `grant.version`; [`GrantError::Conflict`] otherwise. No grant stored: nothing to do.
+    fn delete(&self, grant: &Grant) -> impl Future<Output = Result<(), GrantError>> + Send;
 }
 
 /// The item as DynamoDB holds it: tokens only as sealed text.
@@ -303,15 +323,32 @@ impl GrantStore for DynamoGrantStore {
         }
     }
 
-    async fn delete(&self, user_id: &str) -> Result<(), GrantError> {
-        self.client
+    async fn delete(&self, grant: &Grant) -> Result<(), GrantError> {
+        let result = self
+            .client
             .delete_item()
             .table_name(&self.table)
-            .key("user_id", AttributeValue::S(user_id.to_string()))
+            .key("user_id", AttributeValue::S(grant.user_id.clone()))
+            .condition_expression("attribute_not_exists(user_id) OR #version = :read_version")
+            .expression_attribute_names("#version", "version")
+            .expression_attribute_values(
+                ":read_version",
+                AttributeValue::N(grant.version.to_string()),
+            )
             .send()
-            .await
-            .map_err(store_error)?;
-        Ok(())
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Err(GrantError::Conflict {
+                    user_id: grant.user_id.clone(),
+                })
+            }
+            Err(e) => Err(store_error(e)),
+        }
     }
 }
 
@@ -359,9 +396,17 @@ impl GrantStore for InMemoryGrantStore {
         Ok(())
     }
 
-    async fn delete(&self, user_id: &str) -> Result<(), GrantError> {
-        self.grants.lock().unwrap().remove(user_id);
-        Ok(())
+    async fn delete(&self, grant: &Grant) -> Result<(), GrantError> {
+        let mut grants = self.grants.lock().unwrap();
+        match grants.get(&grant.user_id) {
+            Some(stored) if stored.version != grant.version => Err(GrantError::Conflict {
+                user_id: grant.user_id.clone(),
+            }),
+            _ => {
+                grants.remove(&grant.user_id);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -408,6 +453,32 @@ mod tests {
         assert_eq!(read.status, GrantStatus::NeedsReauth);
         assert!(read.refresh_token.is_none() && read.access_token.is_none());
         assert_eq!(read.version, 3);
+
+        // retire and delete are conditional on the version read.
+        assert!(matches!(
+            store.retire(&saved, GrantStatus::NeedsReauth).await,
+            Err(GrantError::Conflict { .. })
+        ));
+        let renewed = store
+            .save(&Grant {
+                status: GrantStatus::Active,
+                refresh_token: Some(SecretString::from("rt2".to_string())),
+                ..read.clone()
+            })
+            .await
+            .unwrap();
+        let retired = store
+            .retire(&renewed, GrantStatus::NeedsReauth)
+            .await
+            .unwrap();
+        assert!(retired.refresh_token.is_none() && retired.status == GrantStatus::NeedsReauth);
+        assert!(matches!(
+            store.delete(&renewed).await,
+            Err(GrantError::Conflict { .. })
+        ));
+        store.delete(&retired).await.unwrap();
+        assert!(store.get("u").await.unwrap().is_none());
+        store.delete(&retired).await.unwrap();
     }
 
     #[test]

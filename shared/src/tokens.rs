@@ -83,11 +83,14 @@ pub trait GrantAccess: Send + Sync {
         token: &FreshToken,
     ) -> impl Future<Output = Result<(), TokenError>> + Send;
 
-    /// Marks the grant `needs_reauth` and deletes its token material.
+    /// Marks the grant `needs_reauth` and deletes its token material, if it still holds
+    /// `refused` (the refresh token Google refused). Returns false when the grant changed
+    /// meanwhile (the user reconnected): then nothing is written.
     fn mark_needs_reauth(
         &self,
         user_id: &str,
-    ) -> impl Future<Output = Result<(), TokenError>> + Send;
+        refused: &SecretString,
+    ) -> impl Future<Output = Result<bool, TokenError>> + Send;
 }
 
 /// Exchanges a refresh token for a new access token.
@@ -238,7 +241,17 @@ impl<'a, G: GrantAccess, R: TokenRefresher> TokenProvider<'a, G, R> {
                 Ok(())
             }
             Err(RefreshError::InvalidGrant) => {
-                self.grants.mark_needs_reauth(user_id).await?;
+                if !self
+                    .grants
+                    .mark_needs_reauth(user_id, &refresh_token)
+                    .await?
+                {
+                    // The user reconnected while we refreshed: use the new grant on the retry.
+                    *slot = self.load(user_id).await?;
+                    return Err(TokenError::Transient(
+                        "the grant was renewed during the refresh".into(),
+                    ));
+                }
                 tracing::warn!(
                     user_id,
                     "Google refused the refresh token; grant marked needs_reauth"
@@ -302,13 +315,23 @@ pub mod fakes {
             Ok(())
         }
 
-        async fn mark_needs_reauth(&self, user_id: &str) -> Result<(), TokenError> {
-            if let Some(g) = self.grants.lock().unwrap().get_mut(user_id) {
-                g.active = false;
-                g.access_token = None;
-                g.refresh_token = None;
+        async fn mark_needs_reauth(
+            &self,
+            user_id: &str,
+            refused: &SecretString,
+        ) -> Result<bool, TokenError> {
+            let mut grants = self.grants.lock().unwrap();
+            let Some(g) = grants.get_mut(user_id) else {
+                return Ok(true);
+            };
+            if g.refresh_token.as_ref().map(|t| t.expose_secret()) != Some(refused.expose_secret())
+            {
+                return Ok(false);
             }
-            Ok(())
+            g.active = false;
+            g.access_token = None;
+            g.refresh_token = None;
+            Ok(true)
         }
     }
 
@@ -337,6 +360,100 @@ pub mod fakes {
                 access_token: SecretString::from(format!("at-fresh-{n}")),
                 expires_at: Utc::now() + Duration::hours(1),
             })
+        }
+    }
+}
+
+/// [`GrantAccess`] over the connect flow's [`crate::grants::GrantStore`].
+pub struct StoredGrants<G>(pub G);
+
+/// Attempts of a refreshed-token write that keeps meeting newer versions.
+const SAVE_ATTEMPTS: usize = 3;
+
+fn grant_error(error: crate::grants::GrantError) -> TokenError {
+    TokenError::Store(error.to_string())
+}
+
+impl<G: crate::grants::GrantStore> GrantAccess for StoredGrants<G> {
+    async fn load(&self, user_id: &str) -> Result<Option<GrantTokens>, TokenError> {
+        let grant = self.0.get(user_id).await.map_err(grant_error)?;
+        Ok(grant.map(|g| GrantTokens {
+            active: g.status == crate::grants::GrantStatus::Active,
+            access_token: g.access_token,
+            access_token_expires_at: g.access_token_expires_at,
+            refresh_token: g.refresh_token,
+        }))
+    }
+
+    async fn record_refresh(&self, user_id: &str, token: &FreshToken) -> Result<(), TokenError> {
+        for _ in 0..SAVE_ATTEMPTS {
+            let Some(mut grant) = self.0.get(user_id).await.map_err(grant_error)? else {
+                return Ok(());
+            };
+            // A grant that was disconnected or replaced meanwhile must not get this token.
+            if grant.status != crate::grants::GrantStatus::Active || grant.refresh_token.is_none() {
+                return Ok(());
+            }
+            let now = Utc::now();
+            grant.access_token = Some(token.access_token.clone());
+            grant.access_token_expires_at = Some(token.expires_at);
+            grant.refreshed_at = Some(now);
+            match self.0.save(&grant).await {
+                Ok(_) => return Ok(()),
+                Err(crate::grants::GrantError::Conflict { .. }) => continue,
+                Err(e) => return Err(grant_error(e)),
+            }
+        }
+        Err(TokenError::Store(format!(
+            "the grant of user {user_id:?} kept changing while storing a refreshed token"
+        )))
+    }
+
+    async fn mark_needs_reauth(
+        &self,
+        user_id: &str,
+        refused: &SecretString,
+    ) -> Result<bool, TokenError> {
+        for _ in 0..SAVE_ATTEMPTS {
+            let Some(grant) = self.0.get(user_id).await.map_err(grant_error)? else {
+                return Ok(true);
+            };
+            let holds_refused = grant
+                .refresh_token
+                .as_ref()
+                .is_some_and(|t| t.expose_secret() == refused.expose_secret());
+            if !holds_refused {
+                return Ok(grant.status == crate::grants::GrantStatus::NeedsReauth);
+            }
+            match self
+                .0
+                .retire(&grant, crate::grants::GrantStatus::NeedsReauth)
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(crate::grants::GrantError::Conflict { .. }) => continue,
+                Err(e) => return Err(grant_error(e)),
+            }
+        }
+        Err(TokenError::Store(format!(
+            "the grant of user {user_id:?} kept changing while marking it needs_reauth"
+        )))
+    }
+}
+
+impl TokenRefresher for crate::google_oauth::GoogleOAuth {
+    async fn refresh(&self, refresh_token: &SecretString) -> Result<FreshToken, RefreshError> {
+        use crate::google_oauth::OAuthError;
+        match crate::google_oauth::GoogleOAuth::refresh(self, refresh_token).await {
+            Ok(t) => Ok(FreshToken {
+                access_token: t.access_token,
+                expires_at: t.expires_at,
+            }),
+            Err(OAuthError::InvalidGrant) => Err(RefreshError::InvalidGrant),
+            Err(e @ (OAuthError::Transient(_) | OAuthError::Secrets(_))) => {
+                Err(RefreshError::Transient(e.to_string()))
+            }
+            Err(e) => Err(RefreshError::Rejected(e.to_string())),
         }
     }
 }
@@ -411,74 +528,102 @@ mod tests {
             Err(TokenError::NotConnected)
         ));
     }
-}
 
-/// [`GrantAccess`] over the connect flow's [`crate::grants::GrantStore`].
-pub struct StoredGrants<G>(pub G);
+    mod stored {
+        use super::*;
+        use crate::grants::{Grant, GrantStatus, GrantStore, InMemoryGrantStore};
 
-/// Attempts of a refreshed-token write that keeps meeting newer versions.
-const SAVE_ATTEMPTS: usize = 3;
-
-fn grant_error(error: crate::grants::GrantError) -> TokenError {
-    TokenError::Store(error.to_string())
-}
-
-impl<G: crate::grants::GrantStore> GrantAccess for StoredGrants<G> {
-    async fn load(&self, user_id: &str) -> Result<Option<GrantTokens>, TokenError> {
-        let grant = self.0.get(user_id).await.map_err(grant_error)?;
-        Ok(grant.map(|g| GrantTokens {
-            active: g.status == crate::grants::GrantStatus::Active,
-            access_token: g.access_token,
-            access_token_expires_at: g.access_token_expires_at,
-            refresh_token: g.refresh_token,
-        }))
-    }
-
-    async fn record_refresh(&self, user_id: &str, token: &FreshToken) -> Result<(), TokenError> {
-        for _ in 0..SAVE_ATTEMPTS {
-            let Some(mut grant) = self.0.get(user_id).await.map_err(grant_error)? else {
-                return Ok(());
-            };
-            // A grant that was disconnected or replaced meanwhile must not get this token.
-            if grant.status != crate::grants::GrantStatus::Active || grant.refresh_token.is_none() {
-                return Ok(());
-            }
-            let now = Utc::now();
-            grant.access_token = Some(token.access_token.clone());
-            grant.access_token_expires_at = Some(token.expires_at);
-            grant.refreshed_at = Some(now);
-            match self.0.save(&grant).await {
-                Ok(_) => return Ok(()),
-                Err(crate::grants::GrantError::Conflict { .. }) => continue,
-                Err(e) => return Err(grant_error(e)),
+        fn grant(refresh: &str, access_expires_in: Duration) -> Grant {
+            Grant {
+                user_id: "u".into(),
+                status: GrantStatus::Active,
+                google_sub: "sub".into(),
+                google_email: None,
+                scopes: vec![],
+                connected_at: Utc::now(),
+                refreshed_at: None,
+                access_token: Some(SecretString::from("at-old".to_string())),
+                access_token_expires_at: Some(Utc::now() + access_expires_in),
+                refresh_token: Some(SecretString::from(refresh.to_string())),
+                version: 0,
             }
         }
-        Err(TokenError::Store(format!(
-            "the grant of user {user_id:?} kept changing while storing a refreshed token"
-        )))
-    }
 
-    async fn mark_needs_reauth(&self, user_id: &str) -> Result<(), TokenError> {
-        self.0
-            .delete_tokens(user_id, crate::grants::GrantStatus::NeedsReauth)
-            .await
-            .map_err(grant_error)
-    }
-}
+        /// Refuses `rt-old`; if `reconnect`, the user reconnects while the refresh is under way.
+        struct Refuser {
+            store: InMemoryGrantStore,
+            reconnect: bool,
+        }
 
-impl TokenRefresher for crate::google_oauth::GoogleOAuth {
-    async fn refresh(&self, refresh_token: &SecretString) -> Result<FreshToken, RefreshError> {
-        use crate::google_oauth::OAuthError;
-        match crate::google_oauth::GoogleOAuth::refresh(self, refresh_token).await {
-            Ok(t) => Ok(FreshToken {
-                access_token: t.access_token,
-                expires_at: t.expires_at,
-            }),
-            Err(OAuthError::InvalidGrant) => Err(RefreshError::InvalidGrant),
-            Err(e @ (OAuthError::Transient(_) | OAuthError::Secrets(_))) => {
-                Err(RefreshError::Transient(e.to_string()))
+        impl TokenRefresher for Refuser {
+            async fn refresh(&self, token: &SecretString) -> Result<FreshToken, RefreshError> {
+                assert_eq!(token.expose_secret(), "rt-old");
+                if self.reconnect {
+                    let current = self.store.get("u").await.unwrap().unwrap();
+                    let renewed = Grant {
+                        access_token: Some(SecretString::from("at-new".to_string())),
+                        refresh_token: Some(SecretString::from("rt-new".to_string())),
+                        ..grant("rt-new", Duration::hours(1))
+                    };
+                    self.store
+                        .save(&Grant {
+                            version: current.version,
+                            ..renewed
+                        })
+                        .await
+                        .unwrap();
+                }
+                Err(RefreshError::InvalidGrant)
             }
-            Err(e) => Err(RefreshError::Rejected(e.to_string())),
+        }
+
+        #[tokio::test]
+        async fn invalid_grant_retires_the_stored_grant() {
+            let store = InMemoryGrantStore::new();
+            store
+                .save(&grant("rt-old", Duration::minutes(1)))
+                .await
+                .unwrap();
+            let grants = StoredGrants(store.clone());
+            let refresher = Refuser {
+                store: store.clone(),
+                reconnect: false,
+            };
+            let tokens = TokenProvider::new(&grants, &refresher);
+            assert!(matches!(
+                tokens.access_token("u").await,
+                Err(TokenError::NeedsReauth)
+            ));
+            let stored = store.get("u").await.unwrap().unwrap();
+            assert_eq!(stored.status, GrantStatus::NeedsReauth);
+            assert!(stored.refresh_token.is_none() && stored.access_token.is_none());
+        }
+
+        #[tokio::test]
+        async fn a_reconnect_during_the_refresh_is_not_wiped() {
+            let store = InMemoryGrantStore::new();
+            store
+                .save(&grant("rt-old", Duration::minutes(1)))
+                .await
+                .unwrap();
+            let grants = StoredGrants(store.clone());
+            let refresher = Refuser {
+                store: store.clone(),
+                reconnect: true,
+            };
+            let tokens = TokenProvider::new(&grants, &refresher);
+            assert!(matches!(
+                tokens.access_token("u").await,
+                Err(TokenError::Transient(_))
+            ));
+            let stored = store.get("u").await.unwrap().unwrap();
+            assert_eq!(stored.status, GrantStatus::Active);
+            assert_eq!(stored.refresh_token.unwrap().expose_secret(), "rt-new");
+            // The retry uses the renewed grant's token.
+            assert_eq!(
+                tokens.access_token("u").await.unwrap().expose_secret(),
+                "at-new"
+            );
         }
     }
 }

@@ -17,6 +17,9 @@ use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 use url::Url;
 
+/// How many steps the story has; the demo passes only when all of them held.
+pub const STEPS: usize = 6;
+
 /// What the demo needs to know about a running stack.
 pub struct DemoStack {
     /// The local HTTP front (the app's site), e.g. `http://localhost:PORT/`.

@@ -15,11 +15,10 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    path::Path,
     sync::{Arc, Mutex},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use axum::{
     Router,
     body::{Body, Bytes},
@@ -31,6 +30,8 @@ use axum::{
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use rand::RngCore;
 use serde_json::{Value, json};
+
+use crate::template::Template;
 
 /// The session cookie of the local login; deliberately not `__Host-` so it is visibly local-only.
 pub const SESSION_COOKIE: &str = "calsync_local_session";
@@ -45,48 +46,16 @@ pub struct Route {
     pub authorized: bool,
 }
 
-/// Reads every `HttpApi` event of every `AWS::Serverless::Function` in the template.
-pub fn routes_from_template(template: &Path) -> Result<Vec<Route>> {
-    let text = std::fs::read_to_string(template)
-        .with_context(|| format!("reading {}", template.display()))?;
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).context("parsing template.yaml")?;
+/// Every `HttpApi` route the template declares, with the function serving it.
+pub fn routes_from_template(template: &Template) -> Result<Vec<Route>> {
     let mut routes = Vec::new();
-    let Some(resources) = doc.get("Resources").and_then(|r| r.as_mapping()) else {
-        bail!("template.yaml has no Resources");
-    };
-    for (name, resource) in resources {
-        if resource.get("Type").and_then(|t| t.as_str()) != Some("AWS::Serverless::Function") {
-            continue;
-        }
-        let function = name.as_str().unwrap_or_default().to_string();
-        let events = resource
-            .get("Properties")
-            .and_then(|p| p.get("Events"))
-            .and_then(|e| e.as_mapping());
-        for (_, event) in events.into_iter().flatten() {
-            if event.get("Type").and_then(|t| t.as_str()) != Some("HttpApi") {
-                continue;
-            }
-            let props = event
-                .get("Properties")
-                .context("HttpApi event without Properties")?;
-            let path = props
-                .get("Path")
-                .and_then(|p| p.as_str())
-                .context("HttpApi event without Path")?;
-            let method = props
-                .get("Method")
-                .and_then(|m| m.as_str())
-                .context("HttpApi event without Method")?;
-            let authorizer = props
-                .get("Auth")
-                .and_then(|a| a.get("Authorizer"))
-                .and_then(|a| a.as_str());
+    for function in template.functions()? {
+        for route in function.routes {
             routes.push(Route {
-                method: method.to_ascii_uppercase().parse()?,
-                path: path.to_string(),
-                function: function.clone(),
-                authorized: authorizer != Some("NONE"),
+                method: route.method.parse()?,
+                path: route.path,
+                function: function.logical_id.clone(),
+                authorized: route.authorized,
             });
         }
     }

@@ -1,1 +1,134 @@
-fn main() {}
+//! `cargo xtask <command>`: see `cargo xtask help`.
+
+use std::process::ExitCode;
+
+const HELP: &str = "\
+cargo xtask setup              install the Python venv (moto, aws-sam-cli, cargo-lambda) into .dev/
+cargo xtask stack up [--host ADDR] | down | status
+                               the local stack: moto, the Google emulator, the functions under the RIE
+cargo xtask test [--sam]       the whole CI: fmt, clippy, tests, sam validate, events/ under the RIE
+                               (--sam also: sam build and sam local invoke in Docker)
+cargo xtask events             regenerate the stream events in events/ from moto's real stream
+cargo xtask events check       only the last step of `test`: events/ under the RIE, answers checked
+cargo xtask demo [--keep-running]
+                               install, build, start the stack and run the story end to end
+                               (--keep-running leaves the stack up and prints its URLs)";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["setup"] => xtask::setup::install().map(|_| ()),
+        ["stack", "up", rest @ ..] => stack_up(rest).await,
+        ["stack", "down"] => xtask::stack::down()
+            .await
+            .map(|()| println!("stack: stopped")),
+        ["stack", "status"] => {
+            println!("{}", xtask::stack::status());
+            Ok(())
+        }
+        ["test", rest @ ..] => xtask::ci::run(&xtask::ci::Options::parse(rest)).await,
+        ["events"] => xtask::events::regenerate().await,
+        ["events", "check"] => xtask::ci::events_under_rie()
+            .await
+            .map(|summary| println!("events: {summary}")),
+        ["gateway"] => gateway().await,
+        ["demo"] => demo(false).await,
+        ["demo", "--keep-running"] => demo(true).await,
+        ["help" | "--help" | "-h"] | [] => {
+            println!("{HELP}");
+            Ok(())
+        }
+        _ => {
+            eprintln!("unknown command {args:?}\n{HELP}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn stack_up(rest: &[&str]) -> anyhow::Result<()> {
+    let mut options = xtask::stack::Options::default();
+    match rest {
+        [] => {}
+        ["--host", host] => options.host = host.to_string(),
+        other => anyhow::bail!("stack up: unexpected {other:?}; usage: stack up [--host ADDR]"),
+    }
+    let state = xtask::stack::up(&options).await?;
+    println!("stack: up\n{}", xtask::stack::summary(&state));
+    Ok(())
+}
+
+/// The local stack's HTTP front and stream poller (started by `stack up`).
+async fn gateway() -> anyhow::Result<()> {
+    let state = xtask::stack::load_state()
+        .ok_or_else(|| anyhow::anyhow!("no running stack: `cargo xtask stack up` starts one"))?;
+    let options = xtask::stack::Options::default();
+    xtask::gateway::run(&state, xtask::stack::PREFIX, options.front_port).await
+}
+
+/// The README's first command: the whole story on a fresh local stack.
+async fn demo(keep_running: bool) -> anyhow::Result<()> {
+    use std::time::Instant;
+    let started = Instant::now();
+    println!(
+        "calsync demo: installing and building what the local stack needs (first run: minutes)"
+    );
+    xtask::setup::ensure()?;
+    xtask::stack::down().await?;
+    let options = xtask::stack::Options::default();
+    let state = xtask::stack::up(&options).await?;
+    println!(
+        "calsync demo: stack up in {:.0?} (moto, Google emulator, 3 functions under the RIE, HTTP front, stream poller)\n",
+        started.elapsed()
+    );
+    let sdk = xtask::aws::local_sdk_config(&state.aws_endpoint).await;
+    let demo = xtask::demo::DemoStack {
+        front: state.front_url.parse()?,
+        emulator: state.google_url.parse()?,
+        dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+        events_table: state.env["EVENTS_TABLE"].clone(),
+    };
+    let steps = demo
+        .run(|step| {
+            let mark = if step.ok { "ok " } else { "FAIL" };
+            println!(
+                "  [{mark}] {:<58} {:>6.1}s  {}",
+                step.title,
+                step.took.as_secs_f64(),
+                step.detail
+            );
+        })
+        .await?;
+    let passed = steps.iter().filter(|s| s.ok).count();
+    let all = passed == steps.len() && steps.len() == xtask::demo::STEPS;
+    println!(
+        "\ncalsync demo: {passed} of {} steps held, {:.0?} in all",
+        xtask::demo::STEPS,
+        started.elapsed()
+    );
+    if keep_running {
+        println!(
+            "\nThe stack is still running; try it in a browser:\n{}",
+            xtask::stack::summary(&state)
+        );
+        println!(
+            "  sign in at {}__local/login, then Connect; `cargo xtask stack down` stops it",
+            state.front_url
+        );
+    } else {
+        xtask::stack::down().await?;
+        println!("calsync demo: stack stopped (`cargo xtask demo --keep-running` leaves it up)");
+    }
+    if !all {
+        anyhow::bail!("the demo failed; logs of every process are in .dev/logs/");
+    }
+    Ok(())
+}

@@ -20,8 +20,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aws_sdk_dynamodbstreams::types::{AttributeValue, Record, ShardIteratorType};
-use base64::{Engine, engine::general_purpose::STANDARD};
+use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 use serde_json::{Value, json};
 
 /// The event source mapping settings of the template.
@@ -31,6 +30,26 @@ pub struct MappingSettings {
     pub maximum_retry_attempts: u32,
     pub maximum_record_age: Duration,
     pub bisect_on_function_error: bool,
+}
+
+impl MappingSettings {
+    /// Reads the settings of the template's DynamoDB event (its `Properties`); absent ones keep
+    /// Lambda's defaults.
+    pub fn from_template_properties(properties: &Value) -> Self {
+        let defaults = Self::default();
+        let number = |name: &str| properties.get(name).and_then(Value::as_u64);
+        Self {
+            batch_size: number("BatchSize").map_or(defaults.batch_size, |n| n as usize),
+            maximum_retry_attempts: number("MaximumRetryAttempts")
+                .map_or(defaults.maximum_retry_attempts, |n| n as u32),
+            maximum_record_age: number("MaximumRecordAgeInSeconds")
+                .map_or(defaults.maximum_record_age, Duration::from_secs),
+            bisect_on_function_error: properties
+                .get("BisectBatchOnFunctionError")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        }
+    }
 }
 
 impl Default for MappingSettings {
@@ -174,76 +193,6 @@ pub async fn deliver(
         }
     }
     Ok(invocations)
-}
-
-/// A DynamoDB attribute value in the JSON form Lambda events carry (`{"S": "..."}`).
-pub fn attribute_json(value: &AttributeValue) -> Value {
-    match value {
-        AttributeValue::S(s) => json!({ "S": s }),
-        AttributeValue::N(n) => json!({ "N": n }),
-        AttributeValue::B(b) => json!({ "B": STANDARD.encode(b.as_ref()) }),
-        AttributeValue::Ss(v) => json!({ "SS": v }),
-        AttributeValue::Ns(v) => json!({ "NS": v }),
-        AttributeValue::Bs(v) => {
-            json!({ "BS": v.iter().map(|b| STANDARD.encode(b.as_ref())).collect::<Vec<_>>() })
-        }
-        AttributeValue::Bool(b) => json!({ "BOOL": b }),
-        AttributeValue::Null(b) => json!({ "NULL": b }),
-        AttributeValue::L(items) => {
-            json!({ "L": items.iter().map(attribute_json).collect::<Vec<_>>() })
-        }
-        AttributeValue::M(map) => json!({ "M": item_json(map) }),
-        _ => Value::Null,
-    }
-}
-
-/// A whole item (or key) as Lambda's event JSON.
-pub fn item_json(item: &HashMap<String, AttributeValue>) -> Value {
-    Value::Object(
-        item.iter()
-            .map(|(k, v)| (k.clone(), attribute_json(v)))
-            .collect(),
-    )
-}
-
-/// One stream record as Lambda's DynamoDB event carries it.
-pub fn lambda_record(record: &Record, stream_arn: &str) -> Value {
-    let mut dynamodb = serde_json::Map::new();
-    if let Some(stream) = record.dynamodb() {
-        if let Some(at) = stream.approximate_creation_date_time() {
-            dynamodb.insert(
-                "ApproximateCreationDateTime".into(),
-                json!(at.secs() as f64),
-            );
-        }
-        if let Some(keys) = stream.keys() {
-            dynamodb.insert("Keys".into(), item_json(keys));
-        }
-        if let Some(image) = stream.new_image() {
-            dynamodb.insert("NewImage".into(), item_json(image));
-        }
-        if let Some(image) = stream.old_image() {
-            dynamodb.insert("OldImage".into(), item_json(image));
-        }
-        if let Some(seq) = stream.sequence_number() {
-            dynamodb.insert("SequenceNumber".into(), json!(seq));
-        }
-        if let Some(size) = stream.size_bytes() {
-            dynamodb.insert("SizeBytes".into(), json!(size));
-        }
-        if let Some(view) = stream.stream_view_type() {
-            dynamodb.insert("StreamViewType".into(), json!(view.as_str()));
-        }
-    }
-    json!({
-        "eventID": record.event_id(),
-        "eventName": record.event_name().map(|e| e.as_str()),
-        "eventVersion": record.event_version().unwrap_or("1.1"),
-        "eventSource": record.event_source().unwrap_or("aws:dynamodb"),
-        "awsRegion": record.aws_region(),
-        "dynamodb": dynamodb,
-        "eventSourceARN": stream_arn,
-    })
 }
 
 /// The on-failure record Lambda sends for a DynamoDB stream batch it gave up on.
@@ -416,7 +365,7 @@ impl Poller {
                 let records: Vec<Value> = page
                     .records()
                     .iter()
-                    .map(|r| lambda_record(r, &self.stream_arn))
+                    .map(|r| crate::streams::lambda_record(r, &self.stream_arn))
                     .collect();
                 if records.is_empty() {
                     continue;

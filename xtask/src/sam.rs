@@ -23,6 +23,8 @@ use aws_sdk_dynamodb::types::{
     ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType,
 };
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+
+use crate::event_checks;
 use base64::Engine as _;
 use rand::RngCore as _;
 use serde_json::{Value, json};
@@ -903,42 +905,56 @@ async fn run_invokes(
     timings: &mut Timings,
 ) -> Result<()> {
     let events_dir = sam.root.join("events");
-    let mut files: Vec<String> = std::fs::read_dir(&events_dir)
-        .with_context(|| format!("reading {}", events_dir.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".json") && name != "env.json")
+    // events/expected.json names each file's function and what its answer must hold.
+    let files = event_checks::event_files(&events_dir)?;
+    let expectations = event_checks::load_expectations(&events_dir)?;
+    let variables: BTreeMap<String, String> = services.env_file()?["Parameters"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
         .collect();
-    files.sort();
-    let function_of = |file: &str| -> Result<(String, String)> {
-        functions
-            .iter()
-            .filter(|(binary, _)| file.starts_with(binary.as_str()))
-            .max_by_key(|(binary, _)| binary.len())
-            .map(|(b, id)| (b.clone(), id.clone()))
-            .ok_or_else(|| anyhow!("events/{file} names no function of template.yaml"))
-    };
+    let event_sync = functions
+        .get("event-sync")
+        .ok_or_else(|| anyhow!("no event-sync function"))?;
     let mut outputs = String::new();
+    let (events_dir, expectations, variables) = (&events_dir, &expectations, &variables);
+    let invoke_checked = move |file: String| {
+        let expectation = expectations.get(&file).cloned();
+        async move {
+            let expectation = expectation
+                .ok_or_else(|| anyhow!("events/{file} has no entry in events/expected.json"))?;
+            ensure!(
+                functions.values().any(|id| *id == expectation.function),
+                "events/expected.json: {file} names {}, not a function of template.yaml",
+                expectation.function
+            );
+            let started = Instant::now();
+            let invocation = sam
+                .invoke(&expectation.function, &events_dir.join(&file))
+                .await?;
+            let took = started.elapsed();
+            if let Err(difference) =
+                event_checks::check(&expectation, &invocation.answer, &variables)
+            {
+                ensure!(!expectation.enforced, "events/{file}: {difference}");
+                println!("sam: events/{file}: pending (not enforced): {difference}");
+            }
+            Ok::<_, anyhow::Error>((file, expectation.function, invocation, took))
+        }
+    };
 
     // HTTP samples first, then the connect, then the stream samples that need the grant.
-    let (stream_files, http_files): (Vec<_>, Vec<_>) = files
-        .iter()
-        .cloned()
-        .partition(|f| function_of(f).is_ok_and(|(binary, _)| binary == "event-sync"));
-    for file in &http_files {
-        let (_, function) = function_of(file)?;
-        let started = Instant::now();
-        let invocation = sam.invoke(&function, &events_dir.join(file)).await?;
-        timings.record(format!("invoke {function} {file}"), started.elapsed());
-        match http_expectation(file, services) {
-            Some(expect) => check_http(file, &invocation.answer, &expect)?,
-            None => ensure!(
-                invocation.answer["statusCode"]
-                    .as_u64()
-                    .is_some_and(|s| s < 500),
-                "{file}: {}",
-                invocation.answer
-            ),
+    let (stream_files, http_files): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| {
+        expectations
+            .get(f)
+            .is_some_and(|e| e.function == *event_sync)
+    });
+    for file in http_files {
+        let (file, function, invocation, took) = invoke_checked(file).await?;
+        timings.record(format!("invoke {function} {file}"), took);
+        if let Some(expect) = http_expectation(&file, services) {
+            check_http(&file, &invocation.answer, &expect)?;
         }
         outputs.push_str(&invocation.output);
     }
@@ -962,17 +978,15 @@ async fn run_invokes(
     )
     .await?;
 
-    for file in &stream_files {
-        let (_, function) = function_of(file)?;
-        let started = Instant::now();
-        let invocation = sam.invoke(&function, &events_dir.join(file)).await?;
-        timings.record(format!("invoke {function} {file}"), started.elapsed());
+    for file in stream_files {
+        let (file, function, invocation, took) = invoke_checked(file).await?;
+        timings.record(format!("invoke {function} {file}"), took);
         ensure!(
             invocation.answer == json!({"batchItemFailures": []}),
             "{file}: expected no batch item failures, got {}",
             invocation.answer
         );
-        check_calendar_after(file, services).await?;
+        check_calendar_after(&file, services).await?;
         outputs.push_str(&invocation.output);
     }
 
@@ -1383,19 +1397,17 @@ mod tests {
             functions.keys().map(String::as_str).collect::<Vec<_>>(),
             ["event-sync", "oauth-callback", "oauth-start"]
         );
-        let mut checked = 0;
-        for entry in std::fs::read_dir(root.join("events")).unwrap() {
-            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-            if name == "env.json" || !name.ends_with(".json") {
-                continue;
-            }
-            assert!(
-                functions.keys().any(|b| name.starts_with(b.as_str())),
-                "events/{name} names no function"
-            );
-            checked += 1;
+        let expectations = event_checks::load_expectations(&root.join("events")).unwrap();
+        let files = event_checks::event_files(&root.join("events")).unwrap();
+        assert!(files.len() >= 3, "events/ holds too few samples");
+        for name in files {
+            let expected = &expectations[&name].function;
+            let (binary, id) = functions
+                .iter()
+                .find(|(b, _)| name.starts_with(b.as_str()))
+                .unwrap_or_else(|| panic!("events/{name} names no function"));
+            assert_eq!(id, expected, "events/{name} is {binary}'s");
         }
-        assert!(checked >= 3, "events/ holds too few samples");
     }
 
     #[test]
@@ -1405,13 +1417,21 @@ mod tests {
         assert!(declared.contains("GRANTS_TABLE") && declared.contains("AWS_ENDPOINT_URL"));
         let env: Value =
             serde_json::from_slice(&std::fs::read(root.join("events/env.json")).unwrap()).unwrap();
-        let set: std::collections::BTreeSet<String> = env["Parameters"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
-        assert_eq!(set, declared);
+        // Either one `Parameters` object for all functions or one object per function.
+        let objects: Vec<&serde_json::Map<String, Value>> = match env.get("Parameters") {
+            Some(all) => vec![all.as_object().unwrap()],
+            None => env
+                .as_object()
+                .unwrap()
+                .values()
+                .filter_map(Value::as_object)
+                .collect(),
+        };
+        assert!(!objects.is_empty());
+        for object in objects {
+            let set: std::collections::BTreeSet<String> = object.keys().cloned().collect();
+            assert_eq!(set, declared);
+        }
     }
 
     #[test]

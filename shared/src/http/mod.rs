@@ -356,4 +356,34 @@ mod tests {
         assert_eq!(body["status"], "not_connected");
         assert_eq!(body["parked_changes"], 3);
     }
+
+    #[tokio::test]
+    async fn a_disconnect_google_does_not_confirm_keeps_the_grant() {
+        let (_, callback) = deps();
+        let grant = crate::grants::Grant {
+            user_id: "user-1".into(),
+            status: crate::grants::GrantStatus::Active,
+            google_sub: "1".into(),
+            google_email: None,
+            scopes: vec![],
+            connected_at: chrono::Utc::now(),
+            refreshed_at: None,
+            access_token: None,
+            access_token_expires_at: None,
+            refresh_token: Some(secrecy::SecretString::from("1//rt".to_string())),
+            version: 0,
+        };
+        callback.grants.save(&grant).await.unwrap();
+        let mut delete = request("/oauth/google/connection", "", None, Some("user-1"));
+        *delete.method_mut() = lambda_http::http::Method::DELETE;
+        // The revoke URL points at a closed port: Google "does not answer".
+        let response = callback_router(&callback, delete).await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        let Body::Text(body) = response.body() else {
+            panic!("a text body")
+        };
+        assert!(body.contains("revoke_failed"));
+        assert!(!body.contains("1//rt"));
+        assert!(callback.grants.get("user-1").await.unwrap().is_some());
+    }
 }

@@ -35,10 +35,12 @@ pub fn prefers_json(request: &Request) -> bool {
     json_q > 0.0 && json_q > html_q
 }
 
+/// Every answer: never cached, and no `Referer` leaves a page whose URL may hold a code.
 fn builder(status: StatusCode) -> lambda_http::http::response::Builder {
     Response::builder()
         .status(status)
         .header(CACHE_CONTROL, "no-store")
+        .header("referrer-policy", "no-referrer")
 }
 
 pub fn json(status: StatusCode, body: serde_json::Value, cookie: Option<String>) -> Response<Body> {
@@ -74,6 +76,7 @@ pub fn error_for(
     builder(status)
         .header(CONTENT_TYPE, "text/html; charset=utf-8")
         .header("x-content-type-options", "nosniff")
+        .header("content-security-policy", "default-src 'none'")
         .body(Body::from(page))
         .expect("static headers are valid")
 }
@@ -142,5 +145,38 @@ mod tests {
                 .body(Body::Empty)
                 .unwrap()
         ));
+    }
+
+    #[test]
+    fn error_pages_are_escaped_and_locked_down() {
+        let page = error_for(
+            &with_accept("text/html"),
+            StatusCode::BAD_REQUEST,
+            "invalid_state",
+            "<script>x</script>",
+        );
+        assert_eq!(page.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            page.headers()["content-security-policy"],
+            "default-src 'none'"
+        );
+        assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+        assert_eq!(page.headers()["cache-control"], "no-store");
+        let Body::Text(html) = page.body() else {
+            panic!("text")
+        };
+        assert!(html.contains("&lt;script&gt;") && !html.contains("<script>"));
+        let json = error_for(
+            &with_accept("application/json"),
+            StatusCode::BAD_REQUEST,
+            "invalid_state",
+            "m",
+        );
+        assert_eq!(json.headers()["content-type"], "application/json");
+        let Body::Text(body) = json.body() else {
+            panic!("text")
+        };
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body, json!({"error": "invalid_state", "message": "m"}));
     }
 }

@@ -10,8 +10,11 @@ use super::{AfterConnect, CallbackDeps, identity, responses};
 use crate::{
     flows::FlowStore,
     google_oauth::OAuthError,
-    grants::{GrantStatus, GrantStore},
+    grants::{GrantError, GrantStatus, GrantStore},
 };
+
+/// How many times a disconnect re-reads a grant that changed under it.
+const DELETE_ATTEMPTS: usize = 3;
 
 /// The sync-state statuses that mean "waiting for the user to (re)connect".
 pub const PARKED_STATUSES: [&str; 2] = ["needs_reauth", "not_connected"];
@@ -138,42 +141,56 @@ where
     let Some(user_id) = identity::user_id(&request) else {
         return responses::unauthorized();
     };
-    let grant = match deps.grants.get(&user_id).await {
-        Ok(grant) => grant,
-        Err(error) => {
-            tracing::error!(user_id, outcome = "store_failed", %error, "disconnect failed");
-            return responses::internal("could not read the connection; try again");
-        }
-    };
-    let Some(grant) = grant else {
-        tracing::info!(
-            user_id,
-            outcome = "not_connected",
-            "disconnect: nothing to do"
-        );
-        return responses::no_content();
-    };
-    if let Some(token) = grant.refresh_token.as_ref().or(grant.access_token.as_ref()) {
-        match deps.google.revoke(token).await {
-            Ok(()) | Err(OAuthError::InvalidGrant) => {}
+    // Re-read and retry when the grant changes under us (a refresh stored a new access token).
+    for _ in 0..DELETE_ATTEMPTS {
+        let grant = match deps.grants.get(&user_id).await {
+            Ok(Some(grant)) => grant,
+            Ok(None) => {
+                tracing::info!(
+                    user_id,
+                    outcome = "not_connected",
+                    "disconnect: nothing to do"
+                );
+                return responses::no_content();
+            }
             Err(error) => {
-                // Keep the grant so a retry can still revoke it: deleting it here would leave a
-                // live grant at Google that calsync could no longer name.
-                tracing::warn!(user_id, outcome = "revoke_failed", %error, "disconnect failed");
-                return responses::json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "revoke_failed",
-                    "Google did not confirm the revocation; nothing was changed, try again",
+                tracing::error!(user_id, outcome = "store_failed", %error, "disconnect failed");
+                return responses::internal("could not read the connection; try again");
+            }
+        };
+        if let Some(token) = grant.refresh_token.as_ref().or(grant.access_token.as_ref()) {
+            match deps.google.revoke(token).await {
+                Ok(()) | Err(OAuthError::InvalidGrant) => {}
+                Err(error) => {
+                    // Keep the grant so a retry can still revoke it: deleting it here would
+                    // leave a live grant at Google that calsync could no longer name.
+                    tracing::warn!(user_id, outcome = "revoke_failed", %error, "disconnect failed");
+                    return responses::json_error(
+                        StatusCode::BAD_GATEWAY,
+                        "revoke_failed",
+                        "Google did not confirm the revocation; nothing was changed, try again",
+                    );
+                }
+            }
+        }
+        match deps.grants.delete(&grant).await {
+            Ok(()) => {
+                tracing::info!(user_id, outcome = "disconnected", "calendar disconnected");
+                return responses::no_content();
+            }
+            Err(GrantError::Conflict { .. }) => continue,
+            Err(error) => {
+                tracing::error!(user_id, outcome = "store_failed", %error, "disconnect failed after revoking");
+                return responses::internal(
+                    "the grant was revoked at Google but could not be deleted; try again",
                 );
             }
         }
     }
-    if let Err(error) = deps.grants.delete(&user_id).await {
-        tracing::error!(user_id, outcome = "store_failed", %error, "disconnect failed after revoking");
-        return responses::internal(
-            "the grant was revoked at Google but could not be deleted; try again",
-        );
-    }
-    tracing::info!(user_id, outcome = "disconnected", "calendar disconnected");
-    responses::no_content()
+    tracing::error!(
+        user_id,
+        outcome = "store_failed",
+        "the grant kept changing under the delete"
+    );
+    responses::internal("the grant kept changing; try again")
 }

@@ -170,7 +170,7 @@ pub type ProductionReplay = ReplayOnConnect<
 >;
 
 /// Time a connect may spend replaying before answering the browser.
-pub const REPLAY_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
+pub const REPLAY_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Calendar timeout during a replay: shorter, so one slow answer cannot eat the whole budget.
 pub const REPLAY_CALENDAR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -435,3 +435,85 @@ async fn moved_events_leave_the_old_place_and_poison_is_skipped() {
     assert_eq!(state.status, SyncStatus::Invalid);
     assert!(state.last_error.as_deref().unwrap().contains("title"));
 }
+
+/// A calendar whose inserts wait at a gate the test opens, counting how many are in flight.
+struct GatedCalendar {
+    gate: tokio::sync::Semaphore,
+    started: tokio::sync::Notify,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+impl Calendar for GatedCalendar {
+    async fn insert(&self, _: &SecretString, _: &str, _: &Value) -> Result<(), CalendarError> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        self.started.notify_one();
+        self.gate.acquire().await.unwrap().forget();
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn update(
+        &self,
+        _: &SecretString,
+        _: &str,
+        _: &str,
+        _: &Value,
+    ) -> Result<(), CalendarError> {
+        unreachable!("only inserts in this test")
+    }
+    async fn delete(&self, _: &SecretString, _: &str, _: &str) -> Result<(), CalendarError> {
+        unreachable!("only inserts in this test")
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn events_run_concurrently_up_to_the_limit() {
+    let mut grants = FakeGrants::default();
+    let mut records = Vec::new();
+    for i in 0..9 {
+        let user = format!("user{i}");
+        grants = grants.with_user(&user, chrono::Duration::hours(1));
+        let id = format!("c{i}");
+        records.push(record(
+            "INSERT",
+            &format!("{}", i + 1),
+            &id,
+            Some(image(&id, &user, "T")),
+            None,
+        ));
+    }
+    let s = Syncer {
+        calendar: GatedCalendar {
+            gate: tokio::sync::Semaphore::new(0),
+            started: tokio::sync::Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+        },
+        states: InMemorySyncStateStore::new(),
+        grants,
+        refresher: FakeRefresher::default(),
+        retry: RetryPolicy::default(),
+        concurrency: 3,
+    };
+    let open_gate = async {
+        // Every event that may start reaches the calendar in the batch's first poll, so once 3
+        // are in flight, a 4th would already have shown up if the limit allowed it.
+        while s.calendar.in_flight.load(Ordering::SeqCst) < 3 {
+            s.calendar.started.notified().await;
+        }
+        tokio::task::yield_now().await;
+        let seen = s.calendar.max_in_flight.load(Ordering::SeqCst);
+        s.calendar.gate.add_permits(100);
+        seen
+    };
+    let (failed, seen) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(s.sync_batch(records, deadline()), open_gate)
+    })
+    .await
+    .expect("three events were in flight at once");
+    assert!(failed.is_empty());
+    assert_eq!(seen, 3);
+    assert_eq!(s.calendar.max_in_flight.load(Ordering::SeqCst), 3);
+    assert_eq!(s.states.snapshot().await.len(), 9);
+}

@@ -1,0 +1,1105 @@
+//! The connect flow end to end: the start and callback handlers called with API Gateway v2
+//! events, against moto's server (DynamoDB, Secrets Manager) and the Google emulator over HTTP.
+//!
+//! Every test ends with a leak check: no token, code, verifier or client secret the emulator
+//! issued or received may appear in any table, captured log line or answer of that test.
+
+use std::{
+    collections::HashMap,
+    io::Write,
+    sync::{Arc, Mutex, OnceLock},
+};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use lambda_http::{Body, Request, Response, http::StatusCode};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use shared::{
+    aws::Clients,
+    config::Config,
+    flows::DynamoFlowStore,
+    google_oauth::{GoogleOAuth, OAuthError},
+    grants::{DynamoGrantStore, GrantStatus, GrantStore},
+    http::{self, AfterConnect, CallbackDeps, DynamoParkedChanges, StartDeps},
+    secrets::SecretsCache,
+};
+use url::Url;
+use xtask::testkit::TestStack;
+
+const ALICE: &str = "alice@example.com";
+const ALICE_SUB: &str = "100000000000000000001";
+const BOB: &str = "bob@example.com";
+const EVENTS_OWNED: &str = "https://www.googleapis.com/auth/calendar.events.owned";
+
+// ---- captured logs -------------------------------------------------------------------------
+
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = Capture(buffer.clone());
+        shared::telemetry::init_with_writer(move || writer.clone());
+        buffer
+    })
+    .clone()
+}
+
+fn logs_text() -> String {
+    String::from_utf8_lossy(&capture_logs().lock().unwrap()).into_owned()
+}
+
+// ---- the harness ---------------------------------------------------------------------------
+
+/// Records which users connected (the hook the sync's replay plugs into).
+#[derive(Clone, Default)]
+struct Replays(Arc<Mutex<Vec<String>>>);
+
+impl AfterConnect for Replays {
+    async fn connected(&self, user_id: &str) {
+        self.0.lock().unwrap().push(user_id.to_string());
+    }
+}
+
+struct Harness {
+    stack: TestStack,
+    config: Config,
+    start: StartDeps<DynamoFlowStore>,
+    callback: CallbackDeps<DynamoGrantStore, DynamoFlowStore, DynamoParkedChanges, Replays>,
+    replays: Replays,
+    dynamodb: aws_sdk_dynamodb::Client,
+    http: reqwest::Client,
+    /// Every answer of this test, as text, for the leak check.
+    answers: Mutex<Vec<String>>,
+}
+
+/// What the start route handed to the browser.
+struct Started {
+    authorization_url: Url,
+    state: String,
+    nonce: String,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        capture_logs();
+        let stack = TestStack::start().await.expect("test stack");
+        let config = Config::from_source(&stack.env).expect("config from the stack's env");
+        let clients = Clients::new(&stack.sdk);
+        let replays = Replays::default();
+        Self {
+            start: StartDeps::new(config.clone(), &clients),
+            callback: CallbackDeps::new(config.clone(), &clients, replays.clone()),
+            replays,
+            dynamodb: clients.dynamodb.clone(),
+            config,
+            stack,
+            http: reqwest::Client::new(),
+            answers: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn record(&self, response: &Response<Body>) {
+        let mut text = format!("{}\n", response.status());
+        for (name, value) in response.headers() {
+            text.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("")));
+        }
+        text.push_str(&body_text(response));
+        self.answers.lock().unwrap().push(text);
+    }
+
+    async fn call_start(&self, request: Request) -> Response<Body> {
+        let response = http::start_router(&self.start, request).await;
+        self.record(&response);
+        response
+    }
+
+    async fn call_callback(&self, request: Request) -> Response<Body> {
+        let response = http::callback_router(&self.callback, request).await;
+        self.record(&response);
+        response
+    }
+
+    /// `GET /oauth/google/start` for `user`, returning the consent URL, state and cookie nonce.
+    async fn begin(&self, user: &str) -> Started {
+        let response = self
+            .call_start(event(
+                "GET",
+                "/oauth/google/start",
+                "",
+                &[],
+                Some(user),
+                None,
+            ))
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::FOUND,
+            "{}",
+            body_text(&response)
+        );
+        let location = Url::parse(header(&response, "location").unwrap()).unwrap();
+        let cookie = header(&response, "set-cookie").unwrap();
+        let nonce = cookie
+            .strip_prefix("__Host-calsync_oauth=")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let state = query_param(&location, "state").unwrap();
+        Started {
+            authorization_url: location,
+            state,
+            nonce,
+        }
+    }
+
+    async fn control(&self, path: &str, body: Value) -> (reqwest::StatusCode, Value) {
+        let response = self
+            .http
+            .post(self.stack.control(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn control_get(&self, path: &str) -> Value {
+        self.http
+            .get(self.stack.control(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The consent decision at the emulator; returns the callback query Google would send.
+    async fn consent(&self, url: &Url, account: &str, decision: &str, remove: &[&str]) -> String {
+        let (status, body) = self
+            .control(
+                "consent",
+                json!({"authorization_url": url.as_str(), "account": account,
+                       "decision": decision, "remove_scopes": remove}),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        let redirect = Url::parse(body["redirect"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            redirect.as_str().split('?').next().unwrap(),
+            self.config.oauth.redirect_uri.as_str()
+        );
+        redirect.query().unwrap_or("").to_string()
+    }
+
+    async fn callback_with(&self, query: &str, cookie: Option<&str>) -> Response<Body> {
+        let cookies: Vec<String> = cookie
+            .map(|n| vec![format!("__Host-calsync_oauth={n}"), "theme=dark".into()])
+            .unwrap_or_default();
+        self.call_callback(event(
+            "GET",
+            "/oauth/google/callback",
+            query,
+            &cookies,
+            None,
+            None,
+        ))
+        .await
+    }
+
+    /// Start, consent as `account`, callback with the right cookie.
+    async fn connect(&self, user: &str, account: &str) -> Response<Body> {
+        let started = self.begin(user).await;
+        let query = self
+            .consent(&started.authorization_url, account, "allow", &[])
+            .await;
+        self.callback_with(&query, Some(&started.nonce)).await
+    }
+
+    async fn stats(&self) -> Value {
+        self.control_get("stats").await
+    }
+
+    async fn status_of(&self, user: &str) -> Value {
+        let response = self
+            .call_callback(event(
+                "GET",
+                "/oauth/google/status",
+                "",
+                &[],
+                Some(user),
+                None,
+            ))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        serde_json::from_str(&body_text(&response)).unwrap()
+    }
+
+    fn table(&self, logical_id: &str) -> String {
+        self.stack.tables[logical_id].clone()
+    }
+
+    /// No value the emulator issued or received appears in any table, log line or answer.
+    async fn assert_no_leaks(&self) {
+        let secrets = self.control_get("issued-secrets").await;
+        let values: Vec<String> = secrets["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        assert!(!values.is_empty(), "the emulator lists what it issued");
+        // The keyring's keys must not leak either.
+        let keyring = aws_sdk_secretsmanager::Client::new(&self.stack.sdk)
+            .get_secret_value()
+            .secret_id(&self.config.secrets.token_keys)
+            .send()
+            .await
+            .unwrap();
+        let keyring: Value = serde_json::from_str(keyring.secret_string().unwrap()).unwrap();
+        let keys: Vec<String> = keyring["keys"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        assert!(!keys.is_empty());
+        let values: Vec<String> = values.into_iter().chain(keys).collect();
+        let tables = self.stack.dump_tables().await.unwrap();
+        let logs = logs_text();
+        let answers = self.answers.lock().unwrap().join("\n");
+        for value in &values {
+            // Only meaningful values: the shortest real secrets are far longer than 8 characters.
+            if value.len() < 8 {
+                continue;
+            }
+            for (place, text) in [
+                ("a table", &tables),
+                ("the logs", &logs),
+                ("an answer", &answers),
+            ] {
+                assert!(
+                    !text.contains(value.as_str()),
+                    "an issued secret appears in {place}"
+                );
+            }
+        }
+    }
+}
+
+fn event(
+    method: &str,
+    path: &str,
+    query: &str,
+    cookies: &[String],
+    user: Option<&str>,
+    accept: Option<&str>,
+) -> Request {
+    let mut headers = json!({"host": "api.example.test", "user-agent": "test"});
+    if let Some(accept) = accept {
+        headers["accept"] = json!(accept);
+    }
+    let mut context = json!({
+        "accountId": "123456789012", "apiId": "api", "domainName": "api.example.test",
+        "domainPrefix": "api",
+        "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
+                 "sourceIp": "203.0.113.9", "userAgent": "test"},
+        "requestId": "req", "routeKey": format!("{method} {path}"), "stage": "$default",
+        "time": "25/Nov/2026:21:00:00 +0000", "timeEpoch": 1795640400000u64
+    });
+    if let Some(user) = user {
+        context["authorizer"] = json!({"jwt": {"claims": {"sub": user, "iss": "https://issuer.example.test"},
+                                               "scopes": null}});
+    }
+    let mut event = json!({
+        "version": "2.0",
+        "routeKey": format!("{method} {path}"),
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": headers,
+        "requestContext": context,
+        "isBase64Encoded": false
+    });
+    if !cookies.is_empty() {
+        event["cookies"] = json!(cookies);
+    }
+    if !query.is_empty() {
+        let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        event["queryStringParameters"] = json!(params);
+    }
+    lambda_http::request::from_str(&event.to_string()).expect("a valid API Gateway v2 event")
+}
+
+fn header<'a>(response: &'a Response<Body>, name: &str) -> Option<&'a str> {
+    response.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn body_text(response: &Response<Body>) -> String {
+    match response.body() {
+        Body::Text(text) => text.clone(),
+        Body::Binary(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        _ => String::new(),
+    }
+}
+
+fn body_json(response: &Response<Body>) -> Value {
+    serde_json::from_str(&body_text(response)).unwrap()
+}
+
+fn query_param(url: &Url, name: &str) -> Option<String> {
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn location(response: &Response<Body>) -> Url {
+    Url::parse(header(response, "location").expect("a Location header")).unwrap()
+}
+
+/// The outcome parameters the callback appended to return_to.
+fn outcome(response: &Response<Body>) -> (String, Option<String>) {
+    assert_eq!(
+        response.status(),
+        StatusCode::FOUND,
+        "{}",
+        body_text(response)
+    );
+    let url = location(response);
+    assert!(
+        url.as_str()
+            .starts_with("https://app.example.test/settings?"),
+        "{url}"
+    );
+    (
+        query_param(&url, "calsync").unwrap(),
+        query_param(&url, "reason"),
+    )
+}
+
+fn assert_cookie_cleared(response: &Response<Body>) {
+    let cookie = header(response, "set-cookie").expect("the cookie is cleared");
+    assert!(cookie.starts_with("__Host-calsync_oauth=;"), "{cookie}");
+    assert!(cookie.contains("Max-Age=0") && cookie.contains("Secure") && cookie.contains("Path=/"));
+}
+
+fn without_prompt(url: &Url) -> Url {
+    let mut stripped = url.clone();
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "prompt")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    stripped.query_pairs_mut().clear().extend_pairs(pairs);
+    stripped
+}
+
+// ---- the tests -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn full_connect_stores_an_active_grant_and_replays() {
+    let h = Harness::start().await;
+    let started = h.begin("user-1").await;
+
+    // The consent URL has exactly what SPEC lists.
+    let url = &started.authorization_url;
+    assert!(url.as_str().starts_with(h.config.google.auth_url.as_str()));
+    let expect = [
+        ("response_type", "code"),
+        ("client_id", h.stack.client_id.as_str()),
+        (
+            "redirect_uri",
+            "https://app.example.test/oauth/google/callback",
+        ),
+        ("access_type", "offline"),
+        ("prompt", "consent"),
+        ("include_granted_scopes", "true"),
+        ("code_challenge_method", "S256"),
+    ];
+    for (name, value) in expect {
+        assert_eq!(query_param(url, name).as_deref(), Some(value), "{name}");
+    }
+    assert_eq!(
+        query_param(url, "scope").as_deref(),
+        Some("openid email https://www.googleapis.com/auth/calendar.events.owned")
+    );
+    assert!(query_param(url, "approval_prompt").is_none());
+    assert_eq!(query_param(url, "code_challenge").unwrap().len(), 43);
+    assert_eq!(started.state.len(), 43);
+    assert_eq!(started.nonce.len(), 43);
+
+    let query = h.consent(url, ALICE, "allow", &[]).await;
+    let response = h.callback_with(&query, Some(&started.nonce)).await;
+    assert_eq!(outcome(&response), ("connected".into(), None));
+    assert_cookie_cleared(&response);
+
+    let grant = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    assert_eq!(grant.status, GrantStatus::Active);
+    assert_eq!(grant.google_sub, ALICE_SUB);
+    assert_eq!(grant.google_email.as_deref(), Some(ALICE));
+    assert!(grant.scopes.iter().any(|s| s == EVENTS_OWNED));
+    assert!(grant.refresh_token.is_some() && grant.access_token.is_some());
+    assert!(grant.access_token_expires_at.unwrap() > chrono::Utc::now());
+    assert_eq!(*h.replays.0.lock().unwrap(), vec!["user-1".to_string()]);
+
+    // The stored refresh token is the one Google issued: it refreshes.
+    let refreshed = h
+        .callback
+        .google
+        .refresh(grant.refresh_token.as_ref().unwrap())
+        .await
+        .unwrap();
+    assert!(!refreshed.access_token.expose_secret().is_empty());
+
+    let status = h.status_of("user-1").await;
+    assert_eq!(status["connected"], true);
+    assert_eq!(status["status"], "active");
+    assert_eq!(status["google_email"], ALICE);
+    assert_eq!(status["parked_changes"], 0);
+    assert!(status["connected_at"].is_string());
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn start_answers_json_when_asked_and_checks_identity_and_return_to() {
+    let h = Harness::start().await;
+    let response = h
+        .call_start(event(
+            "GET",
+            "/oauth/google/start",
+            "return_to=https%3A%2F%2Fapp.example.test%2Fcalendar%3Fx%3D1",
+            &[],
+            Some("user-1"),
+            Some("application/json"),
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = body_json(&response);
+    let url = Url::parse(body["authorization_url"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        query_param(&url, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    let cookie = header(&response, "set-cookie").unwrap();
+    assert!(cookie.starts_with("__Host-calsync_oauth="));
+    for attribute in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Lax",
+        "Path=/",
+        "Max-Age=600",
+    ] {
+        assert!(cookie.split("; ").any(|a| a == attribute), "{attribute}");
+    }
+    // The flow remembers return_to: the outcome goes there.
+    let nonce = cookie.split(';').next().unwrap().split_once('=').unwrap().1;
+    let query = h.consent(&url, ALICE, "deny", &[]).await;
+    let denied = h.callback_with(&query, Some(nonce)).await;
+    assert_eq!(
+        location(&denied).as_str(),
+        "https://app.example.test/calendar?x=1&calsync=denied"
+    );
+
+    for bad in [
+        "return_to=%2F%2Fevil.example",
+        "return_to=https%3A%2F%2Fapp.example.test%40evil.example%2F",
+        "return_to=https%3A%2F%2Fapp.example.test.evil.example%2F",
+        "return_to=javascript%3Aalert(1)",
+        "return_to=https%3A%2F%2Fapp.example.test&return_to=https%3A%2F%2Fevil.example",
+    ] {
+        let response = h
+            .call_start(event(
+                "GET",
+                "/oauth/google/start",
+                bad,
+                &[],
+                Some("user-1"),
+                None,
+            ))
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(body_json(&response)["error"], "invalid_return_to");
+        assert!(header(&response, "set-cookie").is_none());
+    }
+
+    let anonymous = h
+        .call_start(event("GET", "/oauth/google/start", "", &[], None, None))
+        .await;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(body_json(&anonymous)["error"], "unauthorized");
+    let status = h
+        .call_callback(event("GET", "/oauth/google/status", "", &[], None, None))
+        .await;
+    assert_eq!(status.status(), StatusCode::UNAUTHORIZED);
+    let unknown = h
+        .call_callback(event(
+            "GET",
+            "/oauth/google/nothing",
+            "",
+            &[],
+            Some("u"),
+            None,
+        ))
+        .await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    assert_eq!(body_json(&unknown)["error"], "not_found");
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_replayed_callback_is_invalid_state_and_exchanges_once() {
+    let h = Harness::start().await;
+    let started = h.begin("user-1").await;
+    let query = h
+        .consent(&started.authorization_url, ALICE, "allow", &[])
+        .await;
+    let first = h.callback_with(&query, Some(&started.nonce)).await;
+    assert_eq!(outcome(&first).0, "connected");
+    let again = h.callback_with(&query, Some(&started.nonce)).await;
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+    assert!(body_text(&again).contains("invalid_state"));
+    assert!(
+        header(&again, "content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert_eq!(h.stats().await["token"]["authorization_code"], 1);
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_cookie_is_refused_without_calling_google_or_burning_the_flow() {
+    let h = Harness::start().await;
+    let started = h.begin("user-1").await;
+    let query = h
+        .consent(&started.authorization_url, ALICE, "allow", &[])
+        .await;
+    let missing = h
+        .call_callback(event(
+            "GET",
+            "/oauth/google/callback",
+            &query,
+            &[],
+            None,
+            Some("application/json"),
+        ))
+        .await;
+    assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(body_json(&missing)["error"], "state_mismatch");
+    let wrong = h
+        .callback_with(&query, Some(&shared::flows::random_token()))
+        .await;
+    assert_eq!(wrong.status(), StatusCode::BAD_REQUEST);
+    assert!(body_text(&wrong).contains("state_mismatch"));
+    assert!(header(&wrong, "set-cookie").is_none());
+    assert_eq!(h.stats().await["token"]["authorization_code"], 0);
+    assert!(h.callback.grants.get("user-1").await.unwrap().is_none());
+
+    // The right browser can still finish.
+    let right = h.callback_with(&query, Some(&started.nonce)).await;
+    assert_eq!(outcome(&right).0, "connected");
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_forged_state_is_invalid_state() {
+    let h = Harness::start().await;
+    let started = h.begin("user-1").await;
+    let query = h
+        .consent(&started.authorization_url, ALICE, "allow", &[])
+        .await;
+    let forged_query = query.replace(
+        &format!("state={}", started.state),
+        &format!("state={}", shared::flows::random_token()),
+    );
+    assert_ne!(forged_query, query);
+    let forged = h.callback_with(&forged_query, Some(&started.nonce)).await;
+    assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
+    assert!(body_text(&forged).contains("invalid_state"));
+    let no_state = h.callback_with("code=abc", Some(&started.nonce)).await;
+    assert_eq!(no_state.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(h.stats().await["token"]["authorization_code"], 0);
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn an_expired_flow_record_still_in_the_table_is_invalid_state() {
+    let h = Harness::start().await;
+    let started = h.begin("user-1").await;
+    let query = h
+        .consent(&started.authorization_url, ALICE, "allow", &[])
+        .await;
+    // TTL deletes late: the record is still there, one second past its expiry.
+    let past = chrono::Utc::now().timestamp() - 1;
+    h.dynamodb
+        .update_item()
+        .table_name(h.table("OAuthFlowsTable"))
+        .key("state", AttributeValue::S(started.state.clone()))
+        .update_expression("SET expires_at = :past")
+        .expression_attribute_values(":past", AttributeValue::N(past.to_string()))
+        .condition_expression("attribute_exists(#s)")
+        .expression_attribute_names("#s", "state")
+        .send()
+        .await
+        .unwrap();
+    let response = h.callback_with(&query, Some(&started.nonce)).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(body_text(&response).contains("invalid_state"));
+    assert_eq!(h.stats().await["token"]["authorization_code"], 0);
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn access_denied_redirects_with_denied_and_changes_nothing() {
+    let h = Harness::start().await;
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    let before = h.callback.grants.get("user-1").await.unwrap().unwrap();
+
+    let started = h.begin("user-1").await;
+    let query = h
+        .consent(&started.authorization_url, ALICE, "deny", &[])
+        .await;
+    let response = h.callback_with(&query, Some(&started.nonce)).await;
+    assert_eq!(outcome(&response), ("denied".into(), None));
+    assert_cookie_cleared(&response);
+    let after = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    assert_eq!(after.version, before.version);
+    assert_eq!(h.stats().await["token"]["authorization_code"], 1);
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_removed_calendar_scope_is_refused_and_the_token_revoked() {
+    let h = Harness::start().await;
+    let started = h.begin("user-1").await;
+    let query = h
+        .consent(&started.authorization_url, ALICE, "allow", &[EVENTS_OWNED])
+        .await;
+    let response = h.callback_with(&query, Some(&started.nonce)).await;
+    assert_eq!(
+        outcome(&response),
+        ("error".into(), Some("scope_denied".into()))
+    );
+    assert!(h.callback.grants.get("user-1").await.unwrap().is_none());
+    let stats = h.stats().await;
+    assert_eq!(stats["revoke"], 1);
+    assert_eq!(stats["token"]["authorization_code"], 1);
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn reconnect_without_a_refresh_token_keeps_the_stored_one_for_the_same_account() {
+    let h = Harness::start().await;
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    let first = h.callback.grants.get("user-1").await.unwrap().unwrap();
+
+    // Without prompt=consent Google sends no new refresh token on a repeated consent.
+    let started = h.begin("user-1").await;
+    let query = h
+        .consent(
+            &without_prompt(&started.authorization_url),
+            ALICE,
+            "allow",
+            &[],
+        )
+        .await;
+    let response = h.callback_with(&query, Some(&started.nonce)).await;
+    assert_eq!(outcome(&response).0, "connected");
+    let second = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    assert_eq!(second.version, first.version + 1);
+    assert_eq!(
+        second.refresh_token.as_ref().unwrap().expose_secret(),
+        first.refresh_token.as_ref().unwrap().expose_secret()
+    );
+    assert_ne!(
+        second.access_token.as_ref().unwrap().expose_secret(),
+        first.access_token.as_ref().unwrap().expose_secret()
+    );
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn reconnect_without_a_refresh_token_for_another_account_is_refused() {
+    let h = Harness::start().await;
+    // Bob has consented before (for another app user), so Google sends him no new refresh token.
+    assert_eq!(outcome(&h.connect("user-2", BOB).await).0, "connected");
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    let before = h.callback.grants.get("user-1").await.unwrap().unwrap();
+
+    let started = h.begin("user-1").await;
+    let query = h
+        .consent(
+            &without_prompt(&started.authorization_url),
+            BOB,
+            "allow",
+            &[],
+        )
+        .await;
+    let response = h.callback_with(&query, Some(&started.nonce)).await;
+    assert_eq!(
+        outcome(&response),
+        ("error".into(), Some("no_refresh_token".into()))
+    );
+    let after = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    assert_eq!(after.google_sub, ALICE_SUB);
+    assert_eq!(after.version, before.version);
+
+    // A first connect that gets no refresh token stores nothing either.
+    let started = h.begin("user-3").await;
+    let query = h
+        .consent(
+            &without_prompt(&started.authorization_url),
+            BOB,
+            "allow",
+            &[],
+        )
+        .await;
+    let response = h.callback_with(&query, Some(&started.nonce)).await;
+    assert_eq!(outcome(&response).1.as_deref(), Some("no_refresh_token"));
+    assert!(h.callback.grants.get("user-3").await.unwrap().is_none());
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_token_endpoint_failure_is_token_exchange_failed() {
+    let h = Harness::start().await;
+
+    // 500 from the token endpoint.
+    let started = h.begin("user-1").await;
+    let query = h
+        .consent(&started.authorization_url, ALICE, "allow", &[])
+        .await;
+    let (status, _) = h
+        .control(
+            "faults",
+            json!({"target": "token", "status": 500, "count": 1}),
+        )
+        .await;
+    assert!(status.is_success());
+    let response = h.callback_with(&query, Some(&started.nonce)).await;
+    assert_eq!(
+        outcome(&response),
+        ("error".into(), Some("token_exchange_failed".into()))
+    );
+    assert_cookie_cleared(&response);
+
+    // invalid_grant: the code expired at Google (its clock moved past the code's 10 minutes).
+    let started = h.begin("user-1").await;
+    let query = h
+        .consent(&started.authorization_url, ALICE, "allow", &[])
+        .await;
+    let (status, _) = h.control("clock", json!({"advance_seconds": 700})).await;
+    assert!(status.is_success());
+    let response = h.callback_with(&query, Some(&started.nonce)).await;
+    assert_eq!(
+        outcome(&response),
+        ("error".into(), Some("token_exchange_failed".into()))
+    );
+    assert!(h.callback.grants.get("user-1").await.unwrap().is_none());
+    assert_eq!(h.stats().await["token"]["authorization_code"], 2);
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn status_counts_parked_changes_and_delete_revokes() {
+    let h = Harness::start().await;
+    let empty = h.status_of("user-1").await;
+    assert_eq!(
+        empty,
+        json!({"connected": false, "status": "not_connected", "google_email": null,
+               "scopes": [], "connected_at": null, "parked_changes": 0})
+    );
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    let grant = h.callback.grants.get("user-1").await.unwrap().unwrap();
+
+    for (event_id, user, status) in [
+        ("e1", "user-1", "needs_reauth"),
+        ("e2", "user-1", "not_connected"),
+        ("e3", "user-1", "synced"),
+        ("e4", "user-2", "needs_reauth"),
+    ] {
+        h.dynamodb
+            .put_item()
+            .table_name(h.table("SyncStateTable"))
+            .item("event_id", AttributeValue::S(event_id.into()))
+            .item("user_id", AttributeValue::S(user.into()))
+            .item("status", AttributeValue::S(status.into()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let status = h.status_of("user-1").await;
+    assert_eq!(status["connected"], true);
+    assert_eq!(status["parked_changes"], 2);
+    assert_eq!(
+        status["scopes"].as_array().unwrap().len(),
+        grant.scopes.len()
+    );
+
+    // needs_reauth shows as such.
+    h.callback
+        .grants
+        .delete_tokens("user-1", GrantStatus::NeedsReauth)
+        .await
+        .unwrap();
+    let status = h.status_of("user-1").await;
+    assert_eq!(status["connected"], false);
+    assert_eq!(status["status"], "needs_reauth");
+    assert_eq!(status["google_email"], ALICE);
+
+    // Reconnect, then disconnect: revoked at Google, gone here.
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    let grant = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    let revokes_before = h.stats().await["revoke"].as_u64().unwrap();
+    let response = h
+        .call_callback(event(
+            "DELETE",
+            "/oauth/google/connection",
+            "",
+            &[],
+            Some("user-1"),
+            None,
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        h.stats().await["revoke"].as_u64().unwrap(),
+        revokes_before + 1
+    );
+    assert!(h.callback.grants.get("user-1").await.unwrap().is_none());
+    assert_eq!(h.status_of("user-1").await["status"], "not_connected");
+    assert!(matches!(
+        h.callback
+            .google
+            .refresh(grant.refresh_token.as_ref().unwrap())
+            .await,
+        Err(OAuthError::InvalidGrant)
+    ));
+    // Deleting again is harmless.
+    let again = h
+        .call_callback(event(
+            "DELETE",
+            "/oauth/google/connection",
+            "",
+            &[],
+            Some("user-1"),
+            None,
+        ))
+        .await;
+    assert_eq!(again.status(), StatusCode::NO_CONTENT);
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn grant_writes_are_versioned_and_tokens_sealed_at_rest() {
+    let h = Harness::start().await;
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    let grant = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    let saved = h.callback.grants.save(&grant).await.unwrap();
+    assert_eq!(saved.version, grant.version + 1);
+    assert!(matches!(
+        h.callback.grants.save(&grant).await,
+        Err(shared::grants::GrantError::Conflict { .. })
+    ));
+
+    let sealed_item = h
+        .dynamodb
+        .get_item()
+        .table_name(h.table("GrantsTable"))
+        .key("user_id", AttributeValue::S("user-1".into()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    let sealed = sealed_item["refresh_token_sealed"].as_s().unwrap();
+    assert!(sealed.starts_with("v1."));
+    assert!(!sealed.contains(grant.refresh_token.as_ref().unwrap().expose_secret()));
+
+    // Deleting with a stale version is a conflict; with the current one it works.
+    assert!(matches!(
+        h.callback.grants.delete(&grant).await,
+        Err(shared::grants::GrantError::Conflict { .. })
+    ));
+    let retired = h
+        .callback
+        .grants
+        .retire(&saved, GrantStatus::NeedsReauth)
+        .await
+        .unwrap();
+    assert!(matches!(
+        h.callback
+            .grants
+            .retire(&saved, GrantStatus::NeedsReauth)
+            .await,
+        Err(shared::grants::GrantError::Conflict { .. })
+    ));
+    let reread = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    assert_eq!(reread.status, GrantStatus::NeedsReauth);
+    assert!(reread.refresh_token.is_none() && reread.access_token.is_none());
+    assert_eq!(reread.version, retired.version);
+    let item = h
+        .dynamodb
+        .get_item()
+        .table_name(h.table("GrantsTable"))
+        .key("user_id", AttributeValue::S("user-1".into()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert!(
+        !item.contains_key("refresh_token_sealed") && !item.contains_key("access_token_sealed")
+    );
+
+    // The sealed refresh token copied into another user's item does not open.
+    let mut stolen = sealed_item.clone();
+    stolen.insert("user_id".into(), AttributeValue::S("user-evil".into()));
+    h.dynamodb
+        .put_item()
+        .table_name(h.table("GrantsTable"))
+        .set_item(Some(stolen))
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(
+        h.callback.grants.get("user-evil").await,
+        Err(shared::grants::GrantError::Vault { .. })
+    ));
+
+    // A Secrets Manager backed cache reads both secrets in their stored shapes.
+    let cache = SecretsCache::new(
+        aws_sdk_secretsmanager::Client::new(&h.stack.sdk),
+        h.config.secrets.clone(),
+    );
+    assert_eq!(
+        cache.google_client().await.unwrap().client_id,
+        h.stack.client_id
+    );
+    assert!(!cache.keyring().await.unwrap().current_key_id().is_empty());
+    let _ = GoogleOAuth::new(&h.config, Arc::new(cache));
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn two_racing_callbacks_connect_once() {
+    let h = Harness::start().await;
+    let started = h.begin("user-1").await;
+    let query = h
+        .consent(&started.authorization_url, ALICE, "allow", &[])
+        .await;
+    let (a, b) = tokio::join!(
+        h.callback_with(&query, Some(&started.nonce)),
+        h.callback_with(&query, Some(&started.nonce))
+    );
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [302, 400]);
+    let winner = if a.status() == StatusCode::FOUND {
+        &a
+    } else {
+        &b
+    };
+    assert_eq!(outcome(winner).0, "connected");
+    assert_eq!(h.stats().await["token"]["authorization_code"], 1);
+    assert_eq!(
+        h.callback
+            .grants
+            .get("user-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        1
+    );
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_rotated_keyring_reads_old_grants_and_reseals_on_the_next_write() {
+    let h = Harness::start().await;
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    let sealed_key_id = |item: &HashMap<String, AttributeValue>| {
+        item["refresh_token_sealed"]
+            .as_s()
+            .unwrap()
+            .split('.')
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    let read_item = || async {
+        h.dynamodb
+            .get_item()
+            .table_name(h.table("GrantsTable"))
+            .key("user_id", AttributeValue::S("user-1".into()))
+            .send()
+            .await
+            .unwrap()
+            .item
+            .unwrap()
+    };
+    let old_key_id = sealed_key_id(&read_item().await);
+
+    // Rotate: add a key, make it current, keep the old one.
+    let secrets = aws_sdk_secretsmanager::Client::new(&h.stack.sdk);
+    let text = secrets
+        .get_secret_value()
+        .secret_id(&h.config.secrets.token_keys)
+        .send()
+        .await
+        .unwrap()
+        .secret_string()
+        .unwrap()
+        .to_string();
+    let mut keyring: Value = serde_json::from_str(&text).unwrap();
+    use base64::Engine;
+    let new_key = base64::engine::general_purpose::STANDARD.encode([42u8; 32]);
+    keyring["keys"]["rotated-2"] = json!(new_key);
+    keyring["current"] = json!("rotated-2");
+    secrets
+        .put_secret_value()
+        .secret_id(&h.config.secrets.token_keys)
+        .secret_string(keyring.to_string())
+        .send()
+        .await
+        .unwrap();
+
+    // A warm function's cache keeps the old keyring until its lifetime ends; a fresh one (or an
+    // expired cache) reads the rotated keyring.
+    let fresh = Arc::new(SecretsCache::with_ttl(
+        secrets.clone(),
+        h.config.secrets.clone(),
+        std::time::Duration::ZERO,
+    ));
+    let store = DynamoGrantStore::new(h.dynamodb.clone(), h.table("GrantsTable"), fresh.clone());
+    let grant = store.get("user-1").await.unwrap().unwrap();
+    assert_eq!(sealed_key_id(&read_item().await), old_key_id);
+    store.save(&grant).await.unwrap();
+    assert_eq!(sealed_key_id(&read_item().await), "rotated-2");
+    let reread = store.get("user-1").await.unwrap().unwrap();
+    assert_eq!(
+        reread.refresh_token.unwrap().expose_secret(),
+        grant.refresh_token.unwrap().expose_secret()
+    );
+    assert_eq!(fresh.keyring().await.unwrap().current_key_id(), "rotated-2");
+    h.assert_no_leaks().await;
+}

@@ -1,0 +1,900 @@
+//! event-sync end to end: rows written to the Events table in moto's DynamoDB, the records its
+//! stream really holds handed to `sync::handle` as Lambda's `DynamodbEvent`, and Google played by
+//! the project's emulator over HTTP. Users connect through the real start and callback handlers.
+//!
+//! The emulator's faults apply to the next calls whatever event they are for, so the tests that
+//! need one event to fail and another to pass order the batch and run it with concurrency 1.
+
+use std::{
+    collections::HashMap,
+    io::Write,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use aws_lambda_events::event::dynamodb::Event as DynamodbEvent;
+use aws_sdk_dynamodb::types::AttributeValue;
+use lambda_http::{Body, Request, Response, http::StatusCode};
+use lambda_runtime::{Context, LambdaEvent};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use shared::{
+    aws::Clients,
+    calendar,
+    config::Config,
+    flows::DynamoFlowStore,
+    grants::{DynamoGrantStore, GrantStatus, GrantStore},
+    http::{self, CallbackDeps, DynamoParkedChanges, StartDeps},
+    mapping::google_event_id,
+    secrets::SecretsCache,
+    sync::{self, handler::SyncDeps, replay::ProductionReplay},
+    sync_state::{DynamoSyncStateStore, SyncState, SyncStateStore, SyncStatus},
+};
+use url::Url;
+use xtask::testkit::TestStack;
+
+const ALICE: &str = "alice@example.com";
+const BOB: &str = "bob@example.com";
+
+// ---- captured logs, for the leak scan ------------------------------------------------------
+
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = Capture(buffer.clone());
+        shared::telemetry::init_with_writer(move || writer.clone());
+        buffer
+    })
+    .clone()
+}
+
+// ---- the harness ---------------------------------------------------------------------------
+
+struct Harness {
+    stack: TestStack,
+    config: Config,
+    clients: Clients,
+    deps: SyncDeps,
+    start: StartDeps<DynamoFlowStore>,
+    callback:
+        CallbackDeps<DynamoGrantStore, DynamoFlowStore, DynamoParkedChanges, ProductionReplay>,
+    http: reqwest::Client,
+    events_table: String,
+    /// Stream records already handed out.
+    seen: Mutex<usize>,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        capture_logs();
+        let stack = TestStack::start().await.expect("test stack");
+        let config = Config::from_source(&stack.env).expect("config from the stack's env");
+        let clients = Clients::new(&stack.sdk);
+        let mut deps = SyncDeps::from_config(&config, &clients, calendar::DEFAULT_TIMEOUT);
+        deps.retry.base = Duration::from_millis(20);
+        deps.retry.cap = Duration::from_millis(200);
+        let replay = ProductionReplay::from_config(&config, &clients);
+        Self {
+            events_table: stack.table("EVENTS_TABLE").to_string(),
+            start: StartDeps::new(config.clone(), &clients),
+            callback: CallbackDeps::new(config.clone(), &clients, replay),
+            deps,
+            clients,
+            config,
+            stack,
+            http: reqwest::Client::new(),
+            seen: Mutex::new(0),
+        }
+    }
+
+    // -- the app's side --
+
+    async fn put_row(
+        &self,
+        event_id: &str,
+        user: &str,
+        title: &str,
+        extra: &[(&str, AttributeValue)],
+    ) {
+        let mut item: HashMap<String, AttributeValue> = [
+            ("event_id", event_id),
+            ("user_id", user),
+            ("title", title),
+            ("start", "2026-12-01T09:00:00+01:00"),
+            ("end", "2026-12-01T10:00:00+01:00"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), AttributeValue::S(v.to_string())))
+        .collect();
+        for (k, v) in extra {
+            item.insert(k.to_string(), v.clone());
+        }
+        self.clients
+            .dynamodb
+            .put_item()
+            .table_name(&self.events_table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .expect("put row");
+    }
+
+    async fn delete_row(&self, event_id: &str) {
+        self.clients
+            .dynamodb
+            .delete_item()
+            .table_name(&self.events_table)
+            .key("event_id", AttributeValue::S(event_id.into()))
+            .send()
+            .await
+            .expect("delete row");
+    }
+
+    /// The stream records written since the last call.
+    async fn new_records(&self) -> Vec<Value> {
+        let all = self
+            .stack
+            .stream_records("EVENTS_TABLE")
+            .await
+            .expect("stream records");
+        let mut seen = self.seen.lock().unwrap();
+        let new = all[*seen..].to_vec();
+        *seen = all.len();
+        new
+    }
+
+    async fn run_with(&self, deps: &SyncDeps, records: Vec<Value>) -> Vec<String> {
+        let payload: DynamodbEvent =
+            serde_json::from_value(TestStack::stream_event(records)).expect("a DynamodbEvent");
+        let mut context = Context::default();
+        context.deadline =
+            (chrono::Utc::now() + chrono::Duration::seconds(60)).timestamp_millis() as u64;
+        let response = sync::handle(deps, LambdaEvent::new(payload, context))
+            .await
+            .expect("the handler answers");
+        let answer = serde_json::to_value(&response).unwrap();
+        answer["batchItemFailures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["itemIdentifier"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    async fn run(&self, records: Vec<Value>) -> Vec<String> {
+        self.run_with(&self.deps, records).await
+    }
+
+    async fn sync_new(&self) -> Vec<String> {
+        let records = self.new_records().await;
+        assert!(!records.is_empty(), "the stream holds new records");
+        self.run(records).await
+    }
+
+    async fn state(&self, event_id: &str) -> Option<SyncState> {
+        DynamoSyncStateStore::new(
+            self.clients.dynamodb.clone(),
+            self.config.tables.sync_state.clone(),
+        )
+        .get(event_id)
+        .await
+        .unwrap()
+    }
+
+    fn grants(&self) -> DynamoGrantStore {
+        let secrets = Arc::new(SecretsCache::new(
+            self.clients.secrets.clone(),
+            self.config.secrets.clone(),
+        ));
+        DynamoGrantStore::new(
+            self.clients.dynamodb.clone(),
+            self.config.tables.grants.clone(),
+            secrets,
+        )
+    }
+
+    // -- Google's side --
+
+    async fn control(&self, path: &str, body: Value) -> Value {
+        let response = self
+            .http
+            .post(self.stack.control(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "control {path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap_or(Value::Null)
+    }
+
+    async fn control_get(&self, path: &str) -> Value {
+        self.http
+            .get(self.stack.control(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn stats(&self) -> Value {
+        self.control_get("stats").await
+    }
+
+    async fn writes(&self) -> u64 {
+        let c = &self.stats().await["calendar"];
+        ["insert", "update", "patch", "delete"]
+            .iter()
+            .map(|k| c[k].as_u64().unwrap())
+            .sum()
+    }
+
+    async fn refreshes(&self) -> u64 {
+        self.stats().await["token"]["refresh_token"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// The Google event of `event_id` in `email`'s calendar, cancelled ones included.
+    async fn google(&self, email: &str, calendar_id: &str, event_id: &str) -> Option<Value> {
+        let id = google_event_id(event_id);
+        let items = self
+            .control_get(&format!("calendars/{email}/{calendar_id}/events"))
+            .await;
+        items["items"]
+            .as_array()?
+            .iter()
+            .find(|e| e["id"] == id.as_str())
+            .cloned()
+    }
+
+    /// The summary of the live (not cancelled) Google event, if any.
+    async fn live_summary(&self, email: &str, event_id: &str) -> Option<String> {
+        let event = self.google(email, "primary", event_id).await?;
+        if event["status"] == "cancelled" {
+            return None;
+        }
+        Some(event["summary"].as_str()?.to_string())
+    }
+
+    // -- connecting, through the real start and callback handlers --
+
+    async fn connect(&self, user: &str, account: &str) {
+        let response = http::start_router(
+            &self.start,
+            api_event("/oauth/google/start", "", &[], Some(user)),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::FOUND);
+        let location = header(&response, "location");
+        let nonce = header(&response, "set-cookie")
+            .split(';')
+            .next()
+            .unwrap()
+            .split_once('=')
+            .unwrap()
+            .1
+            .to_string();
+        let cookie_name = header(&response, "set-cookie")
+            .split('=')
+            .next()
+            .unwrap()
+            .to_string();
+        let consent = self
+            .control(
+                "consent",
+                json!({"authorization_url": location, "account": account, "decision": "allow"}),
+            )
+            .await;
+        let redirect = Url::parse(consent["redirect"].as_str().unwrap()).unwrap();
+        let response = http::callback_router(
+            &self.callback,
+            api_event(
+                "/oauth/google/callback",
+                redirect.query().unwrap(),
+                &[format!("{cookie_name}={nonce}")],
+                None,
+            ),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::FOUND);
+        let back = header(&response, "location");
+        assert!(back.contains("calsync=connected"), "{back}");
+    }
+
+    /// No value the emulator issued appears in a table or a log line.
+    async fn assert_no_leaks(&self) {
+        let values = self.control_get("issued-secrets").await;
+        let tables = self.stack.dump_tables().await.unwrap();
+        let logs = String::from_utf8_lossy(&capture_logs().lock().unwrap()).into_owned();
+        let values: Vec<&str> = values["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(values.len() >= 2);
+        for value in values.iter().filter(|v| v.len() >= 8) {
+            assert!(!tables.contains(value), "an issued secret is in a table");
+            assert!(!logs.contains(value), "an issued secret is in the logs");
+        }
+    }
+}
+
+fn api_event(path: &str, query: &str, cookies: &[String], user: Option<&str>) -> Request {
+    let mut context = json!({
+        "accountId": "123456789012", "apiId": "api", "domainName": "api.example.test",
+        "domainPrefix": "api",
+        "http": {"method": "GET", "path": path, "protocol": "HTTP/1.1",
+                 "sourceIp": "203.0.113.9", "userAgent": "test"},
+        "requestId": "req", "routeKey": format!("GET {path}"), "stage": "$default",
+        "time": "25/Nov/2026:21:00:00 +0000", "timeEpoch": 1795640400000u64
+    });
+    if let Some(user) = user {
+        context["authorizer"] = json!({"jwt": {"claims": {"sub": user}, "scopes": null}});
+    }
+    let mut event = json!({
+        "version": "2.0", "routeKey": format!("GET {path}"), "rawPath": path,
+        "rawQueryString": query, "headers": {"host": "api.example.test"},
+        "requestContext": context, "isBase64Encoded": false
+    });
+    if !cookies.is_empty() {
+        event["cookies"] = json!(cookies);
+    }
+    if !query.is_empty() {
+        let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        event["queryStringParameters"] = json!(params);
+    }
+    lambda_http::request::from_str(&event.to_string()).expect("a valid API Gateway v2 event")
+}
+
+fn header(response: &Response<Body>, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn s(value: &str) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn seq(record: &Value) -> String {
+    record["dynamodb"]["SequenceNumber"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+// ---- the cases of issue 4 ------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_modify_unsynced_modify_and_remove() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+
+    h.put_row(
+        "e1",
+        "u1",
+        "Planning",
+        &[("location", s("Room 1")), ("time_zone", s("Europe/Berlin"))],
+    )
+    .await;
+    assert!(h.sync_new().await.is_empty());
+    let event = h.google(ALICE, "primary", "e1").await.expect("inserted");
+    assert_eq!(event["summary"], "Planning");
+    assert_eq!(event["location"], "Room 1");
+    assert_eq!(event["start"]["timeZone"], "Europe/Berlin");
+    assert_eq!(
+        event["extendedProperties"]["private"]["calsync_event_id"],
+        "e1"
+    );
+    assert_eq!(h.state("e1").await.unwrap().status, SyncStatus::Synced);
+
+    // A full replace: the cleared location is cleared in Google too.
+    h.put_row(
+        "e1",
+        "u1",
+        "Planning v2",
+        &[("time_zone", s("Europe/Berlin"))],
+    )
+    .await;
+    assert!(h.sync_new().await.is_empty());
+    let event = h.google(ALICE, "primary", "e1").await.unwrap();
+    assert_eq!(event["summary"], "Planning v2");
+    assert!(event.get("location").is_none(), "{event}");
+
+    let writes = h.writes().await;
+    h.put_row(
+        "e1",
+        "u1",
+        "Planning v2",
+        &[("time_zone", s("Europe/Berlin")), ("color", s("red"))],
+    )
+    .await;
+    let records = h.new_records().await;
+    assert_eq!(records.len(), 1);
+    assert!(h.run(records.clone()).await.is_empty());
+    assert_eq!(
+        h.writes().await,
+        writes,
+        "an unsynced attribute made a Calendar call"
+    );
+    assert_eq!(
+        h.state("e1").await.unwrap().last_sequence.unwrap().as_str(),
+        seq(&records[0]).trim_start_matches('0')
+    );
+
+    h.delete_row("e1").await;
+    assert!(h.sync_new().await.is_empty());
+    assert_eq!(h.live_summary(ALICE, "e1").await, None);
+    let state = h.state("e1").await.unwrap();
+    assert_eq!(state.status, SyncStatus::Deleted);
+    assert_eq!(state.google_event_id, None);
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_of_an_event_google_deleted_and_delete_then_insert() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    h.put_row("e2", "u1", "Dentist", &[]).await;
+    assert!(h.sync_new().await.is_empty());
+
+    // The user deletes the event in Google themselves.
+    let token = h
+        .grants()
+        .get("u1")
+        .await
+        .unwrap()
+        .unwrap()
+        .access_token
+        .unwrap();
+    let url = format!(
+        "{}calendar/v3/calendars/primary/events/{}",
+        h.stack.emulator.base_url,
+        google_event_id("e2")
+    );
+    let deleted = h
+        .http
+        .delete(url)
+        .bearer_auth(token.expose_secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+
+    h.delete_row("e2").await;
+    assert!(
+        h.sync_new().await.is_empty(),
+        "404/410 on delete counts as done"
+    );
+    assert_eq!(h.state("e2").await.unwrap().status, SyncStatus::Deleted);
+
+    // The app writes the same event id again: Google has it as cancelled; it comes back.
+    h.put_row("e2", "u1", "Dentist again", &[]).await;
+    assert!(h.sync_new().await.is_empty());
+    assert_eq!(
+        h.live_summary(ALICE, "e2").await.as_deref(),
+        Some("Dentist again")
+    );
+    assert_eq!(h.state("e2").await.unwrap().status, SyncStatus::Synced);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_batch_twice_makes_one_event_and_409_turns_into_update() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    h.put_row("e3", "u1", "Offsite", &[]).await;
+    let batch = h.new_records().await;
+    assert!(h.run(batch.clone()).await.is_empty());
+    let writes = h.writes().await;
+    assert!(h.run(batch.clone()).await.is_empty());
+    assert_eq!(h.writes().await, writes, "redelivery called Google");
+
+    // The sync state is lost (say, the previous invocation died after Google answered): the
+    // redelivered insert meets 409 and becomes an update.
+    h.clients
+        .dynamodb
+        .delete_item()
+        .table_name(&h.config.tables.sync_state)
+        .key("event_id", s("e3"))
+        .send()
+        .await
+        .unwrap();
+    let updates = h.stats().await["calendar"]["update"].as_u64().unwrap();
+    assert!(h.run(batch).await.is_empty());
+    assert_eq!(
+        h.stats().await["calendar"]["update"].as_u64().unwrap(),
+        updates + 1
+    );
+    let items = h
+        .control_get(&format!("calendars/{ALICE}/primary/events"))
+        .await;
+    assert_eq!(
+        items["items"].as_array().unwrap().len(),
+        1,
+        "one Google event"
+    );
+    assert_eq!(h.state("e3").await.unwrap().status, SyncStatus::Synced);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_record_in_a_later_batch_is_skipped() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    h.put_row("e4", "u1", "First", &[]).await;
+    h.put_row("e4", "u1", "Second", &[]).await;
+    let records = h.new_records().await;
+    assert_eq!(records.len(), 2);
+    assert!(h.run(vec![records[1].clone()]).await.is_empty());
+    assert!(h.run(vec![records[0].clone()]).await.is_empty());
+    assert_eq!(h.live_summary(ALICE, "e4").await.as_deref(), Some("Second"));
+    assert_eq!(
+        h.state("e4").await.unwrap().last_sequence.unwrap().as_str(),
+        seq(&records[1]).trim_start_matches('0')
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_access_token_is_refreshed_once() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    let before = h.refreshes().await;
+    // Google expires the token early; our stored expiry still says it is good: the 401 path.
+    h.control("expire-access-tokens", json!({"email": ALICE}))
+        .await;
+    h.put_row("e5", "u1", "After expiry", &[]).await;
+    assert!(h.sync_new().await.is_empty());
+    assert_eq!(h.refreshes().await, before + 1);
+    assert_eq!(
+        h.live_summary(ALICE, "e5").await.as_deref(),
+        Some("After expiry")
+    );
+    let grant = h.grants().get("u1").await.unwrap().unwrap();
+    assert!(
+        grant.refreshed_at.is_some(),
+        "the refreshed token is stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_records_of_one_user_with_an_expiring_token_make_one_refresh() {
+    let h = Harness::start().await;
+    // Tokens live 2 minutes: within the 5-minute margin, so the batch refreshes before use.
+    h.control("settings", json!({"access_token_lifetime_seconds": 120}))
+        .await;
+    h.connect("u1", ALICE).await;
+    // The refreshed token lives an hour, so the second phase below meets no proactive refresh.
+    h.control("settings", json!({"access_token_lifetime_seconds": 3600}))
+        .await;
+    let before = h.refreshes().await;
+    for i in 0..20 {
+        h.put_row(&format!("bulk-{i}"), "u1", &format!("Bulk {i}"), &[])
+            .await;
+    }
+    assert!(h.sync_new().await.is_empty());
+    assert_eq!(h.refreshes().await, before + 1);
+    let items = h
+        .control_get(&format!("calendars/{ALICE}/primary/events"))
+        .await;
+    assert_eq!(items["items"].as_array().unwrap().len(), 20);
+
+    // Now Google kills that token early: 20 concurrent 401s still make one refresh.
+    h.control("expire-access-tokens", json!({"email": ALICE}))
+        .await;
+    for i in 0..20 {
+        h.put_row(&format!("bulk-{i}"), "u1", &format!("Bulk {i} v2"), &[])
+            .await;
+    }
+    assert!(h.sync_new().await.is_empty());
+    assert_eq!(h.refreshes().await, before + 2);
+    for i in [0, 7, 19] {
+        assert_eq!(
+            h.live_summary(ALICE, &format!("bulk-{i}")).await,
+            Some(format!("Bulk {i} v2"))
+        );
+    }
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_refresh_token_parks_and_reconnecting_replays() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    h.put_row("p1", "u1", "Kept", &[]).await;
+    h.put_row("p3", "u1", "Will be removed", &[]).await;
+    assert!(h.sync_new().await.is_empty());
+
+    // The user removes the app's access in their Google account.
+    h.control("revoke", json!({"email": ALICE})).await;
+    h.put_row("p1", "u1", "Kept, edited", &[]).await;
+    h.put_row("p2", "u1", "New while parked", &[]).await;
+    h.delete_row("p3").await;
+    // A user who never connected is parked too.
+    h.put_row("q1", "u2", "Bob's", &[]).await;
+    assert!(
+        h.sync_new().await.is_empty(),
+        "parking does not fail the batch"
+    );
+
+    let grant = h.grants().get("u1").await.unwrap().unwrap();
+    assert_eq!(grant.status, GrantStatus::NeedsReauth);
+    assert!(grant.refresh_token.is_none() && grant.access_token.is_none());
+    for id in ["p1", "p2", "p3"] {
+        assert_eq!(
+            h.state(id).await.unwrap().status,
+            SyncStatus::NeedsReauth,
+            "{id}"
+        );
+    }
+    assert_eq!(
+        h.state("q1").await.unwrap().status,
+        SyncStatus::NotConnected
+    );
+    let status = http::callback_router(
+        &h.callback,
+        api_event("/oauth/google/status", "", &[], Some("u1")),
+    )
+    .await;
+    let status: Value = match status.body() {
+        Body::Text(text) => serde_json::from_str(text).unwrap(),
+        other => panic!("unexpected body {other:?}"),
+    };
+    assert_eq!(status["status"], "needs_reauth");
+    assert_eq!(status["parked_changes"], 3);
+    // The latest change wins at replay: edit p2 again while parked.
+    h.put_row("p2", "u1", "New while parked, edited", &[]).await;
+    assert!(h.sync_new().await.is_empty());
+
+    h.connect("u1", ALICE).await;
+    assert_eq!(
+        h.live_summary(ALICE, "p1").await.as_deref(),
+        Some("Kept, edited")
+    );
+    assert_eq!(
+        h.live_summary(ALICE, "p2").await.as_deref(),
+        Some("New while parked, edited")
+    );
+    assert_eq!(h.live_summary(ALICE, "p3").await, None);
+    assert_eq!(h.state("p1").await.unwrap().status, SyncStatus::Synced);
+    assert_eq!(h.state("p3").await.unwrap().status, SyncStatus::Deleted);
+
+    h.connect("u2", BOB).await;
+    assert_eq!(h.live_summary(BOB, "q1").await.as_deref(), Some("Bob's"));
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_retried() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    h.control(
+        "faults",
+        json!({"target": "calendar", "status": 429, "reason": "rateLimitExceeded", "count": 2}),
+    )
+    .await;
+    h.put_row("r1", "u1", "After 429s", &[]).await;
+    assert!(h.sync_new().await.is_empty());
+    assert_eq!(
+        h.live_summary(ALICE, "r1").await.as_deref(),
+        Some("After 429s")
+    );
+
+    h.control(
+        "faults",
+        json!({"target": "calendar", "status": 403, "reason": "userRateLimitExceeded", "count": 1}),
+    )
+    .await;
+    h.put_row("r2", "u1", "After 403", &[]).await;
+    assert!(h.sync_new().await.is_empty());
+    assert_eq!(
+        h.live_summary(ALICE, "r2").await.as_deref(),
+        Some("After 403")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_keeps_failing_is_reported_and_blocks_only_its_event() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    h.put_row("bad", "u1", "Bad 1", &[]).await;
+    h.put_row("good", "u1", "Good", &[]).await;
+    h.put_row("bad", "u1", "Bad 2", &[]).await;
+    let records = h.new_records().await;
+    assert_eq!(records.len(), 3);
+
+    // Every call of the first event's first record gets 500 (groups run one at a time, in order).
+    let mut deps = SyncDeps::from_config(&h.config, &h.clients, calendar::DEFAULT_TIMEOUT);
+    deps.concurrency = 1;
+    deps.retry.base = Duration::from_millis(10);
+    deps.retry.max_attempts = 3;
+    h.control(
+        "faults",
+        json!({"target": "calendar", "status": 500, "count": 3}),
+    )
+    .await;
+    let failed = h.run_with(&deps, records.clone()).await;
+    assert_eq!(failed, vec![seq(&records[0])]);
+    assert_eq!(
+        h.google(ALICE, "primary", "bad").await,
+        None,
+        "later records of the event were applied"
+    );
+    assert_eq!(h.live_summary(ALICE, "good").await.as_deref(), Some("Good"));
+    assert!(h.state("bad").await.is_none());
+
+    // Lambda redelivers from the failed record on: now it goes through, in order.
+    assert!(
+        h.run(vec![records[0].clone(), records[2].clone()])
+            .await
+            .is_empty()
+    );
+    assert_eq!(h.live_summary(ALICE, "bad").await.as_deref(), Some("Bad 2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_slower_than_the_client_timeout_is_retried() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    let mut deps = SyncDeps::from_config(&h.config, &h.clients, Duration::from_millis(500));
+    deps.retry.base = Duration::from_millis(10);
+    h.control(
+        "faults",
+        json!({"target": "calendar", "delay_ms": 1500, "count": 1}),
+    )
+    .await;
+    h.put_row("slow", "u1", "Slow", &[]).await;
+    let records = h.new_records().await;
+    assert!(h.run_with(&deps, records).await.is_empty());
+    assert_eq!(h.live_summary(ALICE, "slow").await.as_deref(), Some("Slow"));
+    let items = h
+        .control_get(&format!("calendars/{ALICE}/primary/events"))
+        .await;
+    assert_eq!(items["items"].as_array().unwrap().len(), 1);
+
+    // Without retries, the same slow answer fails the record: the timeout is what saved it above.
+    deps.retry.max_attempts = 1;
+    h.control(
+        "faults",
+        json!({"target": "calendar", "delay_ms": 1500, "count": 1}),
+    )
+    .await;
+    h.put_row("slow", "u1", "Slow again", &[]).await;
+    let records = h.new_records().await;
+    assert_eq!(
+        h.run_with(&deps, records.clone()).await,
+        vec![seq(&records[0])]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_rows_are_marked_and_do_not_fail_the_batch() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    let writes = h.writes().await;
+    // Missing title.
+    h.clients
+        .dynamodb
+        .put_item()
+        .table_name(&h.events_table)
+        .item("event_id", s("i1"))
+        .item("user_id", s("u1"))
+        .item("start", s("2026-12-01T09:00:00Z"))
+        .item("end", s("2026-12-01T10:00:00Z"))
+        .send()
+        .await
+        .unwrap();
+    h.put_row(
+        "i2",
+        "u1",
+        "Backwards",
+        &[("end", s("2026-12-01T08:00:00+01:00"))],
+    )
+    .await;
+    h.put_row(
+        "i3",
+        "u1",
+        "Nowhere",
+        &[("time_zone", s("Mars/Olympus_Mons"))],
+    )
+    .await;
+    h.put_row(
+        "i4",
+        "u1",
+        "Weekly",
+        &[(
+            "recurrence",
+            AttributeValue::L(vec![s("RRULE:FREQ=WEEKLY")]),
+        )],
+    )
+    .await;
+    h.put_row("ok", "u1", "Fine", &[]).await;
+    assert!(h.sync_new().await.is_empty());
+    for (id, words) in [
+        ("i1", "title"),
+        ("i2", "after"),
+        ("i3", "Mars/Olympus_Mons"),
+        ("i4", "time_zone"),
+    ] {
+        let state = h.state(id).await.unwrap();
+        assert_eq!(state.status, SyncStatus::Invalid, "{id}");
+        let error = state.last_error.unwrap();
+        assert!(error.contains(words), "{id}: {error}");
+    }
+    assert_eq!(
+        h.writes().await,
+        writes + 1,
+        "only the valid row reached Google"
+    );
+    assert_eq!(h.live_summary(ALICE, "ok").await.as_deref(), Some("Fine"));
+
+    // A row we accept but Google refuses (400): invalid, with Google's reason.
+    let rule = AttributeValue::L(vec![s("RRULE:FREQ=SOMETIMES")]);
+    h.put_row(
+        "i5",
+        "u1",
+        "Odd rule",
+        &[("time_zone", s("UTC")), ("recurrence", rule)],
+    )
+    .await;
+    assert!(h.sync_new().await.is_empty());
+    let state = h.state("i5").await.unwrap();
+    assert_eq!(state.status, SyncStatus::Invalid);
+    assert!(state.last_error.unwrap().contains("400"));
+    assert_eq!(h.live_summary(ALICE, "i5").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_user_or_calendar_moves_the_event() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    h.connect("u2", BOB).await;
+    h.control("calendars", json!({"email": BOB, "calendar_id": "team"}))
+        .await;
+    h.put_row("m1", "u1", "Handover", &[]).await;
+    assert!(h.sync_new().await.is_empty());
+    h.put_row("m1", "u2", "Handover", &[("calendar_id", s("team"))])
+        .await;
+    assert!(h.sync_new().await.is_empty());
+    assert_eq!(
+        h.live_summary(ALICE, "m1").await,
+        None,
+        "the old copy was deleted"
+    );
+    let moved = h
+        .google(BOB, "team", "m1")
+        .await
+        .expect("written at the new place");
+    assert_eq!(moved["status"], "confirmed");
+    let state = h.state("m1").await.unwrap();
+    assert_eq!(
+        (state.user_id.as_deref(), state.calendar_id.as_str()),
+        (Some("u2"), "team")
+    );
+}

@@ -1,0 +1,243 @@
+//! `cargo xtask test`: the whole CI in one command. Setup, `cargo fmt --check`, clippy with
+//! warnings as errors, every test (cargo-nextest when installed, else `cargo test`; one moto
+//! server for all of them), `sam validate --lint`, and every file of `events/` invoked under
+//! the Runtime Interface Emulator against a running local stack with its answer checked. Every
+//! step runs even after a failure, then a summary with timings; any failure exits non-zero.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use crate::event_checks::{self, Verdict};
+use crate::{paths, setup, stack};
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Also `sam build` and `sam local invoke` in Docker.
+    pub sam: bool,
+}
+
+impl Options {
+    pub fn parse(args: &[&str]) -> Self {
+        Self {
+            sam: args.contains(&"--sam"),
+        }
+    }
+}
+
+struct Step {
+    name: String,
+    took: Duration,
+    outcome: Result<String, String>,
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(paths::workspace_root());
+    command
+}
+
+fn run_command(command: &mut Command) -> Result<String, String> {
+    match command.status() {
+        Ok(status) if status.success() => Ok(String::new()),
+        Ok(status) => Err(format!("{status}")),
+        Err(error) => Err(format!(
+            "could not start {:?}: {error}",
+            command.get_program()
+        )),
+    }
+}
+
+pub async fn run(options: &Options) -> Result<()> {
+    let mut steps: Vec<Step> = Vec::new();
+    let mut record = |name: &str, started: Instant, outcome: Result<String, String>| {
+        match &outcome {
+            Ok(_) => println!("==> {name}: ok ({:.1?})", started.elapsed()),
+            Err(e) => println!("==> {name}: FAILED ({:.1?}): {e}", started.elapsed()),
+        }
+        steps.push(Step {
+            name: name.to_string(),
+            took: started.elapsed(),
+            outcome,
+        });
+    };
+
+    let started = Instant::now();
+    println!("==> setup");
+    let venv: Option<PathBuf> = match setup::ensure() {
+        Ok(venv) => {
+            record("setup", started, Ok(venv.display().to_string()));
+            Some(venv)
+        }
+        Err(e) => {
+            record("setup", started, Err(format!("{e:#}")));
+            None
+        }
+    };
+    let with_venv = |command: &mut Command| {
+        if let Some(venv) = &venv {
+            command.env("CALSYNC_VENV", venv);
+        }
+    };
+
+    let started = Instant::now();
+    println!("==> cargo fmt --all --check");
+    record(
+        "cargo fmt --all --check",
+        started,
+        run_command(cargo().args(["fmt", "--all", "--check"])),
+    );
+
+    let started = Instant::now();
+    println!("==> cargo clippy --workspace --all-targets -- -D warnings");
+    record(
+        "cargo clippy",
+        started,
+        run_command(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])),
+    );
+
+    let started = Instant::now();
+    // One moto server for the whole test run: with nextest every test is its own process and
+    // would otherwise start its own.
+    let moto = match &venv {
+        Some(venv) => start_test_moto(venv).await.map_err(|e| format!("{e:#}")),
+        None => Err("no venv".into()),
+    };
+    let with_test_env = |command: &mut Command| {
+        with_venv(command);
+        if let Ok((endpoint, _)) = &moto {
+            command.env("CALSYNC_TEST_AWS_ENDPOINT", endpoint);
+        }
+    };
+    if nextest_available() {
+        println!("==> cargo nextest run --workspace");
+        let mut test = cargo();
+        test.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+        with_test_env(&mut test);
+        record(
+            "cargo nextest run --workspace",
+            started,
+            run_command(&mut test),
+        );
+        let started = Instant::now();
+        println!("==> cargo test --doc --workspace");
+        let mut doc = cargo();
+        doc.args(["test", "--doc", "--workspace"]);
+        with_test_env(&mut doc);
+        record("cargo test --doc", started, run_command(&mut doc));
+    } else {
+        println!("==> cargo test --workspace");
+        let mut test = cargo();
+        test.args(["test", "--workspace", "--no-fail-fast"]);
+        with_test_env(&mut test);
+        record("cargo test --workspace", started, run_command(&mut test));
+    }
+    drop(moto);
+
+    let started = Instant::now();
+    println!("==> sam validate --lint");
+    let outcome = match &venv {
+        Some(venv) => run_command(
+            Command::new(venv.join("bin/sam"))
+                .args(["validate", "--lint"])
+                .env("SAM_CLI_TELEMETRY", "0")
+                .current_dir(paths::workspace_root()),
+        ),
+        None => Err("no venv".into()),
+    };
+    record("sam validate --lint", started, outcome);
+
+    let started = Instant::now();
+    println!("==> events/ under the Runtime Interface Emulator");
+    let outcome = events_under_rie().await.map_err(|e| format!("{e:#}"));
+    record("events/ under the RIE", started, outcome);
+
+    if options.sam {
+        let started = Instant::now();
+        record(
+            "sam build + sam local invoke",
+            started,
+            Err("lives in xtask::sam (the sam helper's module); run `cargo xtask sam`".into()),
+        );
+    }
+
+    println!("\nsummary");
+    let mut failed = 0;
+    for step in &steps {
+        let (mark, detail) = match &step.outcome {
+            Ok(detail) => ("ok  ", detail.clone()),
+            Err(detail) => {
+                failed += 1;
+                ("FAIL", detail.clone())
+            }
+        };
+        println!("  {mark} {:<28} {:>8.1?}  {detail}", step.name, step.took);
+    }
+    if failed > 0 {
+        bail!("{failed} step(s) failed");
+    }
+    println!("all {} steps passed", steps.len());
+    Ok(())
+}
+
+fn nextest_available() -> bool {
+    cargo()
+        .args(["nextest", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A moto server for the test step, tied to this process; its endpoint and the process handle.
+async fn start_test_moto(venv: &std::path::Path) -> Result<(String, std::process::Child)> {
+    let port = crate::process::free_port()?;
+    std::fs::create_dir_all(paths::logs_dir())?;
+    let child =
+        crate::moto::start_tied(venv, port, &paths::logs_dir().join("test-moto.log")).await?;
+    Ok((format!("http://127.0.0.1:{port}"), child))
+}
+
+/// Starts the local stack if it is not running (and stops it again afterwards), then checks every
+/// event file. Pending (not enforced) mismatches are listed but do not fail.
+pub async fn events_under_rie() -> Result<String> {
+    let was_running = stack::is_running();
+    let state = stack::up(&stack::Options::default()).await?;
+    let checked = event_checks::check_all(&paths::workspace_root().join("events"), &state).await;
+    if !was_running {
+        stack::down().await?;
+    }
+    let checked = checked?;
+    let mut failures = 0;
+    let mut pending = 0;
+    for c in &checked {
+        match &c.verdict {
+            Verdict::Pass => println!("    ok       {}", c.file),
+            Verdict::Pending(why) => {
+                pending += 1;
+                println!("    pending  {}: {why}", c.file);
+            }
+            Verdict::Fail(why) => {
+                failures += 1;
+                println!("    FAIL     {}: {why}", c.file);
+            }
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} of {} event files failed", checked.len());
+    }
+    Ok(format!(
+        "{} event files, {} passed, {pending} pending",
+        checked.len(),
+        checked.len() - pending
+    ))
+}

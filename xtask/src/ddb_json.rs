@@ -1,0 +1,81 @@
+//! DynamoDB's typed JSON (`{"S": "x"}`, `{"N": "1"}`, ...): the shape Lambda puts in stream events
+//! and the shape `dump_tables` prints, from the SDKs' attribute values.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Map, Value, json};
+
+macro_rules! converter {
+    ($name:ident, $item:ident, $attr:ty) => {
+        /// One attribute value as typed JSON.
+        pub fn $name(value: &$attr) -> Value {
+            use $attr as A;
+            match value {
+                A::S(s) => json!({ "S": s }),
+                A::N(n) => json!({ "N": n }),
+                A::B(b) => json!({ "B": STANDARD.encode(b.as_ref()) }),
+                A::Ss(v) => json!({ "SS": v }),
+                A::Ns(v) => json!({ "NS": v }),
+                A::Bs(v) => json!({ "BS": v.iter().map(|b| STANDARD.encode(b.as_ref())).collect::<Vec<_>>() }),
+                A::M(m) => json!({ "M": $item(m) }),
+                A::L(l) => json!({ "L": l.iter().map($name).collect::<Vec<_>>() }),
+                A::Null(b) => json!({ "NULL": b }),
+                A::Bool(b) => json!({ "BOOL": b }),
+                _ => json!({ "UNKNOWN": format!("{value:?}") }),
+            }
+        }
+
+        /// An item (attribute name to value) as typed JSON.
+        pub fn $item(item: &HashMap<String, $attr>) -> Value {
+            let mut names: Vec<_> = item.keys().collect();
+            names.sort();
+            Value::Object(
+                names
+                    .into_iter()
+                    .map(|k| (k.clone(), $name(&item[k])))
+                    .collect::<Map<_, _>>(),
+            )
+        }
+    };
+}
+
+converter!(
+    table_value,
+    table_item,
+    aws_sdk_dynamodb::types::AttributeValue
+);
+converter!(
+    stream_value,
+    stream_item,
+    aws_sdk_dynamodbstreams::types::AttributeValue
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::primitives::Blob;
+    use aws_sdk_dynamodb::types::AttributeValue as A;
+
+    #[test]
+    fn every_kind_has_dynamodbs_type_letter() {
+        let item = HashMap::from([
+            ("s".to_string(), A::S("x".into())),
+            ("n".to_string(), A::N("1".into())),
+            ("b".to_string(), A::B(Blob::new(vec![0xff]))),
+            ("l".to_string(), A::L(vec![A::Bool(true), A::Null(true)])),
+            (
+                "m".to_string(),
+                A::M(HashMap::from([("ss".to_string(), A::Ss(vec!["a".into()]))])),
+            ),
+        ]);
+        assert_eq!(
+            table_item(&item),
+            json!({
+                "b": {"B": "/w=="}, "l": {"L": [{"BOOL": true}, {"NULL": true}]},
+                "m": {"M": {"ss": {"SS": ["a"]}}}, "n": {"N": "1"}, "s": {"S": "x"}
+            })
+        );
+    }
+}

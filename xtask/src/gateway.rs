@@ -1,0 +1,99 @@
+//! `cargo xtask gateway`: the local stand-ins for what AWS puts in front of the functions, as one
+//! long-running process of the local stack: the HTTP front (API Gateway, [`front`]) on
+//! `localhost`, and the stream poller (Lambda's event source mapping, [`poller`]) on the Events
+//! table's stream. `stack up` starts it after the functions; it reads `.dev/stack.json`.
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    aws, front,
+    poller::{MappingSettings, Poller},
+    stack::State,
+    template::Template,
+};
+
+/// The on-failure queue's local name (the template's `EventSyncFailureQueue` under the prefix).
+pub fn failure_queue_name(prefix: &str) -> String {
+    format!("{prefix}EventSyncFailureQueue")
+}
+
+/// Runs the front and the poller until either fails.
+pub async fn run(state: &State, prefix: &str, front_port: u16) -> Result<()> {
+    let template = Template::load_workspace()?;
+    let routes = front::routes_from_template(&template)?;
+    let invokers: HashMap<String, String> = state
+        .functions
+        .iter()
+        .map(|(id, f)| (id.clone(), f.invoke_url.clone()))
+        .collect();
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], front_port)))
+        .await
+        .with_context(|| format!("binding the HTTP front to 127.0.0.1:{front_port}"))?;
+
+    let stream_function = template
+        .functions()?
+        .into_iter()
+        .find(|f| f.stream_mapping.is_some())
+        .context("template.yaml has no function on a DynamoDB stream")?;
+    let settings = MappingSettings::from_template_properties(
+        stream_function
+            .stream_mapping
+            .as_ref()
+            .expect("found above"),
+    );
+    let sdk = aws::local_sdk_config(&state.aws_endpoint).await;
+    let events_table = state
+        .env
+        .get("EVENTS_TABLE")
+        .context("the stack has no EVENTS_TABLE")?;
+    let stream_arn = aws_sdk_dynamodb::Client::new(&sdk)
+        .describe_table()
+        .table_name(events_table)
+        .send()
+        .await
+        .context("describing the Events table")?
+        .table
+        .and_then(|t| t.latest_stream_arn)
+        .context("the Events table has no stream")?;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(failure_queue_name(prefix))
+        .send()
+        .await
+        .context("creating the on-failure queue")?
+        .queue_url
+        .context("moto gave no queue URL")?;
+    let invoke_url = invokers
+        .get(&stream_function.logical_id)
+        .with_context(|| format!("{} is not running", stream_function.logical_id))?
+        .clone();
+    let poller = Poller {
+        streams: aws_sdk_dynamodbstreams::Client::new(&sdk),
+        stream_arn,
+        settings,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(stream_function.timeout_seconds + 5))
+            .build()?,
+        invoke_url,
+        sqs,
+        queue_url,
+        function_arn: format!(
+            "arn:aws:lambda:{}:{}:function:{}",
+            aws::REGION,
+            aws::ACCOUNT_ID,
+            stream_function.logical_id
+        ),
+        idle_wait: Duration::from_millis(250),
+    };
+    println!("gateway: HTTP front on http://localhost:{front_port}/, polling {events_table}");
+    tokio::select! {
+        result = front::serve(listener, routes, invokers) => result.context("the HTTP front stopped"),
+        result = poller.run() => {
+            result.context("the stream poller stopped")?;
+            bail!("the stream poller stopped")
+        }
+    }
+}
