@@ -322,7 +322,8 @@ async fn sam_build(root: &Path, tools: &Tools) -> Result<usize> {
     let mut command = tools.command("sam");
     command
         .current_dir(root)
-        .args(["build", "--parameter-overrides", "Architecture=x86_64"])
+        // SAM's build cache would hash the whole workspace (CodeUri `.`); cargo's is enough.
+        .args(["build", "--no-cached", "--parameter-overrides", "Architecture=x86_64"])
         .env("CARGO_TARGET_DIR", &target);
     let output = command.output().await.context("running sam build")?;
     if !output.status.success() {
