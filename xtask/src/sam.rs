@@ -323,7 +323,12 @@ async fn sam_build(root: &Path, tools: &Tools) -> Result<usize> {
     command
         .current_dir(root)
         // SAM's build cache would hash the whole workspace (CodeUri `.`); cargo's is enough.
-        .args(["build", "--no-cached", "--parameter-overrides", "Architecture=x86_64"])
+        .args([
+            "build",
+            "--no-cached",
+            "--parameter-overrides",
+            "Architecture=x86_64",
+        ])
         .env("CARGO_TARGET_DIR", &target);
     let output = command.output().await.context("running sam build")?;
     if !output.status.success() {
@@ -936,7 +941,7 @@ async fn run_invokes(
                 .await?;
             let took = started.elapsed();
             if let Err(difference) =
-                event_checks::check(&expectation, &invocation.answer, &variables)
+                event_checks::check(&expectation, &invocation.answer, variables)
             {
                 ensure!(!expectation.enforced, "events/{file}: {difference}");
                 println!("sam: events/{file}: pending (not enforced): {difference}");
