@@ -1,5 +1,6 @@
 //! `cargo xtask test`: the whole CI in one command. Setup, `cargo fmt --check`, clippy with
-//! warnings as errors, every test, `sam validate --lint`, and every file of `events/` invoked under
+//! warnings as errors, every test (cargo-nextest when installed, else `cargo test`; one moto
+//! server for all of them), `sam validate --lint`, and every file of `events/` invoked under
 //! the Runtime Interface Emulator against a running local stack with its answer checked. Every
 //! step runs even after a failure, then a summary with timings; any failure exits non-zero.
 
@@ -14,14 +15,14 @@ use crate::{paths, setup, stack};
 
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Also `sam build` and `sam local invoke` in Docker.
+    /// Also `sam build` and `sam local invoke` in Docker (on unless `--no-sam`).
     pub sam: bool,
 }
 
 impl Options {
     pub fn parse(args: &[&str]) -> Self {
         Self {
-            sam: args.contains(&"--sam"),
+            sam: !args.contains(&"--no-sam"),
         }
     }
 }
@@ -105,11 +106,42 @@ pub async fn run(options: &Options) -> Result<()> {
     );
 
     let started = Instant::now();
-    println!("==> cargo test --workspace");
-    let mut test = cargo();
-    test.args(["test", "--workspace"]);
-    with_venv(&mut test);
-    record("cargo test --workspace", started, run_command(&mut test));
+    // One moto server for the whole test run: with nextest every test is its own process and
+    // would otherwise start its own.
+    let moto = match &venv {
+        Some(venv) => start_test_moto(venv).await.map_err(|e| format!("{e:#}")),
+        None => Err("no venv".into()),
+    };
+    let with_test_env = |command: &mut Command| {
+        with_venv(command);
+        if let Ok((endpoint, _)) = &moto {
+            command.env("CALSYNC_TEST_AWS_ENDPOINT", endpoint);
+        }
+    };
+    if nextest_available() {
+        println!("==> cargo nextest run --workspace");
+        let mut test = cargo();
+        test.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+        with_test_env(&mut test);
+        record(
+            "cargo nextest run --workspace",
+            started,
+            run_command(&mut test),
+        );
+        let started = Instant::now();
+        println!("==> cargo test --doc --workspace");
+        let mut doc = cargo();
+        doc.args(["test", "--doc", "--workspace"]);
+        with_test_env(&mut doc);
+        record("cargo test --doc", started, run_command(&mut doc));
+    } else {
+        println!("==> cargo test --workspace");
+        let mut test = cargo();
+        test.args(["test", "--workspace", "--no-fail-fast"]);
+        with_test_env(&mut test);
+        record("cargo test --workspace", started, run_command(&mut test));
+    }
+    drop(moto);
 
     let started = Instant::now();
     println!("==> sam validate --lint");
@@ -136,11 +168,12 @@ pub async fn run(options: &Options) -> Result<()> {
 
     if options.sam {
         let started = Instant::now();
-        record(
-            "sam build + sam local invoke",
-            started,
-            Err("lives in xtask::sam (the sam helper's module); run `cargo xtask sam`".into()),
-        );
+        println!("==> sam build + sam local invoke (Docker)");
+        let outcome = crate::sam::run_sam_checks(&paths::workspace_root())
+            .await
+            .map(|()| String::new())
+            .map_err(|e| format!("{e:#}"));
+        record("sam build + sam local invoke", started, outcome);
     }
 
     println!("\nsummary");
@@ -160,6 +193,24 @@ pub async fn run(options: &Options) -> Result<()> {
     }
     println!("all {} steps passed", steps.len());
     Ok(())
+}
+
+fn nextest_available() -> bool {
+    cargo()
+        .args(["nextest", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A moto server for the test step, tied to this process; its endpoint and the process handle.
+async fn start_test_moto(venv: &std::path::Path) -> Result<(String, std::process::Child)> {
+    let port = crate::process::free_port()?;
+    std::fs::create_dir_all(paths::logs_dir())?;
+    let child =
+        crate::moto::start_tied(venv, port, &paths::logs_dir().join("test-moto.log")).await?;
+    Ok((format!("http://127.0.0.1:{port}"), child))
 }
 
 /// Starts the local stack if it is not running (and stops it again afterwards), then checks every

@@ -18,6 +18,7 @@ pub mod paths;
 pub mod poller;
 pub mod process;
 pub mod rie;
+pub mod sam;
 pub mod seed;
 pub mod setup;
 pub mod stack;

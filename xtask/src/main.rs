@@ -6,10 +6,11 @@ const HELP: &str = "\
 cargo xtask setup              install the Python venv (moto, aws-sam-cli, cargo-lambda) into .dev/
 cargo xtask stack up [--host ADDR] | down | status
                                the local stack: moto, the Google emulator, the functions under the RIE
-cargo xtask test [--sam]       the whole CI: fmt, clippy, tests, sam validate, events/ under the RIE
-                               (--sam also: sam build and sam local invoke in Docker)
+cargo xtask test [--no-sam]    the whole CI: fmt, clippy, tests, sam validate, events/ under the RIE,
+                               browser tests and the demo story, sam build + sam local invoke in Docker
 cargo xtask browser            the real-browser tests (headless Chromium) against the running stack
 cargo xtask events             regenerate the stream events in events/ from moto's real stream
+cargo xtask sam                sam build + sam local invoke of every events/ file in Docker, answers checked
 cargo xtask events check       only the last step of `test`: events/ under the RIE, answers checked
 cargo xtask demo [--keep-running]
                                install, build, start the stack and run the story end to end
@@ -36,6 +37,7 @@ async fn main() -> ExitCode {
             .map(|summary| println!("events: {summary}")),
         ["gateway"] => gateway().await,
         ["browser"] => browser().await,
+        ["sam"] => xtask::sam::run_sam_checks(&xtask::paths::workspace_root()).await,
         ["demo"] => demo(false).await,
         ["demo", "--keep-running"] => demo(true).await,
         ["help" | "--help" | "-h"] | [] => {

@@ -39,11 +39,7 @@ pub async fn start_detached(
     let mut command = Command::new(program(venv));
     command.args(["-H", host, "-p", &port.to_string()]);
     let pid = process::spawn_detached(&mut command, log, pid_file)?;
-    process::wait_for_port(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        STARTUP,
-        "moto_server",
-    )
-    .await?;
+    let ip: std::net::IpAddr = host.parse()?;
+    process::wait_for_port(SocketAddr::from((ip, port)), STARTUP, "moto_server").await?;
     Ok(pid)
 }

@@ -67,13 +67,18 @@ fn main_checkout() -> Option<PathBuf> {
     common.parent().map(Path::to_path_buf)
 }
 
-/// The AWS Lambda Runtime Interface Emulator that the aws-sam-cli wheel carries.
+/// The AWS Lambda Runtime Interface Emulator that the aws-sam-cli wheel carries, for this machine.
 pub fn rie(venv: &Path) -> Result<PathBuf> {
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "x86_64",
+    };
     let lib = venv.join("lib");
     for entry in std::fs::read_dir(&lib)? {
         let candidate = entry?
             .path()
-            .join("site-packages/samcli/local/rapid/aws-lambda-rie-x86_64");
+            .join("site-packages/samcli/local/rapid")
+            .join(format!("aws-lambda-rie-{arch}"));
         if candidate.exists() {
             return Ok(candidate);
         }

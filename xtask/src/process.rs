@@ -101,3 +101,65 @@ pub async fn stop_pid(pid: u32, timeout: Duration) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Polls `done` until it holds or `timeout` passes (signals are delivered asynchronously).
+    async fn eventually(timeout: Duration, done: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !done() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn a_tied_process_dies_when_its_stdin_closes() {
+        let dir = std::env::temp_dir().join(format!("calsync-tied-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pid_file = dir.join("pid");
+        let mut wrapper = spawn_tied(
+            Path::new("/bin/sh"),
+            &[
+                "-c",
+                &format!("echo $$ > {}; exec sleep 600", pid_file.display()),
+            ],
+            &dir.join("log"),
+        )
+        .unwrap();
+        assert!(eventually(Duration::from_secs(10), || read_pid(&pid_file).is_some()).await);
+        let pid = read_pid(&pid_file).unwrap();
+        assert!(is_alive(pid));
+        // What happens when the test process exits: the pipe's write end closes.
+        drop(wrapper.stdin.take());
+        wrapper.wait().unwrap();
+        assert!(eventually(Duration::from_secs(10), || !is_alive(pid)).await);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_detached_process_is_stopped_by_its_pid_file() {
+        let dir = std::env::temp_dir().join(format!("calsync-detached-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pid_file = dir.join("sleep.pid");
+        let pid = spawn_detached(
+            Command::new("sleep").arg("600"),
+            &dir.join("sleep.log"),
+            &pid_file,
+        )
+        .unwrap();
+        assert_eq!(read_pid(&pid_file), Some(pid));
+        assert!(is_alive(pid));
+        stop_pid(pid, Duration::from_secs(10)).await.unwrap();
+        // Our own child stays a zombie until reaped; is_alive counts that as stopped.
+        assert!(!is_alive(pid));
+        // A stale pid is fine.
+        stop_pid(pid, Duration::from_secs(1)).await.unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -27,8 +27,9 @@ pub const DEFAULT_GOOGLE_PORT: u16 = 8085;
 /// The HTTP front (the app's site) is on `localhost`, the emulator on `127.0.0.1`: two sites, so the
 /// `SameSite=Lax` cookie is exercised as browsers treat a cross-site redirect.
 pub const DEFAULT_FRONT_PORT: u16 = 3000;
-const FIRST_RIE_PORT: u16 = 9101;
-const FIRST_RUNTIME_API_PORT: u16 = 9201;
+/// Function `i` of the template is invoked on `rie_port + i`; its runtime API is 100 above that.
+pub const DEFAULT_RIE_PORT: u16 = 9101;
+const RUNTIME_API_OFFSET: u16 = 100;
 
 /// Where the stack listens. `host` is where moto's server and the Google emulator bind: loopback,
 /// or Docker's bridge gateway when `sam local invoke` containers must reach them.
@@ -38,6 +39,7 @@ pub struct Options {
     pub aws_port: u16,
     pub google_port: u16,
     pub front_port: u16,
+    pub rie_port: u16,
 }
 
 impl Default for Options {
@@ -53,6 +55,7 @@ impl Default for Options {
             aws_port: port("CALSYNC_AWS_PORT", DEFAULT_AWS_PORT),
             google_port: port("CALSYNC_GOOGLE_PORT", DEFAULT_GOOGLE_PORT),
             front_port: port("CALSYNC_FRONT_PORT", DEFAULT_FRONT_PORT),
+            rie_port: port("CALSYNC_RIE_PORT", DEFAULT_RIE_PORT),
         }
     }
 }
@@ -212,11 +215,16 @@ pub async fn up(options: &Options) -> Result<State> {
     }
     let ctx = context(options)?;
     let aws_endpoint = format!("http://{}:{}", options.host, options.aws_port);
-    for (port, variable) in [
-        (options.aws_port, "CALSYNC_AWS_PORT"),
-        (options.google_port, "CALSYNC_GOOGLE_PORT"),
+    for (host, port, variable) in [
+        (options.host.as_str(), options.aws_port, "CALSYNC_AWS_PORT"),
+        (
+            options.host.as_str(),
+            options.google_port,
+            "CALSYNC_GOOGLE_PORT",
+        ),
+        ("127.0.0.1", options.front_port, "CALSYNC_FRONT_PORT"),
     ] {
-        ensure_free(&options.host, port, variable)?;
+        ensure_free(host, port, variable)?;
     }
 
     moto::start_detached(
@@ -287,7 +295,9 @@ pub async fn up(options: &Options) -> Result<State> {
     let mut functions = BTreeMap::new();
     for (index, function) in template.functions()?.into_iter().enumerate() {
         let offset = u16::try_from(index)?;
-        let port = FIRST_RIE_PORT + offset;
+        let port = options.rie_port + offset;
+        ensure_free("127.0.0.1", port, "CALSYNC_RIE_PORT")?;
+        ensure_free("127.0.0.1", port + RUNTIME_API_OFFSET, "CALSYNC_RIE_PORT")?;
         let mut function_env = template.environment(&ctx, Some(&function.logical_id))?;
         function_env.extend(
             aws::local_env(&aws_endpoint)
@@ -298,7 +308,7 @@ pub async fn up(options: &Options) -> Result<State> {
             &rie_binary,
             &bin.join(&function.binary),
             port,
-            FIRST_RUNTIME_API_PORT + offset,
+            port + RUNTIME_API_OFFSET,
             &function_env,
             &log_file(&function.binary),
             &pid_file(&function.binary),
