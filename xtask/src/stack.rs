@@ -335,7 +335,7 @@ pub async fn up(options: &Options) -> Result<State> {
     write_state(&state)?;
 
     // The HTTP front and the stream poller run in one process of their own (`xtask gateway`).
-    let mut gateway = Command::new(std::env::current_exe()?);
+    let mut gateway = Command::new(own_executable()?);
     gateway
         .arg("gateway")
         .env("CALSYNC_FRONT_PORT", options.front_port.to_string());
@@ -347,6 +347,18 @@ pub async fn up(options: &Options) -> Result<State> {
     )
     .await?;
     Ok(state)
+}
+
+/// This xtask binary. `cargo xtask test` relinks `target/debug/xtask` while it runs (the test
+/// build unifies features differently), and Linux then names the running one `PATH (deleted)`:
+/// the binary now at `PATH` is built from the same sources, so that one is started.
+fn own_executable() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    })
 }
 
 /// A port taken by another program would make the readiness check talk to that program instead.
