@@ -258,3 +258,59 @@ async fn seed_secret(
         .ok_or_else(|| anyhow!("template.yaml sets no {variable}"))?;
     seed::upsert_secret(client, name, value).await
 }
+
+/// The variables SPEC requires of every function, with values that pass validation.
+pub const REQUIRED_VARIABLES: [(&str, &str); 9] = [
+    ("GRANTS_TABLE", "grants"),
+    ("OAUTH_FLOWS_TABLE", "flows"),
+    ("SYNC_STATE_TABLE", "sync-state"),
+    ("EVENTS_TABLE", "events"),
+    ("GOOGLE_CLIENT_SECRET_ID", "google-client"),
+    ("TOKEN_KEYS_SECRET_ID", "token-keys"),
+    ("OAUTH_REDIRECT_URI", OAUTH_REDIRECT_URI),
+    ("ALLOWED_RETURN_ORIGINS", APP_ORIGIN),
+    ("DEFAULT_RETURN_URL", DEFAULT_RETURN_URL),
+];
+
+/// Starts a function's binary once per required variable, each time without that variable (and
+/// once with a malformed URL), and checks that it stops before serving: exit status 78 and one
+/// line on stderr naming the variable. Returns how many starts were checked.
+pub fn check_stops_on_bad_configuration(binary: &std::path::Path) -> Result<usize> {
+    let run = |env: &[(&str, &str)]| -> Result<(Option<i32>, String)> {
+        let output = std::process::Command::new(binary)
+            .env_clear()
+            .envs(env.iter().copied())
+            .env("AWS_REGION", aws::REGION)
+            .output()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok((
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    };
+    let mut cases: Vec<(&str, Vec<(&str, &str)>)> = REQUIRED_VARIABLES
+        .iter()
+        .map(|(missing, _)| {
+            let env = REQUIRED_VARIABLES
+                .iter()
+                .filter(|(name, _)| name != missing)
+                .copied()
+                .collect();
+            (*missing, env)
+        })
+        .collect();
+    let mut malformed = REQUIRED_VARIABLES.to_vec();
+    malformed.retain(|(name, _)| *name != "OAUTH_REDIRECT_URI");
+    malformed.push(("OAUTH_REDIRECT_URI", "not a url"));
+    cases.push(("OAUTH_REDIRECT_URI", malformed));
+    for (variable, env) in &cases {
+        let (code, stderr) = run(env)?;
+        let lines: Vec<&str> = stderr.lines().collect();
+        anyhow::ensure!(
+            code == Some(78) && lines.len() == 1 && lines[0].contains(variable),
+            "{} with {variable} missing or malformed: exit {code:?}, stderr {stderr:?}",
+            binary.display()
+        );
+    }
+    Ok(cases.len())
+}
