@@ -6,8 +6,7 @@
 
 use std::{
     collections::HashMap,
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
 };
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -26,37 +25,15 @@ use shared::{
 use url::Url;
 use xtask::testkit::TestStack;
 
+mod common;
+use common::capture_logs;
+
 const ALICE: &str = "alice@example.com";
 const ALICE_SUB: &str = "100000000000000000001";
 const BOB: &str = "bob@example.com";
 const EVENTS_OWNED: &str = "https://www.googleapis.com/auth/calendar.events.owned";
 
 // ---- captured logs -------------------------------------------------------------------------
-
-static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-
-#[derive(Clone)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let writer = Capture(buffer.clone());
-        shared::telemetry::init_with_writer(move || writer.clone());
-        buffer
-    })
-    .clone()
-}
 
 fn logs_text() -> String {
     String::from_utf8_lossy(&capture_logs().lock().unwrap()).into_owned()

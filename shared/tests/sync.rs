@@ -7,8 +7,7 @@
 
 use std::{
     collections::HashMap,
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -33,35 +32,11 @@ use shared::{
 use url::Url;
 use xtask::testkit::TestStack;
 
+mod common;
+use common::capture_logs;
+
 const ALICE: &str = "alice@example.com";
 const BOB: &str = "bob@example.com";
-
-// ---- captured logs, for the leak scan ------------------------------------------------------
-
-static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-
-#[derive(Clone)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let writer = Capture(buffer.clone());
-        shared::telemetry::init_with_writer(move || writer.clone());
-        buffer
-    })
-    .clone()
-}
 
 // ---- the harness ---------------------------------------------------------------------------
 
