@@ -106,7 +106,22 @@ impl Browser {
         Ok(self.client.current_url().await?)
     }
 
-    /// Clicks the element matching the CSS selector and waits for the next page.
+    /// Clicks a control that stays on the page (a radio button, a checkbox).
+    pub async fn choose(&self, css: &str) -> Result<()> {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .with_context(|| format!("finding {css}"))?
+            .click()
+            .await?;
+        Ok(())
+    }
+
+    /// Clicks the element matching the CSS selector and returns the URL of the page the click
+    /// leads to. A click only starts the navigation, so this waits (bounded) until the browser
+    /// has left the current page and the next one has loaded.
     pub async fn click(&self, css: &str) -> Result<Url> {
         let element = self
             .client
@@ -115,8 +130,20 @@ impl Browser {
             .for_element(Locator::Css(css))
             .await
             .with_context(|| format!("finding {css}"))?;
+        let before = self.client.current_url().await?;
         element.click().await?;
-        Ok(self.client.current_url().await?)
+        for _ in 0..200 {
+            let now = self.client.current_url().await?;
+            let loaded = self
+                .client
+                .execute("return document.readyState", vec![])
+                .await?;
+            if now != before && loaded == "complete" {
+                return Ok(now);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("clicking {css} on {before} led nowhere within 10 s")
     }
 
     pub async fn text(&self, css: &str) -> Result<String> {
@@ -180,7 +207,7 @@ pub mod scenarios {
         let result = async {
             sign_in_and_connect(&browser, front, user).await?;
             browser
-                .click(r#"input[name="account"][value="bob@example.com"]"#)
+                .choose(r#"input[name="account"][value="bob@example.com"]"#)
                 .await?;
             let back = browser.click(r#"button[value="allow"]"#).await?;
             ensure!(
