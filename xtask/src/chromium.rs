@@ -1,7 +1,7 @@
-//! A real browser for the tests: Debian's headless Chromium driven through chromedriver (WebDriver).
+//! A real browser for the tests: headless Chromium driven through chromedriver (WebDriver).
 //!
-//! Installs `chromium` and `chromium-driver` with apt when they are missing, starts chromedriver on
-//! a free loopback port, and opens a session with the flags this machine needs (no sandbox as root,
+//! Uses a Chrome and chromedriver already installed, else installs Debian's `chromium` and
+//! `chromium-driver` with apt; starts chromedriver on a free loopback port, and opens a session with the flags this machine needs (no sandbox as root,
 //! no background networking: the network is closed) and a fresh profile, so no cookie survives
 //! from one test to the next.
 
@@ -16,31 +16,51 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use url::Url;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+use crate::apt;
 
-/// Installs Chromium and its driver from Debian's packages when they are missing.
-pub fn ensure_installed() -> Result<()> {
-    if std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists() {
-        return Ok(());
+/// A Chrome or Chromium to use instead of the one found on PATH.
+pub const CHROME_VARIABLE: &str = "CALSYNC_CHROME";
+/// A chromedriver matching it, likewise.
+pub const CHROMEDRIVER_VARIABLE: &str = "CALSYNC_CHROMEDRIVER";
+
+/// The browser and its driver: named by [`CHROME_VARIABLE`] and [`CHROMEDRIVER_VARIABLE`], else
+/// found on PATH (Debian's `chromium`, a CI runner's `google-chrome`, `$CHROMEWEBDRIVER`), else
+/// Debian's `chromium` and `chromium-driver` installed with apt-get.
+pub fn find_or_install() -> Result<(PathBuf, PathBuf)> {
+    if let Some(found) = find() {
+        return Ok(found);
     }
-    eprintln!("installing chromium and chromium-driver (Debian packages)");
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "chromium", "chromium-driver"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("running apt-get")?;
-    if !status.success() {
-        let update = Command::new("apt-get").args(["update", "-qq"]).status()?;
-        let retry = Command::new("apt-get")
-            .args(["install", "-y", "-qq", "chromium", "chromium-driver"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()?;
-        if !update.success() || !retry.success() {
-            bail!("could not install chromium and chromium-driver with apt-get");
-        }
-    }
-    Ok(())
+    apt::install(
+        &["chromium", "chromium-driver"],
+        "the browser tests",
+        "--no-browser",
+    )?;
+    find().context(
+        "chromium and chromium-driver were installed but no chromium and chromedriver are on PATH",
+    )
+}
+
+fn find() -> Option<(PathBuf, PathBuf)> {
+    let named = |variable: &str| std::env::var_os(variable).map(PathBuf::from);
+    let chrome = named(CHROME_VARIABLE).or_else(|| {
+        [
+            "chromium",
+            "chromium-browser",
+            "google-chrome",
+            "google-chrome-stable",
+        ]
+        .into_iter()
+        .find_map(apt::which)
+    })?;
+    let driver = named(CHROMEDRIVER_VARIABLE)
+        .or_else(|| apt::which("chromedriver"))
+        .or_else(|| {
+            // GitHub's runners put it here, off PATH.
+            named("CHROMEWEBDRIVER")
+                .map(|dir| dir.join("chromedriver"))
+                .filter(|p| p.is_file())
+        })?;
+    Some((chrome, driver))
 }
 
 /// A running chromedriver and one browser session.
@@ -52,11 +72,11 @@ pub struct Browser {
 
 impl Browser {
     pub async fn start() -> Result<Self> {
-        ensure_installed()?;
+        let (chrome, chromedriver) = find_or_install()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let driver = Command::new(CHROMEDRIVER)
+        let driver = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -67,7 +87,7 @@ impl Browser {
         std::fs::create_dir_all(&profile)?;
         let caps = json!({
             "goog:chromeOptions": {
-                "binary": CHROMIUM,
+                "binary": chrome,
                 "args": [
                     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                     "--no-first-run", "--disable-background-networking",

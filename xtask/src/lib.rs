@@ -4,11 +4,13 @@
 //! `template.yaml` is the one description of the stack: [`template`] reads it and every other
 //! module works from what it declares.
 
+pub mod apt;
 pub mod aws;
 pub mod chromium;
 pub mod ci;
 pub mod ddb_json;
 pub mod demo;
+pub mod docker;
 pub mod event_checks;
 pub mod events;
 pub mod front;

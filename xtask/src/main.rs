@@ -6,11 +6,17 @@ const HELP: &str = "\
 cargo xtask setup              install the Python venv (moto, aws-sam-cli, cargo-lambda) into .dev/
 cargo xtask stack up [--host ADDR] | down | status
                                the local stack: moto, the Google emulator, the functions under the RIE
-cargo xtask test [--no-sam]    the whole CI: fmt, clippy, tests, sam validate, events/ under the RIE,
-                               browser tests and the demo story, sam build + sam local invoke in Docker
+cargo xtask test [--no-browser] [--no-sam]
+                               the whole CI: fmt, clippy, tests, sam validate, events/ under the RIE,
+                               browser tests and the demo story, sam build (arm64, the template's
+                               default) and sam build + sam local invoke (x86_64) in Docker;
+                               --no-browser / --no-sam skip those steps (the summary says so)
 cargo xtask browser            the real-browser tests (headless Chromium) against the running stack
 cargo xtask events             regenerate the stream events in events/ from moto's real stream
-cargo xtask sam                sam build + sam local invoke of every events/ file in Docker, answers checked
+cargo xtask sam [--fresh-engine]
+                               sam build + sam local invoke of every events/ file in Docker, answers
+                               checked; --fresh-engine: on a brand-new engine (own network namespace,
+                               data root and socket), as on a machine that never ran Docker
 cargo xtask events check       only the last step of `test`: events/ under the RIE, answers checked
 cargo xtask demo [--keep-running]
                                install, build, start the stack and run the story end to end
@@ -30,7 +36,10 @@ async fn main() -> ExitCode {
             println!("{}", xtask::stack::status());
             Ok(())
         }
-        ["test", rest @ ..] => xtask::ci::run(&xtask::ci::Options::parse(rest)).await,
+        ["test", rest @ ..] => match xtask::ci::Options::parse(rest) {
+            Ok(options) => xtask::ci::run(&options).await,
+            Err(e) => Err(e),
+        },
         ["events"] => xtask::events::regenerate().await,
         ["events", "check"] => xtask::ci::events_under_rie()
             .await
@@ -38,6 +47,9 @@ async fn main() -> ExitCode {
         ["gateway"] => gateway().await,
         ["browser"] => browser().await,
         ["sam"] => xtask::sam::run_sam_checks(&xtask::paths::workspace_root()).await,
+        ["sam", "--fresh-engine"] => {
+            xtask::docker::run_on_fresh_engine(&xtask::paths::workspace_root()).await
+        }
         ["demo"] => demo(false).await,
         ["demo", "--keep-running"] => demo(true).await,
         ["help" | "--help" | "-h"] | [] => {

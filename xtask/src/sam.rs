@@ -24,20 +24,15 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 
-use crate::event_checks;
+use crate::{apt::which, docker, docker::tail, event_checks};
 use base64::Engine as _;
 use rand::RngCore as _;
 use serde_json::{Value, json};
 use tokio::process::Command;
 use url::Url;
 
-/// The locally built stand-in for `public.ecr.aws/lambda/provided:al2023`.
-pub const BASE_IMAGE: &str = "local/lambda-provided:al2023";
-/// Bumped when the base image's recipe changes, so an older local image is rebuilt.
-const BASE_REVISION: &str = "2";
-const BASE_LABEL: &str = "calsync.base-revision";
 /// Set to an image (e.g. `public.ecr.aws/lambda/provided:al2023`) to invoke on it, pulled as
-/// usual, instead of building [`BASE_IMAGE`]; then nothing is installed with apt-get.
+/// usual, instead of building [`docker::BASE_IMAGE`]; then nothing is installed with apt-get.
 pub const IMAGE_VARIABLE: &str = "CALSYNC_SAM_INVOKE_IMAGE";
 /// The app user the sample events act for (`events/oauth-start*.json`, `events/event-sync-*.json`).
 pub const DEMO_USER: &str = "demo-user";
@@ -46,8 +41,6 @@ pub const DEMO_ACCOUNT: &str = "alice@example.com";
 const APP_ORIGIN: &str = "https://app.example.test";
 const REDIRECT_URI: &str = "https://app.example.test/oauth/google/callback";
 const REGION: &str = "us-east-1";
-/// How long the engine may take to answer after `dockerd` starts.
-const DOCKERD_READY: Duration = Duration::from_secs(60);
 /// How long `sam local start-api` may take to listen.
 const START_API_READY: Duration = Duration::from_secs(120);
 
@@ -84,25 +77,22 @@ pub async fn run_sam_checks(root: &Path) -> Result<()> {
     let image = std::env::var(IMAGE_VARIABLE).ok().filter(|i| !i.is_empty());
 
     let started = Instant::now();
-    if image.is_none() {
-        ensure_packages().await?;
-    }
-    ensure_docker(&dev).await?;
+    docker::ensure_engine(&dev).await?;
     timings.record("docker engine ready", started.elapsed());
 
     if image.is_none() {
         let started = Instant::now();
-        ensure_base_image(&dev).await?;
+        docker::ensure_base_image(&dev).await?;
         timings.record("base image ready", started.elapsed());
     }
 
-    let gateway = bridge_gateway().await?;
+    let gateway = docker::host_address().await?;
     println!("sam: containers reach this machine at {gateway}");
 
     let started = Instant::now();
-    let recompiled = sam_build(&root, &tools).await?;
+    let recompiled = sam_build(&root, &tools, Some(Architecture::X86_64), None).await?;
     timings.record(
-        format!("sam build ({recompiled} crates compiled)"),
+        format!("sam build x86_64 ({recompiled} crates compiled)"),
         started.elapsed(),
     );
 
@@ -137,212 +127,165 @@ pub async fn run_sam_checks(root: &Path) -> Result<()> {
     result
 }
 
-// ------------------------------------------------------------------------------------------ setup
-
-/// Installs Docker's engine and debootstrap from Debian when they are missing.
-async fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = [("dockerd", "docker.io"), ("debootstrap", "debootstrap")]
-        .into_iter()
-        .filter(|(binary, _)| which(binary).is_none())
-        .map(|(_, package)| package)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    println!("sam: installing {}", missing.join(" "));
-    run_checked(
-        Command::new("apt-get").arg("update").arg("-qq"),
-        "apt-get update",
-    )
-    .await?;
-    run_checked(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-        "apt-get install",
-    )
-    .await?;
-    Ok(())
-}
-
-/// Starts `dockerd` (state under `.dev/docker/`) unless an engine already answers.
-async fn ensure_docker(dev: &Path) -> Result<()> {
-    if docker_answers().await {
-        return Ok(());
-    }
-    let dir = dev.join("docker");
-    std::fs::create_dir_all(dir.join("data"))?;
-    // An engine of ours that is still starting or stopping holds the pid file: wait for it to
-    // answer or go; a pid file whose process is gone is stale.
-    let pidfile = dir.join("dockerd.pid");
-    let deadline = Instant::now() + DOCKERD_READY;
-    while let Ok(pid) = std::fs::read_to_string(&pidfile) {
-        if !Path::new("/proc").join(pid.trim()).exists() {
-            let _ = std::fs::remove_file(&pidfile);
-            break;
-        }
-        if docker_answers().await {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "dockerd (pid {}) neither answers nor exits; see {}",
-            pid.trim(),
-            dir.join("dockerd.log").display()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let log = std::fs::File::create(dir.join("dockerd.log"))?;
-    println!(
-        "sam: starting dockerd (log {})",
-        dir.join("dockerd.log").display()
-    );
-    // Its own process group: the engine outlives this run and a Ctrl-C of it.
-    let mut command = std::process::Command::new("dockerd");
-    command
-        .args(["--iptables=false", "--ip-masq=false", "--data-root"])
-        .arg(dir.join("data"))
-        .arg("--pidfile")
-        .arg(dir.join("dockerd.pid"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    let mut child = command.spawn().context("starting dockerd")?;
-    let deadline = Instant::now() + DOCKERD_READY;
-    loop {
-        if docker_answers().await {
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!(
-                "dockerd exited ({status}) before answering; see {}",
-                dir.join("dockerd.log").display()
-            );
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "dockerd did not answer within {DOCKERD_READY:?}; see {}",
-            dir.join("dockerd.log").display()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn docker_answers() -> bool {
-    Command::new("docker")
-        .arg("info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|s| s.success())
-}
-
-/// Imports the base image from a debootstrapped Debian, cached as a tarball in `.dev/`.
-async fn ensure_base_image(dev: &Path) -> Result<()> {
-    let label = Command::new("docker")
-        .args(["image", "inspect", "--format"])
-        .arg(format!("{{{{ index .Config.Labels \"{BASE_LABEL}\" }}}}"))
-        .arg(BASE_IMAGE)
-        .stderr(Stdio::null())
-        .output()
-        .await?;
-    if label.status.success() && String::from_utf8_lossy(&label.stdout).trim() == BASE_REVISION {
-        return Ok(());
-    }
-    let dir = dev.join("lambda-base");
-    std::fs::create_dir_all(&dir)?;
-    let tarball = dir.join(format!("bookworm-minbase-r{BASE_REVISION}.tar"));
-    if !tarball.exists() {
-        let rootfs = dir.join("rootfs");
-        let _ = std::fs::remove_dir_all(&rootfs);
-        println!("sam: debootstrap of Debian bookworm (minbase) for {BASE_IMAGE}");
-        run_checked(
-            Command::new("debootstrap")
-                // The official image trusts the usual CAs; a function calling Google needs them.
-                .args(["--variant=minbase", "--include=ca-certificates", "bookworm"])
-                .arg(&rootfs),
-            "debootstrap",
-        )
-        .await?;
-        let partial = dir.join("bookworm-minbase.tar.partial");
-        run_checked(
-            Command::new("tar")
-                .arg("-C")
-                .arg(&rootfs)
-                .arg("-cf")
-                .arg(&partial)
-                .arg("."),
-            "tar of the rootfs",
-        )
-        .await?;
-        std::fs::rename(&partial, &tarball)?;
-        std::fs::remove_dir_all(&rootfs)?;
-    }
-    run_checked(
-        Command::new("docker")
-            .arg("import")
-            .arg("--change")
-            .arg(format!("LABEL {BASE_LABEL}={BASE_REVISION}"))
-            .arg(&tarball)
-            .arg(BASE_IMAGE),
-        "docker import",
-    )
-    .await?;
-    Ok(())
-}
-
-/// The default bridge's gateway: this machine as seen from inside `sam local`'s containers.
-pub async fn bridge_gateway() -> Result<IpAddr> {
-    let output = run_checked(
-        Command::new("docker").args([
-            "network",
-            "inspect",
-            "bridge",
-            "--format",
-            "{{range .IPAM.Config}}{{.Gateway}} {{end}}",
-        ]),
-        "docker network inspect bridge",
-    )
-    .await?;
-    output
-        .split_whitespace()
-        .find_map(|a| a.parse::<IpAddr>().ok().filter(IpAddr::is_ipv4))
-        .ok_or_else(|| anyhow!("the bridge network has no IPv4 gateway: {output:?}"))
-}
-
 // ------------------------------------------------------------------------------------------ build
 
-/// `sam build` for x86_64 on the workspace's own `target/`; returns how many crates it compiled.
-async fn sam_build(root: &Path, tools: &Tools) -> Result<usize> {
+/// The functions' CPU architecture, the template's `Architecture` parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// What `sam local invoke` runs on an x86 machine.
+    X86_64,
+    /// The template's default: what `sam build && sam deploy` ships.
+    Arm64,
+}
+
+impl Architecture {
+    fn parameter(self) -> &'static str {
+        match self {
+            Self::X86_64 => "x86_64",
+            Self::Arm64 => "arm64",
+        }
+    }
+
+    fn rust_target(self) -> &'static str {
+        match self {
+            Self::X86_64 => "x86_64-unknown-linux-gnu",
+            Self::Arm64 => "aarch64-unknown-linux-gnu",
+        }
+    }
+
+    /// `e_machine` of an ELF executable for this architecture.
+    fn elf_machine(self) -> u16 {
+        match self {
+            Self::X86_64 => 62,
+            Self::Arm64 => 183,
+        }
+    }
+}
+
+/// `sam build` with the template's defaults (arm64, what a user deploys), into
+/// `.dev/sam-build-default/`; checks that each function's `bootstrap` is an arm64 executable.
+pub async fn build_template_defaults(root: &Path) -> Result<String> {
+    let tools = Tools::find(root)?;
+    let build_dir = root.join(".dev/sam-build-default");
+    let started = Instant::now();
+    let compiled = sam_build(root, &tools, None, Some(&build_dir)).await?;
+    let functions = functions_from_template(&root.join("template.yaml"))?;
+    for id in functions.values() {
+        let bootstrap = build_dir.join(id).join("bootstrap");
+        let machine = elf_machine(&bootstrap)?;
+        ensure!(
+            machine == Architecture::Arm64.elf_machine(),
+            "{} is built for ELF machine {machine}, not arm64 ({})",
+            bootstrap.display(),
+            Architecture::Arm64.elf_machine()
+        );
+    }
+    Ok(format!(
+        "{} arm64 bootstraps, {compiled} crates compiled, {:.0} s",
+        functions.len(),
+        started.elapsed().as_secs_f64()
+    ))
+}
+
+/// The `e_machine` field of an ELF file.
+fn elf_machine(path: &Path) -> Result<u16> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    ensure!(
+        bytes.len() > 20 && bytes.starts_with(b"\x7fELF"),
+        "{} is not an ELF executable",
+        path.display()
+    );
+    Ok(u16::from_le_bytes([bytes[18], bytes[19]]))
+}
+
+/// The template's default architecture, read from its `Architecture` parameter.
+fn default_architecture(root: &Path) -> Result<Architecture> {
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root.join("template.yaml"))?)?;
+    match doc["Parameters"]["Architecture"]["Default"].as_str() {
+        Some("arm64") => Ok(Architecture::Arm64),
+        Some("x86_64") => Ok(Architecture::X86_64),
+        other => bail!("template.yaml's Architecture parameter has default {other:?}"),
+    }
+}
+
+/// Installs a Rust target once, before `sam build` starts one cargo-lambda build per function in
+/// parallel: each would otherwise try to install it at the same moment, and all but one fail.
+async fn ensure_rust_target(target: &str) -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .await
+        .with_context(|| {
+            format!("running rustup; without it, install the Rust target {target} yourself")
+        })?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|line| line.trim() == target)
+    {
+        return Ok(());
+    }
+    println!("sam: rustup target add {target}");
+    let status = Command::new("rustup")
+        .args(["target", "add", target])
+        .status()
+        .await?;
+    ensure!(
+        status.success(),
+        "rustup target add {target} failed ({status})"
+    );
+    Ok(())
+}
+
+/// `sam build` on the workspace's own `target/` (with `architecture` as the template's
+/// `Architecture`, or its default), into `build_dir` (default `.aws-sam/build`); returns how many
+/// crates it compiled. cargo-lambda's output streams through, so a cold build shows progress.
+async fn sam_build(
+    root: &Path,
+    tools: &Tools,
+    architecture: Option<Architecture>,
+    build_dir: Option<&Path>,
+) -> Result<usize> {
+    let built_for = match architecture {
+        Some(architecture) => architecture,
+        None => default_architecture(root)?,
+    };
+    ensure_rust_target(built_for.rust_target()).await?;
     let target = root.join("target");
     let since = SystemTime::now();
     let mut command = tools.command("sam");
     command
         .current_dir(root)
         // SAM's build cache would hash the whole workspace (CodeUri `.`); cargo's is enough.
-        .args([
-            "build",
-            "--no-cached",
-            "--parameter-overrides",
-            "Architecture=x86_64",
-        ])
+        .args(["build", "--no-cached"])
         .env("CARGO_TARGET_DIR", &target);
-    let output = command.output().await.context("running sam build")?;
-    if !output.status.success() {
-        bail!(
-            "sam build failed ({}):\n{}{}",
-            output.status,
-            tail(&String::from_utf8_lossy(&output.stdout), 40),
-            tail(&String::from_utf8_lossy(&output.stderr), 40)
-        );
+    if let Some(architecture) = architecture {
+        command.args([
+            "--parameter-overrides",
+            &format!("Architecture={}", architecture.parameter()),
+        ]);
     }
-    Ok(
-        compiled_since(&target.join("x86_64-unknown-linux-gnu/release/deps"), since)
-            + compiled_since(&target.join("release/deps"), since),
-    )
+    if let Some(build_dir) = build_dir {
+        command.arg("--build-dir").arg(build_dir);
+    }
+    println!(
+        "sam: sam build for {} (a cold build compiles every dependency: minutes)",
+        built_for.parameter()
+    );
+    let status = command
+        .stdin(Stdio::null())
+        .status()
+        .await
+        .context("running sam build")?;
+    ensure!(
+        status.success(),
+        "sam build for {} failed ({status}); its output is above",
+        built_for.parameter()
+    );
+    Ok(compiled_since(
+        &target.join(built_for.rust_target()).join("release/deps"),
+        since,
+    ) + compiled_since(&target.join("release/deps"), since))
 }
 
 /// Crates (`.rlib`/`.rmeta`/`.so` written after `since`) in a cargo `deps` folder.
@@ -698,7 +641,7 @@ struct Sam {
     tools: Tools,
     env_file: PathBuf,
     parameters: Vec<String>,
-    /// `None`: the local [`BASE_IMAGE`], never pulled.
+    /// `None`: the local [`docker::BASE_IMAGE`], never pulled.
     image: Option<String>,
 }
 
@@ -721,7 +664,7 @@ impl Sam {
             .args(&self.parameters)
             .args(["--region", REGION]);
         match &self.image {
-            None => command.args(["--invoke-image", BASE_IMAGE, "--skip-pull-image"]),
+            None => command.args(["--invoke-image", docker::BASE_IMAGE, "--skip-pull-image"]),
             Some(image) => command.args(["--invoke-image", image]),
         };
         command
@@ -1340,30 +1283,6 @@ impl Tools {
     }
 }
 
-async fn run_checked(command: &mut Command, what: &str) -> Result<String> {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .with_context(|| format!("running {what}"))?;
-    ensure!(
-        output.status.success(),
-        "{what} failed ({}):\n{}{}",
-        output.status,
-        tail(&String::from_utf8_lossy(&output.stdout), 20),
-        tail(&String::from_utf8_lossy(&output.stderr), 20)
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-fn which(binary: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .map(|dir| dir.join(binary))
-        .find(|candidate| candidate.is_file())
-}
-
 fn free_port(ip: IpAddr) -> Result<u16> {
     let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
         .with_context(|| format!("no free port on {ip}"))?;
@@ -1382,13 +1301,6 @@ fn tempdir(root: &Path) -> Result<PathBuf> {
         .join(format!("sam-run-{}", random_token(4)));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    let mut out = all[all.len().saturating_sub(lines)..].join("\n");
-    out.push('\n');
-    out
 }
 
 #[cfg(test)]

@@ -31,6 +31,10 @@ pub fn install() -> Result<PathBuf> {
     if !venv.join("bin/python").exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
+    println!(
+        "setup: pip install of moto, aws-sam-cli, cfn-lint, cargo-lambda into {} (first run: about a minute)",
+        venv.display()
+    );
     let requirements = paths::dev_dir().join("requirements.txt");
     std::fs::write(&requirements, REQUIREMENTS)?;
     run(Command::new(venv.join("bin/pip"))

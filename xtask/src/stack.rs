@@ -175,7 +175,6 @@ fn build(template: &Template) -> Result<()> {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.current_dir(paths::workspace_root()).args([
         "build",
-        "--quiet",
         "-p",
         "google-emulator",
         // The gateway process runs this crate's binary as built now, not the `cargo xtask`
@@ -186,9 +185,10 @@ fn build(template: &Template) -> Result<()> {
     for function in template.functions()? {
         command.args(["-p", &function.binary]);
     }
+    println!("stack: cargo build of the functions, the Google emulator and the gateway");
     let status = command.status().context("running cargo build")?;
     if !status.success() {
-        bail!("cargo build failed");
+        bail!("cargo build failed (its errors are above)");
     }
     Ok(())
 }
