@@ -315,7 +315,12 @@ where
     if !was_running {
         stack::down().await?;
     }
-    outcome
+    outcome.map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#} (each process of the local stack logs to {})",
+            paths::logs_dir().display()
+        )
+    })
 }
 
 /// The real-browser scenarios through the local HTTP front.
