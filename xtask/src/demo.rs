@@ -147,7 +147,7 @@ where
 impl DemoStack {
     /// The demo's view of a stack `cargo xtask stack up` started.
     pub async fn from_state(state: &crate::stack::State) -> Result<Self> {
-        let sdk = crate::aws::local_sdk_config(&state.aws_endpoint).await;
+        let sdk = testkit::aws::local_sdk_config(&state.aws_endpoint).await;
         Ok(Self {
             front: state.front_url.parse()?,
             emulator: state.google_url.parse()?,

@@ -9,8 +9,10 @@ use anyhow::{Context as _, Result, anyhow};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
 
-use crate::template::Template;
-use crate::{aws, moto, paths, process, stack, streams, tables};
+use testkit::template::Template;
+use testkit::{aws, moto, paths, process, streams, tables};
+
+use crate::stack;
 
 /// Docker's default bridge gateway: how a `sam local invoke` container reaches the host.
 pub const DOCKER_BRIDGE_GATEWAY: &str = "172.17.0.1";

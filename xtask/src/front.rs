@@ -31,7 +31,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use rand::RngCore;
 use serde_json::{Value, json};
 
-use crate::template::Template;
+use testkit::template::Template;
 
 /// The session cookie of the local login; deliberately not `__Host-` so it is visibly local-only.
 pub const SESSION_COOKIE: &str = "calsync_local_session";

@@ -7,11 +7,12 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 
+use testkit::{aws, template::Template};
+
 use crate::{
-    aws, front,
+    front,
     poller::{MappingSettings, Poller},
     stack::State,
-    template::Template,
 };
 
 /// The on-failure queue's local name (the template's `EventSyncFailureQueue` under the prefix).

@@ -365,7 +365,7 @@ impl Poller {
                 let records: Vec<Value> = page
                     .records()
                     .iter()
-                    .map(|r| crate::streams::lambda_record(r, &self.stream_arn))
+                    .map(|r| testkit::streams::lambda_record(r, &self.stream_arn))
                     .collect();
                 if records.is_empty() {
                     continue;

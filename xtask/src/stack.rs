@@ -17,8 +17,10 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::template::{Context, Template};
-use crate::{aws, moto, paths, process, rie, seed, setup, tables, testkit};
+use testkit::template::{Context, Template};
+use testkit::{aws, moto, paths, process, rie, seed, tables};
+
+use crate::setup;
 
 /// Local resource names are `calsync-local-GrantsTable` and so on.
 pub const PREFIX: &str = "calsync-local-";
@@ -131,8 +133,8 @@ fn load_or_create_secrets() -> Result<LocalSecrets> {
         return serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()));
     }
     let secrets = LocalSecrets {
-        client_id: format!("{}.apps.googleusercontent.com", seed::random_token(12)),
-        client_secret: format!("GOCSPX-{}", seed::random_token(14)),
+        client_id: format!("{}.apps.googleusercontent.com", seed::random_token(24)),
+        client_secret: format!("GOCSPX-{}", seed::random_token(28)),
         keyring: seed::generate_keyring(),
     };
     std::fs::write(&path, serde_json::to_string_pretty(&secrets)?)?;
@@ -143,20 +145,9 @@ fn load_or_create_secrets() -> Result<LocalSecrets> {
 pub fn context(options: &Options) -> Result<Context> {
     let google = Url::parse(&format!("http://{}:{}/", options.host, options.google_port))?;
     let aws = format!("http://{}:{}", options.host, options.aws_port);
-    let mut ctx = testkit::local_context(PREFIX, &google, &aws);
-    let front = front_url(options);
-    for (name, value) in [
-        ("OAuthRedirectUri", format!("{front}oauth/google/callback")),
-        // The sample events in events/ return to the test app's origin; the browser to the front.
-        (
-            "AllowedReturnOrigins",
-            format!("{},{}", front.trim_end_matches('/'), testkit::APP_ORIGIN),
-        ),
-        ("DefaultReturnUrl", front.clone()),
-    ] {
-        ctx.parameters.insert(name.to_string(), value);
-    }
-    Ok(ctx)
+    // The front is the app: the browser returns there, and Google's redirect lands on it.
+    let app = Url::parse(&front_url(options))?;
+    Ok(testkit::stack::local_context(PREFIX, &google, &aws, &app))
 }
 
 /// Where the browser reaches the stack's HTTP routes.
@@ -254,7 +245,7 @@ pub async fn up(options: &Options) -> Result<State> {
         &secrets.client_secret,
         &Url::parse(&google_url)?,
         &[redirect_uri],
-        &[testkit::APP_ORIGIN],
+        &[testkit::stack::APP_ORIGIN],
     )?;
     seed::upsert_secret(
         &secrets_client,

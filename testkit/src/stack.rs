@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! # async fn t() -> anyhow::Result<()> {
-//! let stack = xtask::testkit::TestStack::start().await?;
+//! let stack = testkit::TestStack::start().await?;
 //! // e.g. shared::config::Config::from_source(&stack.env)
 //! let grants_table = &stack.env["GRANTS_TABLE"];
 //! # Ok(()) }
@@ -15,12 +15,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, ensure};
 use aws_config::SdkConfig;
+use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 use url::Url;
 
+use crate::api_gateway::{HttpApiEvent, cookie_pair};
 use crate::template::{Context, Template};
 use crate::{aws, ddb_json, moto, paths, process, seed, streams, tables};
 
@@ -93,11 +95,16 @@ impl TestStack {
             "calsync-t{}-{}-{}-",
             std::process::id(),
             STACKS.fetch_add(1, Ordering::Relaxed),
-            seed::random_token(3)
+            seed::random_token(6)
         );
-        let client_id = format!("{}.apps.googleusercontent.com", seed::random_token(12));
-        let client_secret = format!("GOCSPX-{}", seed::random_token(14));
-        let ctx = local_context(&prefix, &emulator.base_url, &moto.endpoint);
+        let client_id = format!("{}.apps.googleusercontent.com", seed::random_token(24));
+        let client_secret = format!("GOCSPX-{}", seed::random_token(28));
+        let ctx = local_context(
+            &prefix,
+            &emulator.base_url,
+            &moto.endpoint,
+            &Url::parse(DEFAULT_RETURN_URL)?,
+        );
 
         let template = Template::load_workspace()?;
         let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
@@ -170,6 +177,97 @@ impl TestStack {
             .expect("a relative path joins onto the emulator's URL")
     }
 
+    /// A control call with a JSON body; its status and JSON answer (`null` when there is none).
+    pub async fn control_post(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<(reqwest::StatusCode, Value)> {
+        let response = self.http.post(self.control(path)).json(body).send().await?;
+        let status = response.status();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// A control read, such as `stats` or `issued-secrets`.
+    pub async fn control_get(&self, path: &str) -> Result<Value> {
+        let response = self.http.get(self.control(path)).send().await?;
+        ensure!(
+            response.status().is_success(),
+            "emulator {path}: {}",
+            response.status()
+        );
+        Ok(response.json().await?)
+    }
+
+    /// Google's consent page answered by `account` with `decision` (`allow` or `deny`), optional
+    /// scopes unticked; the URL Google sends the browser back to.
+    pub async fn consent(
+        &self,
+        authorization_url: &str,
+        account: &str,
+        decision: &str,
+        remove_scopes: &[&str],
+    ) -> Result<Url> {
+        let (status, body) = self
+            .control_post(
+                "consent",
+                &json!({"authorization_url": authorization_url, "account": account,
+                        "decision": decision, "remove_scopes": remove_scopes}),
+            )
+            .await?;
+        ensure!(status.is_success(), "emulator consent: {status} {body}");
+        let redirect = body["redirect"]
+            .as_str()
+            .context("consent gave no redirect")?;
+        Ok(Url::parse(redirect)?)
+    }
+
+    /// Connects `user` to Google as `account` the way a browser does, through the caller's start
+    /// and callback handlers: start, consent, then the callback with the binding cookie.
+    pub async fn connect_through(
+        &self,
+        user: &str,
+        account: &str,
+        start: impl AsyncFnOnce(Request) -> Response<Body>,
+        callback: impl AsyncFnOnce(Request) -> Response<Body>,
+    ) -> Result<()> {
+        let header = |response: &Response<Body>, name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let started = start(
+            HttpApiEvent::get("/oauth/google/start")
+                .user(user)
+                .request(),
+        )
+        .await;
+        ensure!(
+            started.status() == 302,
+            "start answered {}",
+            started.status()
+        );
+        let location = header(&started, "location").context("start gave no Location")?;
+        let set_cookie = header(&started, "set-cookie").context("start set no cookie")?;
+        let (name, nonce) = cookie_pair(&set_cookie).context("a malformed Set-Cookie")?;
+        let redirect = self.consent(&location, account, "allow", &[]).await?;
+        let back = callback(
+            HttpApiEvent::get("/oauth/google/callback")
+                .query(redirect.query().unwrap_or_default())
+                .cookie(&format!("{name}={nonce}"))
+                .request(),
+        )
+        .await;
+        let back = header(&back, "location").unwrap_or_default();
+        ensure!(
+            back.contains("calsync=connected"),
+            "the callback sent the browser to {back:?}"
+        );
+        Ok(())
+    }
+
     /// The name of a table of this stack, by template logical id (`EventsTable`) or env variable
     /// (`EVENTS_TABLE`); any other string is taken as a table name.
     pub fn table<'a>(&'a self, table: &'a str) -> &'a str {
@@ -216,20 +314,32 @@ impl TestStack {
     }
 }
 
-/// The template's parameters for a local stack whose Google is `google` and AWS is `aws_endpoint`.
-pub fn local_context(prefix: &str, google: &Url, aws_endpoint: &str) -> Context {
+/// The template's parameters for a local stack whose Google is `google`, AWS is `aws_endpoint`,
+/// and whose app page `app` is where the browser returns by default; Google redirects to the
+/// callback on the app's origin.
+pub fn local_context(prefix: &str, google: &Url, aws_endpoint: &str, app: &Url) -> Context {
     let join = |path: &str| {
         google
             .join(path)
             .expect("a relative path joins onto the emulator's URL")
             .to_string()
     };
+    let origin = app.origin().ascii_serialization();
+    // The sample events in events/ return to the test app's origin wherever the app is.
+    let allowed_origins = if origin == APP_ORIGIN {
+        origin.clone()
+    } else {
+        format!("{origin},{APP_ORIGIN}")
+    };
     let parameters = [
         ("JwtIssuer", JWT_ISSUER.to_string()),
         ("JwtAudience", JWT_AUDIENCE.to_string()),
-        ("OAuthRedirectUri", OAUTH_REDIRECT_URI.to_string()),
-        ("AllowedReturnOrigins", APP_ORIGIN.to_string()),
-        ("DefaultReturnUrl", DEFAULT_RETURN_URL.to_string()),
+        (
+            "OAuthRedirectUri",
+            format!("{origin}/oauth/google/callback"),
+        ),
+        ("AllowedReturnOrigins", allowed_origins),
+        ("DefaultReturnUrl", app.to_string()),
         ("GoogleAuthUrl", join("o/oauth2/v2/auth")),
         ("GoogleTokenUrl", join("token")),
         ("GoogleRevokeUrl", join("revoke")),
@@ -259,28 +369,28 @@ async fn seed_secret(
     seed::upsert_secret(client, name, value).await
 }
 
-/// The variables SPEC requires of every function, with values that pass validation.
-pub const REQUIRED_VARIABLES: [(&str, &str); 9] = [
-    ("GRANTS_TABLE", "grants"),
-    ("OAUTH_FLOWS_TABLE", "flows"),
-    ("SYNC_STATE_TABLE", "sync-state"),
-    ("EVENTS_TABLE", "events"),
-    ("GOOGLE_CLIENT_SECRET_ID", "google-client"),
-    ("TOKEN_KEYS_SECRET_ID", "token-keys"),
-    ("OAUTH_REDIRECT_URI", OAUTH_REDIRECT_URI),
-    ("ALLOWED_RETURN_ORIGINS", APP_ORIGIN),
-    ("DEFAULT_RETURN_URL", DEFAULT_RETURN_URL),
-];
-
-/// Starts a function's binary once per required variable, each time without that variable (and
-/// once with a malformed URL), and checks that it stops before serving: exit status 78 and one
-/// line on stderr naming the variable. Returns how many starts were checked.
-pub fn check_stops_on_bad_configuration(binary: &std::path::Path) -> Result<usize> {
-    let run = |env: &[(&str, &str)]| -> Result<(Option<i32>, String)> {
-        let output = std::process::Command::new(binary)
+/// Starts a function's binary once per variable of `required` (SPEC's required configuration),
+/// each time without that variable (and once with a malformed URL), and checks that it stops
+/// before serving: exit status 78 and one line on stderr naming the variable. The other
+/// variables are the local stack's, from the template. Returns how many starts were checked.
+pub fn check_stops_on_bad_configuration(
+    binary: &std::path::Path,
+    required: &[&str],
+) -> Result<usize> {
+    let google = Url::parse("http://127.0.0.1:1/")?;
+    let app = Url::parse(DEFAULT_RETURN_URL)?;
+    let ctx = local_context("calsync-config-", &google, "http://127.0.0.1:1", &app);
+    let valid = Template::load_workspace()?.environment(&ctx, None)?;
+    let run = |missing: &str, malformed: Option<&str>| -> Result<(Option<i32>, String)> {
+        let mut command = std::process::Command::new(binary);
+        command
             .env_clear()
-            .envs(env.iter().copied())
-            .env("AWS_REGION", aws::REGION)
+            .envs(valid.iter().filter(|(name, _)| *name != missing))
+            .env("AWS_REGION", aws::REGION);
+        if let Some(value) = malformed {
+            command.env(missing, value);
+        }
+        let output = command
             .output()
             .with_context(|| format!("starting {}", binary.display()))?;
         Ok((
@@ -288,25 +398,16 @@ pub fn check_stops_on_bad_configuration(binary: &std::path::Path) -> Result<usiz
             String::from_utf8_lossy(&output.stderr).into_owned(),
         ))
     };
-    let mut cases: Vec<(&str, Vec<(&str, &str)>)> = REQUIRED_VARIABLES
-        .iter()
-        .map(|(missing, _)| {
-            let env = REQUIRED_VARIABLES
-                .iter()
-                .filter(|(name, _)| name != missing)
-                .copied()
-                .collect();
-            (*missing, env)
-        })
-        .collect();
-    let mut malformed = REQUIRED_VARIABLES.to_vec();
-    malformed.retain(|(name, _)| *name != "OAUTH_REDIRECT_URI");
-    malformed.push(("OAUTH_REDIRECT_URI", "not a url"));
-    cases.push(("OAUTH_REDIRECT_URI", malformed));
-    for (variable, env) in &cases {
-        let (code, stderr) = run(env)?;
+    let mut cases: Vec<(&str, Option<&str>)> = required.iter().map(|name| (*name, None)).collect();
+    cases.push(("OAUTH_REDIRECT_URI", Some("not a url")));
+    for (variable, malformed) in &cases {
+        ensure!(
+            valid.contains_key(*variable),
+            "template.yaml sets no {variable}"
+        );
+        let (code, stderr) = run(variable, *malformed)?;
         let lines: Vec<&str> = stderr.lines().collect();
-        anyhow::ensure!(
+        ensure!(
             code == Some(78) && lines.len() == 1 && lines[0].contains(variable),
             "{} with {variable} missing or malformed: exit {code:?}, stderr {stderr:?}",
             binary.display()
