@@ -12,6 +12,8 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -82,15 +84,42 @@ pub struct TestStack {
     /// moto's endpoint, e.g. `http://127.0.0.1:PORT`.
     pub aws_endpoint: String,
     pub http: reqwest::Client,
+    /// A moto of this stack's own (see [`TestStack::start_reachable_at`]); it stops with the stack.
+    _own_moto: Option<std::process::Child>,
 }
 
 impl TestStack {
+    /// A stack on loopback, on the moto server every test of this process shares.
     pub async fn start() -> Result<Self> {
         let moto = shared_moto().await?;
-        let sdk = aws::local_sdk_config(&moto.endpoint).await;
-        let emulator = google_emulator::Emulator::start(google_emulator::Options::default())
+        Self::start_with(moto.endpoint.clone(), None, IpAddr::from([127, 0, 0, 1])).await
+    }
+
+    /// A stack whose moto (`moto_server`, its log in `moto_log`) and emulator listen on `ip`, for
+    /// clients that are not on loopback (containers reach the host on Docker's bridge gateway).
+    pub async fn start_reachable_at(
+        ip: IpAddr,
+        moto_server: &Path,
+        moto_log: &Path,
+    ) -> Result<Self> {
+        let port = process::free_port_on(ip)?;
+        let moto = moto::start_tied_on(moto_server, ip, port, moto_log)
             .await
-            .context("starting the Google emulator")?;
+            .with_context(|| format!("starting moto (log: {})", moto_log.display()))?;
+        Self::start_with(format!("http://{ip}:{port}"), Some(moto), ip).await
+    }
+
+    async fn start_with(
+        aws_endpoint: String,
+        own_moto: Option<std::process::Child>,
+        ip: IpAddr,
+    ) -> Result<Self> {
+        let sdk = aws::local_sdk_config(&aws_endpoint).await;
+        let emulator = google_emulator::Emulator::start(google_emulator::Options {
+            bind: SocketAddr::new(ip, 0),
+        })
+        .await
+        .context("starting the Google emulator")?;
         let prefix = format!(
             "calsync-t{}-{}-{}-",
             std::process::id(),
@@ -102,7 +131,7 @@ impl TestStack {
         let ctx = local_context(
             &prefix,
             &emulator.base_url,
-            &moto.endpoint,
+            &aws_endpoint,
             &Url::parse(DEFAULT_RETURN_URL)?,
         );
 
@@ -152,7 +181,7 @@ impl TestStack {
             ));
         }
 
-        for (name, value) in aws::local_env(&moto.endpoint) {
+        for (name, value) in aws::local_env(&aws_endpoint) {
             env.insert(name.to_string(), value);
         }
         Ok(Self {
@@ -163,8 +192,9 @@ impl TestStack {
             client_secret,
             prefix,
             tables: table_names,
-            aws_endpoint: moto.endpoint.clone(),
+            aws_endpoint,
             http,
+            _own_moto: own_moto,
         })
     }
 

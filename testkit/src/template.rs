@@ -5,7 +5,7 @@
 //! turned into their long forms (`Ref`, `Fn::Sub`, ...), and a small evaluator resolves the
 //! intrinsic functions the template uses against local names for its resources.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -195,6 +195,15 @@ impl Template {
                 })
             })
             .collect()
+    }
+
+    /// The names of the variables every function gets (`Globals`), whatever they resolve to.
+    pub fn global_variables(&self) -> BTreeSet<String> {
+        self.root
+            .pointer("/Globals/Function/Environment/Variables")
+            .and_then(Value::as_object)
+            .map(|variables| variables.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The environment a function gets: `Globals` merged with its own variables, resolved in `ctx`.
