@@ -146,7 +146,7 @@ where
 
 impl DemoStack {
     /// The demo's view of a stack `cargo xtask stack up` started.
-    pub async fn from_state(state: &crate::stack::State) -> Result<Self> {
+    pub async fn from_state(state: &crate::local_aws::stack::State) -> Result<Self> {
         let sdk = testkit::aws::local_sdk_config(&state.aws_endpoint).await;
         Ok(Self {
             front: state.front_url.parse()?,

@@ -1,20 +1,23 @@
-//! calsync's dev tooling: the local stack, the test kit for integration tests, the local stand-ins
-//! for API Gateway and the event source mapping, the demo and the CI command.
+//! calsync's dev tooling, grouped by what it is:
+//! - [`local_aws`]: the local stand-ins for AWS: the stack (what CloudFormation would create, as
+//!   long-running processes), the API Gateway in front of the HTTP functions and the event source
+//!   mapping that feeds event-sync from the Events table's stream;
+//! - [`checks`]: what `cargo xtask test` verifies beyond `cargo test`: the sample events under the
+//!   RIE, the browser scenarios, and `sam build` plus `sam local invoke` in Docker;
+//! - the commands: [`setup`], [`regenerate_samples`], [`demo`], [`ci`] (`main.rs` dispatches).
 //!
-//! `template.yaml` is the one description of the stack: [`template`] reads it and every other
-//! module works from what it declares.
+//! What the tests need too (moto, the template, tables, secrets, streams, the RIE) is in
+//! `testkit`; `template.yaml` is the one description of the stack that both read.
 
-// What xtask shares with the tests lives in testkit; ci.rs still reaches these as `crate::…`.
-pub use testkit::{moto, paths, process};
-
+pub mod checks;
 pub mod chromium;
 pub mod ci;
 pub mod demo;
-pub mod event_checks;
-pub mod events;
-pub mod front;
-pub mod gateway;
-pub mod poller;
-pub mod sam;
+pub mod local_aws;
+pub mod regenerate_samples;
 pub mod setup;
-pub mod stack;
+
+// ci.rs still reaches these by their former paths.
+pub use checks::{sam, sample_events as event_checks};
+pub use local_aws::stack;
+pub use testkit::{moto, paths, process};

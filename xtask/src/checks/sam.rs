@@ -24,7 +24,7 @@ use testkit::{TestStack, aws, process, seed, template::Template};
 use tokio::process::Command;
 use url::Url;
 
-use crate::event_checks;
+use crate::checks::sample_events;
 
 /// The locally built stand-in for `public.ecr.aws/lambda/provided:al2023`.
 pub const BASE_IMAGE: &str = "local/lambda-provided:al2023";
@@ -618,8 +618,8 @@ async fn run_invokes(
 ) -> Result<()> {
     let events_dir = sam.root.join("events");
     // events/expected.json names each file's function and what its answer must hold.
-    let files = event_checks::event_files(&events_dir)?;
-    let expectations = event_checks::load_expectations(&events_dir)?;
+    let files = sample_events::event_files(&events_dir)?;
+    let expectations = sample_events::load_expectations(&events_dir)?;
     let variables = &services.variables;
     let event_sync = functions
         .get("event-sync")
@@ -642,7 +642,7 @@ async fn run_invokes(
                 .await?;
             let took = started.elapsed();
             if let Err(difference) =
-                event_checks::check(&expectation, &invocation.answer, variables)
+                sample_events::check(&expectation, &invocation.answer, variables)
             {
                 ensure!(!expectation.enforced, "events/{file}: {difference}");
                 println!("sam: events/{file}: pending (not enforced): {difference}");
@@ -1042,8 +1042,8 @@ mod tests {
             functions.keys().map(String::as_str).collect::<Vec<_>>(),
             ["event-sync", "oauth-callback", "oauth-start"]
         );
-        let expectations = event_checks::load_expectations(&root.join("events")).unwrap();
-        let files = event_checks::event_files(&root.join("events")).unwrap();
+        let expectations = sample_events::load_expectations(&root.join("events")).unwrap();
+        let files = sample_events::event_files(&root.join("events")).unwrap();
         assert!(files.len() >= 3, "events/ holds too few samples");
         for name in files {
             let expected = &expectations[&name].function;

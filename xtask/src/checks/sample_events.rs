@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result, anyhow};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::stack::State;
+use crate::local_aws::stack::State;
 use testkit::rie;
 
 #[derive(Debug, Clone, Deserialize)]

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use testkit::template::Template;
 use testkit::{aws, moto, paths, process, streams, tables};
 
-use crate::stack;
+use crate::local_aws::stack;
 
 /// Docker's default bridge gateway: how a `sam local invoke` container reaches the host.
 pub const DOCKER_BRIDGE_GATEWAY: &str = "172.17.0.1";

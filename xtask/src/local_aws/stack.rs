@@ -1,8 +1,7 @@
 //! `cargo xtask stack up|down|status`: the whole local stack as long-running processes. moto's
 //! server with the template's tables and both secrets, the Google emulator with the stack's OAuth
-//! client, each function of the template under the Runtime Interface Emulator, and the gateway
-//! process (the HTTP front standing in for API Gateway, the stream poller for the event source
-//! mapping). State lives in
+//! client, each function of the template under the Runtime Interface Emulator, and the stand-ins
+//! process (the local API Gateway and event source mapping). State lives in
 //! `.dev/`: `stack.json` and `stack.env` (every variable and URL), pid files in `.dev/run/`, logs
 //! in `.dev/logs/`. `up` on a running stack changes nothing; `down` stops by pid and tolerates
 //! stale pid files. `CALSYNC_STACK_BIN_DIR` runs prebuilt binaries instead of building.
@@ -169,7 +168,7 @@ fn build(template: &Template) -> Result<()> {
         "--quiet",
         "-p",
         "google-emulator",
-        // The gateway process runs this crate's binary as built now, not the `cargo xtask`
+        // The stand-ins process runs this crate's binary as built now, not the `cargo xtask`
         // that is running (a test build may have replaced that file since it started).
         "-p",
         "xtask",
@@ -330,16 +329,20 @@ pub async fn up(options: &Options) -> Result<State> {
     };
     write_state(&state)?;
 
-    // The HTTP front and the stream poller run in one process of their own (`xtask gateway`).
-    let mut gateway = Command::new(bin.join("xtask"));
-    gateway
-        .arg("gateway")
+    // The API Gateway and the event source mapping run in one process of their own.
+    let mut stand_ins = Command::new(bin.join("xtask"));
+    stand_ins
+        .arg("stand-ins")
         .env("CALSYNC_FRONT_PORT", options.front_port.to_string());
-    process::spawn_detached(&mut gateway, &log_file("gateway"), &pid_file("gateway"))?;
+    process::spawn_detached(
+        &mut stand_ins,
+        &log_file("stand-ins"),
+        &pid_file("stand-ins"),
+    )?;
     process::wait_for_port(
         SocketAddr::from(([127, 0, 0, 1], options.front_port)),
         Duration::from_secs(20),
-        "the HTTP front and stream poller (log: .dev/logs/gateway.log)",
+        "the local API Gateway and event source mapping (log: .dev/logs/stand-ins.log)",
     )
     .await?;
     Ok(state)
