@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{Context as _, Result, anyhow, ensure};
 use aws_config::SdkConfig;
 use lambda_http::{Body, Request, Response};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 use url::Url;
@@ -126,42 +127,21 @@ impl TestStack {
             STACKS.fetch_add(1, Ordering::Relaxed),
             seed::random_token(6)
         );
-        let client_id = format!("{}.apps.googleusercontent.com", seed::random_token(24));
-        let client_secret = format!("GOCSPX-{}", seed::random_token(28));
+        let secrets = StackSecrets::generate();
         let ctx = local_context(
             &prefix,
             &emulator.base_url,
             &aws_endpoint,
             &Url::parse(DEFAULT_RETURN_URL)?,
         );
-
         let template = Template::load_workspace()?;
-        let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
-        let mut table_names = BTreeMap::new();
-        for spec in template.tables(&ctx)? {
-            let name = Template::local_name(&ctx, &spec.logical_id);
-            tables::create_table(&dynamodb, &spec, &name).await?;
-            table_names.insert(spec.logical_id, name);
-        }
-
-        let mut env: HashMap<String, String> =
-            template.environment(&ctx, None)?.into_iter().collect();
-        let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
-        let client_json = seed::google_client_json(
-            &client_id,
-            &client_secret,
-            &emulator.base_url,
-            &[OAUTH_REDIRECT_URI],
-            &[APP_ORIGIN],
-        )?;
-        seed_secret(&secrets, &env, "GOOGLE_CLIENT_SECRET_ID", &client_json).await?;
-        seed_secret(
-            &secrets,
-            &env,
-            "TOKEN_KEYS_SECRET_ID",
-            &seed::generate_keyring(),
-        )
-        .await?;
+        let provisioned = provision(&sdk, &template, &ctx, &emulator.base_url, &secrets).await?;
+        let StackSecrets {
+            client_id,
+            client_secret,
+            ..
+        } = secrets;
+        let mut env: HashMap<String, String> = provisioned.env.into_iter().collect();
 
         let http = reqwest::Client::new();
         let registered = http
@@ -191,7 +171,7 @@ impl TestStack {
             client_id,
             client_secret,
             prefix,
-            tables: table_names,
+            tables: provisioned.tables,
             aws_endpoint,
             http,
             _own_moto: own_moto,
@@ -387,16 +367,81 @@ pub fn local_context(prefix: &str, google: &Url, aws_endpoint: &str, app: &Url) 
     }
 }
 
-async fn seed_secret(
-    client: &aws_sdk_secretsmanager::Client,
-    env: &HashMap<String, String>,
-    variable: &str,
-    value: &str,
-) -> Result<()> {
-    let name = env
-        .get(variable)
-        .ok_or_else(|| anyhow!("template.yaml sets no {variable}"))?;
-    seed::upsert_secret(client, name, value).await
+/// The OAuth client and token keyring a stack's secrets hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackSecrets {
+    pub client_id: String,
+    pub client_secret: String,
+    pub keyring: String,
+}
+
+impl StackSecrets {
+    /// A client id and secret shaped like Google's, and a keyring of one fresh key.
+    pub fn generate() -> Self {
+        Self {
+            client_id: format!("{}.apps.googleusercontent.com", seed::random_token(24)),
+            client_secret: format!("GOCSPX-{}", seed::random_token(28)),
+            keyring: seed::generate_keyring(),
+        }
+    }
+}
+
+/// What [`provision`] made.
+pub struct Provisioned {
+    /// The environment the template gives every function.
+    pub env: BTreeMap<String, String>,
+    /// Template logical id to table name.
+    pub tables: BTreeMap<String, String>,
+    /// The names of the tables that did not exist before.
+    pub created: Vec<String>,
+}
+
+/// Creates the template's tables under `ctx`'s names (an existing one is kept) and seeds both
+/// secrets: the Google client (at `google`, redirecting to the template's `OAuthRedirectUri`) and
+/// the keyring.
+pub async fn provision(
+    sdk: &SdkConfig,
+    template: &Template,
+    ctx: &Context,
+    google: &Url,
+    secrets: &StackSecrets,
+) -> Result<Provisioned> {
+    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+    let (mut names, mut created) = (BTreeMap::new(), Vec::new());
+    for spec in template.tables(ctx)? {
+        let name = Template::local_name(ctx, &spec.logical_id);
+        if tables::create_table(&dynamodb, &spec, &name).await? == tables::Outcome::Created {
+            created.push(name.clone());
+        }
+        names.insert(spec.logical_id, name);
+    }
+    let env = template.environment(ctx, None)?;
+    let redirect_uri = ctx
+        .parameters
+        .get("OAuthRedirectUri")
+        .context("no OAuthRedirectUri")?;
+    let client_json = seed::google_client_json(
+        &secrets.client_id,
+        &secrets.client_secret,
+        google,
+        &[redirect_uri],
+        &[APP_ORIGIN],
+    )?;
+    let client = aws_sdk_secretsmanager::Client::new(sdk);
+    for (variable, value) in [
+        ("GOOGLE_CLIENT_SECRET_ID", &client_json),
+        ("TOKEN_KEYS_SECRET_ID", &secrets.keyring),
+    ] {
+        let name = env
+            .get(variable)
+            .ok_or_else(|| anyhow!("template.yaml sets no {variable}"))?;
+        seed::upsert_secret(&client, name, value).await?;
+    }
+    Ok(Provisioned {
+        env,
+        tables: names,
+        created,
+    })
 }
 
 /// Starts a function's binary once per variable of `required` (SPEC's required configuration),

@@ -16,8 +16,9 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use testkit::stack::{StackSecrets, provision};
 use testkit::template::{Context, Template};
-use testkit::{aws, moto, paths, process, rie, seed, tables};
+use testkit::{aws, moto, paths, process, rie};
 
 use crate::setup;
 
@@ -81,14 +82,6 @@ pub struct LocalFunction {
     pub invoke_url: String,
 }
 
-/// The OAuth client and keyring of the local stack, generated once and kept in `.dev/`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct LocalSecrets {
-    client_id: String,
-    client_secret: String,
-    keyring: String,
-}
-
 fn state_file() -> PathBuf {
     paths::dev_dir().join("stack.json")
 }
@@ -126,16 +119,13 @@ pub fn is_running() -> bool {
             .all(|f| process::read_pid(f).is_some_and(process::is_alive))
 }
 
-fn load_or_create_secrets() -> Result<LocalSecrets> {
+/// The local stack's OAuth client and keyring, generated once and kept in `.dev/`.
+fn load_or_create_secrets() -> Result<StackSecrets> {
     let path = paths::dev_dir().join("stack-secrets.json");
     if let Ok(text) = std::fs::read_to_string(&path) {
         return serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()));
     }
-    let secrets = LocalSecrets {
-        client_id: format!("{}.apps.googleusercontent.com", seed::random_token(24)),
-        client_secret: format!("GOCSPX-{}", seed::random_token(28)),
-        keyring: seed::generate_keyring(),
-    };
+    let secrets = StackSecrets::generate();
     std::fs::write(&path, serde_json::to_string_pretty(&secrets)?)?;
     Ok(secrets)
 }
@@ -227,37 +217,19 @@ pub async fn up(options: &Options) -> Result<State> {
     .await
     .context("starting moto's server (log: .dev/logs/moto.log)")?;
     let sdk = aws::local_sdk_config(&aws_endpoint).await;
-    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
-    for spec in template.tables(&ctx)? {
-        let name = Template::local_name(&ctx, &spec.logical_id);
-        let outcome = tables::create_table(&dynamodb, &spec, &name).await?;
-        println!("stack: table {name}: {outcome:?}");
-    }
-
-    let env = template.environment(&ctx, None)?;
     let secrets = load_or_create_secrets()?;
-    let redirect_uri = &ctx.parameters["OAuthRedirectUri"];
     let google_url = format!("http://{}:{}/", options.host, options.google_port);
-    let secrets_client = aws_sdk_secretsmanager::Client::new(&sdk);
-    let client_json = seed::google_client_json(
-        &secrets.client_id,
-        &secrets.client_secret,
-        &Url::parse(&google_url)?,
-        &[redirect_uri],
-        &[testkit::stack::APP_ORIGIN],
-    )?;
-    seed::upsert_secret(
-        &secrets_client,
-        &env["GOOGLE_CLIENT_SECRET_ID"],
-        &client_json,
-    )
-    .await?;
-    seed::upsert_secret(
-        &secrets_client,
-        &env["TOKEN_KEYS_SECRET_ID"],
-        &secrets.keyring,
-    )
-    .await?;
+    let provisioned = provision(&sdk, &template, &ctx, &Url::parse(&google_url)?, &secrets).await?;
+    for name in provisioned.tables.values() {
+        let outcome = if provisioned.created.contains(name) {
+            "created"
+        } else {
+            "already there"
+        };
+        println!("stack: table {name}: {outcome}");
+    }
+    let env = provisioned.env;
+    let redirect_uri = &ctx.parameters["OAuthRedirectUri"];
 
     let mut emulator = Command::new(bin.join("google-emulator"));
     emulator
