@@ -1,56 +1,38 @@
-//! DynamoDB's typed JSON (`{"S": "x"}`, `{"N": "1"}`, ...): the shape Lambda puts in stream events
-//! and the shape `dump_tables` prints, from the SDKs' attribute values.
+//! DynamoDB's typed JSON (`{"S": "x"}`, `{"N": "1"}`, ...), the shape `dump_tables` prints, from the
+//! SDK's attribute values.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-macro_rules! converter {
-    ($name:ident, $item:ident, $attr:ty) => {
-        /// One attribute value as typed JSON.
-        pub fn $name(value: &$attr) -> Value {
-            use $attr as A;
-            match value {
-                A::S(s) => json!({ "S": s }),
-                A::N(n) => json!({ "N": n }),
-                A::B(b) => json!({ "B": STANDARD.encode(b.as_ref()) }),
-                A::Ss(v) => json!({ "SS": v }),
-                A::Ns(v) => json!({ "NS": v }),
-                A::Bs(v) => json!({ "BS": v.iter().map(|b| STANDARD.encode(b.as_ref())).collect::<Vec<_>>() }),
-                A::M(m) => json!({ "M": $item(m) }),
-                A::L(l) => json!({ "L": l.iter().map($name).collect::<Vec<_>>() }),
-                A::Null(b) => json!({ "NULL": b }),
-                A::Bool(b) => json!({ "BOOL": b }),
-                _ => json!({ "UNKNOWN": format!("{value:?}") }),
-            }
+/// One attribute value as typed JSON.
+pub fn table_value(value: &AttributeValue) -> Value {
+    use AttributeValue as A;
+    match value {
+        A::S(s) => json!({ "S": s }),
+        A::N(n) => json!({ "N": n }),
+        A::B(b) => json!({ "B": STANDARD.encode(b.as_ref()) }),
+        A::Ss(v) => json!({ "SS": v }),
+        A::Ns(v) => json!({ "NS": v }),
+        A::Bs(v) => {
+            json!({ "BS": v.iter().map(|b| STANDARD.encode(b.as_ref())).collect::<Vec<_>>() })
         }
-
-        /// An item (attribute name to value) as typed JSON.
-        pub fn $item(item: &HashMap<String, $attr>) -> Value {
-            let mut names: Vec<_> = item.keys().collect();
-            names.sort();
-            Value::Object(
-                names
-                    .into_iter()
-                    .map(|k| (k.clone(), $name(&item[k])))
-                    .collect::<Map<_, _>>(),
-            )
-        }
-    };
+        A::M(m) => json!({ "M": table_item(m) }),
+        A::L(l) => json!({ "L": l.iter().map(table_value).collect::<Vec<_>>() }),
+        A::Null(b) => json!({ "NULL": b }),
+        A::Bool(b) => json!({ "BOOL": b }),
+        _ => json!({ "UNKNOWN": format!("{value:?}") }),
+    }
 }
 
-converter!(
-    table_value,
-    table_item,
-    aws_sdk_dynamodb::types::AttributeValue
-);
-converter!(
-    stream_value,
-    stream_item,
-    aws_sdk_dynamodbstreams::types::AttributeValue
-);
+/// An item (attribute name to value) as typed JSON, names in order.
+pub fn table_item(item: &HashMap<String, AttributeValue>) -> Value {
+    let names: BTreeMap<&String, Value> = item.iter().map(|(k, v)| (k, table_value(v))).collect();
+    json!(names)
+}
 
 #[cfg(test)]
 mod tests {

@@ -312,7 +312,7 @@ impl TestStack {
     pub async fn stream_records(&self, table: &str) -> Result<Vec<Value>> {
         streams::stream_records(
             &aws_sdk_dynamodb::Client::new(&self.sdk),
-            &aws_sdk_dynamodbstreams::Client::new(&self.sdk),
+            &streams::Streams::new(&self.aws_endpoint),
             self.table(table),
         )
         .await

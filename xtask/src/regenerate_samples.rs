@@ -98,12 +98,8 @@ pub async fn regenerate() -> Result<()> {
     .await
     .map_err(aws_sdk_dynamodb::Error::from)?;
 
-    let records = streams::stream_records(
-        &dynamodb,
-        &aws_sdk_dynamodbstreams::Client::new(&sdk),
-        &table,
-    )
-    .await?;
+    let records =
+        streams::stream_records(&dynamodb, &streams::Streams::new(&endpoint), &table).await?;
     if records.len() != STREAM_FILES.len() {
         return Err(anyhow!(
             "expected {} stream records, moto returned {}",

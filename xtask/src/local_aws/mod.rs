@@ -51,15 +51,8 @@ pub async fn run(state: &State, prefix: &str, front_port: u16) -> Result<()> {
         .env
         .get("EVENTS_TABLE")
         .context("the stack has no EVENTS_TABLE")?;
-    let stream_arn = aws_sdk_dynamodb::Client::new(&sdk)
-        .describe_table()
-        .table_name(events_table)
-        .send()
-        .await
-        .context("describing the Events table")?
-        .table
-        .and_then(|t| t.latest_stream_arn)
-        .context("the Events table has no stream")?;
+    let stream_arn =
+        testkit::streams::stream_arn(&aws_sdk_dynamodb::Client::new(&sdk), events_table).await?;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let queue_url = sqs
         .create_queue()
@@ -74,7 +67,7 @@ pub async fn run(state: &State, prefix: &str, front_port: u16) -> Result<()> {
         .with_context(|| format!("{} is not running", stream_function.logical_id))?
         .clone();
     let poller = Poller {
-        streams: aws_sdk_dynamodbstreams::Client::new(&sdk),
+        streams: testkit::streams::Streams::new(&state.aws_endpoint),
         stream_arn,
         settings,
         http: reqwest::Client::builder()
