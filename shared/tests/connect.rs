@@ -17,7 +17,6 @@ use lambda_http::{
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use shared::{
-    aws::Clients,
     config::Config,
     flows::DynamoFlowStore,
     google_oauth::{GoogleOAuth, OAuthError},
@@ -28,15 +27,13 @@ use shared::{
 use testkit::{
     TestStack,
     api_gateway::{HttpApiEvent, cookie_pair},
+    stack::{ALICE, ALICE_SUB, BINDING_COOKIE_ATTRIBUTES, BOB},
 };
 use url::Url;
 
 mod common;
-use common::capture_logs;
+use common::{capture_logs, stack_with_config};
 
-const ALICE: &str = "alice@example.com";
-const ALICE_SUB: &str = "100000000000000000001";
-const BOB: &str = "bob@example.com";
 const EVENTS_OWNED: &str = "https://www.googleapis.com/auth/calendar.events.owned";
 
 // ---- captured logs -------------------------------------------------------------------------
@@ -77,10 +74,7 @@ struct Started {
 
 impl Harness {
     async fn start() -> Self {
-        capture_logs();
-        let stack = TestStack::start().await.expect("test stack");
-        let config = Config::from_source(&stack.env).expect("config from the stack's env");
-        let clients = Clients::new(&stack.sdk);
+        let (stack, config, clients) = stack_with_config().await;
         let replays = Replays::default();
         Self {
             start: StartDeps::new(config.clone(), &clients),
@@ -401,13 +395,7 @@ async fn start_answers_json_when_asked_and_checks_identity_and_return_to() {
     );
     let cookie = header(&response, "set-cookie").unwrap();
     assert!(cookie.starts_with("__Host-calsync_oauth="));
-    for attribute in [
-        "HttpOnly",
-        "Secure",
-        "SameSite=Lax",
-        "Path=/",
-        "Max-Age=600",
-    ] {
+    for attribute in BINDING_COOKIE_ATTRIBUTES {
         assert!(cookie.split("; ").any(|a| a == attribute), "{attribute}");
     }
     // The flow remembers return_to: the outcome goes there.

@@ -29,13 +29,14 @@ use shared::{
     sync::{self, handler::SyncDeps, replay::ProductionReplay},
     sync_state::{DynamoSyncStateStore, SyncState, SyncStateStore, SyncStatus},
 };
-use testkit::{TestStack, api_gateway::HttpApiEvent};
+use testkit::{
+    TestStack,
+    api_gateway::HttpApiEvent,
+    stack::{ALICE, BOB},
+};
 
 mod common;
-use common::capture_logs;
-
-const ALICE: &str = "alice@example.com";
-const BOB: &str = "bob@example.com";
+use common::{capture_logs, stack_with_config};
 
 // ---- the harness ---------------------------------------------------------------------------
 
@@ -54,10 +55,7 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
-        capture_logs();
-        let stack = TestStack::start().await.expect("test stack");
-        let config = Config::from_source(&stack.env).expect("config from the stack's env");
-        let clients = Clients::new(&stack.sdk);
+        let (stack, config, clients) = stack_with_config().await;
         let mut deps = SyncDeps::from_config(&config, &clients, calendar::DEFAULT_TIMEOUT);
         deps.retry.base = Duration::from_millis(20);
         deps.retry.cap = Duration::from_millis(200);

@@ -34,6 +34,18 @@ pub const DEFAULT_RETURN_URL: &str = "https://app.example.test/settings";
 pub const OAUTH_REDIRECT_URI: &str = "https://app.example.test/oauth/google/callback";
 pub const JWT_ISSUER: &str = "https://issuer.example.test";
 pub const JWT_AUDIENCE: &str = "calsync-test";
+/// Two of the Google accounts every emulator starts with, and Alice's Google subject.
+pub const ALICE: &str = google_emulator::state::DEFAULT_ACCOUNTS[0].0;
+pub const ALICE_SUB: &str = google_emulator::state::DEFAULT_ACCOUNTS[0].1;
+pub const BOB: &str = google_emulator::state::DEFAULT_ACCOUNTS[1].0;
+/// What SPEC requires of the `__Host-` cookie that binds a connect to its browser.
+pub const BINDING_COOKIE_ATTRIBUTES: [&str; 5] = [
+    "HttpOnly",
+    "Secure",
+    "SameSite=Lax",
+    "Path=/",
+    "Max-Age=600",
+];
 
 /// moto's server, shared by every test of this process. It dies with the process.
 struct SharedMoto {

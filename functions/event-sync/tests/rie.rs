@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use shared::{
     aws::Clients, config::Config, http, mapping::google_event_id, sync::replay::ProductionReplay,
 };
-use testkit::{TestStack, rie};
+use testkit::{TestStack, rie, stack::ALICE};
 
 /// Connects `user` as `account` through the real start and callback handlers (in process).
 async fn connect(stack: &TestStack, user: &str, account: &str) {
@@ -31,7 +31,7 @@ async fn connect(stack: &TestStack, user: &str, account: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_sync_binary_under_the_rie_applies_a_real_stream_batch() {
     let stack = TestStack::start().await.expect("test stack");
-    connect(&stack, "u1", "alice@example.com").await;
+    connect(&stack, "u1", ALICE).await;
 
     let dynamodb = aws_sdk_dynamodb::Client::new(&stack.sdk);
     let events_table = stack.table("EVENTS_TABLE").to_string();

@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::{Value, json};
 use testkit::api_gateway::{HttpApiEvent, answer_header, answer_set_cookies, cookie_pair};
-use testkit::stack::{APP_ORIGIN, OAUTH_REDIRECT_URI};
+use testkit::stack::{APP_ORIGIN, BINDING_COOKIE_ATTRIBUTES, OAUTH_REDIRECT_URI};
 use testkit::{TestStack, aws, process, seed, template::Template};
 use tokio::process::Command;
 use url::Url;
@@ -593,13 +593,7 @@ fn check_http(file: &str, answer: &Value, expect: &HttpExpect) -> Result<()> {
             .into_iter()
             .find(|c| c.starts_with("__Host-"))
             .ok_or_else(|| anyhow!("{file}: no __Host- Set-Cookie in {answer}"))?;
-        for attribute in [
-            "HttpOnly",
-            "Secure",
-            "SameSite=Lax",
-            "Path=/",
-            "Max-Age=600",
-        ] {
+        for attribute in BINDING_COOKIE_ATTRIBUTES {
             ensure!(
                 cookie.contains(attribute),
                 "{file}: cookie lacks {attribute}: {cookie}"

@@ -320,9 +320,14 @@ impl Poller {
         let mut iterators: HashMap<String, Option<String>> = HashMap::new();
         loop {
             for shard_id in self.streams.shard_ids(&self.stream_arn).await? {
-                if !iterators.contains_key(&shard_id) {
-                    let iterator = self.streams.oldest(&self.stream_arn, &shard_id).await?;
-                    iterators.insert(shard_id, iterator);
+                if let std::collections::hash_map::Entry::Vacant(new_shard) =
+                    iterators.entry(shard_id)
+                {
+                    let iterator = self
+                        .streams
+                        .oldest(&self.stream_arn, new_shard.key())
+                        .await?;
+                    new_shard.insert(iterator);
                 }
             }
             let mut delivered = 0;
