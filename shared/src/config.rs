@@ -16,6 +16,19 @@ pub const DEFAULT_GOOGLE_SCOPES: &str =
     "openid email https://www.googleapis.com/auth/calendar.events.owned";
 pub const DEFAULT_SYNC_CONCURRENCY: usize = 8;
 
+/// The variables without a default: a function stops at start when one is missing.
+pub const REQUIRED_VARIABLES: [&str; 9] = [
+    "GRANTS_TABLE",
+    "OAUTH_FLOWS_TABLE",
+    "SYNC_STATE_TABLE",
+    "EVENTS_TABLE",
+    "GOOGLE_CLIENT_SECRET_ID",
+    "TOKEN_KEYS_SECRET_ID",
+    "OAUTH_REDIRECT_URI",
+    "ALLOWED_RETURN_ORIGINS",
+    "DEFAULT_RETURN_URL",
+];
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("configuration error: {name} is not set; {hint}")]
@@ -321,6 +334,15 @@ mod tests {
 
     #[test]
     fn every_required_variable_is_named_when_missing() {
+        let env = full();
+        let mut names: Vec<&str> = env.keys().map(String::as_str).collect();
+        names.sort();
+        let mut required = REQUIRED_VARIABLES.to_vec();
+        required.sort();
+        assert_eq!(
+            names, required,
+            "full() sets exactly the required variables"
+        );
         for name in full().keys() {
             let mut env = full();
             env.remove(name);

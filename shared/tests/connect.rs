@@ -10,11 +10,13 @@ use std::{
 };
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use lambda_http::{Body, Request, Response, http::StatusCode};
+use lambda_http::{
+    Body, Request, Response,
+    http::{Method, StatusCode},
+};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use shared::{
-    aws::Clients,
     config::Config,
     flows::DynamoFlowStore,
     google_oauth::{GoogleOAuth, OAuthError},
@@ -22,15 +24,16 @@ use shared::{
     http::{self, AfterConnect, CallbackDeps, DynamoParkedChanges, StartDeps},
     secrets::SecretsCache,
 };
+use testkit::{
+    TestStack,
+    api_gateway::{HttpApiEvent, cookie_pair},
+    stack::{ALICE, ALICE_SUB, BINDING_COOKIE_ATTRIBUTES, BOB},
+};
 use url::Url;
-use xtask::testkit::TestStack;
 
 mod common;
-use common::capture_logs;
+use common::{capture_logs, stack_with_config};
 
-const ALICE: &str = "alice@example.com";
-const ALICE_SUB: &str = "100000000000000000001";
-const BOB: &str = "bob@example.com";
 const EVENTS_OWNED: &str = "https://www.googleapis.com/auth/calendar.events.owned";
 
 // ---- captured logs -------------------------------------------------------------------------
@@ -58,7 +61,6 @@ struct Harness {
     callback: CallbackDeps<DynamoGrantStore, DynamoFlowStore, DynamoParkedChanges, Replays>,
     replays: Replays,
     dynamodb: aws_sdk_dynamodb::Client,
-    http: reqwest::Client,
     /// Every answer of this test, as text, for the leak check.
     answers: Mutex<Vec<String>>,
 }
@@ -72,10 +74,7 @@ struct Started {
 
 impl Harness {
     async fn start() -> Self {
-        capture_logs();
-        let stack = TestStack::start().await.expect("test stack");
-        let config = Config::from_source(&stack.env).expect("config from the stack's env");
-        let clients = Clients::new(&stack.sdk);
+        let (stack, config, clients) = stack_with_config().await;
         let replays = Replays::default();
         Self {
             start: StartDeps::new(config.clone(), &clients),
@@ -84,7 +83,6 @@ impl Harness {
             dynamodb: clients.dynamodb.clone(),
             config,
             stack,
-            http: reqwest::Client::new(),
             answers: Mutex::new(Vec::new()),
         }
     }
@@ -113,14 +111,11 @@ impl Harness {
     /// `GET /oauth/google/start` for `user`, returning the consent URL, state and cookie nonce.
     async fn begin(&self, user: &str) -> Started {
         let response = self
-            .call_start(event(
-                "GET",
-                "/oauth/google/start",
-                "",
-                &[],
-                Some(user),
-                None,
-            ))
+            .call_start(
+                HttpApiEvent::get("/oauth/google/start")
+                    .user(user)
+                    .request(),
+            )
             .await;
         assert_eq!(
             response.status(),
@@ -130,13 +125,9 @@ impl Harness {
         );
         let location = Url::parse(header(&response, "location").unwrap()).unwrap();
         let cookie = header(&response, "set-cookie").unwrap();
-        let nonce = cookie
-            .strip_prefix("__Host-calsync_oauth=")
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string();
+        let (name, nonce) = cookie_pair(cookie).unwrap();
+        assert_eq!(name, "__Host-calsync_oauth");
+        let nonce = nonce.to_string();
         let state = query_param(&location, "state").unwrap();
         Started {
             authorization_url: location,
@@ -146,39 +137,20 @@ impl Harness {
     }
 
     async fn control(&self, path: &str, body: Value) -> (reqwest::StatusCode, Value) {
-        let response = self
-            .http
-            .post(self.stack.control(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+        self.stack.control_post(path, &body).await.unwrap()
     }
 
     async fn control_get(&self, path: &str) -> Value {
-        self.http
-            .get(self.stack.control(path))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.stack.control_get(path).await.unwrap()
     }
 
     /// The consent decision at the emulator; returns the callback query Google would send.
     async fn consent(&self, url: &Url, account: &str, decision: &str, remove: &[&str]) -> String {
-        let (status, body) = self
-            .control(
-                "consent",
-                json!({"authorization_url": url.as_str(), "account": account,
-                       "decision": decision, "remove_scopes": remove}),
-            )
-            .await;
-        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
-        let redirect = Url::parse(body["redirect"].as_str().unwrap()).unwrap();
+        let redirect = self
+            .stack
+            .consent(url.as_str(), account, decision, remove)
+            .await
+            .unwrap();
         assert_eq!(
             redirect.as_str().split('?').next().unwrap(),
             self.config.oauth.redirect_uri.as_str()
@@ -187,18 +159,13 @@ impl Harness {
     }
 
     async fn callback_with(&self, query: &str, cookie: Option<&str>) -> Response<Body> {
-        let cookies: Vec<String> = cookie
-            .map(|n| vec![format!("__Host-calsync_oauth={n}"), "theme=dark".into()])
-            .unwrap_or_default();
-        self.call_callback(event(
-            "GET",
-            "/oauth/google/callback",
-            query,
-            &cookies,
-            None,
-            None,
-        ))
-        .await
+        let mut event = HttpApiEvent::get("/oauth/google/callback").query(query);
+        if let Some(nonce) = cookie {
+            event = event
+                .cookie(&format!("__Host-calsync_oauth={nonce}"))
+                .cookie("theme=dark");
+        }
+        self.call_callback(event.request()).await
     }
 
     /// Start, consent as `account`, callback with the right cookie.
@@ -216,14 +183,11 @@ impl Harness {
 
     async fn status_of(&self, user: &str) -> Value {
         let response = self
-            .call_callback(event(
-                "GET",
-                "/oauth/google/status",
-                "",
-                &[],
-                Some(user),
-                None,
-            ))
+            .call_callback(
+                HttpApiEvent::get("/oauth/google/status")
+                    .user(user)
+                    .request(),
+            )
             .await;
         assert_eq!(response.status(), StatusCode::OK);
         serde_json::from_str(&body_text(&response)).unwrap()
@@ -279,51 +243,6 @@ impl Harness {
             }
         }
     }
-}
-
-fn event(
-    method: &str,
-    path: &str,
-    query: &str,
-    cookies: &[String],
-    user: Option<&str>,
-    accept: Option<&str>,
-) -> Request {
-    let mut headers = json!({"host": "api.example.test", "user-agent": "test"});
-    if let Some(accept) = accept {
-        headers["accept"] = json!(accept);
-    }
-    let mut context = json!({
-        "accountId": "123456789012", "apiId": "api", "domainName": "api.example.test",
-        "domainPrefix": "api",
-        "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
-                 "sourceIp": "203.0.113.9", "userAgent": "test"},
-        "requestId": "req", "routeKey": format!("{method} {path}"), "stage": "$default",
-        "time": "25/Nov/2026:21:00:00 +0000", "timeEpoch": 1795640400000u64
-    });
-    if let Some(user) = user {
-        context["authorizer"] = json!({"jwt": {"claims": {"sub": user, "iss": "https://issuer.example.test"},
-                                               "scopes": null}});
-    }
-    let mut event = json!({
-        "version": "2.0",
-        "routeKey": format!("{method} {path}"),
-        "rawPath": path,
-        "rawQueryString": query,
-        "headers": headers,
-        "requestContext": context,
-        "isBase64Encoded": false
-    });
-    if !cookies.is_empty() {
-        event["cookies"] = json!(cookies);
-    }
-    if !query.is_empty() {
-        let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        event["queryStringParameters"] = json!(params);
-    }
-    lambda_http::request::from_str(&event.to_string()).expect("a valid API Gateway v2 event")
 }
 
 fn header<'a>(response: &'a Response<Body>, name: &str) -> Option<&'a str> {
@@ -459,14 +378,13 @@ async fn full_connect_stores_an_active_grant_and_replays() {
 async fn start_answers_json_when_asked_and_checks_identity_and_return_to() {
     let h = Harness::start().await;
     let response = h
-        .call_start(event(
-            "GET",
-            "/oauth/google/start",
-            "return_to=https%3A%2F%2Fapp.example.test%2Fcalendar%3Fx%3D1",
-            &[],
-            Some("user-1"),
-            Some("application/json"),
-        ))
+        .call_start(
+            HttpApiEvent::get("/oauth/google/start")
+                .query("return_to=https%3A%2F%2Fapp.example.test%2Fcalendar%3Fx%3D1")
+                .user("user-1")
+                .header("accept", "application/json")
+                .request(),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     let body = body_json(&response);
@@ -477,17 +395,11 @@ async fn start_answers_json_when_asked_and_checks_identity_and_return_to() {
     );
     let cookie = header(&response, "set-cookie").unwrap();
     assert!(cookie.starts_with("__Host-calsync_oauth="));
-    for attribute in [
-        "HttpOnly",
-        "Secure",
-        "SameSite=Lax",
-        "Path=/",
-        "Max-Age=600",
-    ] {
+    for attribute in BINDING_COOKIE_ATTRIBUTES {
         assert!(cookie.split("; ").any(|a| a == attribute), "{attribute}");
     }
     // The flow remembers return_to: the outcome goes there.
-    let nonce = cookie.split(';').next().unwrap().split_once('=').unwrap().1;
+    let (_, nonce) = cookie_pair(cookie).unwrap();
     let query = h.consent(&url, ALICE, "deny", &[]).await;
     let denied = h.callback_with(&query, Some(nonce)).await;
     assert_eq!(
@@ -503,14 +415,12 @@ async fn start_answers_json_when_asked_and_checks_identity_and_return_to() {
         "return_to=https%3A%2F%2Fapp.example.test&return_to=https%3A%2F%2Fevil.example",
     ] {
         let response = h
-            .call_start(event(
-                "GET",
-                "/oauth/google/start",
-                bad,
-                &[],
-                Some("user-1"),
-                None,
-            ))
+            .call_start(
+                HttpApiEvent::get("/oauth/google/start")
+                    .query(bad)
+                    .user("user-1")
+                    .request(),
+            )
             .await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
         assert_eq!(body_json(&response)["error"], "invalid_return_to");
@@ -518,23 +428,20 @@ async fn start_answers_json_when_asked_and_checks_identity_and_return_to() {
     }
 
     let anonymous = h
-        .call_start(event("GET", "/oauth/google/start", "", &[], None, None))
+        .call_start(HttpApiEvent::get("/oauth/google/start").request())
         .await;
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(body_json(&anonymous)["error"], "unauthorized");
     let status = h
-        .call_callback(event("GET", "/oauth/google/status", "", &[], None, None))
+        .call_callback(HttpApiEvent::get("/oauth/google/status").request())
         .await;
     assert_eq!(status.status(), StatusCode::UNAUTHORIZED);
     let unknown = h
-        .call_callback(event(
-            "GET",
-            "/oauth/google/nothing",
-            "",
-            &[],
-            Some("u"),
-            None,
-        ))
+        .call_callback(
+            HttpApiEvent::get("/oauth/google/nothing")
+                .user("u")
+                .request(),
+        )
         .await;
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
     assert_eq!(body_json(&unknown)["error"], "not_found");
@@ -570,14 +477,12 @@ async fn a_wrong_or_missing_cookie_is_refused_without_calling_google_or_burning_
         .consent(&started.authorization_url, ALICE, "allow", &[])
         .await;
     let missing = h
-        .call_callback(event(
-            "GET",
-            "/oauth/google/callback",
-            &query,
-            &[],
-            None,
-            Some("application/json"),
-        ))
+        .call_callback(
+            HttpApiEvent::get("/oauth/google/callback")
+                .query(&query)
+                .header("accept", "application/json")
+                .request(),
+        )
         .await;
     assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
     assert_eq!(body_json(&missing)["error"], "state_mismatch");
@@ -847,14 +752,11 @@ async fn status_counts_parked_changes_and_delete_revokes() {
     let grant = h.callback.grants.get("user-1").await.unwrap().unwrap();
     let revokes_before = h.stats().await["revoke"].as_u64().unwrap();
     let response = h
-        .call_callback(event(
-            "DELETE",
-            "/oauth/google/connection",
-            "",
-            &[],
-            Some("user-1"),
-            None,
-        ))
+        .call_callback(
+            HttpApiEvent::new(Method::DELETE, "/oauth/google/connection")
+                .user("user-1")
+                .request(),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert_eq!(
@@ -872,14 +774,11 @@ async fn status_counts_parked_changes_and_delete_revokes() {
     ));
     // Deleting again is harmless.
     let again = h
-        .call_callback(event(
-            "DELETE",
-            "/oauth/google/connection",
-            "",
-            &[],
-            Some("user-1"),
-            None,
-        ))
+        .call_callback(
+            HttpApiEvent::new(Method::DELETE, "/oauth/google/connection")
+                .user("user-1")
+                .request(),
+        )
         .await;
     assert_eq!(again.status(), StatusCode::NO_CONTENT);
     h.assert_no_leaks().await;

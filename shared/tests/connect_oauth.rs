@@ -12,24 +12,18 @@ use shared::{
     secrets::{GoogleClient, SecretsCache},
     vault::Keyring,
 };
-use url::Url;
-use xtask::testkit::TestStack;
+use testkit::TestStack;
 
 struct Google {
     stack: TestStack,
     config: Config,
-    http: reqwest::Client,
 }
 
 impl Google {
     async fn start() -> Self {
         let stack = TestStack::start().await.expect("test stack");
         let config = Config::from_source(&stack.env).unwrap();
-        Self {
-            stack,
-            config,
-            http: reqwest::Client::new(),
-        }
+        Self { stack, config }
     }
 
     fn oauth_with(&self, client_secret: &str, timeout: Duration) -> GoogleOAuth {
@@ -48,15 +42,9 @@ impl Google {
     }
 
     async fn control(&self, path: &str, body: Value) -> Value {
-        let response = self
-            .http
-            .post(self.stack.control(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success(), "{path}");
-        response.json().await.unwrap_or(Value::Null)
+        let (status, answer) = self.stack.control_post(path, &body).await.unwrap();
+        assert!(status.is_success(), "{path}");
+        answer
     }
 
     /// A consent by `account` and the code it yields, with the verifier that goes with it.
@@ -66,13 +54,11 @@ impl Google {
             .authorization_url(&self.config.oauth.scopes, "state-1", challenge)
             .await
             .unwrap();
-        let answer = self
-            .control(
-                "consent",
-                json!({"authorization_url": url.as_str(), "account": account, "decision": "allow"}),
-            )
-            .await;
-        let redirect = Url::parse(answer["redirect"].as_str().unwrap()).unwrap();
+        let redirect = self
+            .stack
+            .consent(url.as_str(), account, "allow", &[])
+            .await
+            .unwrap();
         let code = redirect
             .query_pairs()
             .find(|(k, _)| k == "code")

@@ -13,7 +13,7 @@ use std::{
 
 use aws_lambda_events::event::dynamodb::Event as DynamodbEvent;
 use aws_sdk_dynamodb::types::AttributeValue;
-use lambda_http::{Body, Request, Response, http::StatusCode};
+use lambda_http::Body;
 use lambda_runtime::{Context, LambdaEvent};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -29,14 +29,14 @@ use shared::{
     sync::{self, handler::SyncDeps, replay::ProductionReplay},
     sync_state::{DynamoSyncStateStore, SyncState, SyncStateStore, SyncStatus},
 };
-use url::Url;
-use xtask::testkit::TestStack;
+use testkit::{
+    TestStack,
+    api_gateway::HttpApiEvent,
+    stack::{ALICE, BOB},
+};
 
 mod common;
-use common::capture_logs;
-
-const ALICE: &str = "alice@example.com";
-const BOB: &str = "bob@example.com";
+use common::{capture_logs, stack_with_config};
 
 // ---- the harness ---------------------------------------------------------------------------
 
@@ -48,7 +48,6 @@ struct Harness {
     start: StartDeps<DynamoFlowStore>,
     callback:
         CallbackDeps<DynamoGrantStore, DynamoFlowStore, DynamoParkedChanges, ProductionReplay>,
-    http: reqwest::Client,
     events_table: String,
     /// Stream records already handed out.
     seen: Mutex<usize>,
@@ -56,10 +55,7 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
-        capture_logs();
-        let stack = TestStack::start().await.expect("test stack");
-        let config = Config::from_source(&stack.env).expect("config from the stack's env");
-        let clients = Clients::new(&stack.sdk);
+        let (stack, config, clients) = stack_with_config().await;
         let mut deps = SyncDeps::from_config(&config, &clients, calendar::DEFAULT_TIMEOUT);
         deps.retry.base = Duration::from_millis(20);
         deps.retry.cap = Duration::from_millis(200);
@@ -72,7 +68,6 @@ impl Harness {
             clients,
             config,
             stack,
-            http: reqwest::Client::new(),
             seen: Mutex::new(0),
         }
     }
@@ -186,30 +181,13 @@ impl Harness {
     // -- Google's side --
 
     async fn control(&self, path: &str, body: Value) -> Value {
-        let response = self
-            .http
-            .post(self.stack.control(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "control {path}: {}",
-            response.status()
-        );
-        response.json().await.unwrap_or(Value::Null)
+        let (status, answer) = self.stack.control_post(path, &body).await.unwrap();
+        assert!(status.is_success(), "control {path}: {status}");
+        answer
     }
 
     async fn control_get(&self, path: &str) -> Value {
-        self.http
-            .get(self.stack.control(path))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.stack.control_get(path).await.unwrap()
     }
 
     async fn stats(&self) -> Value {
@@ -255,46 +233,15 @@ impl Harness {
     // -- connecting, through the real start and callback handlers --
 
     async fn connect(&self, user: &str, account: &str) {
-        let response = http::start_router(
-            &self.start,
-            api_event("/oauth/google/start", "", &[], Some(user)),
-        )
-        .await;
-        assert_eq!(response.status(), StatusCode::FOUND);
-        let location = header(&response, "location");
-        let nonce = header(&response, "set-cookie")
-            .split(';')
-            .next()
-            .unwrap()
-            .split_once('=')
-            .unwrap()
-            .1
-            .to_string();
-        let cookie_name = header(&response, "set-cookie")
-            .split('=')
-            .next()
-            .unwrap()
-            .to_string();
-        let consent = self
-            .control(
-                "consent",
-                json!({"authorization_url": location, "account": account, "decision": "allow"}),
+        self.stack
+            .connect_through(
+                user,
+                account,
+                async |request| http::start_router(&self.start, request).await,
+                async |request| http::callback_router(&self.callback, request).await,
             )
-            .await;
-        let redirect = Url::parse(consent["redirect"].as_str().unwrap()).unwrap();
-        let response = http::callback_router(
-            &self.callback,
-            api_event(
-                "/oauth/google/callback",
-                redirect.query().unwrap(),
-                &[format!("{cookie_name}={nonce}")],
-                None,
-            ),
-        )
-        .await;
-        assert_eq!(response.status(), StatusCode::FOUND);
-        let back = header(&response, "location");
-        assert!(back.contains("calsync=connected"), "{back}");
+            .await
+            .expect("connected");
     }
 
     /// No value the emulator issued appears in a table or a log line.
@@ -314,45 +261,6 @@ impl Harness {
             assert!(!logs.contains(value), "an issued secret is in the logs");
         }
     }
-}
-
-fn api_event(path: &str, query: &str, cookies: &[String], user: Option<&str>) -> Request {
-    let mut context = json!({
-        "accountId": "123456789012", "apiId": "api", "domainName": "api.example.test",
-        "domainPrefix": "api",
-        "http": {"method": "GET", "path": path, "protocol": "HTTP/1.1",
-                 "sourceIp": "203.0.113.9", "userAgent": "test"},
-        "requestId": "req", "routeKey": format!("GET {path}"), "stage": "$default",
-        "time": "25/Nov/2026:21:00:00 +0000", "timeEpoch": 1795640400000u64
-    });
-    if let Some(user) = user {
-        context["authorizer"] = json!({"jwt": {"claims": {"sub": user}, "scopes": null}});
-    }
-    let mut event = json!({
-        "version": "2.0", "routeKey": format!("GET {path}"), "rawPath": path,
-        "rawQueryString": query, "headers": {"host": "api.example.test"},
-        "requestContext": context, "isBase64Encoded": false
-    });
-    if !cookies.is_empty() {
-        event["cookies"] = json!(cookies);
-    }
-    if !query.is_empty() {
-        let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        event["queryStringParameters"] = json!(params);
-    }
-    lambda_http::request::from_str(&event.to_string()).expect("a valid API Gateway v2 event")
-}
-
-fn header(response: &Response<Body>, name: &str) -> String {
-    response
-        .headers()
-        .get(name)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string()
 }
 
 fn s(value: &str) -> AttributeValue {
@@ -456,6 +364,7 @@ async fn remove_of_an_event_google_deleted_and_delete_then_insert() {
         google_event_id("e2")
     );
     let deleted = h
+        .stack
         .http
         .delete(url)
         .bearer_auth(token.expose_secret())
@@ -634,7 +543,9 @@ async fn a_revoked_refresh_token_parks_and_reconnecting_replays() {
     );
     let status = http::callback_router(
         &h.callback,
-        api_event("/oauth/google/status", "", &[], Some("u1")),
+        HttpApiEvent::get("/oauth/google/status")
+            .user("u1")
+            .request(),
     )
     .await;
     let status: Value = match status.body() {

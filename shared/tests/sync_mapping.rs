@@ -9,7 +9,7 @@ use serde_json::Value;
 use shared::mapping::EventRow;
 
 fn discovery() -> Value {
-    let venv = xtask::paths::venv().expect("the project venv");
+    let venv = testkit::paths::venv().expect("the project venv");
     for entry in std::fs::read_dir(venv.join("lib")).unwrap() {
         let path = entry
             .unwrap()

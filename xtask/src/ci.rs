@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::event_checks::{self, Verdict};
-use crate::{paths, setup, stack};
+use testkit::{moto, paths, process};
+
+use crate::checks::sample_events::{self as event_checks, Verdict};
+use crate::checks::{browser, sam};
+use crate::local_aws::stack;
+use crate::{demo, setup};
 
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -204,14 +208,14 @@ pub async fn run(options: &Options) -> Result<()> {
     if options.sam {
         let started = Instant::now();
         println!("==> sam build with the template's defaults (arm64, what a user deploys)");
-        let outcome = crate::sam::build_template_defaults(&paths::workspace_root())
+        let outcome = sam::build_template_defaults(&paths::workspace_root())
             .await
             .map_err(|e| format!("{e:#}"));
         record("sam build (arm64)", started, outcome);
 
         let started = Instant::now();
         println!("==> sam build + sam local invoke (x86_64, Docker)");
-        let outcome = crate::sam::run_sam_checks(&paths::workspace_root())
+        let outcome = sam::run_sam_checks(&paths::workspace_root())
             .await
             .map(|()| String::new())
             .map_err(|e| format!("{e:#}"));
@@ -261,10 +265,9 @@ fn nextest_available() -> bool {
 
 /// A moto server for the test step, tied to this process; its endpoint and the process handle.
 async fn start_test_moto(venv: &std::path::Path) -> Result<(String, std::process::Child)> {
-    let port = crate::process::free_port()?;
+    let port = process::free_port()?;
     std::fs::create_dir_all(paths::logs_dir())?;
-    let child =
-        crate::moto::start_tied(venv, port, &paths::logs_dir().join("test-moto.log")).await?;
+    let child = moto::start_tied(venv, port, &paths::logs_dir().join("test-moto.log")).await?;
     Ok((format!("http://127.0.0.1:{port}"), child))
 }
 
@@ -326,15 +329,13 @@ where
 /// The real-browser scenarios through the local HTTP front.
 async fn browser_tests(state: stack::State) -> Result<String> {
     let front: url::Url = state.front_url.parse()?;
-    Ok(crate::chromium::scenarios::run_all(&front)
-        .await?
-        .join("; "))
+    Ok(browser::run_all(&front).await?.join("; "))
 }
 
 /// The demo's story, which checks issue 5's promise: a row written to the Events table reaches the
 /// calendar through the stream poller, tokens expire and are revoked, parked changes replay.
 async fn demo_story(state: stack::State) -> Result<String> {
-    let held = crate::demo::DemoStack::from_state(&state)
+    let held = demo::DemoStack::from_state(&state)
         .await?
         .run_and_print()
         .await?;

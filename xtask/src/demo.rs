@@ -146,8 +146,8 @@ where
 
 impl DemoStack {
     /// The demo's view of a stack `cargo xtask stack up` started.
-    pub async fn from_state(state: &crate::stack::State) -> Result<Self> {
-        let sdk = crate::aws::local_sdk_config(&state.aws_endpoint).await;
+    pub async fn from_state(state: &crate::local_aws::stack::State) -> Result<Self> {
+        let sdk = testkit::aws::local_sdk_config(&state.aws_endpoint).await;
         Ok(Self {
             front: state.front_url.parse()?,
             emulator: state.google_url.parse()?,

@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use xtask::local_aws::stack;
+
 const HELP: &str = "\
 cargo xtask setup              install the Python venv (moto, aws-sam-cli, cargo-lambda) into .dev/
 cargo xtask stack up [--host ADDR] | down | status
@@ -29,26 +31,24 @@ async fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["setup"] => xtask::setup::install().map(|_| ()),
         ["stack", "up", rest @ ..] => stack_up(rest).await,
-        ["stack", "down"] => xtask::stack::down()
-            .await
-            .map(|()| println!("stack: stopped")),
+        ["stack", "down"] => stack::down().await.map(|()| println!("stack: stopped")),
         ["stack", "status"] => {
-            println!("{}", xtask::stack::status());
+            println!("{}", stack::status());
             Ok(())
         }
         ["test", rest @ ..] => match xtask::ci::Options::parse(rest) {
             Ok(options) => xtask::ci::run(&options).await,
             Err(e) => Err(e),
         },
-        ["events"] => xtask::events::regenerate().await,
+        ["events"] => xtask::regenerate_samples::regenerate().await,
         ["events", "check"] => xtask::ci::events_under_rie()
             .await
             .map(|summary| println!("events: {summary}")),
-        ["gateway"] => gateway().await,
+        ["stand-ins"] => stand_ins().await,
         ["browser"] => browser().await,
-        ["sam"] => xtask::sam::run_sam_checks(&xtask::paths::workspace_root()).await,
+        ["sam"] => xtask::checks::sam::run_sam_checks(&testkit::paths::workspace_root()).await,
         ["sam", "--fresh-engine"] => {
-            xtask::docker::run_on_fresh_engine(&xtask::paths::workspace_root()).await
+            xtask::docker::run_on_fresh_engine(&testkit::paths::workspace_root()).await
         }
         ["demo"] => demo(false).await,
         ["demo", "--keep-running"] => demo(true).await,
@@ -71,23 +71,23 @@ async fn main() -> ExitCode {
 }
 
 async fn stack_up(rest: &[&str]) -> anyhow::Result<()> {
-    let mut options = xtask::stack::Options::default();
+    let mut options = stack::Options::default();
     match rest {
         [] => {}
         ["--host", host] => options.host = host.to_string(),
         other => anyhow::bail!("stack up: unexpected {other:?}; usage: stack up [--host ADDR]"),
     }
-    let state = xtask::stack::up(&options).await?;
-    println!("stack: up\n{}", xtask::stack::summary(&state));
+    let state = stack::up(&options).await?;
+    println!("stack: up\n{}", stack::summary(&state));
     Ok(())
 }
 
-/// The local stack's HTTP front and stream poller (started by `stack up`).
-async fn gateway() -> anyhow::Result<()> {
-    let state = xtask::stack::load_state()
+/// The local stack's API Gateway and event source mapping (started by `stack up`).
+async fn stand_ins() -> anyhow::Result<()> {
+    let state = stack::load_state()
         .ok_or_else(|| anyhow::anyhow!("no running stack: `cargo xtask stack up` starts one"))?;
-    let options = xtask::stack::Options::default();
-    xtask::gateway::run(&state, xtask::stack::PREFIX, options.front_port).await
+    let options = stack::Options::default();
+    xtask::local_aws::run(&state, stack::PREFIX, options.front_port).await
 }
 
 /// The README's first command: the whole story on a fresh local stack.
@@ -98,11 +98,11 @@ async fn demo(keep_running: bool) -> anyhow::Result<()> {
         "calsync demo: installing and building what the local stack needs (first run: minutes)"
     );
     xtask::setup::ensure()?;
-    xtask::stack::down().await?;
-    let options = xtask::stack::Options::default();
-    let state = xtask::stack::up(&options).await?;
+    stack::down().await?;
+    let options = stack::Options::default();
+    let state = stack::up(&options).await?;
     println!(
-        "calsync demo: stack up in {:.0?} (moto, Google emulator, 3 functions under the RIE, HTTP front, stream poller)\n",
+        "calsync demo: stack up in {:.0?} (moto, Google emulator, 3 functions under the RIE, API Gateway, event source mapping)\n",
         started.elapsed()
     );
     let outcome = xtask::demo::DemoStack::from_state(&state)
@@ -119,14 +119,14 @@ async fn demo(keep_running: bool) -> anyhow::Result<()> {
     if keep_running {
         println!(
             "\nThe stack is still running; try it in a browser:\n{}",
-            xtask::stack::summary(&state)
+            stack::summary(&state)
         );
         println!(
             "  sign in at {}__local/login, then Connect; `cargo xtask stack down` stops it",
             state.front_url
         );
     } else {
-        xtask::stack::down().await?;
+        stack::down().await?;
         println!("calsync demo: stack stopped (`cargo xtask demo --keep-running` leaves it up)");
     }
     outcome
@@ -136,9 +136,9 @@ async fn demo(keep_running: bool) -> anyhow::Result<()> {
 
 /// The browser tests against the running local stack.
 async fn browser() -> anyhow::Result<()> {
-    let state = xtask::stack::load_state()
+    let state = stack::load_state()
         .ok_or_else(|| anyhow::anyhow!("no running stack: `cargo xtask stack up` starts one"))?;
-    for line in xtask::chromium::scenarios::run_all(&state.front_url.parse()?).await? {
+    for line in xtask::checks::browser::run_all(&state.front_url.parse()?).await? {
         println!("browser: ok  {line}");
     }
     Ok(())

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::paths;
+use testkit::paths;
 
 pub const REQUIREMENTS: &str = include_str!("../requirements.txt");
 const STAMP: &str = ".calsync-requirements";

@@ -1,9 +1,13 @@
-//! Helpers the `shared` integration tests share: the log capture their leak scans read.
+//! Helpers the `shared` integration tests share: a test stack with the configuration and clients
+//! on it, and the log capture their leak scans read.
 
 use std::{
     io::Write,
     sync::{Arc, Mutex, OnceLock},
 };
+
+use shared::{aws::Clients, config::Config};
+use testkit::TestStack;
 
 static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
 
@@ -19,6 +23,16 @@ impl Write for Capture {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// A fresh test stack (logs captured), the configuration the functions read from its environment,
+/// and the AWS clients on it.
+pub async fn stack_with_config() -> (TestStack, Config, Clients) {
+    capture_logs();
+    let stack = TestStack::start().await.expect("test stack");
+    let config = Config::from_source(&stack.env).expect("config from the stack's env");
+    let clients = Clients::new(&stack.sdk);
+    (stack, config, clients)
 }
 
 /// Installs the capturing subscriber once per test binary and returns its buffer.

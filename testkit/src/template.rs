@@ -5,7 +5,7 @@
 //! turned into their long forms (`Ref`, `Fn::Sub`, ...), and a small evaluator resolves the
 //! intrinsic functions the template uses against local names for its resources.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -56,7 +56,6 @@ pub struct FunctionSpec {
     pub timeout_seconds: u64,
     /// Its HTTP API routes.
     pub routes: Vec<HttpRoute>,
-    pub has_stream_event: bool,
     /// The `Properties` of its DynamoDB stream event (the event source mapping's settings).
     pub stream_mapping: Option<Value>,
 }
@@ -136,13 +135,6 @@ impl Template {
             .collect()
     }
 
-    /// Logical ids of every Secrets Manager secret the template creates.
-    pub fn secrets(&self, ctx: &Context) -> Result<Vec<String>> {
-        self.resources_of(ctx, "AWS::SecretsManager::Secret")
-            .map(|entry| entry.map(|(id, _)| id.clone()))
-            .collect()
-    }
-
     /// Every `AWS::Serverless::Function` with its cargo binary.
     pub fn functions(&self) -> Result<Vec<FunctionSpec>> {
         let global_timeout = self
@@ -181,7 +173,6 @@ impl Template {
                     .values()
                     .find(|e| e.get("Type").and_then(Value::as_str) == Some("DynamoDB"))
                     .and_then(|e| e.get("Properties").cloned());
-                let has_stream_event = stream_mapping.is_some();
                 Ok(FunctionSpec {
                     logical_id: id.clone(),
                     binary,
@@ -190,11 +181,19 @@ impl Template {
                         .and_then(Value::as_u64)
                         .unwrap_or(global_timeout),
                     routes,
-                    has_stream_event,
                     stream_mapping,
                 })
             })
             .collect()
+    }
+
+    /// The names of the variables every function gets (`Globals`), whatever they resolve to.
+    pub fn global_variables(&self) -> BTreeSet<String> {
+        self.root
+            .pointer("/Globals/Function/Environment/Variables")
+            .and_then(Value::as_object)
+            .map(|variables| variables.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The environment a function gets: `Globals` merged with its own variables, resolved in `ctx`.
@@ -235,11 +234,6 @@ impl Template {
     /// The local physical name of a resource (what `!Ref` gives for tables and secrets here).
     pub fn local_name(ctx: &Context, logical_id: &str) -> String {
         format!("{}{logical_id}", ctx.prefix)
-    }
-
-    /// Resolves any value of the template, for callers that need more than the helpers above.
-    pub fn resolve(&self, ctx: &Context, value: &Value) -> Result<Option<Value>> {
-        Evaluator::new(self, ctx).eval(value)
     }
 }
 
@@ -569,21 +563,6 @@ impl<'a> Evaluator<'a> {
                     let items = self.args(arg, key, 1)?;
                     return Ok(Some((!self.boolean(&items[0])?).into()));
                 }
-                "Fn::And" | "Fn::Or" => {
-                    let items = arg
-                        .as_array()
-                        .ok_or_else(|| anyhow!("{key} expects a list"))?;
-                    let values = items
-                        .iter()
-                        .map(|v| self.boolean(v))
-                        .collect::<Result<Vec<_>>>()?;
-                    let result = if key == "Fn::And" {
-                        values.iter().all(|b| *b)
-                    } else {
-                        values.iter().any(|b| *b)
-                    };
-                    return Ok(Some(result.into()));
-                }
                 "Fn::GetAtt" => {
                     let items = self.args(arg, key, 2)?;
                     return Ok(Some(
@@ -615,18 +594,6 @@ impl<'a> Evaluator<'a> {
                     return Ok(Some(Value::Array(
                         source.split(delimiter.as_str()).map(Value::from).collect(),
                     )));
-                }
-                "Fn::Join" => {
-                    let items = self.args(arg, key, 2)?;
-                    let delimiter = self.string(&items[0])?;
-                    let list = self.eval(&items[1])?.unwrap_or(Value::Array(vec![]));
-                    let parts = list
-                        .as_array()
-                        .ok_or_else(|| anyhow!("Fn::Join expects a list"))?
-                        .iter()
-                        .map(scalar_string)
-                        .collect::<Result<Vec<_>>>()?;
-                    return Ok(Some(parts.join(&delimiter).into()));
                 }
                 "Fn::Select" => {
                     let items = self.args(arg, key, 2)?;

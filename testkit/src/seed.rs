@@ -37,22 +37,13 @@ pub fn google_client_json(
 pub fn generate_keyring() -> String {
     let mut key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut key);
-    let mut id = [0u8; 4];
-    rand::rngs::OsRng.fill_bytes(&mut id);
-    let id = format!("local-{}", hex(&id));
+    let id = format!("local-{}", random_token(8));
     json!({ "current": id, "keys": { id.clone(): STANDARD.encode(key) } }).to_string()
 }
 
-/// A random value for client ids and secrets.
-pub fn random_token(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::rngs::OsRng.fill_bytes(&mut buf);
-    hex(&buf)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+/// Random names and client secrets look like Google's opaque tokens (letters, digits, `-`, `_`),
+/// which every local resource name accepts.
+pub use google_emulator::state::random_token;
 
 /// Creates the secret `name` with `value`, or puts `value` as its new version if it exists.
 pub async fn upsert_secret(client: &Client, name: &str, value: &str) -> Result<()> {

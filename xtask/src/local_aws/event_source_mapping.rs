@@ -20,7 +20,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 use serde_json::{Value, json};
 
 /// The event source mapping settings of the template.
@@ -304,7 +303,7 @@ impl Target for RieTarget {
 
 /// Where to poll from and what to invoke.
 pub struct Poller {
-    pub streams: aws_sdk_dynamodbstreams::Client,
+    pub streams: testkit::streams::Streams,
     pub stream_arn: String,
     pub settings: MappingSettings,
     pub http: reqwest::Client,
@@ -320,32 +319,15 @@ impl Poller {
     pub async fn run(self) -> Result<()> {
         let mut iterators: HashMap<String, Option<String>> = HashMap::new();
         loop {
-            let stream = self
-                .streams
-                .describe_stream()
-                .stream_arn(&self.stream_arn)
-                .send()
-                .await
-                .context("describing the Events stream")?;
-            for shard in stream
-                .stream_description()
-                .map(|d| d.shards())
-                .unwrap_or_default()
-            {
-                let Some(shard_id) = shard.shard_id() else {
-                    continue;
-                };
-                if !iterators.contains_key(shard_id) {
+            for shard_id in self.streams.shard_ids(&self.stream_arn).await? {
+                if let std::collections::hash_map::Entry::Vacant(new_shard) =
+                    iterators.entry(shard_id)
+                {
                     let iterator = self
                         .streams
-                        .get_shard_iterator()
-                        .stream_arn(&self.stream_arn)
-                        .shard_id(shard_id)
-                        .shard_iterator_type(ShardIteratorType::TrimHorizon)
-                        .send()
-                        .await?
-                        .shard_iterator;
-                    iterators.insert(shard_id.to_string(), iterator);
+                        .oldest(&self.stream_arn, new_shard.key())
+                        .await?;
+                    new_shard.insert(iterator);
                 }
             }
             let mut delivered = 0;
@@ -353,20 +335,12 @@ impl Poller {
                 let Some(current) = iterator.clone() else {
                     continue; // closed shard, fully read
                 };
-                let page = self
+                let (records, next) = self
                     .streams
-                    .get_records()
-                    .shard_iterator(current)
-                    .limit(self.settings.batch_size as i32)
-                    .send()
+                    .records(&self.stream_arn, &current, self.settings.batch_size)
                     .await
                     .context("reading the Events stream")?;
-                *iterator = page.next_shard_iterator().map(str::to_string);
-                let records: Vec<Value> = page
-                    .records()
-                    .iter()
-                    .map(|r| crate::streams::lambda_record(r, &self.stream_arn))
-                    .collect();
+                *iterator = next;
                 if records.is_empty() {
                     continue;
                 }

@@ -2,7 +2,7 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::Value;
-use xtask::testkit::{OAUTH_REDIRECT_URI, TestStack};
+use testkit::{TestStack, stack::OAUTH_REDIRECT_URI};
 
 #[tokio::test]
 async fn tables_exist_with_the_templates_keys_indexes_streams_and_ttl() {

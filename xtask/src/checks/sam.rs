@@ -8,26 +8,20 @@
 //! gateway address, which stays on this machine. Last, `sam local start-api` answers one route.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant, SystemTime},
 };
 
+use crate::{apt::which, checks::sample_events, docker, docker::tail};
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType,
-};
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-
-use crate::{apt::which, docker, docker::tail, event_checks};
-use base64::Engine as _;
-use rand::RngCore as _;
 use serde_json::{Value, json};
+use testkit::api_gateway::{HttpApiEvent, answer_header, answer_set_cookies, cookie_pair};
+use testkit::stack::{APP_ORIGIN, BINDING_COOKIE_ATTRIBUTES, OAUTH_REDIRECT_URI};
+use testkit::{TestStack, aws, process, seed, template::Template};
 use tokio::process::Command;
 use url::Url;
 
@@ -38,9 +32,6 @@ pub const IMAGE_VARIABLE: &str = "CALSYNC_SAM_INVOKE_IMAGE";
 pub const DEMO_USER: &str = "demo-user";
 /// The Google account the demo user connects (one of the emulator's default accounts).
 pub const DEMO_ACCOUNT: &str = "alice@example.com";
-const APP_ORIGIN: &str = "https://app.example.test";
-const REDIRECT_URI: &str = "https://app.example.test/oauth/google/callback";
-const REGION: &str = "us-east-1";
 /// How long `sam local start-api` may take to listen.
 const START_API_READY: Duration = Duration::from_secs(120);
 
@@ -309,329 +300,73 @@ fn compiled_since(deps: &Path, since: SystemTime) -> usize {
 }
 
 /// The variables `template.yaml` gives every function (`Globals.Function.Environment`).
-pub fn template_variables(template: &Path) -> Result<std::collections::BTreeSet<String>> {
-    let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(template)?)?;
-    let variables = doc["Globals"]["Function"]["Environment"]["Variables"]
-        .as_mapping()
-        .ok_or_else(|| anyhow!("template.yaml has no Globals.Function.Environment.Variables"))?;
-    Ok(variables
-        .keys()
-        .filter_map(|k| k.as_str().map(str::to_string))
-        .collect())
+pub fn template_variables(template: &Path) -> Result<BTreeSet<String>> {
+    Ok(Template::load(template)?.global_variables())
 }
 
 /// The template's functions by binary name (`BuildProperties.Binary`) → logical id.
 pub fn functions_from_template(template: &Path) -> Result<BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(template)
-        .with_context(|| format!("reading {}", template.display()))?;
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).context("parsing template.yaml")?;
-    let resources = doc
-        .get("Resources")
-        .and_then(|r| r.as_mapping())
-        .ok_or_else(|| anyhow!("template.yaml has no Resources"))?;
-    let mut functions = BTreeMap::new();
-    for (id, resource) in resources {
-        if resource.get("Type").and_then(|t| t.as_str()) != Some("AWS::Serverless::Function") {
-            continue;
-        }
-        let id = id.as_str().unwrap_or_default().to_string();
-        let binary = resource
-            .get("Metadata")
-            .and_then(|m| m.get("BuildProperties"))
-            .and_then(|b| b.get("Binary"))
-            .and_then(|b| b.as_str())
-            .ok_or_else(|| anyhow!("function {id} has no Metadata.BuildProperties.Binary"))?;
-        functions.insert(binary.to_string(), id);
-    }
+    let functions: BTreeMap<String, String> = Template::load(template)?
+        .functions()?
+        .into_iter()
+        .map(|function| (function.binary, function.logical_id))
+        .collect();
     ensure!(!functions.is_empty(), "template.yaml declares no function");
     Ok(functions)
 }
 
 // --------------------------------------------------------------------------------- local services
 
-/// moto's server and the Google emulator, listening on the bridge gateway only.
+/// What the containers call: a test stack whose moto and Google emulator listen on the bridge
+/// gateway, with the template's tables and both secrets.
 struct LocalServices {
-    moto: tokio::process::Child,
-    moto_url: Url,
-    emulator: google_emulator::Running,
-    http: reqwest::Client,
-    tables: BTreeMap<String, String>,
-    client_secret_id: String,
-    keys_secret_id: String,
+    stack: TestStack,
+    /// The variables the template gives every function, as this stack resolves them.
+    variables: BTreeMap<String, String>,
 }
 
 impl LocalServices {
     async fn start(root: &Path, tools: &Tools, gateway: IpAddr) -> Result<Self> {
-        let port = free_port(gateway)?;
+        let moto_server = tools.path("moto_server").context("moto_server not found")?;
         std::fs::create_dir_all(root.join(".dev"))?;
-        let moto_log = std::fs::File::create(root.join(".dev/sam-moto.log"))?;
-        let moto = tools
-            .command("moto_server")
-            .args(["-H", &gateway.to_string(), "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(moto_log.try_clone()?)
-            .stderr(moto_log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting moto_server")?;
-        let moto_url = Url::parse(&format!("http://{gateway}:{port}"))?;
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(30))
-            .build()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http
-            .get(moto_url.join("moto-api/data.json")?)
-            .send()
-            .await
-            .is_err()
-        {
-            ensure!(
-                Instant::now() < deadline,
-                "moto_server did not answer in 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let emulator = google_emulator::Emulator::start(google_emulator::Options {
-            bind: SocketAddr::new(gateway, 0),
-        })
-        .await?;
-
-        let sdk = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(
-                aws_smithy_http_client::Builder::new()
-                    .tls_provider(Provider::Rustls(CryptoMode::Ring))
-                    .build_https(),
-            )
-            .endpoint_url(moto_url.as_str().trim_end_matches('/'))
-            .region(Region::new(REGION))
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                "test",
-                "test",
-                None,
-                None,
-                "sam-checks",
-            ))
-            .load()
-            .await;
-        let suffix = random_token(6);
-        let tables = create_tables(
-            &aws_sdk_dynamodb::Client::new(&sdk),
-            &root.join("template.yaml"),
-            &format!("sam-{suffix}-"),
-        )
-        .await?;
-
-        let client_id = format!("calsync-sam-{suffix}.apps.googleusercontent.com");
-        let client_secret = format!("GOCSPX-{}", random_token(18));
-        let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
-        let client_secret_id = format!("sam-{suffix}/google-client");
-        let keys_secret_id = format!("sam-{suffix}/token-keys");
-        let mut key = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut key);
-        for (id, value) in [
-            (
-                &client_secret_id,
-                json!({"web": {"client_id": client_id, "client_secret": client_secret,
-                               "redirect_uris": [REDIRECT_URI]}}),
-            ),
-            (
-                &keys_secret_id,
-                json!({"current": "k1", "keys": {
-                    "k1": base64::engine::general_purpose::STANDARD.encode(key)}}),
-            ),
-        ] {
-            secrets
-                .create_secret()
-                .name(id.as_str())
-                .secret_string(value.to_string())
-                .send()
-                .await
-                .with_context(|| format!("creating secret {id} in moto"))?;
-        }
-        let services = Self {
-            moto,
-            moto_url,
-            emulator,
-            http,
-            tables,
-            client_secret_id,
-            keys_secret_id,
-        };
-        services
-            .control_post(
-                "clients",
-                &json!({"client_id": client_id, "client_secret": client_secret,
-                        "redirect_uris": [REDIRECT_URI]}),
-            )
-            .await?;
-        Ok(services)
-    }
-
-    fn table(&self, logical_id: &str) -> Result<&str> {
-        self.tables
-            .get(logical_id)
-            .map(String::as_str)
-            .ok_or_else(|| anyhow!("template.yaml declares no table {logical_id}"))
+        let log = root.join(".dev/sam-moto.log");
+        let stack = TestStack::start_reachable_at(gateway, &moto_server, &log).await?;
+        let declared = template_variables(&root.join("template.yaml"))?;
+        let variables = stack
+            .env
+            .iter()
+            .filter(|(name, _)| declared.contains(*name))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        Ok(Self { stack, variables })
     }
 
     /// Every variable of SPEC's configuration table, for every function (`Parameters`).
     fn env_file(&self) -> Result<Value> {
-        let base = self.emulator.base_url.as_str();
-        let table = |id| self.table(id).map(str::to_string);
-        Ok(json!({"Parameters": {
-            "GRANTS_TABLE": table("GrantsTable")?,
-            "OAUTH_FLOWS_TABLE": table("OAuthFlowsTable")?,
-            "SYNC_STATE_TABLE": table("SyncStateTable")?,
-            "EVENTS_TABLE": table("EventsTable")?,
-            "GOOGLE_CLIENT_SECRET_ID": self.client_secret_id,
-            "TOKEN_KEYS_SECRET_ID": self.keys_secret_id,
-            "OAUTH_REDIRECT_URI": REDIRECT_URI,
-            "ALLOWED_RETURN_ORIGINS": APP_ORIGIN,
-            "DEFAULT_RETURN_URL": format!("{APP_ORIGIN}/settings"),
-            "GOOGLE_SCOPES": "openid email https://www.googleapis.com/auth/calendar.events.owned",
-            "GOOGLE_AUTH_URL": format!("{base}o/oauth2/v2/auth"),
-            "GOOGLE_TOKEN_URL": format!("{base}token"),
-            "GOOGLE_REVOKE_URL": format!("{base}revoke"),
-            "GOOGLE_CALENDAR_API_URL": format!("{base}calendar/v3"),
-            "SYNC_CONCURRENCY": "8",
-            "AWS_ENDPOINT_URL": self.moto_url.as_str().trim_end_matches('/'),
-            "RUST_LOG": "info",
-        }}))
+        Ok(json!({ "Parameters": self.variables }))
     }
 
     /// `AwsEndpointUrl` makes the template declare `AWS_ENDPOINT_URL`, which env files may then set.
     fn parameter_overrides(&self) -> Vec<String> {
         vec![
             "Architecture=x86_64".into(),
-            format!(
-                "AwsEndpointUrl={}",
-                self.moto_url.as_str().trim_end_matches('/')
-            ),
+            format!("AwsEndpointUrl={}", self.stack.aws_endpoint),
         ]
-    }
-
-    fn control(&self, path: &str) -> Result<Url> {
-        Ok(self.emulator.base_url.join("__emulator/")?.join(path)?)
-    }
-
-    async fn control_post(&self, path: &str, body: &Value) -> Result<Value> {
-        let response = self
-            .http
-            .post(self.control(path)?)
-            .json(body)
-            .send()
-            .await?;
-        let status = response.status();
-        let text = response.text().await?;
-        ensure!(status.is_success(), "emulator {path}: {status} {text}");
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn control_get(&self, path: &str) -> Result<Value> {
-        let response = self.http.get(self.control(path)?).send().await?;
-        let status = response.status();
-        ensure!(status.is_success(), "emulator {path}: {status}");
-        Ok(response.json().await?)
     }
 
     /// The demo account's primary calendar, cancelled events included.
     async fn calendar(&self) -> Result<Vec<Value>> {
         let listing = self
+            .stack
             .control_get(&format!("calendars/{DEMO_ACCOUNT}/primary/events"))
             .await?;
         Ok(listing["items"].as_array().cloned().unwrap_or_default())
     }
 
-    async fn stop(mut self) {
-        let _ = self.moto.kill().await;
-        self.emulator.shutdown().await;
+    async fn stop(self) {
+        // moto goes with the rest of the stack.
+        self.stack.emulator.shutdown().await;
     }
-}
-
-/// Creates every `AWS::DynamoDB::Table` of the template under `prefix`; logical id → name.
-async fn create_tables(
-    dynamodb: &aws_sdk_dynamodb::Client,
-    template: &Path,
-    prefix: &str,
-) -> Result<BTreeMap<String, String>> {
-    let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(template)?)?;
-    let resources = doc
-        .get("Resources")
-        .and_then(|r| r.as_mapping())
-        .ok_or_else(|| anyhow!("template.yaml has no Resources"))?;
-    let mut tables = BTreeMap::new();
-    for (id, resource) in resources {
-        if resource.get("Type").and_then(|t| t.as_str()) != Some("AWS::DynamoDB::Table") {
-            continue;
-        }
-        let id = id.as_str().unwrap_or_default();
-        let props = &resource["Properties"];
-        let name = format!("{prefix}{id}");
-        let key_schema = |schema: &serde_yaml::Value| -> Result<Vec<KeySchemaElement>> {
-            schema
-                .as_sequence()
-                .into_iter()
-                .flatten()
-                .map(|k| {
-                    Ok(KeySchemaElement::builder()
-                        .attribute_name(k["AttributeName"].as_str().unwrap_or_default())
-                        .key_type(KeyType::from(k["KeyType"].as_str().unwrap_or_default()))
-                        .build()?)
-                })
-                .collect()
-        };
-        let mut request = dynamodb
-            .create_table()
-            .table_name(&name)
-            .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-            .set_key_schema(Some(key_schema(&props["KeySchema"])?));
-        for attribute in props["AttributeDefinitions"]
-            .as_sequence()
-            .into_iter()
-            .flatten()
-        {
-            request = request.attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(attribute["AttributeName"].as_str().unwrap_or_default())
-                    .attribute_type(ScalarAttributeType::from(
-                        attribute["AttributeType"].as_str().unwrap_or_default(),
-                    ))
-                    .build()?,
-            );
-        }
-        for index in props["GlobalSecondaryIndexes"]
-            .as_sequence()
-            .into_iter()
-            .flatten()
-        {
-            request = request.global_secondary_indexes(
-                GlobalSecondaryIndex::builder()
-                    .index_name(index["IndexName"].as_str().unwrap_or_default())
-                    .set_key_schema(Some(key_schema(&index["KeySchema"])?))
-                    .projection(
-                        Projection::builder()
-                            .projection_type(ProjectionType::All)
-                            .build(),
-                    )
-                    .build()?,
-            );
-        }
-        if let Some(view) = props["StreamSpecification"]["StreamViewType"].as_str() {
-            request = request.stream_specification(
-                StreamSpecification::builder()
-                    .stream_enabled(true)
-                    .stream_view_type(StreamViewType::from(view))
-                    .build()?,
-            );
-        }
-        request
-            .send()
-            .await
-            .with_context(|| format!("creating table {name} in moto"))?;
-        tables.insert(id.to_string(), name);
-    }
-    Ok(tables)
 }
 
 // ----------------------------------------------------------------------------------------- invoke
@@ -662,7 +397,7 @@ impl Sam {
             .arg(&self.env_file)
             .arg("--parameter-overrides")
             .args(&self.parameters)
-            .args(["--region", REGION]);
+            .args(["--region", aws::REGION]);
         match &self.image {
             None => command.args(["--invoke-image", docker::BASE_IMAGE, "--skip-pull-image"]),
             Some(image) => command.args(["--invoke-image", image]),
@@ -723,7 +458,7 @@ struct HttpExpect {
 
 /// The checks for the sample events this module knows; other files get the generic check.
 fn http_expectation(file: &str, services: &LocalServices) -> Option<HttpExpect> {
-    let auth_url = format!("{}o/oauth2/v2/auth?", services.emulator.base_url);
+    let auth_url = format!("{}o/oauth2/v2/auth?", services.stack.emulator.base_url);
     let refused = |status, error| HttpExpect {
         status,
         error: Some(error),
@@ -765,14 +500,14 @@ fn check_http(file: &str, answer: &Value, expect: &HttpExpect) -> Result<()> {
         let named = match serde_json::from_str::<Value>(body) {
             Ok(json) => json["error"] == error,
             Err(_) => {
-                header(answer, "content-type").is_some_and(|t| t.starts_with("text/html"))
+                answer_header(answer, "content-type").is_some_and(|t| t.starts_with("text/html"))
                     && body.contains(&format!("<code>{error}</code>"))
             }
         };
         ensure!(named, "{file}: expected error {error}, got {answer}");
     }
     if let Some(prefix) = &expect.location_prefix {
-        let location = header(answer, "location").unwrap_or_default();
+        let location = answer_header(answer, "location").unwrap_or_default();
         ensure!(
             location.starts_with(prefix.as_str()),
             "{file}: Location {location:?} is not on {prefix}"
@@ -781,7 +516,7 @@ fn check_http(file: &str, answer: &Value, expect: &HttpExpect) -> Result<()> {
         let query: BTreeMap<_, _> = url.query_pairs().into_owned().collect();
         for (key, value) in [
             ("response_type", Some("code")),
-            ("redirect_uri", Some(REDIRECT_URI)),
+            ("redirect_uri", Some(OAUTH_REDIRECT_URI)),
             ("access_type", Some("offline")),
             ("prompt", Some("consent")),
             ("code_challenge_method", Some("S256")),
@@ -796,17 +531,11 @@ fn check_http(file: &str, answer: &Value, expect: &HttpExpect) -> Result<()> {
         }
     }
     if expect.sets_cookie {
-        let cookie = set_cookies(answer)
+        let cookie = answer_set_cookies(answer)
             .into_iter()
             .find(|c| c.starts_with("__Host-"))
             .ok_or_else(|| anyhow!("{file}: no __Host- Set-Cookie in {answer}"))?;
-        for attribute in [
-            "HttpOnly",
-            "Secure",
-            "SameSite=Lax",
-            "Path=/",
-            "Max-Age=600",
-        ] {
+        for attribute in BINDING_COOKIE_ATTRIBUTES {
             ensure!(
                 cookie.contains(attribute),
                 "{file}: cookie lacks {attribute}: {cookie}"
@@ -814,36 +543,6 @@ fn check_http(file: &str, answer: &Value, expect: &HttpExpect) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn header(answer: &Value, name: &str) -> Option<String> {
-    let headers = answer["headers"].as_object()?;
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .and_then(|(_, v)| v.as_str().map(str::to_string))
-        .or_else(|| {
-            answer["multiValueHeaders"]
-                .as_object()?
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))?
-                .1
-                .get(0)?
-                .as_str()
-                .map(str::to_string)
-        })
-}
-
-/// API Gateway v2 answers carry Set-Cookie in `cookies`; v1-shaped ones in the headers.
-fn set_cookies(answer: &Value) -> Vec<String> {
-    let mut cookies: Vec<String> = answer["cookies"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.as_str().map(str::to_string))
-        .collect();
-    cookies.extend(header(answer, "set-cookie"));
-    cookies
 }
 
 async fn run_invokes(
@@ -855,19 +554,14 @@ async fn run_invokes(
 ) -> Result<()> {
     let events_dir = sam.root.join("events");
     // events/expected.json names each file's function and what its answer must hold.
-    let files = event_checks::event_files(&events_dir)?;
-    let expectations = event_checks::load_expectations(&events_dir)?;
-    let variables: BTreeMap<String, String> = services.env_file()?["Parameters"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-        .collect();
+    let files = sample_events::event_files(&events_dir)?;
+    let expectations = sample_events::load_expectations(&events_dir)?;
+    let variables = &services.variables;
     let event_sync = functions
         .get("event-sync")
         .ok_or_else(|| anyhow!("no event-sync function"))?;
     let mut outputs = String::new();
-    let (events_dir, expectations, variables) = (&events_dir, &expectations, &variables);
+    let (events_dir, expectations) = (&events_dir, &expectations);
     let invoke_checked = move |file: String| {
         let expectation = expectations.get(&file).cloned();
         async move {
@@ -884,7 +578,7 @@ async fn run_invokes(
                 .await?;
             let took = started.elapsed();
             if let Err(difference) =
-                event_checks::check(&expectation, &invocation.answer, variables)
+                sample_events::check(&expectation, &invocation.answer, variables)
             {
                 ensure!(!expectation.enforced, "events/{file}: {difference}");
                 println!("sam: events/{file}: pending (not enforced): {difference}");
@@ -941,7 +635,7 @@ async fn run_invokes(
 
     // Nothing the emulator issued or received (tokens, codes, verifiers, the client secret)
     // may appear in anything the functions or sam printed.
-    let issued = services.control_get("issued-secrets").await?;
+    let issued = services.stack.control_get("issued-secrets").await?;
     let values: Vec<&str> = issued["values"]
         .as_array()
         .into_iter()
@@ -1011,13 +705,14 @@ async fn connect_through_callback(
     timings: &mut Timings,
     outputs: &mut String,
 ) -> Result<()> {
-    let start_event = http_event(
-        "/oauth/google/start",
-        &[("return_to", format!("{APP_ORIGIN}/calendar"))],
-        &[("accept", "application/json")],
-        Some(DEMO_USER),
-        &[],
-    );
+    let return_to = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("return_to", &format!("{APP_ORIGIN}/calendar"))
+        .finish();
+    let start_event = HttpApiEvent::get("/oauth/google/start")
+        .query(&return_to)
+        .header("accept", "application/json")
+        .user(DEMO_USER)
+        .json();
     let start_file = work.join("connect-start.json");
     std::fs::write(&start_file, serde_json::to_vec(&start_event)?)?;
     let started = Instant::now();
@@ -1036,31 +731,25 @@ async fn connect_through_callback(
     let authorization_url = body["authorization_url"]
         .as_str()
         .ok_or_else(|| anyhow!("connect start gave no authorization_url: {body}"))?;
-    let cookie = set_cookies(&start.answer)
+    let set_cookie = answer_set_cookies(&start.answer)
         .into_iter()
         .find(|c| c.starts_with("__Host-"))
-        .and_then(|c| c.split(';').next().map(str::to_string))
         .ok_or_else(|| anyhow!("connect start set no cookie"))?;
+    let (name, nonce) = cookie_pair(&set_cookie).context("a malformed Set-Cookie")?;
 
-    let consent = services
-        .control_post(
-            "consent",
-            &json!({"authorization_url": authorization_url, "account": DEMO_ACCOUNT,
-                    "decision": "allow"}),
-        )
+    let redirect = services
+        .stack
+        .consent(authorization_url, DEMO_ACCOUNT, "allow", &[])
         .await?;
-    let redirect = Url::parse(
-        consent["redirect"]
-            .as_str()
-            .ok_or_else(|| anyhow!("emulator consent gave no redirect: {consent}"))?,
-    )?;
     ensure!(
-        redirect.as_str().starts_with(REDIRECT_URI),
+        redirect.as_str().starts_with(OAUTH_REDIRECT_URI),
         "consent redirected to {} instead of the callback",
         redirect.path()
     );
-    let query: Vec<(String, String)> = redirect.query_pairs().into_owned().collect();
-    let callback_event = http_event("/oauth/google/callback", &query, &[], None, &[cookie]);
+    let callback_event = HttpApiEvent::get("/oauth/google/callback")
+        .query(redirect.query().unwrap_or_default())
+        .cookie(&format!("{name}={nonce}"))
+        .json();
     let callback_file = work.join("connect-callback.json");
     std::fs::write(&callback_file, serde_json::to_vec(&callback_event)?)?;
     let started = Instant::now();
@@ -1070,7 +759,7 @@ async fn connect_through_callback(
         started.elapsed(),
     );
     outputs.push_str(&callback.output);
-    let location = header(&callback.answer, "location").unwrap_or_default();
+    let location = answer_header(&callback.answer, "location").unwrap_or_default();
     ensure!(
         callback.answer["statusCode"] == 302
             && location.starts_with(&format!("{APP_ORIGIN}/calendar"))
@@ -1079,7 +768,7 @@ async fn connect_through_callback(
         callback.answer
     );
     ensure!(
-        set_cookies(&callback.answer)
+        answer_set_cookies(&callback.answer)
             .iter()
             .any(|c| c.starts_with("__Host-") && c.contains("Max-Age=0")),
         "connect callback did not clear the cookie: {}",
@@ -1106,56 +795,11 @@ async fn connect_through_callback(
     )
 }
 
-/// An API Gateway HTTP API (payload 2.0) GET event, as the sample files hold them.
-fn http_event<Q: AsRef<str>>(
-    path: &str,
-    query: &[(Q, String)],
-    headers: &[(&str, &str)],
-    user: Option<&str>,
-    cookies: &[String],
-) -> Value {
-    let raw_query = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(query.iter().map(|(k, v)| (k.as_ref(), v.as_str())))
-        .finish();
-    let mut header_map = serde_json::Map::new();
-    header_map.insert("host".into(), json!("api.example.test"));
-    for (name, value) in headers {
-        header_map.insert(name.to_string(), json!(value));
-    }
-    let mut context = json!({
-        "accountId": "123456789012", "apiId": "local", "domainName": "api.example.test",
-        "domainPrefix": "api",
-        "http": {"method": "GET", "path": path, "protocol": "HTTP/1.1",
-                 "sourceIp": "192.0.2.10", "userAgent": "sam-checks"},
-        "requestId": random_token(8), "routeKey": format!("GET {path}"), "stage": "$default",
-        "time": "", "timeEpoch": 0,
-    });
-    if let Some(user) = user {
-        context["authorizer"] = json!({"jwt": {"claims": {"sub": user}, "scopes": null}});
-    }
-    let mut event = json!({
-        "version": "2.0", "routeKey": format!("GET {path}"), "rawPath": path,
-        "rawQueryString": raw_query, "headers": header_map, "requestContext": context,
-        "isBase64Encoded": false,
-    });
-    if !query.is_empty() {
-        let params: serde_json::Map<String, Value> = query
-            .iter()
-            .map(|(k, v)| (k.as_ref().to_string(), json!(v)))
-            .collect();
-        event["queryStringParameters"] = Value::Object(params);
-    }
-    if !cookies.is_empty() {
-        event["cookies"] = json!(cookies);
-    }
-    event
-}
-
 // -------------------------------------------------------------------------------------- start-api
 
 /// `sam local start-api` once: the callback route without a state answers 400 `invalid_state`.
 async fn start_api_smoke(sam: &Sam, timings: &mut Timings) -> Result<()> {
-    let port = free_port(IpAddr::from([127, 0, 0, 1]))?;
+    let port = process::free_port()?;
     let log_path = sam.root.join(".dev/sam-start-api.log");
     let log = std::fs::File::create(&log_path)?;
     let started = Instant::now();
@@ -1277,28 +921,16 @@ impl Tools {
             .env("SAM_CLI_TELEMETRY", "0")
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", REGION)
-            .env("AWS_DEFAULT_REGION", REGION);
+            .env("AWS_REGION", aws::REGION)
+            .env("AWS_DEFAULT_REGION", aws::REGION);
         command
     }
-}
-
-fn free_port(ip: IpAddr) -> Result<u16> {
-    let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
-        .with_context(|| format!("no free port on {ip}"))?;
-    Ok(listener.local_addr()?.port())
-}
-
-fn random_token(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::thread_rng().fill_bytes(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn tempdir(root: &Path) -> Result<PathBuf> {
     let dir = root
         .join(".dev")
-        .join(format!("sam-run-{}", random_token(4)));
+        .join(format!("sam-run-{}", seed::random_token(8)));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
@@ -1315,8 +947,8 @@ mod tests {
             functions.keys().map(String::as_str).collect::<Vec<_>>(),
             ["event-sync", "oauth-callback", "oauth-start"]
         );
-        let expectations = event_checks::load_expectations(&root.join("events")).unwrap();
-        let files = event_checks::event_files(&root.join("events")).unwrap();
+        let expectations = sample_events::load_expectations(&root.join("events")).unwrap();
+        let files = sample_events::event_files(&root.join("events")).unwrap();
         assert!(files.len() >= 3, "events/ holds too few samples");
         for name in files {
             let expected = &expectations[&name].function;
@@ -1350,15 +982,6 @@ mod tests {
             let set: std::collections::BTreeSet<String> = object.keys().cloned().collect();
             assert_eq!(set, declared);
         }
-    }
-
-    #[test]
-    fn set_cookie_is_read_from_v2_cookies_and_from_headers() {
-        let v2 = json!({"statusCode": 302, "cookies": ["__Host-a=1; Secure"]});
-        assert_eq!(set_cookies(&v2), ["__Host-a=1; Secure"]);
-        let v1 = json!({"statusCode": 302, "headers": {"Set-Cookie": "__Host-b=2"}});
-        assert_eq!(set_cookies(&v1), ["__Host-b=2"]);
-        assert!(set_cookies(&json!({"statusCode": 200})).is_empty());
     }
 
     #[test]
@@ -1401,20 +1024,5 @@ mod tests {
             )
             .is_err()
         );
-    }
-
-    #[test]
-    fn the_callback_event_carries_query_and_cookie() {
-        let event = http_event(
-            "/oauth/google/callback",
-            &[("state", "s 1".to_string()), ("code", "c".to_string())],
-            &[],
-            None,
-            &["__Host-calsync_oauth=n".to_string()],
-        );
-        assert_eq!(event["rawQueryString"], "state=s+1&code=c");
-        assert_eq!(event["queryStringParameters"]["state"], "s 1");
-        assert_eq!(event["cookies"][0], "__Host-calsync_oauth=n");
-        assert!(event["requestContext"].get("authorizer").is_none());
     }
 }

@@ -15,8 +15,8 @@ use anyhow::{Context as _, Result, anyhow};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::rie;
-use crate::stack::State;
+use crate::local_aws::stack::State;
+use testkit::rie;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,28 +1,31 @@
-//! `cargo xtask gateway`: the local stand-ins for what AWS puts in front of the functions, as one
-//! long-running process of the local stack: the HTTP front (API Gateway, [`front`]) on
-//! `localhost`, and the stream poller (Lambda's event source mapping, [`poller`]) on the Events
-//! table's stream. `stack up` starts it after the functions; it reads `.dev/stack.json`.
+//! The local stand-ins for AWS. [`stack`] is what CloudFormation would create, as long-running
+//! processes. In front of the functions stand [`api_gateway`] (the HTTP API on `localhost`) and
+//! [`event_source_mapping`] (the poller feeding event-sync from the Events table's stream); `cargo
+//! xtask stand-ins` runs both as one process of the stack, which `stack up` starts after the
+//! functions. It reads `.dev/stack.json`.
+
+pub mod api_gateway;
+pub mod event_source_mapping;
+pub mod stack;
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{
-    aws, front,
-    poller::{MappingSettings, Poller},
-    stack::State,
-    template::Template,
-};
+use testkit::{aws, template::Template};
+
+use event_source_mapping::{MappingSettings, Poller};
+use stack::State;
 
 /// The on-failure queue's local name (the template's `EventSyncFailureQueue` under the prefix).
 pub fn failure_queue_name(prefix: &str) -> String {
     format!("{prefix}EventSyncFailureQueue")
 }
 
-/// Runs the front and the poller until either fails.
+/// Runs the API Gateway and the event source mapping until either fails.
 pub async fn run(state: &State, prefix: &str, front_port: u16) -> Result<()> {
     let template = Template::load_workspace()?;
-    let routes = front::routes_from_template(&template)?;
+    let routes = api_gateway::routes_from_template(&template)?;
     let invokers: HashMap<String, String> = state
         .functions
         .iter()
@@ -48,15 +51,8 @@ pub async fn run(state: &State, prefix: &str, front_port: u16) -> Result<()> {
         .env
         .get("EVENTS_TABLE")
         .context("the stack has no EVENTS_TABLE")?;
-    let stream_arn = aws_sdk_dynamodb::Client::new(&sdk)
-        .describe_table()
-        .table_name(events_table)
-        .send()
-        .await
-        .context("describing the Events table")?
-        .table
-        .and_then(|t| t.latest_stream_arn)
-        .context("the Events table has no stream")?;
+    let stream_arn =
+        testkit::streams::stream_arn(&aws_sdk_dynamodb::Client::new(&sdk), events_table).await?;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let queue_url = sqs
         .create_queue()
@@ -71,7 +67,7 @@ pub async fn run(state: &State, prefix: &str, front_port: u16) -> Result<()> {
         .with_context(|| format!("{} is not running", stream_function.logical_id))?
         .clone();
     let poller = Poller {
-        streams: aws_sdk_dynamodbstreams::Client::new(&sdk),
+        streams: testkit::streams::Streams::new(&state.aws_endpoint),
         stream_arn,
         settings,
         http: reqwest::Client::builder()
@@ -90,10 +86,10 @@ pub async fn run(state: &State, prefix: &str, front_port: u16) -> Result<()> {
     };
     println!("gateway: HTTP front on http://localhost:{front_port}/, polling {events_table}");
     tokio::select! {
-        result = front::serve(listener, routes, invokers) => result.context("the HTTP front stopped"),
+        result = api_gateway::serve(listener, routes, invokers) => result.context("the local API Gateway stopped"),
         result = poller.run() => {
-            result.context("the stream poller stopped")?;
-            bail!("the stream poller stopped")
+            result.context("the local event source mapping stopped")?;
+            bail!("the local event source mapping stopped")
         }
     }
 }

@@ -1,6 +1,6 @@
 //! moto's server (DynamoDB, DynamoDB Streams, Secrets Manager, SQS over HTTP), from the venv.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
@@ -15,16 +15,18 @@ fn program(venv: &Path) -> std::path::PathBuf {
     venv.join("bin/moto_server")
 }
 
-/// Starts moto on `127.0.0.1:port`, tied to this process's lifetime; returns once it answers.
+/// Starts the venv's moto on `127.0.0.1:port`, tied to this process's lifetime; returns once it
+/// answers.
 pub async fn start_tied(venv: &Path, port: u16, log: &Path) -> Result<Child> {
-    let port_text = port.to_string();
-    let child = process::spawn_tied(&program(venv), &["-H", "127.0.0.1", "-p", &port_text], log)?;
-    process::wait_for_port(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        STARTUP,
-        "moto_server",
-    )
-    .await?;
+    start_tied_on(&program(venv), IpAddr::from([127, 0, 0, 1]), port, log).await
+}
+
+/// Starts `moto_server` on `ip:port`, tied to this process's lifetime (or until the returned
+/// child is dropped); returns once it answers.
+pub async fn start_tied_on(moto_server: &Path, ip: IpAddr, port: u16, log: &Path) -> Result<Child> {
+    let (host, port_text) = (ip.to_string(), port.to_string());
+    let child = process::spawn_tied(moto_server, &["-H", &host, "-p", &port_text], log)?;
+    process::wait_for_port(SocketAddr::new(ip, port), STARTUP, "moto_server").await?;
     Ok(child)
 }
 
@@ -39,7 +41,7 @@ pub async fn start_detached(
     let mut command = Command::new(program(venv));
     command.args(["-H", host, "-p", &port.to_string()]);
     let pid = process::spawn_detached(&mut command, log, pid_file)?;
-    let ip: std::net::IpAddr = host.parse()?;
+    let ip: IpAddr = host.parse()?;
     process::wait_for_port(SocketAddr::from((ip, port)), STARTUP, "moto_server").await?;
     Ok(pid)
 }

@@ -9,8 +9,10 @@ use anyhow::{Context as _, Result, anyhow};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
 
-use crate::template::Template;
-use crate::{aws, moto, paths, process, stack, streams, tables};
+use testkit::template::Template;
+use testkit::{aws, moto, paths, process, streams, tables};
+
+use crate::local_aws::stack;
 
 /// Docker's default bridge gateway: how a `sam local invoke` container reaches the host.
 pub const DOCKER_BRIDGE_GATEWAY: &str = "172.17.0.1";
@@ -96,12 +98,8 @@ pub async fn regenerate() -> Result<()> {
     .await
     .map_err(aws_sdk_dynamodb::Error::from)?;
 
-    let records = streams::stream_records(
-        &dynamodb,
-        &aws_sdk_dynamodbstreams::Client::new(&sdk),
-        &table,
-    )
-    .await?;
+    let records =
+        streams::stream_records(&dynamodb, &streams::Streams::new(&endpoint), &table).await?;
     if records.len() != STREAM_FILES.len() {
         return Err(anyhow!(
             "expected {} stream records, moto returned {}",

@@ -1,8 +1,7 @@
 //! `cargo xtask stack up|down|status`: the whole local stack as long-running processes. moto's
 //! server with the template's tables and both secrets, the Google emulator with the stack's OAuth
-//! client, each function of the template under the Runtime Interface Emulator, and the gateway
-//! process (the HTTP front standing in for API Gateway, the stream poller for the event source
-//! mapping). State lives in
+//! client, each function of the template under the Runtime Interface Emulator, and the stand-ins
+//! process (the local API Gateway and event source mapping). State lives in
 //! `.dev/`: `stack.json` and `stack.env` (every variable and URL), pid files in `.dev/run/`, logs
 //! in `.dev/logs/`. `up` on a running stack changes nothing; `down` stops by pid and tolerates
 //! stale pid files. `CALSYNC_STACK_BIN_DIR` runs prebuilt binaries instead of building.
@@ -17,8 +16,11 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::template::{Context, Template};
-use crate::{aws, moto, paths, process, rie, seed, setup, tables, testkit};
+use testkit::stack::{StackSecrets, provision};
+use testkit::template::{Context, Template};
+use testkit::{aws, moto, paths, process, rie};
+
+use crate::setup;
 
 /// Local resource names are `calsync-local-GrantsTable` and so on.
 pub const PREFIX: &str = "calsync-local-";
@@ -80,14 +82,6 @@ pub struct LocalFunction {
     pub invoke_url: String,
 }
 
-/// The OAuth client and keyring of the local stack, generated once and kept in `.dev/`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct LocalSecrets {
-    client_id: String,
-    client_secret: String,
-    keyring: String,
-}
-
 fn state_file() -> PathBuf {
     paths::dev_dir().join("stack.json")
 }
@@ -125,16 +119,13 @@ pub fn is_running() -> bool {
             .all(|f| process::read_pid(f).is_some_and(process::is_alive))
 }
 
-fn load_or_create_secrets() -> Result<LocalSecrets> {
+/// The local stack's OAuth client and keyring, generated once and kept in `.dev/`.
+fn load_or_create_secrets() -> Result<StackSecrets> {
     let path = paths::dev_dir().join("stack-secrets.json");
     if let Ok(text) = std::fs::read_to_string(&path) {
         return serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()));
     }
-    let secrets = LocalSecrets {
-        client_id: format!("{}.apps.googleusercontent.com", seed::random_token(12)),
-        client_secret: format!("GOCSPX-{}", seed::random_token(14)),
-        keyring: seed::generate_keyring(),
-    };
+    let secrets = StackSecrets::generate();
     std::fs::write(&path, serde_json::to_string_pretty(&secrets)?)?;
     Ok(secrets)
 }
@@ -143,20 +134,9 @@ fn load_or_create_secrets() -> Result<LocalSecrets> {
 pub fn context(options: &Options) -> Result<Context> {
     let google = Url::parse(&format!("http://{}:{}/", options.host, options.google_port))?;
     let aws = format!("http://{}:{}", options.host, options.aws_port);
-    let mut ctx = testkit::local_context(PREFIX, &google, &aws);
-    let front = front_url(options);
-    for (name, value) in [
-        ("OAuthRedirectUri", format!("{front}oauth/google/callback")),
-        // The sample events in events/ return to the test app's origin; the browser to the front.
-        (
-            "AllowedReturnOrigins",
-            format!("{},{}", front.trim_end_matches('/'), testkit::APP_ORIGIN),
-        ),
-        ("DefaultReturnUrl", front.clone()),
-    ] {
-        ctx.parameters.insert(name.to_string(), value);
-    }
-    Ok(ctx)
+    // The front is the app: the browser returns there, and Google's redirect lands on it.
+    let app = Url::parse(&front_url(options))?;
+    Ok(testkit::stack::local_context(PREFIX, &google, &aws, &app))
 }
 
 /// Where the browser reaches the stack's HTTP routes.
@@ -177,7 +157,7 @@ fn build(template: &Template) -> Result<()> {
         "build",
         "-p",
         "google-emulator",
-        // The gateway process runs this crate's binary as built now, not the `cargo xtask`
+        // The stand-ins process runs this crate's binary as built now, not the `cargo xtask`
         // that is running (a test build may have replaced that file since it started).
         "-p",
         "xtask",
@@ -237,37 +217,19 @@ pub async fn up(options: &Options) -> Result<State> {
     .await
     .context("starting moto's server (log: .dev/logs/moto.log)")?;
     let sdk = aws::local_sdk_config(&aws_endpoint).await;
-    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
-    for spec in template.tables(&ctx)? {
-        let name = Template::local_name(&ctx, &spec.logical_id);
-        let outcome = tables::create_table(&dynamodb, &spec, &name).await?;
-        println!("stack: table {name}: {outcome:?}");
-    }
-
-    let env = template.environment(&ctx, None)?;
     let secrets = load_or_create_secrets()?;
-    let redirect_uri = &ctx.parameters["OAuthRedirectUri"];
     let google_url = format!("http://{}:{}/", options.host, options.google_port);
-    let secrets_client = aws_sdk_secretsmanager::Client::new(&sdk);
-    let client_json = seed::google_client_json(
-        &secrets.client_id,
-        &secrets.client_secret,
-        &Url::parse(&google_url)?,
-        &[redirect_uri],
-        &[testkit::APP_ORIGIN],
-    )?;
-    seed::upsert_secret(
-        &secrets_client,
-        &env["GOOGLE_CLIENT_SECRET_ID"],
-        &client_json,
-    )
-    .await?;
-    seed::upsert_secret(
-        &secrets_client,
-        &env["TOKEN_KEYS_SECRET_ID"],
-        &secrets.keyring,
-    )
-    .await?;
+    let provisioned = provision(&sdk, &template, &ctx, &Url::parse(&google_url)?, &secrets).await?;
+    for name in provisioned.tables.values() {
+        let outcome = if provisioned.created.contains(name) {
+            "created"
+        } else {
+            "already there"
+        };
+        println!("stack: table {name}: {outcome}");
+    }
+    let env = provisioned.env;
+    let redirect_uri = &ctx.parameters["OAuthRedirectUri"];
 
     let mut emulator = Command::new(bin.join("google-emulator"));
     emulator
@@ -339,16 +301,20 @@ pub async fn up(options: &Options) -> Result<State> {
     };
     write_state(&state)?;
 
-    // The HTTP front and the stream poller run in one process of their own (`xtask gateway`).
-    let mut gateway = Command::new(bin.join("xtask"));
-    gateway
-        .arg("gateway")
+    // The API Gateway and the event source mapping run in one process of their own.
+    let mut stand_ins = Command::new(bin.join("xtask"));
+    stand_ins
+        .arg("stand-ins")
         .env("CALSYNC_FRONT_PORT", options.front_port.to_string());
-    process::spawn_detached(&mut gateway, &log_file("gateway"), &pid_file("gateway"))?;
+    process::spawn_detached(
+        &mut stand_ins,
+        &log_file("stand-ins"),
+        &pid_file("stand-ins"),
+    )?;
     process::wait_for_port(
         SocketAddr::from(([127, 0, 0, 1], options.front_port)),
         Duration::from_secs(20),
-        "the HTTP front and stream poller (log: .dev/logs/gateway.log)",
+        "the local API Gateway and event source mapping (log: .dev/logs/stand-ins.log)",
     )
     .await?;
     Ok(state)

@@ -2,16 +2,23 @@
 //! the lifetime of the test process, and detached processes tracked by pid files.
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-/// A port that was free a moment ago (the kernel's pick for port 0).
+/// A loopback port that was free a moment ago (the kernel's pick for port 0).
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    free_port_on(IpAddr::from([127, 0, 0, 1]))
+}
+
+/// A port of `ip` that was free a moment ago.
+pub fn free_port_on(ip: IpAddr) -> Result<u16> {
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0))
+        .with_context(|| format!("no free port on {ip}"))?;
+    Ok(listener.local_addr()?.port())
 }
 
 /// Waits until something accepts TCP connections on `addr`, or fails after `timeout` naming `what`.

@@ -28,10 +28,11 @@ use axum::{
     routing::get,
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use google_emulator::html::escape;
 use rand::RngCore;
 use serde_json::{Value, json};
-
-use crate::template::Template;
+use testkit::api_gateway::HttpApiEvent;
+use testkit::template::Template;
 
 /// The session cookie of the local login; deliberately not `__Host-` so it is visibly local-only.
 pub const SESSION_COOKIE: &str = "calsync_local_session";
@@ -151,13 +152,13 @@ async fn app_page(State(front): State<Arc<Front>>, headers: HeaderMap, uri: Uri)
             r#"<p>Signed in as <b id="user">{user}</b> (<a href="/__local/logout">sign out</a>)</p>
 <p><a id="connect" href="/oauth/google/start?return_to={return_to}">Connect Google Calendar</a></p>
 <p><a id="status" href="/oauth/google/status">Connection status (JSON)</a></p>"#,
-            user = html_escape(&user),
+            user = escape(&user),
         ),
     };
     Html(format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>calsync local app</title></head>
 <body><h1>calsync local app</h1>{body}<p>calsync outcome: <output id="calsync">{outcome}</output></p></body></html>"#,
-        outcome = html_escape(&outcome)
+        outcome = escape(&outcome)
     ))
 }
 
@@ -208,13 +209,6 @@ async fn logout(State(front): State<Arc<Front>>, headers: HeaderMap) -> Response
         .unwrap()
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 fn json_error(status: StatusCode, message: &str) -> Response {
     (
         status,
@@ -259,7 +253,8 @@ async fn gateway(
     }
 }
 
-/// The API Gateway HTTP API payload format 2.0 event for one request.
+/// The API Gateway HTTP API payload format 2.0 event for one request; the claims of the signed-in
+/// user only on routes behind the authorizer.
 pub fn api_gateway_event(
     route: &Route,
     uri: &Uri,
@@ -267,95 +262,18 @@ pub fn api_gateway_event(
     body: &[u8],
     user: Option<&str>,
 ) -> Value {
-    let mut header_map: serde_json::Map<String, Value> = serde_json::Map::new();
-    let mut cookies = Vec::new();
+    let mut event = HttpApiEvent::new(route.method.clone(), uri.path())
+        .query(uri.query().unwrap_or_default())
+        .body(body);
     for (name, value) in headers {
-        let Ok(value) = value.to_str() else { continue };
-        if name == header::COOKIE {
-            cookies.extend(value.split(';').map(|c| c.trim().to_string()));
-            continue;
+        if let Ok(value) = value.to_str() {
+            event = event.header(name.as_str(), value);
         }
-        // API Gateway joins repeated headers with commas and lowercases names.
-        header_map
-            .entry(name.as_str().to_string())
-            .and_modify(|v| {
-                if let Value::String(s) = v {
-                    s.push(',');
-                    s.push_str(value);
-                }
-            })
-            .or_insert_with(|| Value::String(value.to_string()));
     }
-    let raw_query = uri.query().unwrap_or_default();
-    let mut query: serde_json::Map<String, Value> = serde_json::Map::new();
-    for (k, v) in url::form_urlencoded::parse(raw_query.as_bytes()) {
-        query
-            .entry(k.into_owned())
-            .and_modify(|e| {
-                if let Value::String(s) = e {
-                    s.push(',');
-                    s.push_str(&v);
-                }
-            })
-            .or_insert_with(|| Value::String(v.clone().into_owned()));
-    }
-    let route_key = format!("{} {}", route.method, route.path);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let mut request_id = [0u8; 12];
-    rand::thread_rng().fill_bytes(&mut request_id);
-    let mut context = json!({
-        "accountId": "123456789012",
-        "apiId": "local",
-        "domainName": headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost"),
-        "domainPrefix": "local",
-        "http": {
-            "method": route.method.as_str(),
-            "path": uri.path(),
-            "protocol": "HTTP/1.1",
-            "sourceIp": "127.0.0.1",
-            "userAgent": headers.get(header::USER_AGENT).and_then(|h| h.to_str().ok()).unwrap_or(""),
-        },
-        "requestId": URL_SAFE_NO_PAD.encode(request_id),
-        "routeKey": route_key,
-        "stage": "$default",
-        "time": "",
-        "timeEpoch": now.as_millis() as u64,
-    });
     if let (true, Some(user)) = (route.authorized, user) {
-        context["authorizer"] = json!({
-            "jwt": {
-                "claims": { "sub": user, "iss": "calsync-local-front", "aud": "calsync-local" },
-                "scopes": null
-            }
-        });
+        event = event.user(user);
     }
-    let mut event = json!({
-        "version": "2.0",
-        "routeKey": route_key,
-        "rawPath": uri.path(),
-        "rawQueryString": raw_query,
-        "headers": header_map,
-        "requestContext": context,
-        "isBase64Encoded": false,
-    });
-    if !cookies.is_empty() {
-        event["cookies"] = json!(cookies);
-    }
-    if !query.is_empty() {
-        event["queryStringParameters"] = Value::Object(query);
-    }
-    if !body.is_empty() {
-        match std::str::from_utf8(body) {
-            Ok(text) => event["body"] = json!(text),
-            Err(_) => {
-                event["body"] = json!(base64::engine::general_purpose::STANDARD.encode(body));
-                event["isBase64Encoded"] = json!(true);
-            }
-        }
-    }
-    event
+    event.json()
 }
 
 /// Turns a function's v2 answer back into HTTP, as API Gateway does.
@@ -437,15 +355,10 @@ mod tests {
             .parse()
             .unwrap();
         let event = api_gateway_event(&start_route(), &uri, &headers, b"", Some("user-1"));
+        // The request's parts reach the event; HttpApiEvent's own tests cover how each is shaped.
         assert_eq!(event["cookies"], json!(["a=1", "b=2"]));
         assert_eq!(event["headers"]["accept"], "application/json");
-        assert!(event["headers"].get("cookie").is_none());
-        assert_eq!(
-            event["queryStringParameters"]["return_to"],
-            "https://x.test/"
-        );
         assert_eq!(event["queryStringParameters"]["x"], "1,2");
-        assert_eq!(event["routeKey"], "GET /oauth/google/start");
         assert_eq!(
             event["requestContext"]["authorizer"]["jwt"]["claims"]["sub"],
             "user-1"

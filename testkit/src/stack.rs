@@ -1,0 +1,504 @@
+//! A whole calsync stack for one integration test: moto's server (started once per test process
+//! and shared), a fresh in-process Google emulator, the template's tables under a prefix of the
+//! test's own, both secrets seeded, the OAuth client registered at the emulator, and the
+//! environment the functions would see.
+//!
+//! ```no_run
+//! # async fn t() -> anyhow::Result<()> {
+//! let stack = testkit::TestStack::start().await?;
+//! // e.g. shared::config::Config::from_source(&stack.env)
+//! let grants_table = &stack.env["GRANTS_TABLE"];
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context as _, Result, anyhow, ensure};
+use aws_config::SdkConfig;
+use lambda_http::{Body, Request, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+use url::Url;
+
+use crate::api_gateway::{HttpApiEvent, cookie_pair};
+use crate::template::{Context, Template};
+use crate::{aws, ddb_json, moto, paths, process, seed, streams, tables};
+
+pub const APP_ORIGIN: &str = "https://app.example.test";
+pub const DEFAULT_RETURN_URL: &str = "https://app.example.test/settings";
+pub const OAUTH_REDIRECT_URI: &str = "https://app.example.test/oauth/google/callback";
+pub const JWT_ISSUER: &str = "https://issuer.example.test";
+pub const JWT_AUDIENCE: &str = "calsync-test";
+/// Two of the Google accounts every emulator starts with, and Alice's Google subject.
+pub const ALICE: &str = google_emulator::state::DEFAULT_ACCOUNTS[0].0;
+pub const ALICE_SUB: &str = google_emulator::state::DEFAULT_ACCOUNTS[0].1;
+pub const BOB: &str = google_emulator::state::DEFAULT_ACCOUNTS[1].0;
+/// What SPEC requires of the `__Host-` cookie that binds a connect to its browser.
+pub const BINDING_COOKIE_ATTRIBUTES: [&str; 5] = [
+    "HttpOnly",
+    "Secure",
+    "SameSite=Lax",
+    "Path=/",
+    "Max-Age=600",
+];
+
+/// moto's server, shared by every test of this process. It dies with the process.
+struct SharedMoto {
+    endpoint: String,
+    _child: Option<Mutex<std::process::Child>>,
+}
+
+static MOTO: OnceCell<SharedMoto> = OnceCell::const_new();
+static STACKS: AtomicU32 = AtomicU32::new(0);
+
+async fn shared_moto() -> Result<&'static SharedMoto> {
+    MOTO.get_or_try_init(|| async {
+        // An already running emulator (the local stack's, or CI's) can be reused.
+        if let Ok(endpoint) = std::env::var("CALSYNC_TEST_AWS_ENDPOINT") {
+            return Ok(SharedMoto {
+                endpoint,
+                _child: None,
+            });
+        }
+        let venv = paths::venv()?;
+        let port = process::free_port()?;
+        let log =
+            std::env::temp_dir().join(format!("calsync-test-moto-{}.log", std::process::id()));
+        let child = moto::start_tied(&venv, port, &log)
+            .await
+            .with_context(|| format!("starting moto (log: {})", log.display()))?;
+        Ok(SharedMoto {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _child: Some(Mutex::new(child)),
+        })
+    })
+    .await
+}
+
+/// One test's stack. See the module documentation.
+pub struct TestStack {
+    /// Every variable of SPEC's configuration table, plus `AWS_ENDPOINT_URL`, `AWS_REGION`,
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    pub env: HashMap<String, String>,
+    /// Points at moto, on the ring TLS client.
+    pub sdk: SdkConfig,
+    pub emulator: google_emulator::Running,
+    pub client_id: String,
+    pub client_secret: String,
+    /// The prefix of this stack's table and secret names.
+    pub prefix: String,
+    /// Template logical id (`GrantsTable`) to this stack's table name.
+    pub tables: BTreeMap<String, String>,
+    /// moto's endpoint, e.g. `http://127.0.0.1:PORT`.
+    pub aws_endpoint: String,
+    pub http: reqwest::Client,
+    /// A moto of this stack's own (see [`TestStack::start_reachable_at`]); it stops with the stack.
+    _own_moto: Option<std::process::Child>,
+}
+
+impl TestStack {
+    /// A stack on loopback, on the moto server every test of this process shares.
+    pub async fn start() -> Result<Self> {
+        let moto = shared_moto().await?;
+        Self::start_with(moto.endpoint.clone(), None, IpAddr::from([127, 0, 0, 1])).await
+    }
+
+    /// A stack whose moto (`moto_server`, its log in `moto_log`) and emulator listen on `ip`, for
+    /// clients that are not on loopback (containers reach the host on Docker's bridge gateway).
+    pub async fn start_reachable_at(
+        ip: IpAddr,
+        moto_server: &Path,
+        moto_log: &Path,
+    ) -> Result<Self> {
+        let port = process::free_port_on(ip)?;
+        let moto = moto::start_tied_on(moto_server, ip, port, moto_log)
+            .await
+            .with_context(|| format!("starting moto (log: {})", moto_log.display()))?;
+        Self::start_with(format!("http://{ip}:{port}"), Some(moto), ip).await
+    }
+
+    async fn start_with(
+        aws_endpoint: String,
+        own_moto: Option<std::process::Child>,
+        ip: IpAddr,
+    ) -> Result<Self> {
+        let sdk = aws::local_sdk_config(&aws_endpoint).await;
+        let emulator = google_emulator::Emulator::start(google_emulator::Options {
+            bind: SocketAddr::new(ip, 0),
+        })
+        .await
+        .context("starting the Google emulator")?;
+        let prefix = format!(
+            "calsync-t{}-{}-{}-",
+            std::process::id(),
+            STACKS.fetch_add(1, Ordering::Relaxed),
+            seed::random_token(6)
+        );
+        let secrets = StackSecrets::generate();
+        let ctx = local_context(
+            &prefix,
+            &emulator.base_url,
+            &aws_endpoint,
+            &Url::parse(DEFAULT_RETURN_URL)?,
+        );
+        let template = Template::load_workspace()?;
+        let provisioned = provision(&sdk, &template, &ctx, &emulator.base_url, &secrets).await?;
+        let StackSecrets {
+            client_id,
+            client_secret,
+            ..
+        } = secrets;
+        let mut env: HashMap<String, String> = provisioned.env.into_iter().collect();
+
+        let http = reqwest::Client::new();
+        let registered = http
+            .post(emulator.base_url.join("__emulator/clients")?)
+            .json(&json!({
+                "client_id": client_id,
+                "client_secret": client_secret,
+                "redirect_uris": [OAUTH_REDIRECT_URI],
+            }))
+            .send()
+            .await
+            .context("registering the OAuth client at the emulator")?;
+        if !registered.status().is_success() {
+            return Err(anyhow!(
+                "the emulator refused the OAuth client: {}",
+                registered.status()
+            ));
+        }
+
+        for (name, value) in aws::local_env(&aws_endpoint) {
+            env.insert(name.to_string(), value);
+        }
+        Ok(Self {
+            env,
+            sdk,
+            emulator,
+            client_id,
+            client_secret,
+            prefix,
+            tables: provisioned.tables,
+            aws_endpoint,
+            http,
+            _own_moto: own_moto,
+        })
+    }
+
+    /// A URL of the emulator's control API: `control("stats")` is `{base}__emulator/stats`.
+    pub fn control(&self, path: &str) -> Url {
+        self.emulator
+            .base_url
+            .join("__emulator/")
+            .and_then(|base| base.join(path.trim_start_matches('/')))
+            .expect("a relative path joins onto the emulator's URL")
+    }
+
+    /// A control call with a JSON body; its status and JSON answer (`null` when there is none).
+    pub async fn control_post(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<(reqwest::StatusCode, Value)> {
+        let response = self.http.post(self.control(path)).json(body).send().await?;
+        let status = response.status();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// A control read, such as `stats` or `issued-secrets`.
+    pub async fn control_get(&self, path: &str) -> Result<Value> {
+        let response = self.http.get(self.control(path)).send().await?;
+        ensure!(
+            response.status().is_success(),
+            "emulator {path}: {}",
+            response.status()
+        );
+        Ok(response.json().await?)
+    }
+
+    /// Google's consent page answered by `account` with `decision` (`allow` or `deny`), optional
+    /// scopes unticked; the URL Google sends the browser back to.
+    pub async fn consent(
+        &self,
+        authorization_url: &str,
+        account: &str,
+        decision: &str,
+        remove_scopes: &[&str],
+    ) -> Result<Url> {
+        let (status, body) = self
+            .control_post(
+                "consent",
+                &json!({"authorization_url": authorization_url, "account": account,
+                        "decision": decision, "remove_scopes": remove_scopes}),
+            )
+            .await?;
+        ensure!(status.is_success(), "emulator consent: {status} {body}");
+        let redirect = body["redirect"]
+            .as_str()
+            .context("consent gave no redirect")?;
+        Ok(Url::parse(redirect)?)
+    }
+
+    /// Connects `user` to Google as `account` the way a browser does, through the caller's start
+    /// and callback handlers: start, consent, then the callback with the binding cookie.
+    pub async fn connect_through(
+        &self,
+        user: &str,
+        account: &str,
+        start: impl AsyncFnOnce(Request) -> Response<Body>,
+        callback: impl AsyncFnOnce(Request) -> Response<Body>,
+    ) -> Result<()> {
+        let header = |response: &Response<Body>, name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let started = start(
+            HttpApiEvent::get("/oauth/google/start")
+                .user(user)
+                .request(),
+        )
+        .await;
+        ensure!(
+            started.status() == 302,
+            "start answered {}",
+            started.status()
+        );
+        let location = header(&started, "location").context("start gave no Location")?;
+        let set_cookie = header(&started, "set-cookie").context("start set no cookie")?;
+        let (name, nonce) = cookie_pair(&set_cookie).context("a malformed Set-Cookie")?;
+        let redirect = self.consent(&location, account, "allow", &[]).await?;
+        let back = callback(
+            HttpApiEvent::get("/oauth/google/callback")
+                .query(redirect.query().unwrap_or_default())
+                .cookie(&format!("{name}={nonce}"))
+                .request(),
+        )
+        .await;
+        let back = header(&back, "location").unwrap_or_default();
+        ensure!(
+            back.contains("calsync=connected"),
+            "the callback sent the browser to {back:?}"
+        );
+        Ok(())
+    }
+
+    /// The name of a table of this stack, by template logical id (`EventsTable`) or env variable
+    /// (`EVENTS_TABLE`); any other string is taken as a table name.
+    pub fn table<'a>(&'a self, table: &'a str) -> &'a str {
+        self.tables
+            .get(table)
+            .or_else(|| self.env.get(table))
+            .map(String::as_str)
+            .unwrap_or(table)
+    }
+
+    /// Every item of every table of this stack as JSON text (`{"<table>": [items..]}`, DynamoDB
+    /// typed JSON), for leak scans.
+    pub async fn dump_tables(&self) -> Result<String> {
+        let client = aws_sdk_dynamodb::Client::new(&self.sdk);
+        let mut dump = serde_json::Map::new();
+        for name in self.tables.values() {
+            let mut items = Vec::new();
+            let mut pages = client.scan().table_name(name).into_paginator().send();
+            while let Some(page) = pages.next().await {
+                let page = page
+                    .map_err(aws_sdk_dynamodb::Error::from)
+                    .with_context(|| format!("scanning {name}"))?;
+                items.extend(page.items().iter().map(ddb_json::table_item));
+            }
+            dump.insert(name.clone(), Value::Array(items));
+        }
+        Ok(serde_json::to_string_pretty(&Value::Object(dump))?)
+    }
+
+    /// The records moto's stream holds for `table` (see [`TestStack::table`]), in Lambda's
+    /// `DynamodbEvent` record shape.
+    pub async fn stream_records(&self, table: &str) -> Result<Vec<Value>> {
+        streams::stream_records(
+            &aws_sdk_dynamodb::Client::new(&self.sdk),
+            &streams::Streams::new(&self.aws_endpoint),
+            self.table(table),
+        )
+        .await
+    }
+
+    /// `{"Records": [...]}`.
+    pub fn stream_event(records: Vec<Value>) -> Value {
+        streams::stream_event(records)
+    }
+}
+
+/// The template's parameters for a local stack whose Google is `google`, AWS is `aws_endpoint`,
+/// and whose app page `app` is where the browser returns by default; Google redirects to the
+/// callback on the app's origin.
+pub fn local_context(prefix: &str, google: &Url, aws_endpoint: &str, app: &Url) -> Context {
+    let join = |path: &str| {
+        google
+            .join(path)
+            .expect("a relative path joins onto the emulator's URL")
+            .to_string()
+    };
+    let origin = app.origin().ascii_serialization();
+    // The sample events in events/ return to the test app's origin wherever the app is.
+    let allowed_origins = if origin == APP_ORIGIN {
+        origin.clone()
+    } else {
+        format!("{origin},{APP_ORIGIN}")
+    };
+    let parameters = [
+        ("JwtIssuer", JWT_ISSUER.to_string()),
+        ("JwtAudience", JWT_AUDIENCE.to_string()),
+        (
+            "OAuthRedirectUri",
+            format!("{origin}/oauth/google/callback"),
+        ),
+        ("AllowedReturnOrigins", allowed_origins),
+        ("DefaultReturnUrl", app.to_string()),
+        ("GoogleAuthUrl", join("o/oauth2/v2/auth")),
+        ("GoogleTokenUrl", join("token")),
+        ("GoogleRevokeUrl", join("revoke")),
+        ("GoogleCalendarApiUrl", join("calendar/v3")),
+        ("AwsEndpointUrl", aws_endpoint.to_string()),
+    ];
+    Context {
+        parameters: parameters
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        prefix: prefix.to_string(),
+        region: aws::REGION.to_string(),
+        account_id: aws::ACCOUNT_ID.to_string(),
+    }
+}
+
+/// The OAuth client and token keyring a stack's secrets hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackSecrets {
+    pub client_id: String,
+    pub client_secret: String,
+    pub keyring: String,
+}
+
+impl StackSecrets {
+    /// A client id and secret shaped like Google's, and a keyring of one fresh key.
+    pub fn generate() -> Self {
+        Self {
+            client_id: format!("{}.apps.googleusercontent.com", seed::random_token(24)),
+            client_secret: format!("GOCSPX-{}", seed::random_token(28)),
+            keyring: seed::generate_keyring(),
+        }
+    }
+}
+
+/// What [`provision`] made.
+pub struct Provisioned {
+    /// The environment the template gives every function.
+    pub env: BTreeMap<String, String>,
+    /// Template logical id to table name.
+    pub tables: BTreeMap<String, String>,
+    /// The names of the tables that did not exist before.
+    pub created: Vec<String>,
+}
+
+/// Creates the template's tables under `ctx`'s names (an existing one is kept) and seeds both
+/// secrets: the Google client (at `google`, redirecting to the template's `OAuthRedirectUri`) and
+/// the keyring.
+pub async fn provision(
+    sdk: &SdkConfig,
+    template: &Template,
+    ctx: &Context,
+    google: &Url,
+    secrets: &StackSecrets,
+) -> Result<Provisioned> {
+    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+    let (mut names, mut created) = (BTreeMap::new(), Vec::new());
+    for spec in template.tables(ctx)? {
+        let name = Template::local_name(ctx, &spec.logical_id);
+        if tables::create_table(&dynamodb, &spec, &name).await? == tables::Outcome::Created {
+            created.push(name.clone());
+        }
+        names.insert(spec.logical_id, name);
+    }
+    let env = template.environment(ctx, None)?;
+    let redirect_uri = ctx
+        .parameters
+        .get("OAuthRedirectUri")
+        .context("no OAuthRedirectUri")?;
+    let client_json = seed::google_client_json(
+        &secrets.client_id,
+        &secrets.client_secret,
+        google,
+        &[redirect_uri],
+        &[APP_ORIGIN],
+    )?;
+    let client = aws_sdk_secretsmanager::Client::new(sdk);
+    for (variable, value) in [
+        ("GOOGLE_CLIENT_SECRET_ID", &client_json),
+        ("TOKEN_KEYS_SECRET_ID", &secrets.keyring),
+    ] {
+        let name = env
+            .get(variable)
+            .ok_or_else(|| anyhow!("template.yaml sets no {variable}"))?;
+        seed::upsert_secret(&client, name, value).await?;
+    }
+    Ok(Provisioned {
+        env,
+        tables: names,
+        created,
+    })
+}
+
+/// Starts a function's binary once per variable of `required` (SPEC's required configuration),
+/// each time without that variable (and once with a malformed URL), and checks that it stops
+/// before serving: exit status 78 and one line on stderr naming the variable. The other
+/// variables are the local stack's, from the template. Returns how many starts were checked.
+pub fn check_stops_on_bad_configuration(
+    binary: &std::path::Path,
+    required: &[&str],
+) -> Result<usize> {
+    let google = Url::parse("http://127.0.0.1:1/")?;
+    let app = Url::parse(DEFAULT_RETURN_URL)?;
+    let ctx = local_context("calsync-config-", &google, "http://127.0.0.1:1", &app);
+    let valid = Template::load_workspace()?.environment(&ctx, None)?;
+    let run = |missing: &str, malformed: Option<&str>| -> Result<(Option<i32>, String)> {
+        let mut command = std::process::Command::new(binary);
+        command
+            .env_clear()
+            .envs(valid.iter().filter(|(name, _)| *name != missing))
+            .env("AWS_REGION", aws::REGION);
+        if let Some(value) = malformed {
+            command.env(missing, value);
+        }
+        let output = command
+            .output()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok((
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    };
+    let mut cases: Vec<(&str, Option<&str>)> = required.iter().map(|name| (*name, None)).collect();
+    cases.push(("OAUTH_REDIRECT_URI", Some("not a url")));
+    for (variable, malformed) in &cases {
+        ensure!(
+            valid.contains_key(*variable),
+            "template.yaml sets no {variable}"
+        );
+        let (code, stderr) = run(variable, *malformed)?;
+        let lines: Vec<&str> = stderr.lines().collect();
+        ensure!(
+            code == Some(78) && lines.len() == 1 && lines[0].contains(variable),
+            "{} with {variable} missing or malformed: exit {code:?}, stderr {stderr:?}",
+            binary.display()
+        );
+    }
+    Ok(cases.len())
+}

@@ -1,0 +1,5 @@
+//! The checks `cargo xtask test` runs beyond `cargo test`.
+
+pub mod browser;
+pub mod sam;
+pub mod sample_events;
