@@ -17,7 +17,7 @@ use lambda_http::{Body, Request, Response, http::StatusCode};
 use lambda_runtime::{Context, LambdaEvent};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
-use shared::{
+use calsync::{
     aws::Clients,
     calendar,
     config::Config,

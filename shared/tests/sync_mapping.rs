@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde_dynamo::AttributeValue as A;
 use serde_json::Value;
-use shared::mapping::EventRow;
+use calsync::mapping::EventRow;
 
 fn discovery() -> Value {
     let venv = xtask::paths::venv().expect("the project venv");

@@ -367,7 +367,7 @@ fn compiled_since(deps: &Path, since: SystemTime) -> usize {
 
 /// The variables `template.yaml` gives every function (`Globals.Function.Environment`).
 pub fn template_variables(template: &Path) -> Result<std::collections::BTreeSet<String>> {
-    let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(template)?)?;
+    let doc: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(template)?)?;
     let variables = doc["Globals"]["Function"]["Environment"]["Variables"]
         .as_mapping()
         .ok_or_else(|| anyhow!("template.yaml has no Globals.Function.Environment.Variables"))?;
@@ -381,7 +381,7 @@ pub fn template_variables(template: &Path) -> Result<std::collections::BTreeSet<
 pub fn functions_from_template(template: &Path) -> Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(template)
         .with_context(|| format!("reading {}", template.display()))?;
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).context("parsing template.yaml")?;
+    let doc: serde_norway::Value = serde_norway::from_str(&text).context("parsing template.yaml")?;
     let resources = doc
         .get("Resources")
         .and_then(|r| r.as_mapping())
@@ -612,7 +612,7 @@ async fn create_tables(
     template: &Path,
     prefix: &str,
 ) -> Result<BTreeMap<String, String>> {
-    let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(template)?)?;
+    let doc: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(template)?)?;
     let resources = doc
         .get("Resources")
         .and_then(|r| r.as_mapping())
@@ -625,7 +625,7 @@ async fn create_tables(
         let id = id.as_str().unwrap_or_default();
         let props = &resource["Properties"];
         let name = format!("{prefix}{id}");
-        let key_schema = |schema: &serde_yaml::Value| -> Result<Vec<KeySchemaElement>> {
+        let key_schema = |schema: &serde_norway::Value| -> Result<Vec<KeySchemaElement>> {
             schema
                 .as_sequence()
                 .into_iter()

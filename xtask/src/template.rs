@@ -84,7 +84,7 @@ impl Template {
     }
 
     pub fn parse(text: &str) -> Result<Self> {
-        let yaml: serde_yaml::Value = serde_yaml::from_str(text)?;
+        let yaml: serde_norway::Value = serde_norway::from_str(text)?;
         Ok(Self {
             root: long_form(yaml)?,
         })
@@ -310,8 +310,8 @@ fn table_spec(id: &str, resource: &Value) -> Result<TableSpec> {
 }
 
 /// YAML to JSON, with every short tag (`!Ref x`) turned into its long form (`{"Ref": x}`).
-fn long_form(value: serde_yaml::Value) -> Result<Value> {
-    use serde_yaml::Value as Y;
+fn long_form(value: serde_norway::Value) -> Result<Value> {
+    use serde_norway::Value as Y;
     Ok(match value {
         Y::Null => Value::Null,
         Y::Bool(b) => Value::Bool(b),
@@ -325,7 +325,7 @@ fn long_form(value: serde_yaml::Value) -> Result<Value> {
             for (k, v) in map {
                 let key = match k {
                     Y::String(s) => s,
-                    other => serde_yaml::to_string(&other)?.trim().to_string(),
+                    other => serde_norway::to_string(&other)?.trim().to_string(),
                 };
                 out.insert(key, long_form(v)?);
             }

@@ -8,7 +8,7 @@ use std::{collections::HashMap, net::SocketAddr, process::Stdio, time::Duration}
 use aws_sdk_dynamodb::types::AttributeValue;
 use lambda_http::{Request, http::StatusCode};
 use serde_json::{Value, json};
-use shared::{
+use calsync::{
     aws::Clients, config::Config, http, mapping::google_event_id, sync::replay::ProductionReplay,
 };
 use url::Url;

@@ -26,7 +26,7 @@ pub fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
     LOGS.get_or_init(|| {
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let writer = Capture(buffer.clone());
-        shared::telemetry::init_with_writer(move || writer.clone());
+        calsync::telemetry::init_with_writer(move || writer.clone());
         buffer
     })
     .clone()
