@@ -10,18 +10,18 @@ use std::{
 };
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use lambda_http::{Body, Request, Response, http::StatusCode};
-use secrecy::ExposeSecret;
-use serde_json::{Value, json};
 use calsync::{
     aws::Clients,
     config::Config,
-    flows::DynamoFlowStore,
     google_oauth::{GoogleOAuth, OAuthError},
-    grants::{DynamoGrantStore, GrantStatus, GrantStore},
-    http::{self, AfterConnect, CallbackDeps, DynamoParkedChanges, StartDeps},
+    grants::{GrantStatus, GrantStore},
+    http::{self, AfterConnect, CallbackDeps, StartDeps},
     secrets::SecretsCache,
+    store::{DynamoFlowStore, DynamoGrantStore},
 };
+use lambda_http::{Body, Request, Response, http::StatusCode};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
 use url::Url;
 use xtask::testkit::TestStack;
 
@@ -55,7 +55,7 @@ struct Harness {
     stack: TestStack,
     config: Config,
     start: StartDeps<DynamoFlowStore>,
-    callback: CallbackDeps<DynamoGrantStore, DynamoFlowStore, DynamoParkedChanges, Replays>,
+    callback: CallbackDeps<http::Production<Replays>>,
     replays: Replays,
     dynamodb: aws_sdk_dynamodb::Client,
     http: reqwest::Client,

@@ -4,14 +4,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
 use calsync::{
     config::Config,
     google_oauth::{self, GoogleOAuth, OAuthError},
     secrets::{GoogleClient, SecretsCache},
     vault::Keyring,
 };
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
 use url::Url;
 use xtask::testkit::TestStack;
 

@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
+use calsync::mapping::EventRow;
 use serde_dynamo::AttributeValue as A;
 use serde_json::Value;
-use calsync::mapping::EventRow;
 
 fn discovery() -> Value {
     let venv = xtask::paths::venv().expect("the project venv");

@@ -381,7 +381,8 @@ pub fn template_variables(template: &Path) -> Result<std::collections::BTreeSet<
 pub fn functions_from_template(template: &Path) -> Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(template)
         .with_context(|| format!("reading {}", template.display()))?;
-    let doc: serde_norway::Value = serde_norway::from_str(&text).context("parsing template.yaml")?;
+    let doc: serde_norway::Value =
+        serde_norway::from_str(&text).context("parsing template.yaml")?;
     let resources = doc
         .get("Resources")
         .and_then(|r| r.as_mapping())

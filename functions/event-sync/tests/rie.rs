@@ -6,11 +6,11 @@
 use std::{collections::HashMap, net::SocketAddr, process::Stdio, time::Duration};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use lambda_http::{Request, http::StatusCode};
-use serde_json::{Value, json};
 use calsync::{
     aws::Clients, config::Config, http, mapping::google_event_id, sync::replay::ProductionReplay,
 };
+use lambda_http::{Request, http::StatusCode};
+use serde_json::{Value, json};
 use url::Url;
 use xtask::{paths, process, testkit::TestStack};
 

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use lambda_http::{Error, Request, service_fn};
 use calsync::{aws::Clients, config, http, sync::replay::ProductionReplay, telemetry};
+use lambda_http::{Error, Request, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
