@@ -6,11 +6,14 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::{
+    Client,
+    types::{AttributeValue, ReturnValue},
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Item, SealedTable, Table, unless_condition_failed};
+use super::{Item, SealedTable, unless_condition_failed};
 use crate::{
     flows::{Flow, FlowError, FlowStore},
     secrets::SecretsCache,
@@ -33,15 +36,8 @@ struct StoredFlow {
 pub struct DynamoFlowStore(SealedTable);
 
 impl DynamoFlowStore {
-    pub fn new(
-        client: aws_sdk_dynamodb::Client,
-        table: String,
-        secrets: Arc<SecretsCache>,
-    ) -> Self {
-        Self(SealedTable::new(
-            Table::new(client, table, "state"),
-            secrets,
-        ))
+    pub fn new(client: Client, table: String, secrets: Arc<SecretsCache>) -> Self {
+        Self(SealedTable::new(client, table, "state", secrets))
     }
 
     async fn to_flow(&self, item: Item) -> Result<Flow, FlowError> {

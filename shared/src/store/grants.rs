@@ -7,11 +7,11 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::{Client, types::AttributeValue};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Item, SealedTable, Table, unless_condition_failed};
+use super::{Item, SealedTable, unless_condition_failed};
 use crate::{
     grants::{Grant, GrantError, GrantStatus, GrantStore},
     secrets::SecretsCache,
@@ -67,15 +67,8 @@ fn conflict(user_id: &str) -> GrantError {
 }
 
 impl DynamoGrantStore {
-    pub fn new(
-        client: aws_sdk_dynamodb::Client,
-        table: String,
-        secrets: Arc<SecretsCache>,
-    ) -> Self {
-        Self(SealedTable::new(
-            Table::new(client, table, "user_id"),
-            secrets,
-        ))
+    pub fn new(client: Client, table: String, secrets: Arc<SecretsCache>) -> Self {
+        Self(SealedTable::new(client, table, "user_id", secrets))
     }
 }
 

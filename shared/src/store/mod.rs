@@ -133,8 +133,16 @@ pub struct SealedTable {
 }
 
 impl SealedTable {
-    pub fn new(table: Table, secrets: Arc<SecretsCache>) -> Self {
-        Self { table, secrets }
+    pub fn new(
+        client: aws_sdk_dynamodb::Client,
+        name: String,
+        key: &'static str,
+        secrets: Arc<SecretsCache>,
+    ) -> Self {
+        Self {
+            table: Table::new(client, name, key),
+            secrets,
+        }
     }
 
     /// The vault with the current keyring (cached by [`SecretsCache`]).
