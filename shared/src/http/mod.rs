@@ -60,8 +60,9 @@ pub trait CallbackPorts {
     type AfterConnect: AfterConnect;
 }
 
-/// The production ports: DynamoDB stores, and `A` run after each successful connect.
-pub struct Production<A>(std::marker::PhantomData<A>);
+/// The production ports: DynamoDB stores, and `A` run after each successful connect. Never
+/// built: it only names types.
+pub struct Production<A>(std::marker::PhantomData<fn() -> A>);
 
 impl<A: AfterConnect> CallbackPorts for Production<A> {
     type Grants = DynamoGrantStore;
@@ -204,6 +205,7 @@ mod tests {
         sync_state::StateError,
         vault::Keyring,
     };
+    use serde_json::json;
 
     /// A fixed count of parked changes.
     struct FixedParkedChanges(u64);
@@ -214,6 +216,7 @@ mod tests {
         }
     }
 
+    /// In-memory stores, a fixed parked count, no replay.
     enum Fakes {}
 
     impl CallbackPorts for Fakes {
@@ -222,7 +225,6 @@ mod tests {
         type Parked = FixedParkedChanges;
         type AfterConnect = NoReplay;
     }
-    use serde_json::json;
 
     fn config() -> Config {
         let env: std::collections::HashMap<String, String> = [

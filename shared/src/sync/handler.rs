@@ -45,7 +45,8 @@ pub async fn handle<P: SyncPorts>(
     Ok(response)
 }
 
-/// The production ports: Google over HTTP, the state, grants and rows in DynamoDB.
+/// The production ports: Google over HTTP, the state, grants and rows in DynamoDB. Never built:
+/// it only names types.
 pub enum Production {}
 
 impl SyncPorts for Production {
