@@ -16,16 +16,13 @@ use std::future::Future;
 
 use lambda_http::{Body, Request, Response, http::Method, http::StatusCode};
 
-use std::sync::Arc;
-
 use crate::{
     aws::Clients,
     config::Config,
     flows::FlowStore,
     google_oauth::GoogleOAuth,
     grants::GrantStore,
-    secrets::SecretsCache,
-    store::{DynamoFlowStore, DynamoGrantStore, DynamoSyncStateStore},
+    store::{DynamoFlowStore, DynamoGrantStore, DynamoSyncStateStore, Stores},
     sync_state::ParkedChanges,
 };
 
@@ -84,17 +81,10 @@ pub struct CallbackDeps<P: CallbackPorts> {
 impl StartDeps<DynamoFlowStore> {
     /// The production wiring: DynamoDB and Secrets Manager clients, Google's endpoints.
     pub fn new(config: Config, clients: &Clients) -> Self {
-        let secrets = Arc::new(SecretsCache::new(
-            clients.secrets.clone(),
-            config.secrets.clone(),
-        ));
+        let stores = Stores::new(&config, clients);
         Self {
-            flows: DynamoFlowStore::new(
-                clients.dynamodb.clone(),
-                config.tables.oauth_flows.clone(),
-                secrets.clone(),
-            ),
-            google: GoogleOAuth::new(&config, secrets),
+            flows: stores.flows(),
+            google: GoogleOAuth::new(&config, stores.secrets()),
             config,
         }
     }
@@ -103,27 +93,13 @@ impl StartDeps<DynamoFlowStore> {
 impl<A: AfterConnect> CallbackDeps<Production<A>> {
     /// The production wiring, with `after_connect` run after each successful connect.
     pub fn new(config: Config, clients: &Clients, after_connect: A) -> Self {
-        let secrets = Arc::new(SecretsCache::new(
-            clients.secrets.clone(),
-            config.secrets.clone(),
-        ));
+        let stores = Stores::new(&config, clients);
         Self {
-            grants: DynamoGrantStore::new(
-                clients.dynamodb.clone(),
-                config.tables.grants.clone(),
-                secrets.clone(),
-            ),
-            flows: DynamoFlowStore::new(
-                clients.dynamodb.clone(),
-                config.tables.oauth_flows.clone(),
-                secrets.clone(),
-            ),
-            parked: DynamoSyncStateStore::new(
-                clients.dynamodb.clone(),
-                config.tables.sync_state.clone(),
-            ),
+            grants: stores.grants(),
+            flows: stores.flows(),
+            parked: stores.sync_state(),
             after_connect,
-            google: GoogleOAuth::new(&config, secrets),
+            google: GoogleOAuth::new(&config, stores.secrets()),
             config,
         }
     }
@@ -200,7 +176,7 @@ mod tests {
     use super::*;
     use crate::{
         flows::nonce_hash,
-        secrets::GoogleClient,
+        secrets::{GoogleClient, SecretsCache},
         store::{InMemoryFlowStore, InMemoryGrantStore},
         sync_state::StateError,
         vault::Keyring,
@@ -251,7 +227,7 @@ mod tests {
     }
 
     fn google(config: &Config) -> GoogleOAuth {
-        let secrets = Arc::new(SecretsCache::fixed(
+        let secrets = std::sync::Arc::new(SecretsCache::fixed(
             GoogleClient {
                 client_id: "cid".into(),
                 client_secret: secrecy::SecretString::from("GOCSPX-secret".to_string()),

@@ -33,10 +33,60 @@ pub use grants::{DynamoGrantStore, InMemoryGrantStore};
 pub use sync_state::{BY_USER_INDEX, DynamoSyncStateStore, InMemorySyncStateStore};
 
 use crate::{
-    aws::describe_error,
+    aws::{Clients, describe_error},
+    config::{Config, Tables},
     secrets::{SecretsCache, SecretsError},
     vault::{Vault, VaultError},
 };
+
+/// A function's production adapters, built once per cold start over its AWS clients and one
+/// secrets cache, which the sealed tables and the Google client share.
+pub struct Stores {
+    dynamodb: aws_sdk_dynamodb::Client,
+    tables: Tables,
+    secrets: Arc<SecretsCache>,
+}
+
+impl Stores {
+    pub fn new(config: &Config, clients: &Clients) -> Self {
+        Self {
+            dynamodb: clients.dynamodb.clone(),
+            tables: config.tables.clone(),
+            secrets: Arc::new(SecretsCache::new(
+                clients.secrets.clone(),
+                config.secrets.clone(),
+            )),
+        }
+    }
+
+    pub fn secrets(&self) -> Arc<SecretsCache> {
+        self.secrets.clone()
+    }
+
+    pub fn flows(&self) -> DynamoFlowStore {
+        DynamoFlowStore::new(
+            self.dynamodb.clone(),
+            self.tables.oauth_flows.clone(),
+            self.secrets(),
+        )
+    }
+
+    pub fn grants(&self) -> DynamoGrantStore {
+        DynamoGrantStore::new(
+            self.dynamodb.clone(),
+            self.tables.grants.clone(),
+            self.secrets(),
+        )
+    }
+
+    pub fn sync_state(&self) -> DynamoSyncStateStore {
+        DynamoSyncStateStore::new(self.dynamodb.clone(), self.tables.sync_state.clone())
+    }
+
+    pub fn events(&self) -> DynamoEvents {
+        DynamoEvents::new(self.dynamodb.clone(), self.tables.events.clone())
+    }
+}
 
 /// One item as the SDK holds it.
 type Item = HashMap<String, AttributeValue>;

@@ -14,8 +14,7 @@ use crate::{
     calendar::CalendarClient,
     config::Config,
     google_oauth::GoogleOAuth,
-    secrets::SecretsCache,
-    store::{DynamoEvents, DynamoGrantStore, DynamoSyncStateStore},
+    store::{DynamoEvents, DynamoGrantStore, DynamoSyncStateStore, Stores},
     tokens::StoredGrants,
 };
 
@@ -63,23 +62,13 @@ pub type SyncDeps = Syncer<Production>;
 impl SyncDeps {
     /// Builds the clients once per cold start (`calendar_timeout` is the Calendar client's).
     pub fn from_config(config: &Config, clients: &Clients, calendar_timeout: Duration) -> Self {
-        let secrets = std::sync::Arc::new(SecretsCache::new(
-            clients.secrets.clone(),
-            config.secrets.clone(),
-        ));
+        let stores = Stores::new(config, clients);
         Syncer {
             calendar: CalendarClient::new(config.google.calendar_api_url.clone(), calendar_timeout),
-            states: DynamoSyncStateStore::new(
-                clients.dynamodb.clone(),
-                config.tables.sync_state.clone(),
-            ),
-            grants: StoredGrants(DynamoGrantStore::new(
-                clients.dynamodb.clone(),
-                config.tables.grants.clone(),
-                secrets.clone(),
-            )),
-            events: DynamoEvents::new(clients.dynamodb.clone(), config.tables.events.clone()),
-            refresher: GoogleOAuth::new(config, secrets),
+            states: stores.sync_state(),
+            grants: StoredGrants(stores.grants()),
+            events: stores.events(),
+            refresher: GoogleOAuth::new(config, stores.secrets()),
             retry: super::retry::RetryPolicy {
                 safety_margin: calendar_timeout + Duration::from_secs(2),
                 ..Default::default()
