@@ -19,8 +19,9 @@ use serde_json::{Map, Value, json};
 
 use crate::state::{FaultTarget, SharedState, State as World, random_event_id};
 
-/// Top-level Event fields of Calendar v3 (from the discovery document). Anything else in a
-/// request body is ignored.
+/// Top-level Event fields of Calendar v3 (from the discovery document; calsync's
+/// `shared/tests/sync_mapping.rs` checks the list against it). Anything else in a request body is
+/// ignored.
 pub const EVENT_FIELDS: &[&str] = &[
     "anyoneCanAddSelf",
     "attachments",
@@ -920,28 +921,5 @@ mod tests {
             Value::Object(target),
             json!({"a": {"x": 1, "z": 3}, "b": [3], "c": "keep", "d": "new"})
         );
-    }
-
-    #[test]
-    fn event_fields_match_the_discovery_document_when_it_is_present() {
-        let path = "../.dev/venv/lib/python3.11/site-packages/googleapiclient/discovery_cache/documents/calendar.v3.json";
-        let Ok(text) =
-            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
-        else {
-            // The venv is optional (`cargo xtask` installs it); say so rather than pass quietly.
-            eprintln!("skipped: no discovery document at .dev/venv");
-            return;
-        };
-        let document: Value = serde_json::from_str(&text).unwrap();
-        let mut fields: Vec<&str> = document["schemas"]["Event"]["properties"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        fields.sort_unstable();
-        let mut ours = EVENT_FIELDS.to_vec();
-        ours.sort_unstable();
-        assert_eq!(ours, fields);
     }
 }

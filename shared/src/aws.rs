@@ -41,3 +41,14 @@ impl Clients {
         Self::new(&sdk_config().await)
     }
 }
+
+/// An SDK error with its whole chain of causes (the service's code and message, or the
+/// connection failure): the top-level `Display` alone says only "service error". Every AWS
+/// client's `SdkError` is this one type, so Secrets Manager errors come here too.
+pub fn describe_error<E, R>(error: &aws_sdk_dynamodb::error::SdkError<E, R>) -> String
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    aws_sdk_dynamodb::error::DisplayErrorContext(error).to_string()
+}

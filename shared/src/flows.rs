@@ -12,28 +12,16 @@
 //! cannot burn the legitimate user's flow, while two callbacks racing with the right cookie still
 //! see exactly one winner.
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    sync::{Arc, Mutex},
-};
+use std::future::Future;
 
-use aws_sdk_dynamodb::{
-    error::SdkError,
-    types::{AttributeValue, ReturnValue},
-};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::{
-    secrets::{SecretsCache, SecretsError},
-    vault::{Vault, VaultError},
-};
+use crate::{secrets::SecretsError, vault::VaultError};
 
 /// How long a started connect may take before its callback is refused.
 pub const FLOW_LIFETIME: Duration = Duration::minutes(10);
@@ -88,7 +76,7 @@ pub enum FlowError {
     Secrets(#[from] SecretsError),
 }
 
-/// Where flow records live.
+/// Where flow records live ([`crate::store::DynamoFlowStore`]).
 pub trait FlowStore: Send + Sync {
     /// Stores a new flow; fails with [`FlowError::Duplicate`] if the state exists.
     fn create(&self, flow: &Flow) -> impl Future<Output = Result<(), FlowError>> + Send;
@@ -103,189 +91,6 @@ pub trait FlowStore: Send + Sync {
         state: &str,
         nonce_hash: &str,
     ) -> impl Future<Output = Result<Option<Flow>, FlowError>> + Send;
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredFlow {
-    state: String,
-    user_id: String,
-    return_to: String,
-    verifier_sealed: String,
-    nonce_hash: String,
-    created_at: DateTime<Utc>,
-    /// Epoch seconds: the table's TTL attribute.
-    expires_at: i64,
-}
-
-/// DynamoDB adapter of [`FlowStore`] (partition key `state`, TTL attribute `expires_at`).
-#[derive(Clone)]
-pub struct DynamoFlowStore {
-    client: aws_sdk_dynamodb::Client,
-    table: String,
-    secrets: Arc<SecretsCache>,
-}
-
-fn store_error<E, R>(error: SdkError<E, R>) -> FlowError
-where
-    E: std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    FlowError::Store(aws_sdk_dynamodb::error::DisplayErrorContext(&error).to_string())
-}
-
-impl DynamoFlowStore {
-    pub fn new(
-        client: aws_sdk_dynamodb::Client,
-        table: String,
-        secrets: Arc<SecretsCache>,
-    ) -> Self {
-        Self {
-            client,
-            table,
-            secrets,
-        }
-    }
-
-    async fn vault(&self) -> Result<Vault, FlowError> {
-        Ok(Vault::new(self.secrets.keyring().await?))
-    }
-
-    async fn to_flow(&self, item: HashMap<String, AttributeValue>) -> Result<Flow, FlowError> {
-        let stored: StoredFlow =
-            serde_dynamo::from_item(item).map_err(|e| FlowError::Corrupt(e.to_string()))?;
-        let verifier =
-            self.vault()
-                .await?
-                .open(&self.table, &stored.user_id, &stored.verifier_sealed)?;
-        let expires_at = DateTime::from_timestamp(stored.expires_at, 0)
-            .ok_or_else(|| FlowError::Corrupt("expires_at out of range".into()))?;
-        Ok(Flow {
-            state: stored.state,
-            user_id: stored.user_id,
-            return_to: stored.return_to,
-            verifier,
-            nonce_hash: stored.nonce_hash,
-            created_at: stored.created_at,
-            expires_at,
-        })
-    }
-}
-
-impl FlowStore for DynamoFlowStore {
-    async fn create(&self, flow: &Flow) -> Result<(), FlowError> {
-        let stored = StoredFlow {
-            state: flow.state.clone(),
-            user_id: flow.user_id.clone(),
-            return_to: flow.return_to.clone(),
-            verifier_sealed: self.vault().await?.seal(
-                &self.table,
-                &flow.user_id,
-                &flow.verifier,
-            )?,
-            nonce_hash: flow.nonce_hash.clone(),
-            created_at: flow.created_at,
-            expires_at: flow.expires_at.timestamp(),
-        };
-        let item: HashMap<String, AttributeValue> =
-            serde_dynamo::to_item(&stored).map_err(|e| FlowError::Store(e.to_string()))?;
-        match self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(#state)")
-            .expression_attribute_names("#state", "state")
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Err(FlowError::Duplicate)
-            }
-            Err(e) => Err(store_error(e)),
-        }
-    }
-
-    async fn find(&self, state: &str) -> Result<Option<Flow>, FlowError> {
-        let answer = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("state", AttributeValue::S(state.to_string()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(store_error)?;
-        match answer.item {
-            Some(item) => Ok(Some(self.to_flow(item).await?)),
-            None => Ok(None),
-        }
-    }
-
-    async fn consume(&self, state: &str, nonce_hash: &str) -> Result<Option<Flow>, FlowError> {
-        let result = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key("state", AttributeValue::S(state.to_string()))
-            .condition_expression("attribute_exists(#state) AND nonce_hash = :nonce_hash")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":nonce_hash", AttributeValue::S(nonce_hash.to_string()))
-            .return_values(ReturnValue::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(answer) => match answer.attributes {
-                Some(item) if !item.is_empty() => Ok(Some(self.to_flow(item).await?)),
-                _ => Ok(None),
-            },
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(store_error(e)),
-        }
-    }
-}
-
-/// An in-memory [`FlowStore`] for unit tests.
-#[derive(Default, Clone)]
-pub struct InMemoryFlowStore {
-    flows: Arc<Mutex<HashMap<String, Flow>>>,
-}
-
-impl InMemoryFlowStore {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-impl FlowStore for InMemoryFlowStore {
-    async fn create(&self, flow: &Flow) -> Result<(), FlowError> {
-        let mut flows = self.flows.lock().unwrap();
-        if flows.contains_key(&flow.state) {
-            return Err(FlowError::Duplicate);
-        }
-        flows.insert(flow.state.clone(), flow.clone());
-        Ok(())
-    }
-
-    async fn find(&self, state: &str) -> Result<Option<Flow>, FlowError> {
-        Ok(self.flows.lock().unwrap().get(state).cloned())
-    }
-
-    async fn consume(&self, state: &str, nonce_hash: &str) -> Result<Option<Flow>, FlowError> {
-        let mut flows = self.flows.lock().unwrap();
-        match flows.get(state) {
-            Some(flow) if flow.nonce_hash == nonce_hash => Ok(flows.remove(state)),
-            _ => Ok(None),
-        }
-    }
 }
 
 /// Whether a verifier has the shape RFC 7636 requires (43 to 128 unreserved characters).
@@ -363,37 +168,5 @@ mod tests {
         assert!(!flow.is_expired(now));
         assert!(flow.is_expired(now + Duration::minutes(10)));
         assert!(!format!("{flow:?}").contains(flow.verifier_secret()));
-    }
-
-    #[tokio::test]
-    async fn in_memory_consume_is_single_use_and_needs_the_hash() {
-        let store = InMemoryFlowStore::new();
-        let (flow, nonce, _) = new_flow("u", "https://a.example/", Utc::now());
-        store.create(&flow).await.unwrap();
-        assert!(matches!(
-            store.create(&flow).await,
-            Err(FlowError::Duplicate)
-        ));
-        assert!(
-            store
-                .consume(&flow.state, &nonce_hash("wrong"))
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            store
-                .consume(&flow.state, &nonce_hash(&nonce))
-                .await
-                .unwrap()
-                .is_some()
-        );
-        assert!(
-            store
-                .consume(&flow.state, &nonce_hash(&nonce))
-                .await
-                .unwrap()
-                .is_none()
-        );
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! The functions' `main.rs` files only read [`config`], build clients once per cold start and hand
 //! events to the handlers here, so every handler can be called from a test with a JSON event.
-//! Domain logic talks to small traits (the grant, flow and sync-state stores, the Google clients);
-//! DynamoDB and Google adapters implement them, and unit tests use in-memory fakes.
+//! Domain logic talks to small traits (the grant, flow and sync-state stores, the Google clients),
+//! bundled per handler into one ports trait ([`sync::SyncPorts`], [`http::CallbackPorts`]). The
+//! DynamoDB adapters and their in-memory fakes live in [`store`], one file per table; Google's
+//! adapters in [`calendar`] and [`google_oauth`].
 //! `ARCHITECTURE.md` at the repository root maps the modules.
 
 pub mod aws;
@@ -15,6 +17,7 @@ pub mod grants;
 pub mod http;
 pub mod mapping;
 pub mod secrets;
+pub mod store;
 pub mod sync;
 pub mod sync_state;
 pub mod telemetry;

@@ -203,7 +203,7 @@ async fn fetch(
         .await
         .map_err(|e| SecretsError::Fetch {
             id: id.clone(),
-            message: aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string(),
+            message: crate::aws::describe_error(&e),
         })?;
     let text = answer
         .secret_string()

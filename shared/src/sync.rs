@@ -8,7 +8,7 @@
 //! - [`replay`]: re-applies a user's parked changes from the current rows after they connect.
 //! - [`handler`]: the Lambda entry point and the production wiring ([`handler::SyncDeps`]).
 //!
-//! `shared/README-sync.md` explains the semantics for users.
+//! The README's "How sync works" section explains the semantics for users.
 
 pub mod apply;
 pub mod batch;
@@ -20,13 +20,35 @@ pub use handler::handle;
 
 use retry::RetryPolicy;
 
-/// Everything syncing needs: the Calendar API, the sync-state store, the user's grants and the
-/// token refresher (each behind its trait), and the limits.
-pub struct Syncer<C, S, G, R> {
-    pub calendar: C,
-    pub states: S,
-    pub grants: G,
-    pub refresher: R,
+use crate::{
+    calendar::Calendar,
+    sync_state::SyncStateStore,
+    tokens::{GrantAccess, TokenProvider, TokenRefresher},
+};
+use replay::EventsSource;
+
+/// The per-batch token cache over a bundle's grants and refresher.
+type Tokens<'a, P> = TokenProvider<'a, <P as SyncPorts>::Grants, <P as SyncPorts>::Refresher>;
+
+/// The ports syncing talks to, bundled so code generic over them names one type parameter:
+/// production's is [`handler::Production`], unit tests bundle fakes.
+pub trait SyncPorts {
+    type Calendar: Calendar;
+    type States: SyncStateStore;
+    type Grants: GrantAccess;
+    type Refresher: TokenRefresher;
+    /// The app's Events table, read by the replay only.
+    type Events: EventsSource;
+}
+
+/// Everything syncing needs: the Calendar API, the sync-state store, the user's grants, the
+/// token refresher and the app's rows (each behind its trait), and the limits.
+pub struct Syncer<P: SyncPorts> {
+    pub calendar: P::Calendar,
+    pub states: P::States,
+    pub grants: P::Grants,
+    pub refresher: P::Refresher,
+    pub events: P::Events,
     pub retry: RetryPolicy,
     /// Event groups applied at the same time (`SYNC_CONCURRENCY`).
     pub concurrency: usize,

@@ -531,7 +531,10 @@ mod tests {
 
     mod stored {
         use super::*;
-        use crate::grants::{Grant, GrantStatus, GrantStore, InMemoryGrantStore};
+        use crate::{
+            grants::{Grant, GrantStatus, GrantStore},
+            store::InMemoryGrantStore,
+        };
 
         fn grant(refresh: &str, access_expires_in: Duration) -> Grant {
             Grant {

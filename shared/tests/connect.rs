@@ -10,20 +10,20 @@ use std::{
 };
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use calsync::{
+    config::Config,
+    google_oauth::{GoogleOAuth, OAuthError},
+    grants::{GrantStatus, GrantStore},
+    http::{self, AfterConnect, CallbackDeps, StartDeps},
+    secrets::SecretsCache,
+    store::{DynamoFlowStore, DynamoGrantStore},
+};
 use lambda_http::{
     Body, Request, Response,
     http::{Method, StatusCode},
 };
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
-use shared::{
-    config::Config,
-    flows::DynamoFlowStore,
-    google_oauth::{GoogleOAuth, OAuthError},
-    grants::{DynamoGrantStore, GrantStatus, GrantStore},
-    http::{self, AfterConnect, CallbackDeps, DynamoParkedChanges, StartDeps},
-    secrets::SecretsCache,
-};
 use testkit::{
     TestStack,
     api_gateway::{HttpApiEvent, cookie_pair},
@@ -58,7 +58,7 @@ struct Harness {
     stack: TestStack,
     config: Config,
     start: StartDeps<DynamoFlowStore>,
-    callback: CallbackDeps<DynamoGrantStore, DynamoFlowStore, DynamoParkedChanges, Replays>,
+    callback: CallbackDeps<http::Production<Replays>>,
     replays: Replays,
     dynamodb: aws_sdk_dynamodb::Client,
     /// Every answer of this test, as text, for the leak check.
@@ -487,7 +487,7 @@ async fn a_wrong_or_missing_cookie_is_refused_without_calling_google_or_burning_
     assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
     assert_eq!(body_json(&missing)["error"], "state_mismatch");
     let wrong = h
-        .callback_with(&query, Some(&shared::flows::random_token()))
+        .callback_with(&query, Some(&calsync::flows::random_token()))
         .await;
     assert_eq!(wrong.status(), StatusCode::BAD_REQUEST);
     assert!(body_text(&wrong).contains("state_mismatch"));
@@ -510,7 +510,7 @@ async fn a_forged_state_is_invalid_state() {
         .await;
     let forged_query = query.replace(
         &format!("state={}", started.state),
-        &format!("state={}", shared::flows::random_token()),
+        &format!("state={}", calsync::flows::random_token()),
     );
     assert_ne!(forged_query, query);
     let forged = h.callback_with(&forged_query, Some(&started.nonce)).await;
@@ -793,7 +793,7 @@ async fn grant_writes_are_versioned_and_tokens_sealed_at_rest() {
     assert_eq!(saved.version, grant.version + 1);
     assert!(matches!(
         h.callback.grants.save(&grant).await,
-        Err(shared::grants::GrantError::Conflict { .. })
+        Err(calsync::grants::GrantError::Conflict { .. })
     ));
 
     let sealed_item = h
@@ -813,7 +813,7 @@ async fn grant_writes_are_versioned_and_tokens_sealed_at_rest() {
     // Deleting with a stale version is a conflict; with the current one it works.
     assert!(matches!(
         h.callback.grants.delete(&grant).await,
-        Err(shared::grants::GrantError::Conflict { .. })
+        Err(calsync::grants::GrantError::Conflict { .. })
     ));
     let retired = h
         .callback
@@ -826,7 +826,7 @@ async fn grant_writes_are_versioned_and_tokens_sealed_at_rest() {
             .grants
             .retire(&saved, GrantStatus::NeedsReauth)
             .await,
-        Err(shared::grants::GrantError::Conflict { .. })
+        Err(calsync::grants::GrantError::Conflict { .. })
     ));
     let reread = h.callback.grants.get("user-1").await.unwrap().unwrap();
     assert_eq!(reread.status, GrantStatus::NeedsReauth);
@@ -858,7 +858,7 @@ async fn grant_writes_are_versioned_and_tokens_sealed_at_rest() {
         .unwrap();
     assert!(matches!(
         h.callback.grants.get("user-evil").await,
-        Err(shared::grants::GrantError::Vault { .. })
+        Err(calsync::grants::GrantError::Vault { .. })
     ));
 
     // A Secrets Manager backed cache reads both secrets in their stored shapes.

@@ -4,14 +4,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
-use shared::{
+use calsync::{
     config::Config,
     google_oauth::{self, GoogleOAuth, OAuthError},
     secrets::{GoogleClient, SecretsCache},
     vault::Keyring,
 };
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
 use testkit::TestStack;
 
 struct Google {
@@ -108,7 +108,7 @@ async fn a_wrong_verifier_is_refused() {
     let g = Google::start().await;
     let oauth = g.oauth();
     let (code, _) = g.code(&oauth, "alice@example.com").await;
-    let wrong = SecretString::from(shared::flows::random_token());
+    let wrong = SecretString::from(calsync::flows::random_token());
     let error = oauth.exchange_code(&code, &wrong).await.unwrap_err();
     assert!(matches!(error, OAuthError::InvalidGrant), "{error}");
 }

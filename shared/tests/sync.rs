@@ -13,22 +13,22 @@ use std::{
 
 use aws_lambda_events::event::dynamodb::Event as DynamodbEvent;
 use aws_sdk_dynamodb::types::AttributeValue;
+use calsync::{
+    aws::Clients,
+    calendar,
+    config::Config,
+    grants::{GrantStatus, GrantStore},
+    http::{self, CallbackDeps, StartDeps},
+    mapping::google_event_id,
+    secrets::SecretsCache,
+    store::{DynamoFlowStore, DynamoGrantStore, DynamoSyncStateStore},
+    sync::{self, handler::SyncDeps, replay::ProductionReplay},
+    sync_state::{SyncState, SyncStateStore, SyncStatus},
+};
 use lambda_http::Body;
 use lambda_runtime::{Context, LambdaEvent};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
-use shared::{
-    aws::Clients,
-    calendar,
-    config::Config,
-    flows::DynamoFlowStore,
-    grants::{DynamoGrantStore, GrantStatus, GrantStore},
-    http::{self, CallbackDeps, DynamoParkedChanges, StartDeps},
-    mapping::google_event_id,
-    secrets::SecretsCache,
-    sync::{self, handler::SyncDeps, replay::ProductionReplay},
-    sync_state::{DynamoSyncStateStore, SyncState, SyncStateStore, SyncStatus},
-};
 use testkit::{
     TestStack,
     api_gateway::HttpApiEvent,
@@ -46,8 +46,7 @@ struct Harness {
     clients: Clients,
     deps: SyncDeps,
     start: StartDeps<DynamoFlowStore>,
-    callback:
-        CallbackDeps<DynamoGrantStore, DynamoFlowStore, DynamoParkedChanges, ProductionReplay>,
+    callback: CallbackDeps<http::Production<ProductionReplay>>,
     events_table: String,
     /// Stream records already handed out.
     seen: Mutex<usize>,

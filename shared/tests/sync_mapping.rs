@@ -1,12 +1,13 @@
 //! The mapped Event resource checked against Google's Calendar v3 discovery document (shipped in
 //! the google-api-python-client wheel of the project venv): every field we send exists in the
-//! `Event` schema with the type we send, and `status` is one of its documented values.
+//! `Event` schema with the type we send, and `status` is one of its documented values. The
+//! emulator the sync tests run against knows exactly the `Event` fields Google documents.
 
 use std::collections::HashMap;
 
+use calsync::mapping::EventRow;
 use serde_dynamo::AttributeValue as A;
 use serde_json::Value;
-use shared::mapping::EventRow;
 
 fn discovery() -> Value {
     let venv = testkit::paths::venv().expect("the project venv");
@@ -19,7 +20,10 @@ fn discovery() -> Value {
             return serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         }
     }
-    panic!("calendar.v3.json not found in the venv");
+    panic!(
+        "calendar.v3.json not found under {}/lib/*/site-packages: run `cargo xtask setup`",
+        venv.display()
+    );
 }
 
 /// Checks `value` against `schema` (resolving `$ref`s), naming the path of any mismatch.
@@ -101,4 +105,19 @@ fn mapped_events_match_the_discovery_document() {
         .as_str()
         .unwrap();
     assert!(id_rule.contains("base32hex"), "{id_rule}");
+}
+
+#[test]
+fn the_emulator_knows_exactly_googles_event_fields() {
+    let doc = discovery();
+    let mut fields: Vec<&str> = doc["schemas"]["Event"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    let mut emulated = google_emulator::calendar::EVENT_FIELDS.to_vec();
+    emulated.sort_unstable();
+    assert_eq!(emulated, fields);
 }

@@ -1,5 +1,5 @@
 //! AWS SDK configuration for the local stack: moto's endpoint, fixed test credentials, and the
-//! same ring-only rustls client the functions use (`shared::aws`).
+//! same ring-only rustls client the functions use (`calsync::aws`).
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::config::Credentials;

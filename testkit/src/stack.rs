@@ -6,7 +6,7 @@
 //! ```no_run
 //! # async fn t() -> anyhow::Result<()> {
 //! let stack = testkit::TestStack::start().await?;
-//! // e.g. shared::config::Config::from_source(&stack.env)
+//! // e.g. calsync::config::Config::from_source(&stack.env)
 //! let grants_table = &stack.env["GRANTS_TABLE"];
 //! # Ok(()) }
 //! ```

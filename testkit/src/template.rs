@@ -83,10 +83,19 @@ impl Template {
     }
 
     pub fn parse(text: &str) -> Result<Self> {
-        let yaml: serde_yaml::Value = serde_yaml::from_str(text)?;
+        let yaml: serde_norway::Value = serde_norway::from_str(text)?;
         Ok(Self {
             root: long_form(yaml)?,
         })
+    }
+
+    /// A parameter's `Default`, as written.
+    pub fn parameter_default(&self, name: &str) -> Option<&str> {
+        self.root
+            .get("Parameters")?
+            .get(name)?
+            .get("Default")?
+            .as_str()
     }
 
     fn resources(&self) -> impl Iterator<Item = (&String, &Value)> {
@@ -304,8 +313,8 @@ fn table_spec(id: &str, resource: &Value) -> Result<TableSpec> {
 }
 
 /// YAML to JSON, with every short tag (`!Ref x`) turned into its long form (`{"Ref": x}`).
-fn long_form(value: serde_yaml::Value) -> Result<Value> {
-    use serde_yaml::Value as Y;
+fn long_form(value: serde_norway::Value) -> Result<Value> {
+    use serde_norway::Value as Y;
     Ok(match value {
         Y::Null => Value::Null,
         Y::Bool(b) => Value::Bool(b),
@@ -319,7 +328,7 @@ fn long_form(value: serde_yaml::Value) -> Result<Value> {
             for (k, v) in map {
                 let key = match k {
                     Y::String(s) => s,
-                    other => serde_yaml::to_string(&other)?.trim().to_string(),
+                    other => serde_norway::to_string(&other)?.trim().to_string(),
                 };
                 out.insert(key, long_form(v)?);
             }

@@ -1,8 +1,8 @@
-//! The DynamoDB stream consumer: wiring only; the handler lives in `shared::sync`.
+//! The DynamoDB stream consumer: wiring only; the handler lives in `calsync::sync`.
 
 use aws_lambda_events::event::dynamodb::Event as DynamodbEvent;
+use calsync::{aws::Clients, calendar, config, sync, telemetry};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use shared::{aws::Clients, calendar, config, sync, telemetry};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

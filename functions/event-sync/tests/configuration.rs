@@ -1,6 +1,6 @@
 //! A missing or malformed variable stops `event-sync` at start with one line naming it (exit 78).
 
-use shared::config::REQUIRED_VARIABLES;
+use calsync::config::REQUIRED_VARIABLES;
 
 #[test]
 fn stops_with_one_line_naming_a_missing_or_malformed_variable() {

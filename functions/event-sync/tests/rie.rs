@@ -4,10 +4,10 @@
 //! Lambda's `batchItemFailures` shape.
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use serde_json::{Value, json};
-use shared::{
+use calsync::{
     aws::Clients, config::Config, http, mapping::google_event_id, sync::replay::ProductionReplay,
 };
+use serde_json::{Value, json};
 use testkit::{TestStack, rie, stack::ALICE};
 
 /// Connects `user` as `account` through the real start and callback handlers (in process).

@@ -1,9 +1,9 @@
-//! `GET /oauth/google/callback`, `GET /oauth/google/status`, `DELETE /oauth/google/connection`: wiring only; the handler lives in `shared::http`.
+//! `GET /oauth/google/callback`, `GET /oauth/google/status`, `DELETE /oauth/google/connection`: wiring only; the handler lives in `calsync::http`.
 
 use std::sync::Arc;
 
+use calsync::{aws::Clients, config, http, sync::replay::ProductionReplay, telemetry};
 use lambda_http::{Error, Request, service_fn};
-use shared::{aws::Clients, config, http, sync::replay::ProductionReplay, telemetry};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

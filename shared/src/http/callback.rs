@@ -13,7 +13,7 @@ use lambda_http::{Body, Request, Response, http::StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use super::{AfterConnect, CallbackDeps, ParkedChanges, cookies, query, responses};
+use super::{AfterConnect, CallbackDeps, CallbackPorts, cookies, query, responses};
 use crate::{
     flows::{Flow, FlowStore, nonce_hash, nonce_matches},
     google_oauth::{CodeExchange, GoogleIdentity},
@@ -79,13 +79,7 @@ fn safe_code(error: &str) -> Option<&str> {
     .then_some(error)
 }
 
-pub async fn handle<G, F, P, A>(deps: &CallbackDeps<G, F, P, A>, request: Request) -> Response<Body>
-where
-    G: GrantStore,
-    F: FlowStore,
-    P: ParkedChanges,
-    A: AfterConnect,
-{
+pub async fn handle<P: CallbackPorts>(deps: &CallbackDeps<P>, request: Request) -> Response<Body> {
     let params = match query(&request) {
         Ok(params) => params,
         Err(_) => {
@@ -196,17 +190,11 @@ where
 }
 
 /// Checks the token answer and stores the grant. Errors are the `reason` for the redirect.
-async fn connect<G, F, P, A>(
-    deps: &CallbackDeps<G, F, P, A>,
+async fn connect<P: CallbackPorts>(
+    deps: &CallbackDeps<P>,
     flow: &Flow,
     exchange: CodeExchange,
-) -> Result<(), &'static str>
-where
-    G: GrantStore,
-    F: FlowStore,
-    P: ParkedChanges,
-    A: AfterConnect,
-{
+) -> Result<(), &'static str> {
     let user_id = flow.user_id.as_str();
     let scopes = exchange
         .scopes

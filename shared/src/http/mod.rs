@@ -16,18 +16,15 @@ use std::future::Future;
 
 use lambda_http::{Body, Request, Response, http::Method, http::StatusCode};
 
-use std::sync::Arc;
-
 use crate::{
     aws::Clients,
     config::Config,
-    flows::{DynamoFlowStore, FlowStore},
+    flows::FlowStore,
     google_oauth::GoogleOAuth,
-    grants::{DynamoGrantStore, GrantStore},
-    secrets::SecretsCache,
+    grants::GrantStore,
+    store::{DynamoFlowStore, DynamoGrantStore, DynamoSyncStateStore, Stores},
+    sync_state::ParkedChanges,
 };
-
-pub use status::{DynamoParkedChanges, ParkedChanges};
 
 /// What happens right after a user connects: the sync replays the user's parked changes.
 /// The callback awaits it before answering (a Lambda cannot work after its answer); it must not
@@ -51,59 +48,58 @@ pub struct StartDeps<F> {
     pub google: GoogleOAuth,
 }
 
+/// The ports the oauth-callback function's routes talk to, bundled so a handler names one type
+/// parameter: production's is [`Production`], unit tests bundle fakes.
+pub trait CallbackPorts {
+    type Grants: GrantStore;
+    type Flows: FlowStore;
+    type Parked: ParkedChanges;
+    type AfterConnect: AfterConnect;
+}
+
+/// The production ports: DynamoDB stores, and `A` run after each successful connect. Never
+/// built: it only names types.
+pub struct Production<A>(std::marker::PhantomData<fn() -> A>);
+
+impl<A: AfterConnect> CallbackPorts for Production<A> {
+    type Grants = DynamoGrantStore;
+    type Flows = DynamoFlowStore;
+    type Parked = DynamoSyncStateStore;
+    type AfterConnect = A;
+}
+
 /// What the oauth-callback function's routes need.
-pub struct CallbackDeps<G, F, P, A> {
+pub struct CallbackDeps<P: CallbackPorts> {
     pub config: Config,
-    pub grants: G,
-    pub flows: F,
-    pub parked: P,
-    pub after_connect: A,
+    pub grants: P::Grants,
+    pub flows: P::Flows,
+    pub parked: P::Parked,
+    pub after_connect: P::AfterConnect,
     pub google: GoogleOAuth,
 }
 
 impl StartDeps<DynamoFlowStore> {
     /// The production wiring: DynamoDB and Secrets Manager clients, Google's endpoints.
     pub fn new(config: Config, clients: &Clients) -> Self {
-        let secrets = Arc::new(SecretsCache::new(
-            clients.secrets.clone(),
-            config.secrets.clone(),
-        ));
+        let stores = Stores::new(&config, clients);
         Self {
-            flows: DynamoFlowStore::new(
-                clients.dynamodb.clone(),
-                config.tables.oauth_flows.clone(),
-                secrets.clone(),
-            ),
-            google: GoogleOAuth::new(&config, secrets),
+            flows: stores.flows(),
+            google: GoogleOAuth::new(&config, stores.secrets()),
             config,
         }
     }
 }
 
-impl<A: AfterConnect> CallbackDeps<DynamoGrantStore, DynamoFlowStore, DynamoParkedChanges, A> {
+impl<A: AfterConnect> CallbackDeps<Production<A>> {
     /// The production wiring, with `after_connect` run after each successful connect.
     pub fn new(config: Config, clients: &Clients, after_connect: A) -> Self {
-        let secrets = Arc::new(SecretsCache::new(
-            clients.secrets.clone(),
-            config.secrets.clone(),
-        ));
+        let stores = Stores::new(&config, clients);
         Self {
-            grants: DynamoGrantStore::new(
-                clients.dynamodb.clone(),
-                config.tables.grants.clone(),
-                secrets.clone(),
-            ),
-            flows: DynamoFlowStore::new(
-                clients.dynamodb.clone(),
-                config.tables.oauth_flows.clone(),
-                secrets.clone(),
-            ),
-            parked: DynamoParkedChanges::new(
-                clients.dynamodb.clone(),
-                config.tables.sync_state.clone(),
-            ),
+            grants: stores.grants(),
+            flows: stores.flows(),
+            parked: stores.sync_state(),
             after_connect,
-            google: GoogleOAuth::new(&config, secrets),
+            google: GoogleOAuth::new(&config, stores.secrets()),
             config,
         }
     }
@@ -145,16 +141,10 @@ pub async fn start_router<F: FlowStore>(deps: &StartDeps<F>, request: Request) -
 }
 
 /// The oauth-callback function's handler: callback, status and connection.
-pub async fn callback_router<G, F, P, A>(
-    deps: &CallbackDeps<G, F, P, A>,
+pub async fn callback_router<P: CallbackPorts>(
+    deps: &CallbackDeps<P>,
     request: Request,
-) -> Response<Body>
-where
-    G: GrantStore,
-    F: FlowStore,
-    P: ParkedChanges,
-    A: AfterConnect,
-{
+) -> Response<Body> {
     match (route_of(&request), request.method()) {
         ("/oauth/google/callback", &Method::GET) => callback::handle(deps, request).await,
         ("/oauth/google/status", &Method::GET) => status::status(deps, request).await,
@@ -185,12 +175,32 @@ pub(crate) fn query(
 mod tests {
     use super::*;
     use crate::{
-        flows::{InMemoryFlowStore, nonce_hash},
-        grants::InMemoryGrantStore,
-        secrets::GoogleClient,
+        flows::nonce_hash,
+        secrets::{GoogleClient, SecretsCache},
+        store::{InMemoryFlowStore, InMemoryGrantStore},
+        sync_state::StateError,
         vault::Keyring,
     };
     use serde_json::json;
+
+    /// A fixed count of parked changes.
+    struct FixedParkedChanges(u64);
+
+    impl ParkedChanges for FixedParkedChanges {
+        async fn count(&self, _user_id: &str) -> Result<u64, StateError> {
+            Ok(self.0)
+        }
+    }
+
+    /// In-memory stores, a fixed parked count, no replay.
+    enum Fakes {}
+
+    impl CallbackPorts for Fakes {
+        type Grants = InMemoryGrantStore;
+        type Flows = InMemoryFlowStore;
+        type Parked = FixedParkedChanges;
+        type AfterConnect = NoReplay;
+    }
 
     fn config() -> Config {
         let env: std::collections::HashMap<String, String> = [
@@ -217,7 +227,7 @@ mod tests {
     }
 
     fn google(config: &Config) -> GoogleOAuth {
-        let secrets = Arc::new(SecretsCache::fixed(
+        let secrets = std::sync::Arc::new(SecretsCache::fixed(
             GoogleClient {
                 client_id: "cid".into(),
                 client_secret: secrecy::SecretString::from("GOCSPX-secret".to_string()),
@@ -249,10 +259,7 @@ mod tests {
         lambda_http::request::from_str(&event.to_string()).unwrap()
     }
 
-    fn deps() -> (
-        StartDeps<InMemoryFlowStore>,
-        CallbackDeps<InMemoryGrantStore, InMemoryFlowStore, status::FixedParkedChanges, NoReplay>,
-    ) {
+    fn deps() -> (StartDeps<InMemoryFlowStore>, CallbackDeps<Fakes>) {
         let config = config();
         let flows = InMemoryFlowStore::new();
         let start = StartDeps {
@@ -265,7 +272,7 @@ mod tests {
             config,
             grants: InMemoryGrantStore::new(),
             flows,
-            parked: status::FixedParkedChanges(3),
+            parked: FixedParkedChanges(3),
             after_connect: NoReplay,
         };
         (start, callback)

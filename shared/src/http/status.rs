@@ -1,95 +1,19 @@
-//! `GET /oauth/google/status` and `DELETE /oauth/google/connection`, and the count of parked changes.
+//! `GET /oauth/google/status` and `DELETE /oauth/google/connection`.
 
-use std::future::Future;
-
-use aws_sdk_dynamodb::types::{AttributeValue, Select};
 use lambda_http::{Body, Request, Response, http::StatusCode};
 use serde_json::json;
 
-use super::{AfterConnect, CallbackDeps, identity, responses};
+use super::{CallbackDeps, CallbackPorts, identity, responses};
 use crate::{
-    flows::FlowStore,
     google_oauth::OAuthError,
     grants::{GrantError, GrantStatus, GrantStore},
+    sync_state::ParkedChanges,
 };
 
 /// How many times a disconnect re-reads a grant that changed under it.
 const DELETE_ATTEMPTS: usize = 3;
 
-/// The sync-state statuses that mean "waiting for the user to (re)connect".
-pub const PARKED_STATUSES: [&str; 2] = ["needs_reauth", "not_connected"];
-
-#[derive(Debug, thiserror::Error)]
-#[error("counting parked changes failed: {0}")]
-pub struct ParkedError(pub String);
-
-/// How many of a user's changes wait for a usable grant.
-pub trait ParkedChanges: Send + Sync {
-    fn count(&self, user_id: &str) -> impl Future<Output = Result<u64, ParkedError>> + Send;
-}
-
-/// Counts the user's sync-state items whose status is parked, through the `by_user` index.
-#[derive(Clone, Debug)]
-pub struct DynamoParkedChanges {
-    client: aws_sdk_dynamodb::Client,
-    table: String,
-}
-
-impl DynamoParkedChanges {
-    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
-        Self { client, table }
-    }
-}
-
-impl ParkedChanges for DynamoParkedChanges {
-    async fn count(&self, user_id: &str) -> Result<u64, ParkedError> {
-        let mut total = 0u64;
-        let mut start_key = None;
-        loop {
-            let answer = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name("by_user")
-                .key_condition_expression("user_id = :user")
-                .filter_expression("#status IN (:a, :b)")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":user", AttributeValue::S(user_id.to_string()))
-                .expression_attribute_values(":a", AttributeValue::S(PARKED_STATUSES[0].into()))
-                .expression_attribute_values(":b", AttributeValue::S(PARKED_STATUSES[1].into()))
-                .select(Select::Count)
-                .set_exclusive_start_key(start_key)
-                .send()
-                .await
-                .map_err(|e| {
-                    ParkedError(aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string())
-                })?;
-            total += answer.count.max(0) as u64;
-            match answer.last_evaluated_key {
-                Some(key) if !key.is_empty() => start_key = Some(key),
-                _ => return Ok(total),
-            }
-        }
-    }
-}
-
-/// A fixed count, for unit tests.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct FixedParkedChanges(pub u64);
-
-impl ParkedChanges for FixedParkedChanges {
-    async fn count(&self, _user_id: &str) -> Result<u64, ParkedError> {
-        Ok(self.0)
-    }
-}
-
-pub async fn status<G, F, P, A>(deps: &CallbackDeps<G, F, P, A>, request: Request) -> Response<Body>
-where
-    G: GrantStore,
-    F: FlowStore,
-    P: ParkedChanges,
-    A: AfterConnect,
-{
+pub async fn status<P: CallbackPorts>(deps: &CallbackDeps<P>, request: Request) -> Response<Body> {
     let Some(user_id) = identity::user_id(&request) else {
         return responses::unauthorized();
     };
@@ -128,16 +52,10 @@ where
     responses::json(StatusCode::OK, body, None)
 }
 
-pub async fn disconnect<G, F, P, A>(
-    deps: &CallbackDeps<G, F, P, A>,
+pub async fn disconnect<P: CallbackPorts>(
+    deps: &CallbackDeps<P>,
     request: Request,
-) -> Response<Body>
-where
-    G: GrantStore,
-    F: FlowStore,
-    P: ParkedChanges,
-    A: AfterConnect,
-{
+) -> Response<Body> {
     let Some(user_id) = identity::user_id(&request) else {
         return responses::unauthorized();
     };

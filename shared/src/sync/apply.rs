@@ -12,14 +12,14 @@ use chrono::Utc;
 use secrecy::SecretString;
 
 use super::{
-    Syncer,
+    SyncPorts, Syncer, Tokens,
     retry::{Deadline, Retryable},
 };
 use crate::{
     calendar::{Calendar, CalendarError},
     mapping::{EventRow, placement, synced_fields_changed},
-    sync_state::{SyncState, SyncStateStore, SyncStatus},
-    tokens::{GrantAccess, TokenError, TokenProvider, TokenRefresher},
+    sync_state::{SyncState, SyncStatus},
+    tokens::TokenError,
 };
 
 /// One change to apply.
@@ -113,18 +113,12 @@ fn state(
     }
 }
 
-impl<C, S, G, R> Syncer<C, S, G, R>
-where
-    C: Calendar,
-    S: SyncStateStore,
-    G: GrantAccess,
-    R: TokenRefresher,
-{
+impl<P: SyncPorts> Syncer<P> {
     /// One Google call with the user's token: 401 refreshes once and retries once; retryable
     /// errors are retried by the policy.
     async fn call<F, Fut>(
         &self,
-        tokens: &TokenProvider<'_, G, R>,
+        tokens: &Tokens<'_, P>,
         user_id: &str,
         deadline: Deadline,
         op: F,
@@ -161,7 +155,7 @@ where
 
     async fn delete_at(
         &self,
-        tokens: &TokenProvider<'_, G, R>,
+        tokens: &Tokens<'_, P>,
         user_id: &str,
         calendar_id: &str,
         google_event_id: &str,
@@ -184,7 +178,7 @@ where
 
     async fn write_event(
         &self,
-        tokens: &TokenProvider<'_, G, R>,
+        tokens: &Tokens<'_, P>,
         row: &EventRow,
         expect_existing: bool,
         deadline: Deadline,
@@ -231,7 +225,7 @@ where
     /// state to store (with `previous`'s sequence; the caller sets the record's).
     pub async fn apply(
         &self,
-        tokens: &TokenProvider<'_, G, R>,
+        tokens: &Tokens<'_, P>,
         event_id: &str,
         previous: Option<&SyncState>,
         change: Change<'_>,
@@ -251,7 +245,7 @@ where
 
     async fn apply_remove(
         &self,
-        tokens: &TokenProvider<'_, G, R>,
+        tokens: &Tokens<'_, P>,
         event_id: &str,
         previous: Option<&SyncState>,
         old_image: Option<&serde_dynamo::Item>,
@@ -305,7 +299,7 @@ where
 
     async fn apply_upsert(
         &self,
-        tokens: &TokenProvider<'_, G, R>,
+        tokens: &Tokens<'_, P>,
         event_id: &str,
         previous: Option<&SyncState>,
         image: &serde_dynamo::Item,

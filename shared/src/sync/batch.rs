@@ -11,14 +11,13 @@ use aws_lambda_events::event::dynamodb::EventRecord;
 use futures::StreamExt;
 
 use super::{
-    Syncer,
+    SyncPorts, Syncer, Tokens,
     apply::{Change, RecordFailure},
     retry::Deadline,
 };
 use crate::{
-    calendar::Calendar,
     sync_state::{Expected, Sequence, SyncStateStore},
-    tokens::{GrantAccess, TokenProvider, TokenRefresher},
+    tokens::TokenProvider,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,13 +110,7 @@ pub fn group_records(records: Vec<EventRecord>) -> (Vec<Group>, Vec<PoisonRecord
     (groups, poison)
 }
 
-impl<C, S, G, R> Syncer<C, S, G, R>
-where
-    C: Calendar,
-    S: SyncStateStore,
-    G: GrantAccess,
-    R: TokenRefresher,
-{
+impl<P: SyncPorts> Syncer<P> {
     /// Applies a batch; returns the `SequenceNumber`s to report in `batchItemFailures`.
     pub async fn sync_batch(&self, records: Vec<EventRecord>, deadline: Deadline) -> Vec<String> {
         let (groups, poison) = group_records(records);
@@ -139,7 +132,7 @@ where
     /// Applies one event's records in order; returns the record that failed, if one did.
     async fn sync_group(
         &self,
-        tokens: &TokenProvider<'_, G, R>,
+        tokens: &Tokens<'_, P>,
         group: Group,
         deadline: Deadline,
     ) -> Option<(Sequence, String)> {

@@ -8,11 +8,14 @@ use aws_lambda_events::event::{
 };
 use lambda_runtime::{Error, LambdaEvent};
 
-use super::{Syncer, retry::Deadline};
+use super::{SyncPorts, Syncer, retry::Deadline};
 use crate::{
-    calendar::Calendar,
-    sync_state::SyncStateStore,
-    tokens::{GrantAccess, TokenRefresher},
+    aws::Clients,
+    calendar::CalendarClient,
+    config::Config,
+    google_oauth::GoogleOAuth,
+    store::{DynamoEvents, DynamoGrantStore, DynamoSyncStateStore, Stores},
+    tokens::StoredGrants,
 };
 
 /// Time assumed left when the context carries no deadline (hand-made events).
@@ -20,16 +23,10 @@ const NO_DEADLINE_FALLBACK: Duration = Duration::from_secs(60);
 
 /// Applies a stream batch. Never fails as a whole: records that must be retried are listed in
 /// `batchItemFailures` (Lambda retries from the lowest one), everything else is done or parked.
-pub async fn handle<C, S, G, R>(
-    syncer: &Syncer<C, S, G, R>,
+pub async fn handle<P: SyncPorts>(
+    syncer: &Syncer<P>,
     event: LambdaEvent<DynamodbEvent>,
-) -> Result<DynamoDbEventResponse, Error>
-where
-    C: Calendar,
-    S: SyncStateStore,
-    G: GrantAccess,
-    R: TokenRefresher,
-{
+) -> Result<DynamoDbEventResponse, Error> {
     let deadline = Deadline::from_lambda_ms(event.context.deadline, NO_DEADLINE_FALLBACK);
     let records = event.payload.records;
     let count = records.len();
@@ -47,40 +44,31 @@ where
     Ok(response)
 }
 
-/// The production wiring: Google over HTTP, state and grants in DynamoDB.
-pub type SyncDeps = Syncer<
-    crate::calendar::CalendarClient,
-    crate::sync_state::DynamoSyncStateStore,
-    crate::tokens::StoredGrants<crate::grants::DynamoGrantStore>,
-    crate::google_oauth::GoogleOAuth,
->;
+/// The production ports: Google over HTTP, the state, grants and rows in DynamoDB. Never built:
+/// it only names types.
+pub enum Production {}
+
+impl SyncPorts for Production {
+    type Calendar = CalendarClient;
+    type States = DynamoSyncStateStore;
+    type Grants = StoredGrants<DynamoGrantStore>;
+    type Refresher = GoogleOAuth;
+    type Events = DynamoEvents;
+}
+
+/// The production wiring.
+pub type SyncDeps = Syncer<Production>;
 
 impl SyncDeps {
     /// Builds the clients once per cold start (`calendar_timeout` is the Calendar client's).
-    pub fn from_config(
-        config: &crate::config::Config,
-        clients: &crate::aws::Clients,
-        calendar_timeout: Duration,
-    ) -> Self {
-        let secrets = std::sync::Arc::new(crate::secrets::SecretsCache::new(
-            clients.secrets.clone(),
-            config.secrets.clone(),
-        ));
+    pub fn from_config(config: &Config, clients: &Clients, calendar_timeout: Duration) -> Self {
+        let stores = Stores::new(config, clients);
         Syncer {
-            calendar: crate::calendar::CalendarClient::new(
-                config.google.calendar_api_url.clone(),
-                calendar_timeout,
-            ),
-            states: crate::sync_state::DynamoSyncStateStore::new(
-                clients.dynamodb.clone(),
-                config.tables.sync_state.clone(),
-            ),
-            grants: crate::tokens::StoredGrants(crate::grants::DynamoGrantStore::new(
-                clients.dynamodb.clone(),
-                config.tables.grants.clone(),
-                secrets.clone(),
-            )),
-            refresher: crate::google_oauth::GoogleOAuth::new(config, secrets),
+            calendar: CalendarClient::new(config.google.calendar_api_url.clone(), calendar_timeout),
+            states: stores.sync_state(),
+            grants: StoredGrants(stores.grants()),
+            events: stores.events(),
+            refresher: GoogleOAuth::new(config, stores.secrets()),
             retry: super::retry::RetryPolicy {
                 safety_margin: calendar_timeout + Duration::from_secs(2),
                 ..Default::default()

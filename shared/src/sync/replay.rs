@@ -4,15 +4,12 @@
 //! Google had a copy. The sync state keeps its sequence number and the write is conditional on it,
 //! so a stream record that lands meanwhile wins.
 
-use std::{collections::HashMap, future::Future};
+use std::future::Future;
 
-use aws_sdk_dynamodb::types::AttributeValue;
-
-use super::{Syncer, apply::Change, retry::Deadline};
+use super::{SyncPorts, Syncer, apply::Change, retry::Deadline};
 use crate::{
-    calendar::Calendar,
     sync_state::{Expected, StateError, SyncStateStore},
-    tokens::{GrantAccess, TokenProvider, TokenRefresher},
+    tokens::TokenProvider,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -23,44 +20,13 @@ pub enum ReplayError {
     Events(String),
 }
 
-/// Reads the current row of an event from the app's Events table.
+/// Reads the current row of an event from the app's Events table
+/// ([`crate::store::DynamoEvents`]).
 pub trait EventsSource: Send + Sync {
     fn current_row(
         &self,
         event_id: &str,
     ) -> impl Future<Output = Result<Option<serde_dynamo::Item>, ReplayError>> + Send;
-}
-
-/// The Events table in DynamoDB (partition key `event_id`); calsync only reads it.
-#[derive(Clone, Debug)]
-pub struct DynamoEvents {
-    client: aws_sdk_dynamodb::Client,
-    table: String,
-}
-
-impl DynamoEvents {
-    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
-        Self { client, table }
-    }
-}
-
-impl EventsSource for DynamoEvents {
-    async fn current_row(&self, event_id: &str) -> Result<Option<serde_dynamo::Item>, ReplayError> {
-        let answer = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("event_id", AttributeValue::S(event_id.to_string()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| {
-                ReplayError::Events(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())
-            })?;
-        Ok(answer
-            .item
-            .map(|item: HashMap<String, AttributeValue>| serde_dynamo::Item::from(item)))
-    }
 }
 
 /// What a replay did.
@@ -74,17 +40,10 @@ pub struct ReplayReport {
     pub failed: usize,
 }
 
-impl<C, S, G, R> Syncer<C, S, G, R>
-where
-    C: Calendar,
-    S: SyncStateStore,
-    G: GrantAccess,
-    R: TokenRefresher,
-{
+impl<P: SyncPorts> Syncer<P> {
     /// Applies every parked change of `user_id` from the current rows.
-    pub async fn replay_user<E: EventsSource>(
+    pub async fn replay_user(
         &self,
-        events: &E,
         user_id: &str,
         deadline: Deadline,
     ) -> Result<ReplayReport, ReplayError> {
@@ -98,7 +57,7 @@ where
                 continue;
             }
             let event_id = previous.event_id.as_str();
-            let row = events.current_row(event_id).await?;
+            let row = self.events.current_row(event_id).await?;
             let change = match &row {
                 Some(image) => Change::Upsert {
                     image,
@@ -134,40 +93,22 @@ where
 /// The callback's [`crate::http::AfterConnect`] hook: replays the user's parked changes within
 /// `budget` (the callback must still answer the browser in time). Problems are logged, never
 /// turned into a failed connect; what is left stays parked.
-pub struct ReplayOnConnect<C, S, G, R, E> {
-    pub syncer: Syncer<C, S, G, R>,
-    pub events: E,
+pub struct ReplayOnConnect<P: SyncPorts> {
+    pub syncer: Syncer<P>,
     pub budget: std::time::Duration,
 }
 
-impl<C, S, G, R, E> crate::http::AfterConnect for ReplayOnConnect<C, S, G, R, E>
-where
-    C: Calendar,
-    S: SyncStateStore,
-    G: GrantAccess,
-    R: TokenRefresher,
-    E: EventsSource,
-{
+impl<P: SyncPorts> crate::http::AfterConnect for ReplayOnConnect<P> {
     async fn connected(&self, user_id: &str) {
         let deadline = Deadline::in_(self.budget);
-        if let Err(error) = self
-            .syncer
-            .replay_user(&self.events, user_id, deadline)
-            .await
-        {
+        if let Err(error) = self.syncer.replay_user(user_id, deadline).await {
             tracing::error!(user_id, %error, "replay after connect failed; changes stay parked");
         }
     }
 }
 
-/// The production hook: the sync's clients plus the Events table.
-pub type ProductionReplay = ReplayOnConnect<
-    crate::calendar::CalendarClient,
-    crate::sync_state::DynamoSyncStateStore,
-    crate::tokens::StoredGrants<crate::grants::DynamoGrantStore>,
-    crate::google_oauth::GoogleOAuth,
-    DynamoEvents,
->;
+/// The production hook: the sync's clients, the Events table among them.
+pub type ProductionReplay = ReplayOnConnect<super::handler::Production>;
 
 /// Time a connect may spend replaying before answering the browser.
 pub const REPLAY_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
@@ -183,7 +124,6 @@ impl ProductionReplay {
         syncer.retry.safety_margin = REPLAY_CALENDAR_TIMEOUT;
         Self {
             syncer,
-            events: DynamoEvents::new(clients.dynamodb.clone(), config.tables.events.clone()),
             budget: REPLAY_BUDGET,
         }
     }

@@ -14,11 +14,12 @@ use aws_lambda_events::event::dynamodb::EventRecord;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use super::{Syncer, retry::Deadline, retry::RetryPolicy};
+use super::{SyncPorts, Syncer, retry::Deadline, retry::RetryPolicy};
 use crate::{
     calendar::{Calendar, CalendarError},
     mapping::google_event_id,
-    sync_state::{InMemorySyncStateStore, SyncStatus},
+    store::{InMemoryEvents, InMemorySyncStateStore},
+    sync_state::SyncStatus,
     tokens::fakes::{FakeGrants, FakeRefresher},
 };
 
@@ -110,7 +111,18 @@ impl Calendar for FakeCalendar {
     }
 }
 
-type TestSyncer = Syncer<FakeCalendar, InMemorySyncStateStore, FakeGrants, FakeRefresher>;
+/// Fakes of every port, with the calendar `C`.
+struct Fakes<C>(std::marker::PhantomData<C>);
+
+impl<C: Calendar> SyncPorts for Fakes<C> {
+    type Calendar = C;
+    type States = InMemorySyncStateStore;
+    type Grants = FakeGrants;
+    type Refresher = FakeRefresher;
+    type Events = InMemoryEvents;
+}
+
+type TestSyncer = Syncer<Fakes<FakeCalendar>>;
 
 fn syncer(grants: FakeGrants) -> TestSyncer {
     Syncer {
@@ -118,6 +130,7 @@ fn syncer(grants: FakeGrants) -> TestSyncer {
         states: InMemorySyncStateStore::new(),
         grants,
         refresher: FakeRefresher::default(),
+        events: InMemoryEvents::new(),
         retry: RetryPolicy {
             base: Duration::from_millis(1),
             cap: Duration::from_millis(2),
@@ -368,20 +381,9 @@ async fn users_without_grants_are_parked_and_replayed() {
         grants: FakeGrants::default().with_user("nobody", chrono::Duration::hours(1)),
         ..s
     };
-    struct Rows(serde_dynamo::Item);
-    impl super::replay::EventsSource for Rows {
-        async fn current_row(
-            &self,
-            _: &str,
-        ) -> Result<Option<serde_dynamo::Item>, super::replay::ReplayError> {
-            Ok(Some(self.0.clone()))
-        }
-    }
     let current: serde_dynamo::Item = serde_json::from_value(image("e9", "nobody", "Now")).unwrap();
-    let report = s
-        .replay_user(&Rows(current), "nobody", deadline())
-        .await
-        .unwrap();
+    s.events.set("e9", Some(current));
+    let report = s.replay_user("nobody", deadline()).await.unwrap();
     assert_eq!(report.applied, 1);
     assert_eq!(
         s.calendar.summary("primary", &gid("e9")).as_deref(),
@@ -483,7 +485,7 @@ async fn events_run_concurrently_up_to_the_limit() {
             None,
         ));
     }
-    let s = Syncer {
+    let s: Syncer<Fakes<GatedCalendar>> = Syncer {
         calendar: GatedCalendar {
             gate: tokio::sync::Semaphore::new(0),
             started: tokio::sync::Notify::new(),
@@ -493,6 +495,7 @@ async fn events_run_concurrently_up_to_the_limit() {
         states: InMemorySyncStateStore::new(),
         grants,
         refresher: FakeRefresher::default(),
+        events: InMemoryEvents::new(),
         retry: RetryPolicy::default(),
         concurrency: 3,
     };

@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
-use shared::{aws::Clients, config::Config};
+use calsync::{aws::Clients, config::Config};
 use testkit::TestStack;
 
 static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
@@ -40,7 +40,7 @@ pub fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
     LOGS.get_or_init(|| {
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let writer = Capture(buffer.clone());
-        shared::telemetry::init_with_writer(move || writer.clone());
+        calsync::telemetry::init_with_writer(move || writer.clone());
         buffer
     })
     .clone()

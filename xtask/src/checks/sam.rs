@@ -32,6 +32,8 @@ pub const IMAGE_VARIABLE: &str = "CALSYNC_SAM_INVOKE_IMAGE";
 pub const DEMO_USER: &str = "demo-user";
 /// The Google account the demo user connects (one of the emulator's default accounts).
 pub const DEMO_ACCOUNT: &str = "alice@example.com";
+/// How often a running `sam build` reports how far it got.
+const BUILD_HEARTBEAT: Duration = Duration::from_secs(30);
 /// How long `sam local start-api` may take to listen.
 const START_API_READY: Duration = Duration::from_secs(120);
 
@@ -191,9 +193,7 @@ fn elf_machine(path: &Path) -> Result<u16> {
 
 /// The template's default architecture, read from its `Architecture` parameter.
 fn default_architecture(root: &Path) -> Result<Architecture> {
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(root.join("template.yaml"))?)?;
-    match doc["Parameters"]["Architecture"]["Default"].as_str() {
+    match Template::load(&root.join("template.yaml"))?.parameter_default("Architecture") {
         Some("arm64") => Ok(Architecture::Arm64),
         Some("x86_64") => Ok(Architecture::X86_64),
         other => bail!("template.yaml's Architecture parameter has default {other:?}"),
@@ -263,20 +263,30 @@ async fn sam_build(
         "sam: sam build for {} (a cold build compiles every dependency: minutes)",
         built_for.parameter()
     );
-    let status = command
+    let deps = target.join(built_for.rust_target()).join("release/deps");
+    let mut child = command
         .stdin(Stdio::null())
-        .status()
-        .await
+        .spawn()
         .context("running sam build")?;
+    // SAM shows cargo-lambda's output only when a build ends; the crates compiled so far are the
+    // sign of life in between.
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status?,
+            () = tokio::time::sleep(BUILD_HEARTBEAT) => println!(
+                "sam: sam build for {} still running: {} crates compiled, {:.0} s",
+                built_for.parameter(),
+                compiled_since(&deps, since),
+                since.elapsed().unwrap_or_default().as_secs_f64()
+            ),
+        }
+    };
     ensure!(
         status.success(),
         "sam build for {} failed ({status}); its output is above",
         built_for.parameter()
     );
-    Ok(compiled_since(
-        &target.join(built_for.rust_target()).join("release/deps"),
-        since,
-    ) + compiled_since(&target.join("release/deps"), since))
+    Ok(compiled_since(&deps, since) + compiled_since(&target.join("release/deps"), since))
 }
 
 /// Crates (`.rlib`/`.rmeta`/`.so` written after `since`) in a cargo `deps` folder.

@@ -1,0 +1,192 @@
+//! The OAuth flows table (partition key `state`, TTL attribute `expires_at`): the adapter of
+//! [`FlowStore`] and its in-memory fake. The PKCE verifier is stored sealed, bound to its user.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use aws_sdk_dynamodb::{
+    Client,
+    types::{AttributeValue, ReturnValue},
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Item, SealedTable, unless_condition_failed};
+use crate::{
+    flows::{Flow, FlowError, FlowStore},
+    secrets::SecretsCache,
+};
+
+#[derive(Serialize, Deserialize)]
+struct StoredFlow {
+    state: String,
+    user_id: String,
+    return_to: String,
+    verifier_sealed: String,
+    nonce_hash: String,
+    created_at: DateTime<Utc>,
+    /// Epoch seconds: the table's TTL attribute.
+    expires_at: i64,
+}
+
+/// DynamoDB adapter of [`FlowStore`].
+#[derive(Clone)]
+pub struct DynamoFlowStore(SealedTable);
+
+impl DynamoFlowStore {
+    pub fn new(client: Client, table: String, secrets: Arc<SecretsCache>) -> Self {
+        Self(SealedTable::new(client, table, "state", secrets))
+    }
+
+    async fn to_flow(&self, item: Item) -> Result<Flow, FlowError> {
+        let stored: StoredFlow =
+            serde_dynamo::from_item(item).map_err(|e| FlowError::Corrupt(e.to_string()))?;
+        let vault = self.0.vault().await?;
+        let verifier = self
+            .0
+            .open(&vault, &stored.user_id, &stored.verifier_sealed)?;
+        let expires_at = DateTime::from_timestamp(stored.expires_at, 0)
+            .ok_or_else(|| FlowError::Corrupt("expires_at out of range".into()))?;
+        Ok(Flow {
+            state: stored.state,
+            user_id: stored.user_id,
+            return_to: stored.return_to,
+            verifier,
+            nonce_hash: stored.nonce_hash,
+            created_at: stored.created_at,
+            expires_at,
+        })
+    }
+}
+
+impl FlowStore for DynamoFlowStore {
+    async fn create(&self, flow: &Flow) -> Result<(), FlowError> {
+        let vault = self.0.vault().await?;
+        let stored = StoredFlow {
+            state: flow.state.clone(),
+            user_id: flow.user_id.clone(),
+            return_to: flow.return_to.clone(),
+            verifier_sealed: self.0.seal(&vault, &flow.user_id, &flow.verifier)?,
+            nonce_hash: flow.nonce_hash.clone(),
+            created_at: flow.created_at,
+            expires_at: flow.expires_at.timestamp(),
+        };
+        let item: Item =
+            serde_dynamo::to_item(&stored).map_err(|e| FlowError::Store(e.to_string()))?;
+        let put = self
+            .0
+            .table
+            .put(item)
+            .condition_expression("attribute_not_exists(#state)")
+            .expression_attribute_names("#state", "state")
+            .send()
+            .await;
+        match unless_condition_failed(put).map_err(FlowError::Store)? {
+            Some(_) => Ok(()),
+            None => Err(FlowError::Duplicate),
+        }
+    }
+
+    async fn find(&self, state: &str) -> Result<Option<Flow>, FlowError> {
+        match self.0.table.get(state).await.map_err(FlowError::Store)? {
+            Some(item) => Ok(Some(self.to_flow(item).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn consume(&self, state: &str, nonce_hash: &str) -> Result<Option<Flow>, FlowError> {
+        let deleted = self
+            .0
+            .table
+            .delete(state)
+            .condition_expression("attribute_exists(#state) AND nonce_hash = :nonce_hash")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":nonce_hash", AttributeValue::S(nonce_hash.to_string()))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await;
+        // A failed condition means another callback consumed it first (or it never existed).
+        match unless_condition_failed(deleted)
+            .map_err(FlowError::Store)?
+            .and_then(|answer| answer.attributes)
+        {
+            Some(item) if !item.is_empty() => Ok(Some(self.to_flow(item).await?)),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// An in-memory [`FlowStore`] for unit tests.
+#[derive(Default, Clone)]
+pub struct InMemoryFlowStore {
+    flows: Arc<Mutex<HashMap<String, Flow>>>,
+}
+
+impl InMemoryFlowStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl FlowStore for InMemoryFlowStore {
+    async fn create(&self, flow: &Flow) -> Result<(), FlowError> {
+        let mut flows = self.flows.lock().unwrap();
+        if flows.contains_key(&flow.state) {
+            return Err(FlowError::Duplicate);
+        }
+        flows.insert(flow.state.clone(), flow.clone());
+        Ok(())
+    }
+
+    async fn find(&self, state: &str) -> Result<Option<Flow>, FlowError> {
+        Ok(self.flows.lock().unwrap().get(state).cloned())
+    }
+
+    async fn consume(&self, state: &str, nonce_hash: &str) -> Result<Option<Flow>, FlowError> {
+        let mut flows = self.flows.lock().unwrap();
+        match flows.get(state) {
+            Some(flow) if flow.nonce_hash == nonce_hash => Ok(flows.remove(state)),
+            _ => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flows::{new_flow, nonce_hash};
+
+    #[tokio::test]
+    async fn in_memory_consume_is_single_use_and_needs_the_hash() {
+        let store = InMemoryFlowStore::new();
+        let (flow, nonce, _) = new_flow("u", "https://a.example/", Utc::now());
+        store.create(&flow).await.unwrap();
+        assert!(matches!(
+            store.create(&flow).await,
+            Err(FlowError::Duplicate)
+        ));
+        assert!(
+            store
+                .consume(&flow.state, &nonce_hash("wrong"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .consume(&flow.state, &nonce_hash(&nonce))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            store
+                .consume(&flow.state, &nonce_hash(&nonce))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,300 @@
+//! The grants table (partition key `user_id`): the adapter of [`GrantStore`] and its in-memory
+//! fake. Tokens are sealed on write and opened on read; every write but `delete_tokens` is
+//! conditional on the version that was read.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use aws_sdk_dynamodb::{Client, types::AttributeValue};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Item, SealedTable, unless_condition_failed};
+use crate::{
+    grants::{Grant, GrantError, GrantStatus, GrantStore},
+    secrets::SecretsCache,
+    vault::VaultError,
+};
+
+/// The item as DynamoDB holds it: tokens only as sealed text.
+#[derive(Serialize, Deserialize)]
+struct StoredGrant {
+    user_id: String,
+    status: GrantStatus,
+    google_sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    google_email: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    connected_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refreshed_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    access_token_sealed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    access_token_expires_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_token_sealed: Option<String>,
+    version: u64,
+    updated_at: DateTime<Utc>,
+}
+
+/// DynamoDB adapter of [`GrantStore`].
+#[derive(Clone)]
+pub struct DynamoGrantStore(SealedTable);
+
+/// Seals or opens an optional token of `user_id`; a failure names the user, never the token.
+fn each_token<A, B>(
+    user_id: &str,
+    value: Option<A>,
+    crypt: impl FnOnce(A) -> Result<B, VaultError>,
+) -> Result<Option<B>, GrantError> {
+    value
+        .map(crypt)
+        .transpose()
+        .map_err(|source| GrantError::Vault {
+            user_id: user_id.to_string(),
+            source,
+        })
+}
+
+fn conflict(user_id: &str) -> GrantError {
+    GrantError::Conflict {
+        user_id: user_id.to_string(),
+    }
+}
+
+impl DynamoGrantStore {
+    pub fn new(client: Client, table: String, secrets: Arc<SecretsCache>) -> Self {
+        Self(SealedTable::new(client, table, "user_id", secrets))
+    }
+}
+
+impl GrantStore for DynamoGrantStore {
+    async fn get(&self, user_id: &str) -> Result<Option<Grant>, GrantError> {
+        let Some(item) = self.0.table.get(user_id).await.map_err(GrantError::Store)? else {
+            return Ok(None);
+        };
+        let stored: StoredGrant =
+            serde_dynamo::from_item(item).map_err(|e| GrantError::Corrupt {
+                user_id: user_id.to_string(),
+                reason: e.to_string(),
+            })?;
+        let vault = self.0.vault().await?;
+        let open = |sealed: &Option<String>| {
+            each_token(user_id, sealed.as_deref(), |v| {
+                self.0.open(&vault, user_id, v)
+            })
+        };
+        Ok(Some(Grant {
+            access_token: open(&stored.access_token_sealed)?,
+            refresh_token: open(&stored.refresh_token_sealed)?,
+            user_id: stored.user_id,
+            status: stored.status,
+            google_sub: stored.google_sub,
+            google_email: stored.google_email,
+            scopes: stored.scopes,
+            connected_at: stored.connected_at,
+            refreshed_at: stored.refreshed_at,
+            access_token_expires_at: stored.access_token_expires_at,
+            version: stored.version,
+        }))
+    }
+
+    async fn save(&self, grant: &Grant) -> Result<Grant, GrantError> {
+        let vault = self.0.vault().await?;
+        let user_id = grant.user_id.as_str();
+        let seal = |token| each_token(user_id, token, |v| self.0.seal(&vault, user_id, v));
+        let new_version = grant.version + 1;
+        let stored = StoredGrant {
+            user_id: grant.user_id.clone(),
+            status: grant.status,
+            google_sub: grant.google_sub.clone(),
+            google_email: grant.google_email.clone(),
+            scopes: grant.scopes.clone(),
+            connected_at: grant.connected_at,
+            refreshed_at: grant.refreshed_at,
+            access_token_sealed: seal(grant.access_token.as_ref())?,
+            access_token_expires_at: grant.access_token_expires_at,
+            refresh_token_sealed: seal(grant.refresh_token.as_ref())?,
+            version: new_version,
+            updated_at: Utc::now(),
+        };
+        let item: Item =
+            serde_dynamo::to_item(&stored).map_err(|e| GrantError::Store(e.to_string()))?;
+        let mut put = self.0.table.put(item);
+        put = if grant.version == 0 {
+            put.condition_expression("attribute_not_exists(user_id)")
+        } else {
+            put.condition_expression("#version = :read_version")
+                .expression_attribute_names("#version", "version")
+                .expression_attribute_values(
+                    ":read_version",
+                    AttributeValue::N(grant.version.to_string()),
+                )
+        };
+        match unless_condition_failed(put.send().await).map_err(GrantError::Store)? {
+            Some(_) => Ok(Grant {
+                version: new_version,
+                ..grant.clone()
+            }),
+            None => Err(conflict(user_id)),
+        }
+    }
+
+    async fn delete_tokens(&self, user_id: &str, status: GrantStatus) -> Result<(), GrantError> {
+        let updated = self
+            .0
+            .table
+            .update(user_id)
+            .condition_expression("attribute_exists(user_id)")
+            .update_expression(
+                "SET #status = :status, #version = #version + :one, updated_at = :now \
+                 REMOVE access_token_sealed, refresh_token_sealed, access_token_expires_at",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#version", "version")
+            .expression_attribute_values(":status", AttributeValue::S(status.as_str().into()))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .expression_attribute_values(":now", AttributeValue::S(Utc::now().to_rfc3339()))
+            .send()
+            .await;
+        // A failed condition: the user has no grant, so there is nothing to delete.
+        unless_condition_failed(updated).map_err(GrantError::Store)?;
+        Ok(())
+    }
+
+    async fn delete(&self, grant: &Grant) -> Result<(), GrantError> {
+        let deleted = self
+            .0
+            .table
+            .delete(&grant.user_id)
+            .condition_expression("attribute_not_exists(user_id) OR #version = :read_version")
+            .expression_attribute_names("#version", "version")
+            .expression_attribute_values(
+                ":read_version",
+                AttributeValue::N(grant.version.to_string()),
+            )
+            .send()
+            .await;
+        match unless_condition_failed(deleted).map_err(GrantError::Store)? {
+            Some(_) => Ok(()),
+            None => Err(conflict(&grant.user_id)),
+        }
+    }
+}
+
+/// An in-memory [`GrantStore`] with the same version rules, for unit tests.
+#[derive(Default, Clone)]
+pub struct InMemoryGrantStore {
+    grants: Arc<Mutex<HashMap<String, Grant>>>,
+}
+
+impl InMemoryGrantStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl GrantStore for InMemoryGrantStore {
+    async fn get(&self, user_id: &str) -> Result<Option<Grant>, GrantError> {
+        Ok(self.grants.lock().unwrap().get(user_id).cloned())
+    }
+
+    async fn save(&self, grant: &Grant) -> Result<Grant, GrantError> {
+        let mut grants = self.grants.lock().unwrap();
+        let stored_version = grants.get(&grant.user_id).map_or(0, |g| g.version);
+        if stored_version != grant.version {
+            return Err(conflict(&grant.user_id));
+        }
+        let saved = Grant {
+            version: grant.version + 1,
+            ..grant.clone()
+        };
+        grants.insert(grant.user_id.clone(), saved.clone());
+        Ok(saved)
+    }
+
+    async fn delete_tokens(&self, user_id: &str, status: GrantStatus) -> Result<(), GrantError> {
+        if let Some(grant) = self.grants.lock().unwrap().get_mut(user_id) {
+            grant.status = status;
+            grant.access_token = None;
+            grant.refresh_token = None;
+            grant.access_token_expires_at = None;
+            grant.version += 1;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, grant: &Grant) -> Result<(), GrantError> {
+        let mut grants = self.grants.lock().unwrap();
+        match grants.get(&grant.user_id) {
+            Some(stored) if stored.version != grant.version => Err(conflict(&grant.user_id)),
+            _ => {
+                grants.remove(&grant.user_id);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+
+    use super::*;
+    use crate::grants::tests::grant;
+
+    #[tokio::test]
+    async fn in_memory_store_enforces_versions() {
+        let store = InMemoryGrantStore::new();
+        let saved = store.save(&grant("u")).await.unwrap();
+        assert_eq!(saved.version, 1);
+        assert!(matches!(
+            store.save(&grant("u")).await,
+            Err(GrantError::Conflict { .. })
+        ));
+        let again = store.save(&saved).await.unwrap();
+        assert_eq!(again.version, 2);
+        assert!(matches!(
+            store.save(&saved).await,
+            Err(GrantError::Conflict { .. })
+        ));
+        store
+            .delete_tokens("u", GrantStatus::NeedsReauth)
+            .await
+            .unwrap();
+        let read = store.get("u").await.unwrap().unwrap();
+        assert_eq!(read.status, GrantStatus::NeedsReauth);
+        assert!(read.refresh_token.is_none() && read.access_token.is_none());
+        assert_eq!(read.version, 3);
+
+        // retire and delete are conditional on the version read.
+        assert!(matches!(
+            store.retire(&saved, GrantStatus::NeedsReauth).await,
+            Err(GrantError::Conflict { .. })
+        ));
+        let renewed = store
+            .save(&Grant {
+                status: GrantStatus::Active,
+                refresh_token: Some(SecretString::from("rt2".to_string())),
+                ..read.clone()
+            })
+            .await
+            .unwrap();
+        let retired = store
+            .retire(&renewed, GrantStatus::NeedsReauth)
+            .await
+            .unwrap();
+        assert!(retired.refresh_token.is_none() && retired.status == GrantStatus::NeedsReauth);
+        assert!(matches!(
+            store.delete(&renewed).await,
+            Err(GrantError::Conflict { .. })
+        ));
+        store.delete(&retired).await.unwrap();
+        assert!(store.get("u").await.unwrap().is_none());
+        store.delete(&retired).await.unwrap();
+    }
+}

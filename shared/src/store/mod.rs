@@ -1,0 +1,220 @@
+//! Every DynamoDB table calsync touches, one file each: the adapter that implements the domain's
+//! store trait, and the in-memory fake unit tests use in its place.
+//!
+//! - [`flows`]: OAuth flow records ([`crate::flows::FlowStore`]).
+//! - [`grants`]: grants, tokens sealed at rest ([`crate::grants::GrantStore`]).
+//! - [`sync_state`]: the sync state and its parked changes ([`crate::sync_state::SyncStateStore`],
+//!   [`crate::sync_state::ParkedChanges`]).
+//! - [`events`]: the app's Events table, read only ([`crate::sync::replay::EventsSource`]).
+//!
+//! The adapters share [`Table`] (a table keyed on one string attribute, read consistently) and,
+//! for the tables holding secrets, [`SealedTable`] (values bound to the table and the user).
+
+mod events;
+mod flows;
+mod grants;
+mod sync_state;
+
+use std::{collections::HashMap, sync::Arc};
+
+use aws_sdk_dynamodb::{
+    error::{ProvideErrorMetadata, SdkError},
+    operation::{
+        delete_item::builders::DeleteItemFluentBuilder, put_item::builders::PutItemFluentBuilder,
+        query::builders::QueryFluentBuilder, update_item::builders::UpdateItemFluentBuilder,
+    },
+    types::AttributeValue,
+};
+use secrecy::SecretString;
+
+pub use events::{DynamoEvents, InMemoryEvents};
+pub use flows::{DynamoFlowStore, InMemoryFlowStore};
+pub use grants::{DynamoGrantStore, InMemoryGrantStore};
+pub use sync_state::{BY_USER_INDEX, DynamoSyncStateStore, InMemorySyncStateStore};
+
+use crate::{
+    aws::{Clients, describe_error},
+    config::{Config, Tables},
+    secrets::{SecretsCache, SecretsError},
+    vault::{Vault, VaultError},
+};
+
+/// A function's production adapters, built once per cold start over its AWS clients and one
+/// secrets cache, which the sealed tables and the Google client share.
+pub struct Stores {
+    dynamodb: aws_sdk_dynamodb::Client,
+    tables: Tables,
+    secrets: Arc<SecretsCache>,
+}
+
+impl Stores {
+    pub fn new(config: &Config, clients: &Clients) -> Self {
+        Self {
+            dynamodb: clients.dynamodb.clone(),
+            tables: config.tables.clone(),
+            secrets: Arc::new(SecretsCache::new(
+                clients.secrets.clone(),
+                config.secrets.clone(),
+            )),
+        }
+    }
+
+    pub fn secrets(&self) -> Arc<SecretsCache> {
+        self.secrets.clone()
+    }
+
+    pub fn flows(&self) -> DynamoFlowStore {
+        DynamoFlowStore::new(
+            self.dynamodb.clone(),
+            self.tables.oauth_flows.clone(),
+            self.secrets(),
+        )
+    }
+
+    pub fn grants(&self) -> DynamoGrantStore {
+        DynamoGrantStore::new(
+            self.dynamodb.clone(),
+            self.tables.grants.clone(),
+            self.secrets(),
+        )
+    }
+
+    pub fn sync_state(&self) -> DynamoSyncStateStore {
+        DynamoSyncStateStore::new(self.dynamodb.clone(), self.tables.sync_state.clone())
+    }
+
+    pub fn events(&self) -> DynamoEvents {
+        DynamoEvents::new(self.dynamodb.clone(), self.tables.events.clone())
+    }
+}
+
+/// One item as the SDK holds it.
+type Item = HashMap<String, AttributeValue>;
+
+/// A table whose partition key is one string attribute. Requests built here already name the
+/// table and the key; errors come back as [`describe_error`]'s text for the store's own enum.
+#[derive(Clone, Debug)]
+pub struct Table {
+    client: aws_sdk_dynamodb::Client,
+    name: String,
+    key: &'static str,
+}
+
+impl Table {
+    pub fn new(client: aws_sdk_dynamodb::Client, name: String, key: &'static str) -> Self {
+        Self { client, name, key }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn key_value(value: &str) -> AttributeValue {
+        AttributeValue::S(value.to_string())
+    }
+
+    /// The item under `key`, read strongly consistent: every caller is about to write
+    /// conditionally on what it read, and a stale read would only cost a lost race.
+    pub async fn get(&self, key: &str) -> Result<Option<Item>, String> {
+        self.client
+            .get_item()
+            .table_name(&self.name)
+            .key(self.key, Self::key_value(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map(|answer| answer.item)
+            .map_err(|e| describe_error(&e))
+    }
+
+    pub fn put(&self, item: Item) -> PutItemFluentBuilder {
+        self.client
+            .put_item()
+            .table_name(&self.name)
+            .set_item(Some(item))
+    }
+
+    pub fn delete(&self, key: &str) -> DeleteItemFluentBuilder {
+        self.client
+            .delete_item()
+            .table_name(&self.name)
+            .key(self.key, Self::key_value(key))
+    }
+
+    pub fn update(&self, key: &str) -> UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.name)
+            .key(self.key, Self::key_value(key))
+    }
+
+    pub fn query(&self) -> QueryFluentBuilder {
+        self.client.query().table_name(&self.name)
+    }
+}
+
+/// A conditional write's answer: `Some(output)` when it went through, `None` when its condition
+/// did not hold (for the caller to name: a conflict, or nothing to do), else the error's text.
+pub fn unless_condition_failed<O, E, R>(
+    result: Result<O, SdkError<E, R>>,
+) -> Result<Option<O>, String>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(output) => Ok(Some(output)),
+        Err(e)
+            if e.as_service_error().and_then(ProvideErrorMetadata::code)
+                == Some("ConditionalCheckFailedException") =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(describe_error(&e)),
+    }
+}
+
+/// A table holding secrets sealed with the [`Vault`], each bound to this table and its user, so a
+/// ciphertext copied to another table or another user's item does not open.
+#[derive(Clone)]
+pub struct SealedTable {
+    pub table: Table,
+    secrets: Arc<SecretsCache>,
+}
+
+impl SealedTable {
+    pub fn new(
+        client: aws_sdk_dynamodb::Client,
+        name: String,
+        key: &'static str,
+        secrets: Arc<SecretsCache>,
+    ) -> Self {
+        Self {
+            table: Table::new(client, name, key),
+            secrets,
+        }
+    }
+
+    /// The vault with the current keyring (cached by [`SecretsCache`]).
+    pub async fn vault(&self) -> Result<Vault, SecretsError> {
+        Ok(Vault::new(self.secrets.keyring().await?))
+    }
+
+    pub fn seal(
+        &self,
+        vault: &Vault,
+        user_id: &str,
+        value: &SecretString,
+    ) -> Result<String, VaultError> {
+        vault.seal(self.table.name(), user_id, value)
+    }
+
+    pub fn open(
+        &self,
+        vault: &Vault,
+        user_id: &str,
+        sealed: &str,
+    ) -> Result<SecretString, VaultError> {
+        vault.open(self.table.name(), user_id, sealed)
+    }
+}
