@@ -41,11 +41,81 @@ impl Options {
     }
 }
 
+/// What each step did, in order, for the closing summary.
+#[derive(Default)]
+struct Summary(Vec<Step>);
+
 struct Step {
     name: String,
     took: Duration,
-    outcome: Result<String, String>,
-    skipped: bool,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    Passed(String),
+    Failed(String),
+    /// Not run: the flag that skipped it.
+    Skipped(&'static str),
+}
+
+impl Summary {
+    fn record(&mut self, name: &str, started: Instant, outcome: Result<String, String>) {
+        let took = started.elapsed();
+        let outcome = match outcome {
+            Ok(detail) => {
+                println!("==> {name}: ok ({took:.1?})");
+                Outcome::Passed(detail)
+            }
+            Err(e) => {
+                println!("==> {name}: FAILED ({took:.1?}): {e}");
+                Outcome::Failed(e)
+            }
+        };
+        self.0.push(Step {
+            name: name.to_string(),
+            took,
+            outcome,
+        });
+    }
+
+    fn skip(&mut self, name: &str, flag: &'static str) {
+        println!("==> {name}: skipped ({flag})");
+        self.0.push(Step {
+            name: name.to_string(),
+            took: Duration::ZERO,
+            outcome: Outcome::Skipped(flag),
+        });
+    }
+
+    /// Prints the table; an error when any step failed.
+    fn finish(self) -> Result<()> {
+        println!("\nsummary");
+        let (mut failed, mut skipped) = (0, 0);
+        for step in &self.0 {
+            let (mark, detail) = match &step.outcome {
+                Outcome::Passed(detail) => ("ok  ", detail.clone()),
+                Outcome::Failed(detail) => {
+                    failed += 1;
+                    ("FAIL", detail.clone())
+                }
+                Outcome::Skipped(flag) => {
+                    skipped += 1;
+                    ("skip", format!("skipped ({flag}): not proven by this run"))
+                }
+            };
+            println!("  {mark} {:<28} {:>8.1?}  {detail}", step.name, step.took);
+        }
+        if failed > 0 {
+            bail!("{failed} step(s) failed");
+        }
+        let passed = self.0.len() - skipped;
+        if skipped > 0 {
+            println!("{passed} steps passed, {skipped} skipped");
+        } else {
+            println!("all {passed} steps passed");
+        }
+        Ok(())
+    }
 }
 
 fn cargo() -> Command {
@@ -66,39 +136,17 @@ fn run_command(command: &mut Command) -> Result<String, String> {
 }
 
 pub async fn run(options: &Options) -> Result<()> {
-    let mut steps: Vec<Step> = Vec::new();
-    let mut record = |name: &str, started: Instant, outcome: Result<String, String>| {
-        match &outcome {
-            Ok(_) => println!("==> {name}: ok ({:.1?})", started.elapsed()),
-            Err(e) => println!("==> {name}: FAILED ({:.1?}): {e}", started.elapsed()),
-        }
-        steps.push(Step {
-            name: name.to_string(),
-            took: started.elapsed(),
-            outcome,
-            skipped: false,
-        });
-    };
-    let mut skipped: Vec<Step> = Vec::new();
-    let mut skip = |name: &str, flag: &str| {
-        println!("==> {name}: skipped ({flag})");
-        skipped.push(Step {
-            name: name.to_string(),
-            took: Duration::ZERO,
-            outcome: Ok(format!("skipped ({flag})")),
-            skipped: true,
-        });
-    };
+    let mut summary = Summary::default();
 
     let started = Instant::now();
     println!("==> setup");
     let venv: Option<PathBuf> = match setup::ensure() {
         Ok(venv) => {
-            record("setup", started, Ok(venv.display().to_string()));
+            summary.record("setup", started, Ok(venv.display().to_string()));
             Some(venv)
         }
         Err(e) => {
-            record("setup", started, Err(format!("{e:#}")));
+            summary.record("setup", started, Err(format!("{e:#}")));
             None
         }
     };
@@ -110,7 +158,7 @@ pub async fn run(options: &Options) -> Result<()> {
 
     let started = Instant::now();
     println!("==> cargo fmt --all --check");
-    record(
+    summary.record(
         "cargo fmt --all --check",
         started,
         run_command(cargo().args(["fmt", "--all", "--check"])),
@@ -118,7 +166,7 @@ pub async fn run(options: &Options) -> Result<()> {
 
     let started = Instant::now();
     println!("==> cargo clippy --workspace --all-targets -- -D warnings");
-    record(
+    summary.record(
         "cargo clippy",
         started,
         run_command(cargo().args([
@@ -129,6 +177,14 @@ pub async fn run(options: &Options) -> Result<()> {
             "-D",
             "warnings",
         ])),
+    );
+
+    let started = Instant::now();
+    println!("==> duplicate crates in the functions (cargo tree -d)");
+    summary.record(
+        "duplicate crates",
+        started,
+        duplicate_crates().map_err(|e| format!("{e:#}")),
     );
 
     let started = Instant::now();
@@ -149,7 +205,7 @@ pub async fn run(options: &Options) -> Result<()> {
         let mut test = cargo();
         test.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
         with_test_env(&mut test);
-        record(
+        summary.record(
             "cargo nextest run --workspace",
             started,
             run_command(&mut test),
@@ -159,13 +215,13 @@ pub async fn run(options: &Options) -> Result<()> {
         let mut doc = cargo();
         doc.args(["test", "--doc", "--workspace"]);
         with_test_env(&mut doc);
-        record("cargo test --doc", started, run_command(&mut doc));
+        summary.record("cargo test --doc", started, run_command(&mut doc));
     } else {
         println!("==> cargo test --workspace");
         let mut test = cargo();
         test.args(["test", "--workspace", "--no-fail-fast"]);
         with_test_env(&mut test);
-        record("cargo test --workspace", started, run_command(&mut test));
+        summary.record("cargo test --workspace", started, run_command(&mut test));
     }
     drop(moto);
 
@@ -180,12 +236,12 @@ pub async fn run(options: &Options) -> Result<()> {
         ),
         None => Err("no venv".into()),
     };
-    record("sam validate --lint", started, outcome);
+    summary.record("sam validate --lint", started, outcome);
 
     let started = Instant::now();
     println!("==> events/ under the Runtime Interface Emulator");
     let outcome = events_under_rie().await.map_err(|e| format!("{e:#}"));
-    record("events/ under the RIE", started, outcome);
+    summary.record("events/ under the RIE", started, outcome);
 
     if options.browser {
         let started = Instant::now();
@@ -193,9 +249,9 @@ pub async fn run(options: &Options) -> Result<()> {
         let outcome = on_local_stack(browser_tests)
             .await
             .map_err(|e| format!("{e:#}"));
-        record("browser tests", started, outcome);
+        summary.record("browser tests", started, outcome);
     } else {
-        skip("browser tests", "--no-browser");
+        summary.skip("browser tests", "--no-browser");
     }
 
     let started = Instant::now();
@@ -203,7 +259,7 @@ pub async fn run(options: &Options) -> Result<()> {
     let outcome = on_local_stack(demo_story)
         .await
         .map_err(|e| format!("{e:#}"));
-    record("demo story", started, outcome);
+    summary.record("demo story", started, outcome);
 
     if options.sam {
         let started = Instant::now();
@@ -211,7 +267,7 @@ pub async fn run(options: &Options) -> Result<()> {
         let outcome = sam::build_template_defaults(&paths::workspace_root())
             .await
             .map_err(|e| format!("{e:#}"));
-        record("sam build (arm64)", started, outcome);
+        summary.record("sam build (arm64)", started, outcome);
 
         let started = Instant::now();
         println!("==> sam build + sam local invoke (x86_64, Docker)");
@@ -219,39 +275,68 @@ pub async fn run(options: &Options) -> Result<()> {
             .await
             .map(|()| String::new())
             .map_err(|e| format!("{e:#}"));
-        record("sam build + sam local invoke", started, outcome);
+        summary.record("sam build + sam local invoke", started, outcome);
     } else {
-        skip("sam build (arm64)", "--no-sam");
-        skip("sam build + sam local invoke", "--no-sam");
+        summary.skip("sam build (arm64)", "--no-sam");
+        summary.skip("sam build + sam local invoke", "--no-sam");
     }
 
-    println!("\nsummary");
-    let mut failed = 0;
-    let total_skipped = skipped.len();
-    steps.extend(skipped);
-    for step in &steps {
-        let (mark, detail) = match &step.outcome {
-            Ok(detail) if step.skipped => ("skip", detail.clone()),
-            Ok(detail) => ("ok  ", detail.clone()),
-            Err(detail) => {
-                failed += 1;
-                ("FAIL", detail.clone())
-            }
-        };
-        println!("  {mark} {:<28} {:>8.1?}  {detail}", step.name, step.took);
+    summary.finish()
+}
+
+/// Crates the functions link in more than one version today, each pinned by a dependency we do
+/// not control (the README's "Crate versions" says which); any other fails the step, so the
+/// list only shrinks.
+const KNOWN_DUPLICATES: &[&str] = &[
+    "base64",
+    "block-buffer",
+    "cpufeatures",
+    "crypto-common",
+    "digest",
+    "sha2",
+    "syn",
+    "thiserror",
+    "thiserror-impl",
+];
+
+/// `cargo tree -d` over the deployed functions: prints every crate they link twice and fails
+/// on one that is not in [`KNOWN_DUPLICATES`].
+fn duplicate_crates() -> Result<String> {
+    let mut command = cargo();
+    command.args(["tree", "--duplicates", "--depth", "0", "--edges", "normal"]);
+    for function in testkit::template::Template::load_workspace()?.functions()? {
+        command.args(["--package", &function.binary]);
     }
-    if failed > 0 {
-        bail!("{failed} step(s) failed");
-    }
-    if total_skipped > 0 {
-        println!(
-            "{} steps passed, {total_skipped} skipped: this run does not prove them",
-            steps.len() - total_skipped
+    let output = command.output()?;
+    if !output.status.success() {
+        bail!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&output.stderr)
         );
-    } else {
-        println!("all {} steps passed", steps.len());
     }
-    Ok(())
+    let listed: std::collections::BTreeSet<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| line.trim_end_matches(" (proc-macro)").to_string())
+        .collect();
+    for line in &listed {
+        println!("    {line}");
+    }
+    let new: Vec<&String> = listed
+        .iter()
+        .filter(|line| {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            !KNOWN_DUPLICATES.contains(&name)
+        })
+        .collect();
+    if !new.is_empty() {
+        bail!(
+            "the functions now link a second version of {new:?}: align the versions, or add the \
+             crate to KNOWN_DUPLICATES in xtask/src/ci.rs and say why in the README's \
+             \"Crate versions\""
+        );
+    }
+    Ok(format!("{} crate versions, all known", listed.len()))
 }
 
 fn nextest_available() -> bool {
