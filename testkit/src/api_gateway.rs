@@ -154,6 +154,23 @@ pub fn answer_set_cookies(answer: &Value) -> Vec<String> {
     cookies
 }
 
+/// A handler's response as the JSON answer Lambda would return (status, headers, cookies).
+pub fn answer_of(response: lambda_http::Response<lambda_http::Body>) -> Value {
+    let headers: serde_json::Map<String, Value> = response
+        .headers()
+        .iter()
+        .filter(|(name, _)| *name != header::SET_COOKIE)
+        .filter_map(|(name, v)| Some((name.to_string(), v.to_str().ok()?.into())))
+        .collect();
+    let cookies: Vec<&str> = response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    serde_json::json!({"statusCode": response.status().as_u16(), "headers": headers, "cookies": cookies})
+}
+
 /// A header of a function's answer (`headers`, else the first of `multiValueHeaders`), any case.
 pub fn answer_header(answer: &Value, name: &str) -> Option<String> {
     let find = |headers: &Value| {

@@ -9,6 +9,7 @@
 pub mod api_gateway;
 pub mod aws;
 pub mod ddb_json;
+pub mod emulator_control;
 pub mod moto;
 pub mod paths;
 pub mod process;

@@ -25,7 +25,8 @@ use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 use url::Url;
 
-use crate::api_gateway::{HttpApiEvent, cookie_pair};
+use crate::api_gateway::{HttpApiEvent, answer_header, answer_of, answer_set_cookies, cookie_pair};
+use crate::emulator_control::EmulatorControl;
 use crate::template::{Context, Template};
 use crate::{aws, ddb_json, moto, paths, process, seed, streams, tables};
 
@@ -97,6 +98,8 @@ pub struct TestStack {
     /// moto's endpoint, e.g. `http://127.0.0.1:PORT`.
     pub aws_endpoint: String,
     pub http: reqwest::Client,
+    /// The emulator's control API; a stack also offers its calls as its own (`stack.consent(..)`).
+    pub google: EmulatorControl,
     /// A moto of this stack's own (see [`TestStack::start_reachable_at`]); it stops with the stack.
     _own_moto: Option<std::process::Child>,
 }
@@ -155,23 +158,20 @@ impl TestStack {
         } = secrets;
         let mut env: HashMap<String, String> = provisioned.env.into_iter().collect();
 
-        let http = reqwest::Client::new();
-        let registered = http
-            .post(emulator.base_url.join("__emulator/clients")?)
-            .json(&json!({
-                "client_id": client_id,
-                "client_secret": client_secret,
-                "redirect_uris": [OAUTH_REDIRECT_URI],
-            }))
-            .send()
+        let google = EmulatorControl::new(emulator.base_url.clone());
+        let client = json!({
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "redirect_uris": [OAUTH_REDIRECT_URI],
+        });
+        let (status, answer) = google
+            .control_post("clients", &client)
             .await
             .context("registering the OAuth client at the emulator")?;
-        if !registered.status().is_success() {
-            return Err(anyhow!(
-                "the emulator refused the OAuth client: {}",
-                registered.status()
-            ));
-        }
+        ensure!(
+            status.is_success(),
+            "the emulator refused the OAuth client: {status} {answer}"
+        );
 
         for (name, value) in aws::local_env(&aws_endpoint) {
             env.insert(name.to_string(), value);
@@ -185,63 +185,10 @@ impl TestStack {
             prefix,
             tables: provisioned.tables,
             aws_endpoint,
-            http,
+            http: reqwest::Client::new(),
+            google,
             _own_moto: own_moto,
         })
-    }
-
-    /// A URL of the emulator's control API: `control("stats")` is `{base}__emulator/stats`.
-    pub fn control(&self, path: &str) -> Url {
-        self.emulator
-            .base_url
-            .join("__emulator/")
-            .and_then(|base| base.join(path.trim_start_matches('/')))
-            .expect("a relative path joins onto the emulator's URL")
-    }
-
-    /// A control call with a JSON body; its status and JSON answer (`null` when there is none).
-    pub async fn control_post(
-        &self,
-        path: &str,
-        body: &Value,
-    ) -> Result<(reqwest::StatusCode, Value)> {
-        let response = self.http.post(self.control(path)).json(body).send().await?;
-        let status = response.status();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
-    }
-
-    /// A control read, such as `stats` or `issued-secrets`.
-    pub async fn control_get(&self, path: &str) -> Result<Value> {
-        let response = self.http.get(self.control(path)).send().await?;
-        ensure!(
-            response.status().is_success(),
-            "emulator {path}: {}",
-            response.status()
-        );
-        Ok(response.json().await?)
-    }
-
-    /// Google's consent page answered by `account` with `decision` (`allow` or `deny`), optional
-    /// scopes unticked; the URL Google sends the browser back to.
-    pub async fn consent(
-        &self,
-        authorization_url: &str,
-        account: &str,
-        decision: &str,
-        remove_scopes: &[&str],
-    ) -> Result<Url> {
-        let (status, body) = self
-            .control_post(
-                "consent",
-                &json!({"authorization_url": authorization_url, "account": account,
-                        "decision": decision, "remove_scopes": remove_scopes}),
-            )
-            .await?;
-        ensure!(status.is_success(), "emulator consent: {status} {body}");
-        let redirect = body["redirect"]
-            .as_str()
-            .context("consent gave no redirect")?;
-        Ok(Url::parse(redirect)?)
     }
 
     /// Connects `user` to Google as `account` the way a browser does, through the caller's start
@@ -253,41 +200,57 @@ impl TestStack {
         start: impl AsyncFnOnce(Request) -> Response<Body>,
         callback: impl AsyncFnOnce(Request) -> Response<Body>,
     ) -> Result<()> {
-        let header = |response: &Response<Body>, name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let started = start(
-            HttpApiEvent::get("/oauth/google/start")
-                .user(user)
-                .request(),
+        self.connect_through_events(
+            user,
+            account,
+            // Boxed: the handlers' futures nested in these closures' would otherwise be too deep
+            // for the compiler's layout computation.
+            async |event| Ok(answer_of(Box::pin(start(event.request())).await)),
+            async |event| Ok(answer_of(Box::pin(callback(event.request())).await)),
         )
-        .await;
-        ensure!(
-            started.status() == 302,
-            "start answered {}",
-            started.status()
-        );
-        let location = header(&started, "location").context("start gave no Location")?;
-        let set_cookie = header(&started, "set-cookie").context("start set no cookie")?;
+        .await
+        .map(drop)
+    }
+
+    /// [`TestStack::connect_through`] for functions that answer API Gateway events with Lambda's
+    /// JSON (under the RIE or `sam local invoke`). The callback must send the browser back
+    /// connected and clear the binding cookie; returns the callback's event, for a replay.
+    pub async fn connect_through_events(
+        &self,
+        user: &str,
+        account: &str,
+        start: impl AsyncFnOnce(HttpApiEvent) -> Result<Value>,
+        callback: impl AsyncFnOnce(HttpApiEvent) -> Result<Value>,
+    ) -> Result<HttpApiEvent> {
+        let started = start(HttpApiEvent::get("/oauth/google/start").user(user)).await?;
+        ensure!(started["statusCode"] == 302, "start answered {started}");
+        let location = answer_header(&started, "location").context("start gave no Location")?;
+        let set_cookie = answer_set_cookies(&started)
+            .into_iter()
+            .find(|c| c.starts_with("__Host-"))
+            .context("start set no __Host- cookie")?;
         let (name, nonce) = cookie_pair(&set_cookie).context("a malformed Set-Cookie")?;
         let redirect = self.consent(&location, account, "allow", &[]).await?;
-        let back = callback(
-            HttpApiEvent::get("/oauth/google/callback")
-                .query(redirect.query().unwrap_or_default())
-                .cookie(&format!("{name}={nonce}"))
-                .request(),
-        )
-        .await;
-        let back = header(&back, "location").unwrap_or_default();
         ensure!(
-            back.contains("calsync=connected"),
-            "the callback sent the browser to {back:?}"
+            redirect.as_str().starts_with(OAUTH_REDIRECT_URI),
+            "consent redirected to {redirect} instead of the callback"
         );
-        Ok(())
+        let event = HttpApiEvent::get("/oauth/google/callback")
+            .query(redirect.query().unwrap_or_default())
+            .cookie(&format!("{name}={nonce}"));
+        let back = callback(event.clone()).await?;
+        let location = answer_header(&back, "location").unwrap_or_default();
+        ensure!(
+            back["statusCode"] == 302 && location.contains("calsync=connected"),
+            "the callback answered {back}"
+        );
+        ensure!(
+            answer_set_cookies(&back)
+                .iter()
+                .any(|c| c.starts_with(&format!("{name}=")) && c.contains("Max-Age=0")),
+            "the callback did not clear the binding cookie: {back}"
+        );
+        Ok(event)
     }
 
     /// The name of a table of this stack, by template logical id (`EventsTable`) or env variable
@@ -333,6 +296,14 @@ impl TestStack {
     /// `{"Records": [...]}`.
     pub fn stream_event(records: Vec<Value>) -> Value {
         streams::stream_event(records)
+    }
+}
+
+impl std::ops::Deref for TestStack {
+    type Target = EmulatorControl;
+
+    fn deref(&self) -> &EmulatorControl {
+        &self.google
     }
 }
 

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use serde_json::{Map, Value};
 
 /// The parsed template, intrinsic functions in long form.
@@ -247,25 +247,30 @@ impl Template {
 }
 
 fn table_spec(id: &str, resource: &Value) -> Result<TableSpec> {
-    let props = resource
-        .get("Properties")
-        .ok_or_else(|| anyhow!("no Properties"))?;
-    let pairs = |value: Option<&Value>, a: &str, b: &str| -> Result<Vec<(String, String)>> {
+    let props = resource.get("Properties").context("no Properties")?;
+    let text = |value: &Value, pointer: &str| {
         value
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    // `KeySchema` and `AttributeDefinitions` are lists of `{AttributeName, KeyType|AttributeType}`.
+    let pairs = |value: &Value, list: &str, kind: &str| -> Result<Vec<(String, String)>> {
+        let items = value
+            .get(list)
             .and_then(Value::as_array)
-            .ok_or_else(|| anyhow!("expected a list of {a}/{b}"))?
+            .with_context(|| format!("no {list}"))?;
+        items
             .iter()
             .map(|item| {
-                Ok((
-                    item.get(a)
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| anyhow!("{a} missing"))?
-                        .to_string(),
-                    item.get(b)
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| anyhow!("{b} missing"))?
-                        .to_string(),
-                ))
+                let pair = (
+                    text(item, "/AttributeName"),
+                    text(item, &format!("/{kind}")),
+                );
+                match pair {
+                    (Some(name), Some(kind)) => Ok((name, kind)),
+                    _ => bail!("{list}: {item} lacks AttributeName or {kind}"),
+                }
             })
             .collect()
     };
@@ -276,39 +281,21 @@ fn table_spec(id: &str, resource: &Value) -> Result<TableSpec> {
         .flatten()
         .map(|index| {
             Ok(IndexSpec {
-                name: index
-                    .get("IndexName")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| anyhow!("IndexName missing"))?
-                    .to_string(),
-                key_schema: pairs(index.get("KeySchema"), "AttributeName", "KeyType")?,
-                projection_type: index
-                    .pointer("/Projection/ProjectionType")
-                    .and_then(Value::as_str)
-                    .unwrap_or("ALL")
-                    .to_string(),
+                name: text(index, "/IndexName").context("IndexName missing")?,
+                key_schema: pairs(index, "KeySchema", "KeyType")?,
+                projection_type: text(index, "/Projection/ProjectionType").unwrap_or("ALL".into()),
             })
         })
         .collect::<Result<_>>()?;
-    let ttl = props.get("TimeToLiveSpecification");
+    let ttl_enabled = props.pointer("/TimeToLiveSpecification/Enabled") == Some(&Value::Bool(true));
     Ok(TableSpec {
         logical_id: id.to_string(),
-        key_schema: pairs(props.get("KeySchema"), "AttributeName", "KeyType")?,
-        attributes: pairs(
-            props.get("AttributeDefinitions"),
-            "AttributeName",
-            "AttributeType",
-        )?,
+        key_schema: pairs(props, "KeySchema", "KeyType")?,
+        attributes: pairs(props, "AttributeDefinitions", "AttributeType")?,
         global_indexes,
-        stream_view_type: props
-            .pointer("/StreamSpecification/StreamViewType")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        ttl_attribute: ttl
-            .filter(|t| t.get("Enabled").and_then(Value::as_bool) == Some(true))
-            .and_then(|t| t.get("AttributeName"))
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        stream_view_type: text(props, "/StreamSpecification/StreamViewType"),
+        ttl_attribute: text(props, "/TimeToLiveSpecification/AttributeName")
+            .filter(|_| ttl_enabled),
     })
 }
 
@@ -338,22 +325,10 @@ fn long_form(value: serde_norway::Value) -> Result<Value> {
             let tag = tagged.tag.to_string();
             let name = tag.trim_start_matches('!');
             let inner = long_form(tagged.value)?;
-            let (key, inner) = match name {
-                "Ref" | "Condition" => (name.to_string(), inner),
-                // `!GetAtt A.B` is `Fn::GetAtt: [A, B]`.
-                "GetAtt" => match inner {
-                    Value::String(s) => {
-                        let (resource, attribute) = s
-                            .split_once('.')
-                            .ok_or_else(|| anyhow!("!GetAtt {s}: expected Resource.Attribute"))?;
-                        (
-                            "Fn::GetAtt".to_string(),
-                            Value::Array(vec![resource.into(), attribute.into()]),
-                        )
-                    }
-                    other => ("Fn::GetAtt".to_string(), other),
-                },
-                other => (format!("Fn::{other}"), inner),
+            // Only `Ref` keeps its name in long form; `!If` is `Fn::If`, and so on.
+            let key = match name {
+                "Ref" => name.to_string(),
+                other => format!("Fn::{other}"),
             };
             let mut out = Map::new();
             out.insert(key, inner);
@@ -367,16 +342,13 @@ fn scalar_string(value: &Value) -> Result<String> {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
-        Value::Array(items) => items
-            .iter()
-            .map(scalar_string)
-            .collect::<Result<Vec<_>>>()?
-            .join(","),
         other => bail!("expected a scalar, got {other}"),
     })
 }
 
-/// Resolves intrinsic functions in long form.
+/// Resolves the intrinsic functions that the template's environment variables and conditions
+/// use (`Ref`, `Fn::If`, `Fn::Equals`, `Fn::Not`, `Fn::Select`, `Fn::Split`); any other is an
+/// error rather than a guess.
 struct Evaluator<'a> {
     template: &'a Template,
     ctx: &'a Context,
@@ -387,245 +359,89 @@ impl<'a> Evaluator<'a> {
         Self { template, ctx }
     }
 
-    fn parameter(&self, name: &str) -> Result<Value> {
-        let declared = self
-            .template
-            .root
-            .pointer(&format!("/Parameters/{name}"))
-            .ok_or_else(|| anyhow!("no parameter {name}"))?;
-        let value = match self.ctx.parameters.get(name) {
-            Some(v) => v.clone(),
-            None => declared
-                .get("Default")
-                .map(scalar_string)
-                .transpose()?
-                .ok_or_else(|| anyhow!("parameter {name} has no default and no value"))?,
-        };
-        Ok(
-            if declared.get("Type").and_then(Value::as_str) == Some("CommaDelimitedList") {
-                Value::Array(value.split(',').map(|s| s.trim().into()).collect())
-            } else {
-                Value::String(value)
-            },
-        )
-    }
-
     fn condition(&self, name: &str) -> Result<bool> {
         let body = self
             .template
             .root
             .pointer(&format!("/Conditions/{name}"))
             .ok_or_else(|| anyhow!("no condition {name}"))?;
-        self.boolean(body)
-    }
-
-    fn boolean(&self, value: &Value) -> Result<bool> {
-        match self.eval(value)? {
-            Some(Value::Bool(b)) => Ok(b),
-            Some(Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
-            other => bail!("expected a condition, got {other:?}"),
+        match self.eval(body)? {
+            Some(Value::Bool(holds)) => Ok(holds),
+            other => bail!("condition {name} is {other:?}, not a boolean"),
         }
     }
 
-    fn arn(&self, logical_id: &str) -> Result<String> {
-        let name = Template::local_name(self.ctx, logical_id);
-        let (region, account) = (&self.ctx.region, &self.ctx.account_id);
-        Ok(match self.template.resource_type(logical_id) {
-            Some("AWS::DynamoDB::Table") => {
-                format!("arn:aws:dynamodb:{region}:{account}:table/{name}")
-            }
-            Some("AWS::SecretsManager::Secret") => {
-                format!("arn:aws:secretsmanager:{region}:{account}:secret:{name}")
-            }
-            Some("AWS::SQS::Queue") => format!("arn:aws:sqs:{region}:{account}:{name}"),
-            Some(other) => format!("arn:aws:local:{region}:{account}:{other}/{name}"),
-            None => bail!("no resource {logical_id}"),
-        })
-    }
-
-    fn get_att(&self, resource: &str, attribute: &str) -> Result<String> {
-        Ok(match attribute {
-            "Arn" => self.arn(resource)?,
-            // The real label is a timestamp known only after creation; a fixed one stands in.
-            "StreamArn" => format!("{}/stream/local", self.arn(resource)?),
-            other => format!("{}:{other}", self.arn(resource)?),
-        })
-    }
-
+    /// A parameter's value (the context's, else its default) or a resource's local name.
     fn reference(&self, name: &str) -> Result<Option<Value>> {
-        Ok(Some(match name {
-            "AWS::NoValue" => return Ok(None),
-            "AWS::Region" => self.ctx.region.clone().into(),
-            "AWS::AccountId" => self.ctx.account_id.clone().into(),
-            "AWS::Partition" => "aws".into(),
-            "AWS::URLSuffix" => "amazonaws.com".into(),
-            "AWS::StackName" => self.ctx.prefix.trim_end_matches('-').to_string().into(),
-            _ if self
-                .template
-                .root
-                .pointer(&format!("/Parameters/{name}"))
-                .is_some() =>
-            {
-                self.parameter(name)?
-            }
-            _ if self.template.resource_type(name).is_some() => {
-                Template::local_name(self.ctx, name).into()
-            }
-            _ => bail!("!Ref {name}: no such parameter or resource"),
-        }))
-    }
-
-    fn sub(&self, text: &str, extra: &Map<String, Value>) -> Result<String> {
-        let mut out = String::new();
-        let mut rest = text;
-        while let Some(start) = rest.find("${") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let end = after
-                .find('}')
-                .ok_or_else(|| anyhow!("unclosed ${{ in {text}"))?;
-            let name = &after[..end];
-            if let Some(literal) = name.strip_prefix('!') {
-                out.push_str("${");
-                out.push_str(literal);
-                out.push('}');
-            } else if let Some(value) = extra.get(name) {
-                let value = self
-                    .eval(value)?
-                    .ok_or_else(|| anyhow!("${{{name}}} is NoValue"))?;
-                out.push_str(&scalar_string(&value)?);
-            } else if let Some((resource, attribute)) = name.split_once('.') {
-                out.push_str(&self.get_att(resource, attribute)?);
-            } else {
-                let value = self
-                    .reference(name)?
-                    .ok_or_else(|| anyhow!("${{{name}}} is NoValue"))?;
-                out.push_str(&scalar_string(&value)?);
-            }
-            rest = &after[end + 1..];
+        if name == "AWS::NoValue" {
+            return Ok(None);
         }
-        out.push_str(rest);
-        Ok(out)
-    }
-
-    fn args<'v>(&self, value: &'v Value, function: &str, n: usize) -> Result<&'v Vec<Value>> {
-        match value.as_array() {
-            Some(items) if items.len() == n => Ok(items),
-            _ => bail!("{function} expects a list of {n}"),
+        if let Some(declared) = self.template.root.pointer(&format!("/Parameters/{name}")) {
+            let value = match self.ctx.parameters.get(name) {
+                Some(value) => value.clone(),
+                None => scalar_string(
+                    declared
+                        .get("Default")
+                        .ok_or_else(|| anyhow!("parameter {name} has no default and no value"))?,
+                )?,
+            };
+            return Ok(Some(value.into()));
         }
+        ensure!(
+            self.template.resource_type(name).is_some(),
+            "!Ref {name}: no such parameter or resource"
+        );
+        Ok(Some(Template::local_name(self.ctx, name).into()))
     }
 
     fn string(&self, value: &Value) -> Result<String> {
-        scalar_string(
-            &self
-                .eval(value)?
-                .ok_or_else(|| anyhow!("unexpected NoValue"))?,
-        )
+        scalar_string(&self.eval(value)?.context("unexpected NoValue")?)
     }
 
     /// `None` is `AWS::NoValue`.
     fn eval(&self, value: &Value) -> Result<Option<Value>> {
-        let Some(object) = value.as_object() else {
-            return Ok(Some(match value {
-                Value::Array(items) => Value::Array(
-                    items
-                        .iter()
-                        .map(|v| self.eval(v))
-                        .filter_map(Result::transpose)
-                        .collect::<Result<_>>()?,
-                ),
-                other => other.clone(),
-            }));
+        let Some((function, arg)) = value
+            .as_object()
+            .filter(|object| object.len() == 1)
+            .and_then(|object| object.iter().next())
+        else {
+            return Ok(Some(value.clone()));
         };
-        if object.len() == 1 {
-            let (key, arg) = object.iter().next().expect("one entry");
-            match key.as_str() {
-                "Ref" => {
-                    return self
-                        .reference(arg.as_str().ok_or_else(|| anyhow!("Ref of non-string"))?);
-                }
-                "Condition" => {
-                    let name = arg
-                        .as_str()
-                        .ok_or_else(|| anyhow!("Condition of non-string"))?;
-                    return Ok(Some(self.condition(name)?.into()));
-                }
-                "Fn::If" => {
-                    let items = self.args(arg, key, 3)?;
-                    let name = items[0]
-                        .as_str()
-                        .ok_or_else(|| anyhow!("Fn::If needs a condition name"))?;
-                    let chosen = if self.condition(name)? {
-                        &items[1]
-                    } else {
-                        &items[2]
-                    };
-                    return self.eval(chosen);
-                }
-                "Fn::Equals" => {
-                    let items = self.args(arg, key, 2)?;
-                    return Ok(Some(
-                        (self.eval(&items[0])? == self.eval(&items[1])?).into(),
-                    ));
-                }
-                "Fn::Not" => {
-                    let items = self.args(arg, key, 1)?;
-                    return Ok(Some((!self.boolean(&items[0])?).into()));
-                }
-                "Fn::GetAtt" => {
-                    let items = self.args(arg, key, 2)?;
-                    return Ok(Some(
-                        self.get_att(&self.string(&items[0])?, &self.string(&items[1])?)?
-                            .into(),
-                    ));
-                }
-                "Fn::Sub" => {
-                    return Ok(Some(
-                        match arg {
-                            Value::String(text) => self.sub(text, &Map::new())?,
-                            Value::Array(items) if items.len() == 2 => self.sub(
-                                items[0]
-                                    .as_str()
-                                    .ok_or_else(|| anyhow!("Fn::Sub needs a string"))?,
-                                items[1]
-                                    .as_object()
-                                    .ok_or_else(|| anyhow!("Fn::Sub needs a map"))?,
-                            )?,
-                            _ => bail!("Fn::Sub expects a string or [string, map]"),
-                        }
-                        .into(),
-                    ));
-                }
-                "Fn::Split" => {
-                    let items = self.args(arg, key, 2)?;
-                    let delimiter = self.string(&items[0])?;
-                    let source = self.string(&items[1])?;
-                    return Ok(Some(Value::Array(
-                        source.split(delimiter.as_str()).map(Value::from).collect(),
-                    )));
-                }
-                "Fn::Select" => {
-                    let items = self.args(arg, key, 2)?;
-                    let index: usize = self.string(&items[0])?.parse()?;
-                    let list = self.eval(&items[1])?.unwrap_or(Value::Array(vec![]));
-                    return Ok(Some(
-                        list.as_array()
-                            .and_then(|l| l.get(index))
-                            .cloned()
-                            .ok_or_else(|| anyhow!("Fn::Select: no item {index}"))?,
-                    ));
-                }
-                other if other.starts_with("Fn::") => bail!("{other} is not supported locally"),
-                _ => {}
+        let args = |n: usize| match arg.as_array() {
+            Some(items) if items.len() == n => Ok(items),
+            _ => Err(anyhow!("{function} expects a list of {n}")),
+        };
+        Ok(Some(match function.as_str() {
+            "Ref" => return self.reference(arg.as_str().context("Ref of a non-string")?),
+            "Fn::If" => {
+                let items = args(3)?;
+                let name = items[0].as_str().context("Fn::If needs a condition name")?;
+                return self.eval(&items[if self.condition(name)? { 1 } else { 2 }]);
             }
-        }
-        let mut out = Map::new();
-        for (k, v) in object {
-            if let Some(v) = self.eval(v)? {
-                out.insert(k.clone(), v);
+            "Fn::Equals" => {
+                let items = args(2)?;
+                (self.eval(&items[0])? == self.eval(&items[1])?).into()
             }
-        }
-        Ok(Some(Value::Object(out)))
+            "Fn::Not" => match self.eval(&args(1)?[0])? {
+                Some(Value::Bool(holds)) => (!holds).into(),
+                other => bail!("Fn::Not of {other:?}"),
+            },
+            "Fn::Split" => {
+                let items = args(2)?;
+                let delimiter = self.string(&items[0])?;
+                let source = self.string(&items[1])?;
+                source.split(delimiter.as_str()).map(Value::from).collect()
+            }
+            "Fn::Select" => {
+                let items = args(2)?;
+                let index: usize = self.string(&items[0])?.parse()?;
+                self.eval(&items[1])?
+                    .and_then(|list| list.get(index).cloned())
+                    .ok_or_else(|| anyhow!("Fn::Select: no item {index}"))?
+            }
+            other if other.starts_with("Fn::") => bail!("{other} is not supported locally"),
+            _ => value.clone(),
+        }))
     }
 }
 
@@ -651,13 +467,13 @@ Parameters:
   Name: { Type: String }
 Conditions:
   Create: !Equals [!Ref Existing, ""]
-  Attach: !Not [!Condition Create]
+  Attach: !Not [!Equals [!Ref Existing, ""]]
 Globals:
   Function:
     Environment:
       Variables:
         T: !If [Create, !Ref Table, !Select [1, !Split ["/", !Ref Existing]]]
-        S: !Sub "${Table.Arn}/index/x-${Name}"
+        N: !Ref Name
         GONE: !If [Attach, "x", !Ref AWS::NoValue]
 Resources:
   Table:
@@ -675,10 +491,7 @@ Resources:
         let template = Template::parse(SAMPLE).unwrap();
         let env = template.environment(&ctx(&[("Name", "n")]), None).unwrap();
         assert_eq!(env["T"], "p-Table");
-        assert_eq!(
-            env["S"],
-            "arn:aws:dynamodb:us-east-1:123456789012:table/p-Table/index/x-n"
-        );
+        assert_eq!(env["N"], "n");
         assert!(!env.contains_key("GONE"), "NoValue drops the variable");
     }
 

@@ -127,29 +127,25 @@ impl Browser {
     }
 
     /// Clicks a control that stays on the page (a radio button, a checkbox).
-    pub async fn choose(&self, css: &str) -> Result<()> {
+    /// The element `css` selects, waiting up to 10 s for it to appear.
+    async fn find(&self, css: &str) -> Result<fantoccini::elements::Element> {
         self.client
             .wait()
             .at_most(Duration::from_secs(10))
             .for_element(Locator::Css(css))
             .await
-            .with_context(|| format!("finding {css}"))?
-            .click()
-            .await?;
-        Ok(())
+            .with_context(|| format!("finding {css}"))
+    }
+
+    pub async fn choose(&self, css: &str) -> Result<()> {
+        Ok(self.find(css).await?.click().await?)
     }
 
     /// Clicks the element matching the CSS selector and returns the URL of the page the click
     /// leads to. A click only starts the navigation, so this waits (bounded) until the browser
     /// has left the current page and the next one has loaded.
     pub async fn click(&self, css: &str) -> Result<Url> {
-        let element = self
-            .client
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_element(Locator::Css(css))
-            .await
-            .with_context(|| format!("finding {css}"))?;
+        let element = self.find(css).await?;
         let before = self.client.current_url().await?;
         element.click().await?;
         for _ in 0..200 {
@@ -167,14 +163,7 @@ impl Browser {
     }
 
     pub async fn text(&self, css: &str) -> Result<String> {
-        Ok(self
-            .client
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_element(Locator::Css(css))
-            .await?
-            .text()
-            .await?)
+        Ok(self.find(css).await?.text().await?)
     }
 
     pub async fn close(mut self) -> Result<()> {

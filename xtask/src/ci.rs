@@ -4,15 +4,15 @@
 //! the Runtime Interface Emulator against a running local stack with its answer checked. Every
 //! step runs even after a failure, then a summary with timings; any failure exits non-zero.
 
-use std::path::PathBuf;
+use std::future::Future;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
 
 use testkit::{moto, paths, process};
 
-use crate::checks::sample_events::{self as event_checks, Verdict};
+use crate::checks::sample_events as event_checks;
 use crate::checks::{browser, sam};
 use crate::local_aws::stack;
 use crate::{demo, setup};
@@ -41,246 +41,224 @@ impl Options {
     }
 }
 
-/// What each step did, in order, for the closing summary.
+/// The steps run so far, for the closing summary.
 #[derive(Default)]
 struct Summary(Vec<Step>);
 
 struct Step {
     name: String,
     took: Duration,
-    outcome: Outcome,
-}
-
-enum Outcome {
-    Passed(String),
-    Failed(String),
-    /// Not run: the flag that skipped it.
-    Skipped(&'static str),
+    /// `None`: skipped by the flag named in the detail.
+    passed: Option<bool>,
+    detail: String,
 }
 
 impl Summary {
-    fn record(&mut self, name: &str, started: Instant, outcome: Result<String, String>) {
+    /// Announces the step, runs it, and records its time and outcome; a failure does not stop CI.
+    async fn step(&mut self, name: &str, run: impl Future<Output = Result<String>>) {
+        println!("==> {name}");
+        let started = Instant::now();
+        let outcome = run.await;
         let took = started.elapsed();
-        let outcome = match outcome {
-            Ok(detail) => {
-                println!("==> {name}: ok ({took:.1?})");
-                Outcome::Passed(detail)
-            }
-            Err(e) => {
-                println!("==> {name}: FAILED ({took:.1?}): {e}");
-                Outcome::Failed(e)
-            }
+        let (passed, detail) = match outcome {
+            Ok(detail) => (true, detail),
+            Err(e) => (false, format!("{e:#}")),
         };
+        println!(
+            "==> {name}: {} ({took:.1?})",
+            if passed { "ok" } else { "FAILED" }
+        );
         self.0.push(Step {
-            name: name.to_string(),
+            name: name.into(),
             took,
-            outcome,
+            passed: Some(passed),
+            detail,
         });
     }
 
-    fn skip(&mut self, name: &str, flag: &'static str) {
+    fn skip(&mut self, name: &str, flag: &str) {
         println!("==> {name}: skipped ({flag})");
         self.0.push(Step {
-            name: name.to_string(),
+            name: name.into(),
             took: Duration::ZERO,
-            outcome: Outcome::Skipped(flag),
+            passed: None,
+            detail: format!("skipped ({flag})"),
         });
     }
 
-    /// Prints the table; an error when any step failed.
+    /// Prints one line per step; fails when any step failed.
     fn finish(self) -> Result<()> {
         println!("\nsummary");
-        let (mut failed, mut skipped) = (0, 0);
         for step in &self.0 {
-            let (mark, detail) = match &step.outcome {
-                Outcome::Passed(detail) => ("ok  ", detail.clone()),
-                Outcome::Failed(detail) => {
-                    failed += 1;
-                    ("FAIL", detail.clone())
-                }
-                Outcome::Skipped(flag) => {
-                    skipped += 1;
-                    ("skip", format!("skipped ({flag}): not proven by this run"))
-                }
+            let mark = match step.passed {
+                None => "skip",
+                Some(true) => "ok  ",
+                Some(false) => "FAIL",
             };
-            println!("  {mark} {:<28} {:>8.1?}  {detail}", step.name, step.took);
+            println!(
+                "  {mark} {:<44} {:>8.1?}  {}",
+                step.name, step.took, step.detail
+            );
         }
-        if failed > 0 {
-            bail!("{failed} step(s) failed");
-        }
-        let passed = self.0.len() - skipped;
-        if skipped > 0 {
-            println!("{passed} steps passed, {skipped} skipped");
-        } else {
-            println!("all {passed} steps passed");
+        let count = |passed| self.0.iter().filter(|s| s.passed == passed).count();
+        let (failed, skipped) = (count(Some(false)), count(None));
+        ensure!(failed == 0, "{failed} step(s) failed");
+        match skipped {
+            0 => println!("all {} steps passed", self.0.len()),
+            _ => println!(
+                "{} steps passed, {skipped} skipped: this run does not prove them",
+                count(Some(true))
+            ),
         }
         Ok(())
     }
 }
 
-fn cargo() -> Command {
+fn cargo(args: &[&str]) -> Command {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    command.current_dir(paths::workspace_root());
+    command.current_dir(paths::workspace_root()).args(args);
     command
 }
 
-fn run_command(command: &mut Command) -> Result<String, String> {
-    match command.status() {
-        Ok(status) if status.success() => Ok(String::new()),
-        Ok(status) => Err(format!("{status}")),
-        Err(error) => Err(format!(
-            "could not start {:?}: {error}",
-            command.get_program()
-        )),
-    }
+fn run_command(mut command: Command) -> Result<String> {
+    let status = command
+        .status()
+        .with_context(|| format!("could not start {:?}", command.get_program()))?;
+    ensure!(status.success(), "{status}");
+    Ok(String::new())
 }
 
 pub async fn run(options: &Options) -> Result<()> {
     let mut summary = Summary::default();
+    let mut venv = None;
+    summary
+        .step("setup", async {
+            venv = Some(setup::ensure()?);
+            Ok(venv.iter().map(|v| v.display().to_string()).collect())
+        })
+        .await;
+    let venv = venv.as_deref();
+    summary
+        .step("cargo fmt --all --check", async {
+            run_command(cargo(&["fmt", "--all", "--check"]))
+        })
+        .await;
+    summary
+        .step(
+            "cargo clippy --workspace --all-targets -- -D warnings",
+            async {
+                let clippy = [
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ];
+                run_command(cargo(&clippy))
+            },
+        )
+        .await;
 
-    let started = Instant::now();
-    println!("==> setup");
-    let venv: Option<PathBuf> = match setup::ensure() {
-        Ok(venv) => {
-            summary.record("setup", started, Ok(venv.display().to_string()));
-            Some(venv)
-        }
-        Err(e) => {
-            summary.record("setup", started, Err(format!("{e:#}")));
-            None
-        }
-    };
-    let with_venv = |command: &mut Command| {
-        if let Some(venv) = &venv {
-            command.env("CALSYNC_VENV", venv);
-        }
-    };
+    summary
+        .step("duplicate crates in the functions (cargo tree -d)", async {
+            duplicate_crates()
+        })
+        .await;
 
-    let started = Instant::now();
-    println!("==> cargo fmt --all --check");
-    summary.record(
-        "cargo fmt --all --check",
-        started,
-        run_command(cargo().args(["fmt", "--all", "--check"])),
-    );
-
-    let started = Instant::now();
-    println!("==> cargo clippy --workspace --all-targets -- -D warnings");
-    summary.record(
-        "cargo clippy",
-        started,
-        run_command(cargo().args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ])),
-    );
-
-    let started = Instant::now();
-    println!("==> duplicate crates in the functions (cargo tree -d)");
-    summary.record(
-        "duplicate crates",
-        started,
-        duplicate_crates().map_err(|e| format!("{e:#}")),
-    );
-
-    let started = Instant::now();
     // One moto server for the whole test run: with nextest every test is its own process and
     // would otherwise start its own.
-    let moto = match &venv {
-        Some(venv) => start_test_moto(venv).await.map_err(|e| format!("{e:#}")),
-        None => Err("no venv".into()),
+    let moto = match venv {
+        Some(venv) => start_test_moto(venv).await,
+        None => Err(anyhow!("no venv")),
     };
-    let with_test_env = |command: &mut Command| {
-        with_venv(command);
+    let test_command = |args: &[&str]| {
+        let mut command = cargo(args);
+        if let Some(venv) = venv {
+            command.env("CALSYNC_VENV", venv);
+        }
         if let Ok((endpoint, _)) = &moto {
             command.env("CALSYNC_TEST_AWS_ENDPOINT", endpoint);
         }
+        command
     };
     if nextest_available() {
-        println!("==> cargo nextest run --workspace");
-        let mut test = cargo();
-        test.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
-        with_test_env(&mut test);
-        summary.record(
-            "cargo nextest run --workspace",
-            started,
-            run_command(&mut test),
-        );
-        let started = Instant::now();
-        println!("==> cargo test --doc --workspace");
-        let mut doc = cargo();
-        doc.args(["test", "--doc", "--workspace"]);
-        with_test_env(&mut doc);
-        summary.record("cargo test --doc", started, run_command(&mut doc));
+        let nextest = ["nextest", "run", "--workspace", "--no-fail-fast"];
+        summary
+            .step("cargo nextest run --workspace", async {
+                run_command(test_command(&nextest))
+            })
+            .await;
+        summary
+            .step("cargo test --doc --workspace", async {
+                run_command(test_command(&["test", "--doc", "--workspace"]))
+            })
+            .await;
     } else {
-        println!("==> cargo test --workspace");
-        let mut test = cargo();
-        test.args(["test", "--workspace", "--no-fail-fast"]);
-        with_test_env(&mut test);
-        summary.record("cargo test --workspace", started, run_command(&mut test));
+        summary
+            .step("cargo test --workspace", async {
+                run_command(test_command(&["test", "--workspace", "--no-fail-fast"]))
+            })
+            .await;
     }
     drop(moto);
 
-    let started = Instant::now();
-    println!("==> sam validate --lint");
-    let outcome = match &venv {
-        Some(venv) => run_command(
-            Command::new(venv.join("bin/sam"))
-                .args(["validate", "--lint"])
+    summary
+        .step("sam validate --lint", async {
+            let mut sam = Command::new(venv.context("no venv")?.join("bin/sam"));
+            sam.args(["validate", "--lint"])
                 .env("SAM_CLI_TELEMETRY", "0")
-                .current_dir(paths::workspace_root()),
-        ),
-        None => Err("no venv".into()),
-    };
-    summary.record("sam validate --lint", started, outcome);
-
-    let started = Instant::now();
-    println!("==> events/ under the Runtime Interface Emulator");
-    let outcome = events_under_rie().await.map_err(|e| format!("{e:#}"));
-    summary.record("events/ under the RIE", started, outcome);
-
+                .current_dir(paths::workspace_root());
+            run_command(sam)
+        })
+        .await;
+    summary
+        .step(
+            "events/ under the Runtime Interface Emulator",
+            events_under_rie(),
+        )
+        .await;
     if options.browser {
-        let started = Instant::now();
-        println!("==> browser tests (headless Chromium through the local stack)");
-        let outcome = on_local_stack(browser_tests)
-            .await
-            .map_err(|e| format!("{e:#}"));
-        summary.record("browser tests", started, outcome);
+        summary
+            .step(
+                "browser tests (headless Chromium, local stack)",
+                on_local_stack(browser_tests),
+            )
+            .await;
     } else {
-        summary.skip("browser tests", "--no-browser");
+        summary.skip(
+            "browser tests (headless Chromium, local stack)",
+            "--no-browser",
+        );
     }
+    summary
+        .step(
+            "the demo story on the local stack",
+            on_local_stack(demo_story),
+        )
+        .await;
 
-    let started = Instant::now();
-    println!("==> the demo story on the local stack");
-    let outcome = on_local_stack(demo_story)
-        .await
-        .map_err(|e| format!("{e:#}"));
-    summary.record("demo story", started, outcome);
-
+    let (arm64, docker) = (
+        "sam build with the template's defaults (arm64)",
+        "sam build + sam local invoke (x86_64, Docker)",
+    );
     if options.sam {
-        let started = Instant::now();
-        println!("==> sam build with the template's defaults (arm64, what a user deploys)");
-        let outcome = sam::build_template_defaults(&paths::workspace_root())
-            .await
-            .map_err(|e| format!("{e:#}"));
-        summary.record("sam build (arm64)", started, outcome);
-
-        let started = Instant::now();
-        println!("==> sam build + sam local invoke (x86_64, Docker)");
-        let outcome = sam::run_sam_checks(&paths::workspace_root())
-            .await
-            .map(|()| String::new())
-            .map_err(|e| format!("{e:#}"));
-        summary.record("sam build + sam local invoke", started, outcome);
+        summary
+            .step(
+                arm64,
+                sam::build_template_defaults(&paths::workspace_root()),
+            )
+            .await;
+        summary
+            .step(docker, async {
+                sam::run_sam_checks(&paths::workspace_root()).await?;
+                Ok(String::new())
+            })
+            .await;
     } else {
-        summary.skip("sam build (arm64)", "--no-sam");
-        summary.skip("sam build + sam local invoke", "--no-sam");
+        summary.skip(arm64, "--no-sam");
+        summary.skip(docker, "--no-sam");
     }
-
     summary.finish()
 }
 
@@ -302,18 +280,16 @@ const KNOWN_DUPLICATES: &[&str] = &[
 /// `cargo tree -d` over the deployed functions: prints every crate they link twice and fails
 /// on one that is not in [`KNOWN_DUPLICATES`].
 fn duplicate_crates() -> Result<String> {
-    let mut command = cargo();
-    command.args(["tree", "--duplicates", "--depth", "0", "--edges", "normal"]);
+    let mut command = cargo(&["tree", "--duplicates", "--depth", "0", "--edges", "normal"]);
     for function in testkit::template::Template::load_workspace()?.functions()? {
         command.args(["--package", &function.binary]);
     }
     let output = command.output()?;
-    if !output.status.success() {
-        bail!(
-            "cargo tree failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    ensure!(
+        output.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let listed: std::collections::BTreeSet<String> = String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter(|line| !line.trim().is_empty())
@@ -329,19 +305,17 @@ fn duplicate_crates() -> Result<String> {
             !KNOWN_DUPLICATES.contains(&name)
         })
         .collect();
-    if !new.is_empty() {
-        bail!(
-            "the functions now link a second version of {new:?}: align the versions, or add the \
-             crate to KNOWN_DUPLICATES in xtask/src/ci.rs and say why in the README's \
-             \"Crate versions\""
-        );
-    }
+    ensure!(
+        new.is_empty(),
+        "the functions now link a second version of {new:?}: align the versions, or add the \
+         crate to KNOWN_DUPLICATES in xtask/src/ci.rs and say why in the README's \
+         \"Crate versions\""
+    );
     Ok(format!("{} crate versions, all known", listed.len()))
 }
 
 fn nextest_available() -> bool {
-    cargo()
-        .args(["nextest", "--version"])
+    cargo(&["nextest", "--version"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
@@ -356,39 +330,13 @@ async fn start_test_moto(venv: &std::path::Path) -> Result<(String, std::process
     Ok((format!("http://127.0.0.1:{port}"), child))
 }
 
-/// Starts the local stack if it is not running (and stops it again afterwards), then checks every
-/// event file. Pending (not enforced) mismatches are listed but do not fail.
+/// Every event file under the RIE on the local stack (started here if it is not running, and
+/// stopped again after). Pending (not enforced) mismatches are listed but do not fail.
 pub async fn events_under_rie() -> Result<String> {
-    let was_running = stack::is_running();
-    let state = stack::up(&stack::Options::default()).await?;
-    let checked = event_checks::check_all(&paths::workspace_root().join("events"), &state).await;
-    if !was_running {
-        stack::down().await?;
-    }
-    let checked = checked?;
-    let mut failures = 0;
-    let mut pending = 0;
-    for c in &checked {
-        match &c.verdict {
-            Verdict::Pass => println!("    ok       {}", c.file),
-            Verdict::Pending(why) => {
-                pending += 1;
-                println!("    pending  {}: {why}", c.file);
-            }
-            Verdict::Fail(why) => {
-                failures += 1;
-                println!("    FAIL     {}: {why}", c.file);
-            }
-        }
-    }
-    if failures > 0 {
-        bail!("{failures} of {} event files failed", checked.len());
-    }
-    Ok(format!(
-        "{} event files, {} passed, {pending} pending",
-        checked.len(),
-        checked.len() - pending
-    ))
+    on_local_stack(|state| async move {
+        event_checks::check_all(&paths::workspace_root().join("events"), &state).await
+    })
+    .await
 }
 
 /// Runs `check` on the local stack, started here if it is not running (and stopped again after).

@@ -17,6 +17,9 @@ use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 use url::Url;
 
+use testkit::api_gateway::cookie_pair;
+use testkit::emulator_control::EmulatorControl;
+
 /// How many steps the story has; the demo passes only when all of them held.
 pub const STEPS: usize = 6;
 
@@ -24,26 +27,21 @@ pub const STEPS: usize = 6;
 pub struct DemoStack {
     /// The local HTTP front (the app's site), e.g. `http://localhost:PORT/`.
     pub front: Url,
-    /// The Google emulator, e.g. `http://127.0.0.1:PORT/`.
-    pub emulator: Url,
+    pub google: EmulatorControl,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub events_table: String,
 }
 
-/// A browser-like client: no redirects followed, cookies kept by hand per site.
+/// A browser-like client on the app's site: no redirects followed, its cookies kept by hand (the
+/// front is the only site that sets any).
+#[derive(Clone)]
 pub struct Browser {
     http: reqwest::Client,
-    cookies: HashMap<String, HashMap<String, String>>,
-}
-
-impl Default for Browser {
-    fn default() -> Self {
-        Self::new()
-    }
+    cookies: HashMap<String, String>,
 }
 
 impl Browser {
-    pub fn new() -> Self {
+    fn new() -> Self {
         Self {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -56,31 +54,28 @@ impl Browser {
 
     /// GET `url`, storing cookies; returns status, Location and body.
     pub async fn get(&mut self, url: &Url) -> Result<(StatusCode, Option<Url>, String)> {
-        let host = url.host_str().unwrap_or_default().to_string();
-        let jar = self.cookies.entry(host).or_default();
         let mut request = self.http.get(url.clone());
-        if !jar.is_empty() {
-            let cookie = jar
+        if !self.cookies.is_empty() {
+            let cookie: Vec<String> = self
+                .cookies
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            request = request.header(header::COOKIE, cookie);
+                .collect();
+            request = request.header(header::COOKIE, cookie.join("; "));
         }
         let response = request
             .send()
             .await
             .with_context(|| format!("GET {}", url.path()))?;
         for set in response.headers().get_all(header::SET_COOKIE) {
-            let Ok(set) = set.to_str() else { continue };
-            let pair = set.split(';').next().unwrap_or_default();
-            if let Some((name, value)) = pair.split_once('=') {
-                let expired = set.to_ascii_lowercase().contains("max-age=0");
-                if expired || value.is_empty() {
-                    jar.remove(name.trim());
-                } else {
-                    jar.insert(name.trim().to_string(), value.trim().to_string());
-                }
+            let Some((name, value)) = set.to_str().ok().and_then(cookie_pair) else {
+                continue;
+            };
+            let expired = set.to_str()?.to_ascii_lowercase().contains("max-age=0");
+            if expired || value.is_empty() {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_string(), value.to_string());
             }
         }
         let status = response.status();
@@ -91,25 +86,6 @@ impl Browser {
             .map(|l| url.join(l))
             .transpose()?;
         Ok((status, location, response.text().await?))
-    }
-
-    /// Follows redirects from `url` while they stay off `stop_host`; returns the URL that would
-    /// be loaded on `stop_host` (not requested).
-    pub async fn follow_until(&mut self, mut url: Url, stop_host: &str) -> Result<Url> {
-        for _ in 0..10 {
-            if url.host_str() == Some(stop_host) {
-                return Ok(url);
-            }
-            let (status, location, body) = self.get(&url).await?;
-            match location {
-                Some(next) if status.is_redirection() => url = next,
-                _ => bail!(
-                    "{} answered {status} without a redirect: {body}",
-                    url.path()
-                ),
-            }
-        }
-        bail!("too many redirects")
     }
 }
 
@@ -150,7 +126,7 @@ impl DemoStack {
         let sdk = testkit::aws::local_sdk_config(&state.aws_endpoint).await;
         Ok(Self {
             front: state.front_url.parse()?,
-            emulator: state.google_url.parse()?,
+            google: EmulatorControl::new(state.google_url.parse()?),
             dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
             events_table: state
                 .env
@@ -178,31 +154,17 @@ impl DemoStack {
         Ok(held)
     }
 
-    fn control(&self, path: &str) -> Url {
-        self.emulator
-            .join(&format!("__emulator/{path}"))
-            .expect("control url")
-    }
-
-    async fn control_post(&self, path: &str, body: Value) -> Result<Value> {
-        let response = reqwest::Client::new()
-            .post(self.control(path))
-            .json(&body)
-            .send()
-            .await?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        ensure!(status.is_success(), "emulator {path}: {status} {body}");
-        Ok(body)
-    }
-
-    async fn control_get(&self, path: &str) -> Result<Value> {
-        Ok(reqwest::get(self.control(path)).await?.json().await?)
+    /// A control call that must succeed.
+    async fn control_post(&self, path: &str, body: Value) -> Result<()> {
+        let (status, answer) = self.google.control_post(path, &body).await?;
+        ensure!(status.is_success(), "emulator {path}: {status} {answer}");
+        Ok(())
     }
 
     /// The events in `email`'s primary calendar that are not cancelled, by summary.
     pub async fn calendar(&self, email: &str) -> Result<Vec<Value>> {
         let all = self
+            .google
             .control_get(&format!("calendars/{email}/primary/events"))
             .await?;
         Ok(all["items"]
@@ -230,17 +192,10 @@ impl DemoStack {
             "start answered {status}: {body}"
         );
         let authorization_url = location.context("start gave no Location")?;
-        let consent = self
-            .control_post(
-                "consent",
-                json!({ "authorization_url": authorization_url.as_str(),
-                        "account": account, "decision": "allow", "remove_scopes": [] }),
-            )
+        let callback = self
+            .google
+            .consent(authorization_url.as_str(), account, "allow", &[])
             .await?;
-        let callback: Url = consent["redirect"]
-            .as_str()
-            .context("consent gave no redirect")?
-            .parse()?;
         let front_host = self.front.host_str().unwrap_or_default().to_string();
         let (status, location, body) = browser.get(&callback).await?;
         ensure!(
@@ -264,27 +219,17 @@ impl DemoStack {
     }
 
     pub async fn put_event(&self, event_id: &str, user: &str, title: &str, day: u32) -> Result<()> {
-        let item = HashMap::from([
-            ("event_id".to_string(), AttributeValue::S(event_id.into())),
-            ("user_id".to_string(), AttributeValue::S(user.into())),
-            ("title".to_string(), AttributeValue::S(title.into())),
-            (
-                "start".to_string(),
-                AttributeValue::S(format!("2026-12-{day:02}T09:00:00+01:00")),
-            ),
-            (
-                "end".to_string(),
-                AttributeValue::S(format!("2026-12-{day:02}T10:00:00+01:00")),
-            ),
-            (
-                "time_zone".to_string(),
-                AttributeValue::S("Europe/Berlin".into()),
-            ),
-        ]);
+        let text = |value: &str| AttributeValue::S(value.into());
+        let at = |hour: u32| text(&format!("2026-12-{day:02}T{hour:02}:00:00+01:00"));
         self.dynamodb
             .put_item()
             .table_name(&self.events_table)
-            .set_item(Some(item))
+            .item("event_id", text(event_id))
+            .item("user_id", text(user))
+            .item("title", text(title))
+            .item("start", at(9))
+            .item("end", at(10))
+            .item("time_zone", text("Europe/Berlin"))
             .send()
             .await
             .context("writing an Events row")?;
@@ -330,9 +275,11 @@ impl DemoStack {
     }
 
     async fn refreshes(&self) -> Result<u64> {
-        Ok(self.control_get("stats").await?["token"]["refresh_token"]
-            .as_u64()
-            .unwrap_or(0))
+        Ok(
+            self.google.control_get("stats").await?["token"]["refresh_token"]
+                .as_u64()
+                .unwrap_or(0),
+        )
     }
 
     /// Runs the story; every step is checked. Returns the steps for the summary.
@@ -434,7 +381,7 @@ impl DemoStack {
             self.put_event(&ids[2], user, "Demo event 3 (while revoked)", 3)
                 .await?;
             let status = eventually(Duration::from_secs(60), "parked status", || async {
-                let status = self.status(&mut Browser::clone_session(&browser)).await?;
+                let status = self.status(&mut browser.clone()).await?;
                 Ok((status["status"] == "needs_reauth"
                     && status["parked_changes"].as_u64() >= Some(2))
                 .then_some(status))
@@ -467,15 +414,5 @@ impl DemoStack {
         });
 
         Ok(steps)
-    }
-}
-
-impl Browser {
-    /// A second client with the same cookies (for polling while the first is borrowed).
-    pub fn clone_session(other: &Browser) -> Browser {
-        Browser {
-            http: other.http.clone(),
-            cookies: other.cookies.clone(),
-        }
     }
 }

@@ -84,8 +84,7 @@ async fn stack_up(rest: &[&str]) -> anyhow::Result<()> {
 
 /// The local stack's API Gateway and event source mapping (started by `stack up`).
 async fn stand_ins() -> anyhow::Result<()> {
-    let state = stack::load_state()
-        .ok_or_else(|| anyhow::anyhow!("no running stack: `cargo xtask stack up` starts one"))?;
+    let state = running_stack()?;
     let options = stack::Options::default();
     xtask::local_aws::run(&state, stack::PREFIX, options.front_port).await
 }
@@ -136,10 +135,14 @@ async fn demo(keep_running: bool) -> anyhow::Result<()> {
 
 /// The browser tests against the running local stack.
 async fn browser() -> anyhow::Result<()> {
-    let state = stack::load_state()
-        .ok_or_else(|| anyhow::anyhow!("no running stack: `cargo xtask stack up` starts one"))?;
+    let state = running_stack()?;
     for line in xtask::checks::browser::run_all(&state.front_url.parse()?).await? {
         println!("browser: ok  {line}");
     }
     Ok(())
+}
+
+fn running_stack() -> anyhow::Result<stack::State> {
+    stack::load_state()
+        .ok_or_else(|| anyhow::anyhow!("no running stack: `cargo xtask stack up` starts one"))
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, ensure};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
 
@@ -65,23 +65,20 @@ pub async fn regenerate() -> Result<()> {
     let table = Template::local_name(&ctx, &spec.logical_id);
     tables::create_table(&dynamodb, &spec, &table).await?;
 
-    let put = |item: Vec<(&'static str, AttributeValue)>| {
-        let mut put = dynamodb.put_item().table_name(&table);
-        for (name, value) in item {
-            put = put.item(name, value);
-        }
-        put.send()
+    let put = async |item: Vec<(&'static str, AttributeValue)>| {
+        let put = item.into_iter().fold(
+            dynamodb.put_item().table_name(&table),
+            |put, (name, value)| put.item(name, value),
+        );
+        put.send().await.map_err(aws_sdk_dynamodb::Error::from)
     };
-    put(row("sam-demo-1", "Team sync", "2026-12-02T11:00:00+01:00"))
-        .await
-        .map_err(aws_sdk_dynamodb::Error::from)?;
+    put(row("sam-demo-1", "Team sync", "2026-12-02T11:00:00+01:00")).await?;
     put(row(
         "sam-demo-1",
         "Team sync (moved)",
         "2026-12-02T11:00:00+01:00",
     ))
-    .await
-    .map_err(aws_sdk_dynamodb::Error::from)?;
+    .await?;
     dynamodb
         .delete_item()
         .table_name(&table)
@@ -95,18 +92,16 @@ pub async fn regenerate() -> Result<()> {
         "Team sync",
         "2026-12-02T09:00:00+01:00",
     ))
-    .await
-    .map_err(aws_sdk_dynamodb::Error::from)?;
+    .await?;
 
     let records =
         streams::stream_records(&dynamodb, &streams::Streams::new(&endpoint), &table).await?;
-    if records.len() != STREAM_FILES.len() {
-        return Err(anyhow!(
-            "expected {} stream records, moto returned {}",
-            STREAM_FILES.len(),
-            records.len()
-        ));
-    }
+    ensure!(
+        records.len() == STREAM_FILES.len(),
+        "expected {} stream records, moto returned {}",
+        STREAM_FILES.len(),
+        records.len()
+    );
     for (record, file) in records.iter().zip(STREAM_FILES) {
         write_json(
             &events_dir.join(file),

@@ -8,6 +8,7 @@
 //! gateway address, which stays on this machine. Last, `sam local start-api` answers one route.
 
 use std::{
+    cell::RefCell,
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     net::IpAddr,
@@ -19,11 +20,9 @@ use std::{
 use crate::{apt::which, checks::sample_events, docker, docker::tail};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::{Value, json};
-use testkit::api_gateway::{HttpApiEvent, answer_header, answer_set_cookies, cookie_pair};
-use testkit::stack::{APP_ORIGIN, BINDING_COOKIE_ATTRIBUTES, OAUTH_REDIRECT_URI};
+use testkit::api_gateway::HttpApiEvent;
 use testkit::{TestStack, aws, process, seed, template::Template};
 use tokio::process::Command;
-use url::Url;
 
 /// Set to an image (e.g. `public.ecr.aws/lambda/provided:al2023`) to invoke on it, pulled as
 /// usual, instead of building [`docker::BASE_IMAGE`]; then nothing is installed with apt-get.
@@ -92,7 +91,8 @@ pub async fn run_sam_checks(root: &Path) -> Result<()> {
     let functions = functions_from_template(&root.join("template.yaml"))?;
     let services = LocalServices::start(&root, &tools, gateway).await?;
     let work = tempdir(&root)?;
-    let env = services.env_file()?;
+    // Every variable of SPEC's configuration table, for every function.
+    let env = json!({ "Parameters": services.variables });
     for variable in template_variables(&root.join("template.yaml"))? {
         ensure!(
             env["Parameters"].get(&variable).is_some(),
@@ -107,16 +107,18 @@ pub async fn run_sam_checks(root: &Path) -> Result<()> {
         env_file,
         parameters: services.parameter_overrides(),
         image,
+        work: work.clone(),
+        timings: RefCell::new(timings),
+        outputs: RefCell::default(),
     };
 
-    let result = run_invokes(&sam, &services, &functions, &work, &mut timings).await;
-    let result = match result {
-        Ok(()) => start_api_smoke(&sam, &mut timings).await,
+    let result = match run_invokes(&sam, &services, &functions).await {
+        Ok(()) => start_api_smoke(&sam).await,
         Err(e) => Err(e),
     };
     services.stop().await;
     let _ = std::fs::remove_dir_all(&work);
-    println!("sam: timings\n{}", timings.report());
+    println!("sam: timings\n{}", sam.timings.borrow().report());
     result
 }
 
@@ -351,26 +353,12 @@ impl LocalServices {
         Ok(Self { stack, variables })
     }
 
-    /// Every variable of SPEC's configuration table, for every function (`Parameters`).
-    fn env_file(&self) -> Result<Value> {
-        Ok(json!({ "Parameters": self.variables }))
-    }
-
     /// `AwsEndpointUrl` makes the template declare `AWS_ENDPOINT_URL`, which env files may then set.
     fn parameter_overrides(&self) -> Vec<String> {
         vec![
             "Architecture=x86_64".into(),
             format!("AwsEndpointUrl={}", self.stack.aws_endpoint),
         ]
-    }
-
-    /// The demo account's primary calendar, cancelled events included.
-    async fn calendar(&self) -> Result<Vec<Value>> {
-        let listing = self
-            .stack
-            .control_get(&format!("calendars/{DEMO_ACCOUNT}/primary/events"))
-            .await?;
-        Ok(listing["items"].as_array().cloned().unwrap_or_default())
     }
 
     async fn stop(self) {
@@ -388,12 +376,11 @@ struct Sam {
     parameters: Vec<String>,
     /// `None`: the local [`docker::BASE_IMAGE`], never pulled.
     image: Option<String>,
-}
-
-/// One `sam local invoke`: the function's answer and everything it printed.
-struct Invocation {
-    answer: Value,
-    output: String,
+    /// Where the events made here are written for `--event`.
+    work: PathBuf,
+    timings: RefCell<Timings>,
+    /// Everything the invocations printed, scanned for secrets at the end.
+    outputs: RefCell<String>,
 }
 
 impl Sam {
@@ -415,7 +402,10 @@ impl Sam {
         command
     }
 
-    async fn invoke(&self, function: &str, event: &Path) -> Result<Invocation> {
+    /// `sam local invoke function --event event`: the function's answer. Its time goes to the
+    /// timings as `label`, its output to `outputs`.
+    async fn invoke(&self, function: &str, label: &str, event: &Path) -> Result<Value> {
+        let started = Instant::now();
         let output = self
             .command("invoke")
             .arg(function)
@@ -451,196 +441,80 @@ impl Sam {
             event.display(),
             tail(&stderr, 30)
         );
-        Ok(Invocation {
-            answer,
-            output: all,
-        })
+        self.timings
+            .borrow_mut()
+            .record(format!("invoke {function} {label}"), started.elapsed());
+        self.outputs.borrow_mut().push_str(&all);
+        Ok(answer)
+    }
+
+    /// [`Sam::invoke`] with an event made here, written to the work folder as `{label}.json`.
+    async fn invoke_event(
+        &self,
+        function: &str,
+        label: &str,
+        event: &HttpApiEvent,
+    ) -> Result<Value> {
+        let file = self.work.join(format!("{label}.json"));
+        std::fs::write(&file, serde_json::to_vec(&event.json())?)?;
+        self.invoke(function, label, &file).await
     }
 }
 
-/// What one HTTP answer must show.
-struct HttpExpect {
-    status: u64,
-    error: Option<&'static str>,
-    location_prefix: Option<String>,
-    sets_cookie: bool,
-}
-
-/// The checks for the sample events this module knows; other files get the generic check.
-fn http_expectation(file: &str, services: &LocalServices) -> Option<HttpExpect> {
-    let auth_url = format!("{}o/oauth2/v2/auth?", services.stack.emulator.base_url);
-    let refused = |status, error| HttpExpect {
-        status,
-        error: Some(error),
-        location_prefix: None,
-        sets_cookie: false,
-    };
-    Some(match file {
-        "oauth-start.json" => HttpExpect {
-            status: 302,
-            error: None,
-            location_prefix: Some(auth_url),
-            sets_cookie: true,
-        },
-        "oauth-start-json.json" => HttpExpect {
-            status: 200,
-            error: None,
-            location_prefix: None,
-            sets_cookie: true,
-        },
-        "oauth-start-bad-return-to.json" => refused(400, "invalid_return_to"),
-        "oauth-start-no-identity.json" => refused(401, "unauthorized"),
-        "oauth-callback-forged-state.json" => refused(400, "invalid_state"),
-        "oauth-callback-no-state.json" => refused(400, "invalid_state"),
-        "oauth-callback-denied-unknown-state.json" => refused(400, "invalid_state"),
-        _ => return None,
-    })
-}
-
-fn check_http(file: &str, answer: &Value, expect: &HttpExpect) -> Result<()> {
-    let status = answer["statusCode"].as_u64();
-    ensure!(
-        status == Some(expect.status),
-        "{file}: expected status {}, got {answer}",
-        expect.status
-    );
-    if let Some(error) = expect.error {
-        // Browsers (Accept: text/html) get a page naming the error; API clients get JSON.
-        let body = answer["body"].as_str().unwrap_or_default();
-        let named = match serde_json::from_str::<Value>(body) {
-            Ok(json) => json["error"] == error,
-            Err(_) => {
-                answer_header(answer, "content-type").is_some_and(|t| t.starts_with("text/html"))
-                    && body.contains(&format!("<code>{error}</code>"))
-            }
-        };
-        ensure!(named, "{file}: expected error {error}, got {answer}");
-    }
-    if let Some(prefix) = &expect.location_prefix {
-        let location = answer_header(answer, "location").unwrap_or_default();
-        ensure!(
-            location.starts_with(prefix.as_str()),
-            "{file}: Location {location:?} is not on {prefix}"
-        );
-        let url = Url::parse(&location)?;
-        let query: BTreeMap<_, _> = url.query_pairs().into_owned().collect();
-        for (key, value) in [
-            ("response_type", Some("code")),
-            ("redirect_uri", Some(OAUTH_REDIRECT_URI)),
-            ("access_type", Some("offline")),
-            ("prompt", Some("consent")),
-            ("code_challenge_method", Some("S256")),
-            ("state", None),
-            ("code_challenge", None),
-        ] {
-            let got = query.get(key).map(String::as_str);
-            ensure!(
-                got.is_some() && (value.is_none() || got == value),
-                "{file}: Location lacks {key}={value:?}: {location}"
-            );
-        }
-    }
-    if expect.sets_cookie {
-        let cookie = answer_set_cookies(answer)
-            .into_iter()
-            .find(|c| c.starts_with("__Host-"))
-            .ok_or_else(|| anyhow!("{file}: no __Host- Set-Cookie in {answer}"))?;
-        for attribute in BINDING_COOKIE_ATTRIBUTES {
-            ensure!(
-                cookie.contains(attribute),
-                "{file}: cookie lacks {attribute}: {cookie}"
-            );
-        }
-    }
-    Ok(())
-}
-
+/// Every file of `events/` against its function, checked as under the RIE (`events/expected.json`,
+/// see [`sample_events::check`]). Between the HTTP and the stream samples, a real connect, so the
+/// stream samples reach the demo account's calendar, which is checked after each.
 async fn run_invokes(
     sam: &Sam,
     services: &LocalServices,
     functions: &BTreeMap<String, String>,
-    work: &Path,
-    timings: &mut Timings,
 ) -> Result<()> {
     let events_dir = sam.root.join("events");
-    // events/expected.json names each file's function and what its answer must hold.
-    let files = sample_events::event_files(&events_dir)?;
     let expectations = sample_events::load_expectations(&events_dir)?;
-    let variables = &services.variables;
-    let event_sync = functions
-        .get("event-sync")
-        .ok_or_else(|| anyhow!("no event-sync function"))?;
-    let mut outputs = String::new();
-    let (events_dir, expectations) = (&events_dir, &expectations);
-    let invoke_checked = move |file: String| {
-        let expectation = expectations.get(&file).cloned();
-        async move {
-            let expectation = expectation
-                .ok_or_else(|| anyhow!("events/{file} has no entry in events/expected.json"))?;
-            ensure!(
-                functions.values().any(|id| *id == expectation.function),
-                "events/expected.json: {file} names {}, not a function of template.yaml",
-                expectation.function
-            );
-            let started = Instant::now();
-            let invocation = sam
-                .invoke(&expectation.function, &events_dir.join(&file))
-                .await?;
-            let took = started.elapsed();
-            if let Err(difference) =
-                sample_events::check(&expectation, &invocation.answer, variables)
-            {
-                ensure!(!expectation.enforced, "events/{file}: {difference}");
-                println!("sam: events/{file}: pending (not enforced): {difference}");
-            }
-            Ok::<_, anyhow::Error>((file, expectation.function, invocation, took))
-        }
+    let function = |binary: &str| {
+        functions
+            .get(binary)
+            .ok_or_else(|| anyhow!("template.yaml has no {binary} function"))
     };
-
-    // HTTP samples first, then the connect, then the stream samples that need the grant.
-    let (stream_files, http_files): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| {
-        expectations
-            .get(f)
-            .is_some_and(|e| e.function == *event_sync)
-    });
-    for file in http_files {
-        let (file, function, invocation, took) = invoke_checked(file).await?;
-        timings.record(format!("invoke {function} {file}"), took);
-        if let Some(expect) = http_expectation(&file, services) {
-            check_http(&file, &invocation.answer, &expect)?;
-        }
-        outputs.push_str(&invocation.output);
+    let event_sync = function("event-sync")?;
+    let mut files = Vec::new();
+    for file in sample_events::event_files(&events_dir)? {
+        let expectation = expectations
+            .get(&file)
+            .ok_or_else(|| anyhow!("events/{file} has no entry in events/expected.json"))?;
+        ensure!(
+            functions.values().any(|id| *id == expectation.function),
+            "events/expected.json: {file} names {}, not a function of template.yaml",
+            expectation.function
+        );
+        files.push((file, expectation));
     }
-
-    let (start_id, callback_id) = (
-        functions
-            .get("oauth-start")
-            .ok_or_else(|| anyhow!("no oauth-start function"))?,
-        functions
-            .get("oauth-callback")
-            .ok_or_else(|| anyhow!("no oauth-callback function"))?,
-    );
-    connect_through_callback(
+    let invoke_checked = async |file: &str, expectation: &sample_events::Expectation| {
+        let answer = sam
+            .invoke(&expectation.function, file, &events_dir.join(file))
+            .await?;
+        if let Err(difference) = sample_events::check(expectation, &answer, &services.variables) {
+            ensure!(!expectation.enforced, "events/{file}: {difference}");
+            println!("sam: events/{file}: pending (not enforced): {difference}");
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let (stream_files, http_files): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .partition(|(_, expectation)| expectation.function == *event_sync);
+    for (file, expectation) in http_files {
+        invoke_checked(&file, expectation).await?;
+    }
+    connect_and_replay(
         sam,
         services,
-        start_id,
-        callback_id,
-        work,
-        timings,
-        &mut outputs,
+        function("oauth-start")?,
+        function("oauth-callback")?,
     )
     .await?;
-
-    for file in stream_files {
-        let (file, function, invocation, took) = invoke_checked(file).await?;
-        timings.record(format!("invoke {function} {file}"), took);
-        ensure!(
-            invocation.answer == json!({"batchItemFailures": []}),
-            "{file}: expected no batch item failures, got {}",
-            invocation.answer
-        );
+    for (file, expectation) in stream_files {
+        invoke_checked(&file, expectation).await?;
         check_calendar_after(&file, services).await?;
-        outputs.push_str(&invocation.output);
     }
 
     // Nothing the emulator issued or received (tokens, codes, verifiers, the client secret)
@@ -655,160 +529,90 @@ async fn run_invokes(
     ensure!(!values.is_empty(), "the emulator reports no issued secret");
     for secret in values {
         ensure!(
-            !outputs.contains(secret),
+            !sam.outputs.borrow().contains(secret),
             "a token, code, verifier or client secret appears in the invocations' output"
         );
     }
     Ok(())
 }
 
-/// What the demo calendar must hold after each known stream sample.
+/// What the demo calendar must hold after each known stream sample: the event's summary,
+/// `cancelled`, or nothing at all (`None`).
 async fn check_calendar_after(file: &str, services: &LocalServices) -> Result<()> {
-    let calendar = services.calendar().await?;
-    let find = |event_id: &str| {
-        calendar
-            .iter()
-            .find(|e| e["extendedProperties"]["private"]["calsync_event_id"] == event_id)
-            .cloned()
+    let (event_id, allowed): (&str, &[Option<&str>]) = match file {
+        "event-sync-insert.json" => ("sam-demo-1", &[Some("Team sync")]),
+        "event-sync-modify.json" => ("sam-demo-1", &[Some("Team sync (moved)")]),
+        "event-sync-remove.json" => ("sam-demo-1", &[Some("cancelled"), None]),
+        // An invalid row never reaches the calendar.
+        "event-sync-invalid-row.json" => ("sam-demo-invalid", &[None]),
+        _ => return Ok(()),
     };
-    match file {
-        "event-sync-insert.json" | "event-sync-modify.json" => {
-            let title = if file == "event-sync-insert.json" {
-                "Team sync"
-            } else {
-                "Team sync (moved)"
-            };
-            let event = find("sam-demo-1")
-                .ok_or_else(|| anyhow!("{file}: sam-demo-1 is not in {DEMO_ACCOUNT}'s calendar"))?;
-            ensure!(
-                event["summary"] == title && event["status"] != "cancelled",
-                "{file}: calendar holds {event}"
-            );
-        }
-        "event-sync-remove.json" => {
-            if let Some(event) = find("sam-demo-1") {
-                ensure!(
-                    event["status"] == "cancelled",
-                    "{file}: sam-demo-1 is still in the calendar: {event}"
-                );
-            }
-        }
-        "event-sync-invalid-row.json" => {
-            ensure!(
-                find("sam-demo-invalid").is_none(),
-                "{file}: an invalid row reached the calendar"
-            );
-        }
-        _ => {}
-    }
+    let listing = services
+        .stack
+        .control_get(&format!("calendars/{DEMO_ACCOUNT}/primary/events"))
+        .await?;
+    let event = listing["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["extendedProperties"]["private"]["calsync_event_id"] == event_id);
+    let held = event.map(|e| match e["status"].as_str() {
+        Some("cancelled") => "cancelled",
+        _ => e["summary"].as_str().unwrap_or_default(),
+    });
+    ensure!(
+        allowed.contains(&held),
+        "{file}: {DEMO_ACCOUNT}'s calendar holds {event_id} as {held:?}, expected one of {allowed:?}"
+    );
     Ok(())
 }
 
-/// The callback's success under `sam local invoke`: a real flow record and cookie from the start
-/// function, the emulator's consent for them, then the callback with the code it issued.
-async fn connect_through_callback(
+/// The callback's success under `sam local invoke` (a real flow record and cookie from the start
+/// function, the emulator's consent for them), then the same callback again, refused: the flow
+/// record was single use.
+async fn connect_and_replay(
     sam: &Sam,
     services: &LocalServices,
     start_id: &str,
     callback_id: &str,
-    work: &Path,
-    timings: &mut Timings,
-    outputs: &mut String,
 ) -> Result<()> {
-    let return_to = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("return_to", &format!("{APP_ORIGIN}/calendar"))
-        .finish();
-    let start_event = HttpApiEvent::get("/oauth/google/start")
-        .query(&return_to)
-        .header("accept", "application/json")
-        .user(DEMO_USER)
-        .json();
-    let start_file = work.join("connect-start.json");
-    std::fs::write(&start_file, serde_json::to_vec(&start_event)?)?;
-    let started = Instant::now();
-    let start = sam.invoke(start_id, &start_file).await?;
-    timings.record(
-        format!("invoke {start_id} (connect: start)"),
-        started.elapsed(),
-    );
-    outputs.push_str(&start.output);
-    ensure!(
-        start.answer["statusCode"] == 200,
-        "connect start: {}",
-        start.answer
-    );
-    let body: Value = serde_json::from_str(start.answer["body"].as_str().unwrap_or_default())?;
-    let authorization_url = body["authorization_url"]
-        .as_str()
-        .ok_or_else(|| anyhow!("connect start gave no authorization_url: {body}"))?;
-    let set_cookie = answer_set_cookies(&start.answer)
-        .into_iter()
-        .find(|c| c.starts_with("__Host-"))
-        .ok_or_else(|| anyhow!("connect start set no cookie"))?;
-    let (name, nonce) = cookie_pair(&set_cookie).context("a malformed Set-Cookie")?;
-
-    let redirect = services
+    let callback = services
         .stack
-        .consent(authorization_url, DEMO_ACCOUNT, "allow", &[])
+        .connect_through_events(
+            DEMO_USER,
+            DEMO_ACCOUNT,
+            async |event| sam.invoke_event(start_id, "connect-start", &event).await,
+            async |event| {
+                sam.invoke_event(callback_id, "connect-callback", &event)
+                    .await
+            },
+        )
+        .await
+        .context("connecting through sam local invoke")?;
+    let replay = callback.header("accept", "text/html");
+    let replayed = sam
+        .invoke_event(callback_id, "replayed-callback", &replay)
         .await?;
-    ensure!(
-        redirect.as_str().starts_with(OAUTH_REDIRECT_URI),
-        "consent redirected to {} instead of the callback",
-        redirect.path()
-    );
-    let callback_event = HttpApiEvent::get("/oauth/google/callback")
-        .query(redirect.query().unwrap_or_default())
-        .cookie(&format!("{name}={nonce}"))
-        .json();
-    let callback_file = work.join("connect-callback.json");
-    std::fs::write(&callback_file, serde_json::to_vec(&callback_event)?)?;
-    let started = Instant::now();
-    let callback = sam.invoke(callback_id, &callback_file).await?;
-    timings.record(
-        format!("invoke {callback_id} (connect: callback)"),
-        started.elapsed(),
-    );
-    outputs.push_str(&callback.output);
-    let location = answer_header(&callback.answer, "location").unwrap_or_default();
-    ensure!(
-        callback.answer["statusCode"] == 302
-            && location.starts_with(&format!("{APP_ORIGIN}/calendar"))
-            && location.contains("calsync=connected"),
-        "connect callback: {}",
-        callback.answer
-    );
-    ensure!(
-        answer_set_cookies(&callback.answer)
-            .iter()
-            .any(|c| c.starts_with("__Host-") && c.contains("Max-Age=0")),
-        "connect callback did not clear the cookie: {}",
-        callback.answer
-    );
+    sample_events::check(&replay_refused(callback_id), &replayed, &services.variables)
+        .map_err(|difference| anyhow!("the replayed callback: {difference}"))
+}
 
-    // The same callback again: the flow record was single use.
-    let started = Instant::now();
-    let replayed = sam.invoke(callback_id, &callback_file).await?;
-    timings.record(
-        format!("invoke {callback_id} (replayed callback)"),
-        started.elapsed(),
-    );
-    outputs.push_str(&replayed.output);
-    check_http(
-        "replayed callback",
-        &replayed.answer,
-        &HttpExpect {
-            status: 400,
-            error: Some("invalid_state"),
-            location_prefix: None,
-            sets_cookie: false,
-        },
-    )
+/// What a replayed callback must answer: the error page for an unknown state.
+fn replay_refused(callback_id: &str) -> sample_events::Expectation {
+    serde_json::from_value(json!({
+        "function": callback_id,
+        "status": 400,
+        "headers": {"content-type": "text/html"},
+        "body_contains": ["<code>invalid_state</code>"],
+    }))
+    .expect("a valid expectation")
 }
 
 // -------------------------------------------------------------------------------------- start-api
 
-/// `sam local start-api` once: the callback route without a state answers 400 `invalid_state`.
-async fn start_api_smoke(sam: &Sam, timings: &mut Timings) -> Result<()> {
+/// `sam local start-api` once: the callback route without a state answers 400 `invalid_state`,
+/// and the start route 401, because sam local skips JWT authorizers and so sees no identity.
+async fn start_api_smoke(sam: &Sam) -> Result<()> {
     let port = process::free_port()?;
     let log_path = sam.root.join(".dev/sam-start-api.log");
     let log = std::fs::File::create(&log_path)?;
@@ -823,55 +627,33 @@ async fn start_api_smoke(sam: &Sam, timings: &mut Timings) -> Result<()> {
         .spawn()
         .context("starting sam local start-api")?;
     let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(60))
         .build()?;
-    let url = format!("http://127.0.0.1:{port}/oauth/google/callback");
-    let deadline = Instant::now() + START_API_READY;
-    let result = loop {
-        match http
-            .get(&url)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-        {
-            Ok(response) => break Ok(response),
-            Err(e) if e.is_connect() && Instant::now() < deadline => {
-                if let Some(status) = child.try_wait()? {
-                    break Err(anyhow!(
-                        "sam local start-api exited ({status}); see {}",
-                        log_path.display()
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => break Err(anyhow!("start-api did not answer: {e}")),
-        }
-    };
     let outcome = async {
-        let response = result?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        ensure!(
-            status == 400 && body["error"] == "invalid_state",
-            "start-api GET /oauth/google/callback: {status} {body}"
-        );
-        // sam local skips JWT authorizers, so an authorized route sees no identity.
-        let start = http
-            .get(format!("http://127.0.0.1:{port}/oauth/google/start"))
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await?;
-        let status = start.status();
-        let body: Value = start.json().await.unwrap_or(Value::Null);
-        ensure!(
-            status == 401 && body["error"] == "unauthorized",
-            "start-api GET /oauth/google/start: {status} {body}"
-        );
+        let listening = format!("sam local start-api (log: {})", log_path.display());
+        process::wait_for_port(([127, 0, 0, 1], port).into(), START_API_READY, &listening).await?;
+        for (path, status, error) in [
+            ("/oauth/google/callback", 400, "invalid_state"),
+            ("/oauth/google/start", 401, "unauthorized"),
+        ] {
+            let response = http
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .header(reqwest::header::ACCEPT, "application/json")
+                .send()
+                .await?;
+            let got = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            ensure!(
+                got == status && body["error"] == error,
+                "start-api GET {path}: {got} {body}"
+            );
+        }
         Ok(())
     }
     .await;
-    timings.record("sam local start-api up + two routes", started.elapsed());
+    sam.timings
+        .borrow_mut()
+        .record("sam local start-api up + two routes", started.elapsed());
     // SIGINT lets sam remove its containers; kill only if it does not stop.
     if let Some(pid) = child.id() {
         let _ = Command::new("kill")
@@ -994,45 +776,100 @@ mod tests {
         }
     }
 
+    /// The repository's own expectations, with the variables a stack would give them.
+    fn expectation_of(file: &str) -> (sample_events::Expectation, BTreeMap<String, String>) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut all = sample_events::load_expectations(&root.join("events")).unwrap();
+        let variables = BTreeMap::from([
+            ("GOOGLE_AUTH_URL".to_string(), "http://g/auth".to_string()),
+            (
+                "OAUTH_REDIRECT_URI".to_string(),
+                "https://app.example.test/oauth/google/callback".to_string(),
+            ),
+        ]);
+        (all.remove(file).unwrap(), variables)
+    }
+
+    const FULL_REDIRECT: &str = "http://g/auth?response_type=code&redirect_uri=https%3A%2F%2Fapp.example.test%2Foauth%2Fgoogle%2Fcallback&access_type=offline&prompt=consent&code_challenge_method=S256&state=s&code_challenge=c";
+    const BINDING_COOKIE: &str =
+        "__Host-calsync_oauth=n; HttpOnly; Secure; SameSite=Lax; Path=/; Max-Age=600";
+
     #[test]
-    fn a_wrong_status_or_error_fails_the_check() {
-        let expect = HttpExpect {
-            status: 400,
-            error: Some("invalid_state"),
-            location_prefix: None,
-            sets_cookie: false,
-        };
-        let good = json!({"statusCode": 400, "body": "{\"error\":\"invalid_state\"}"});
-        check_http("x", &good, &expect).unwrap();
-        let other = json!({"statusCode": 400, "body": "{\"error\":\"state_mismatch\"}"});
-        assert!(check_http("x", &other, &expect).is_err());
-        let ok = json!({"statusCode": 200, "body": "{}"});
-        assert!(check_http("x", &ok, &expect).is_err());
+    fn the_start_redirect_needs_pkce_and_every_cookie_attribute_on_one_cookie() {
+        let (start, variables) = expectation_of("oauth-start.json");
+        let answer = |location: &str, cookies: &[&str]| json!({"statusCode": 302, "headers": {"Location": location}, "cookies": cookies});
+        let good = answer(FULL_REDIRECT, &[BINDING_COOKIE]);
+        assert_eq!(sample_events::check(&start, &good, &variables), Ok(()));
+        for dropped in [
+            "&code_challenge=c",
+            "&code_challenge_method=S256",
+            "&state=s",
+            "&prompt=consent",
+            "&access_type=offline",
+        ] {
+            let location = FULL_REDIRECT.replace(dropped, "");
+            let verdict =
+                sample_events::check(&start, &answer(&location, &[BINDING_COOKIE]), &variables);
+            assert!(verdict.is_err(), "a redirect without {dropped} passed");
+        }
+        let elsewhere = FULL_REDIRECT.replace("app.example.test", "evil.example");
+        assert!(
+            sample_events::check(&start, &answer(&elsewhere, &[BINDING_COOKIE]), &variables)
+                .is_err()
+        );
+        for attribute in [
+            "HttpOnly",
+            "Secure",
+            "SameSite=Lax",
+            "Path=/",
+            "Max-Age=600",
+        ] {
+            let cookie = BINDING_COOKIE.replace(&format!("; {attribute}"), "");
+            let verdict =
+                sample_events::check(&start, &answer(FULL_REDIRECT, &[&cookie]), &variables);
+            assert!(verdict.is_err(), "a cookie without {attribute} passed");
+        }
+        // The attributes spread over two cookies are not one binding cookie.
+        let split = [
+            "__Host-calsync_oauth=n; HttpOnly; Secure",
+            "other=1; SameSite=Lax; Path=/; Max-Age=600",
+        ];
+        assert!(sample_events::check(&start, &answer(FULL_REDIRECT, &split), &variables).is_err());
+        assert!(sample_events::check(&start, &answer(FULL_REDIRECT, &[]), &variables).is_err());
     }
 
     #[test]
-    fn a_redirect_without_pkce_fails_the_check() {
-        let expect = HttpExpect {
-            status: 302,
-            error: None,
-            location_prefix: Some("http://g/auth?".into()),
-            sets_cookie: false,
-        };
-        let full = "http://g/auth?response_type=code&redirect_uri=https%3A%2F%2Fapp.example.test%2Foauth%2Fgoogle%2Fcallback&access_type=offline&prompt=consent&code_challenge_method=S256&state=s&code_challenge=c";
-        check_http(
-            "x",
-            &json!({"statusCode": 302, "headers": {"location": full}}),
-            &expect,
-        )
-        .unwrap();
-        let no_pkce = full.replace("&code_challenge=c", "");
-        assert!(
-            check_http(
-                "x",
-                &json!({"statusCode": 302, "headers": {"location": no_pkce}}),
-                &expect
-            )
-            .is_err()
+    fn a_refused_callback_must_be_the_invalid_state_page() {
+        let page = |status: u16, content_type: &str, body: &str| json!({"statusCode": status, "headers": {"content-type": content_type}, "body": body});
+        let good = page(
+            400,
+            "text/html; charset=utf-8",
+            "<p>Error: <code>invalid_state</code></p>",
         );
+        for refused in [
+            replay_refused("OAuthCallbackFunction"),
+            expectation_of("oauth-callback-forged-state.json").0,
+            expectation_of("oauth-callback-no-state.json").0,
+        ] {
+            let variables = BTreeMap::new();
+            assert_eq!(sample_events::check(&refused, &good, &variables), Ok(()));
+            let other_error = page(400, "text/html", "<code>state_mismatch</code>");
+            assert!(sample_events::check(&refused, &other_error, &variables).is_err());
+            let json_body = page(400, "application/json", "{\"error\":\"invalid_state\"}");
+            assert!(sample_events::check(&refused, &json_body, &variables).is_err());
+            let connected = page(200, "text/html", "<code>invalid_state</code>");
+            assert!(sample_events::check(&refused, &connected, &variables).is_err());
+        }
+    }
+
+    #[test]
+    fn a_stream_sample_fails_on_any_batch_item_failure() {
+        let (insert, variables) = expectation_of("event-sync-insert.json");
+        let ok = json!({"batchItemFailures": []});
+        assert_eq!(sample_events::check(&insert, &ok, &variables), Ok(()));
+        let one = json!({"batchItemFailures": [{"itemIdentifier": "1"}]});
+        assert!(sample_events::check(&insert, &one, &variables).is_err());
+        let failed = json!({"errorType": "Panic", "errorMessage": "boom"});
+        assert!(sample_events::check(&insert, &failed, &variables).is_err());
     }
 }

@@ -2,8 +2,10 @@
 //! answer against `events/expected.json`.
 //!
 //! An expectation names the function (template logical id) and what the answer must hold:
-//! `status`; `headers` (name to required prefix); `cookies` (substrings the `Set-Cookie` values
-//! must contain); `body_contains` (substrings of the body); `body_json` (a JSON subset of the
+//! `status`; `headers` (name to required prefix); `location_query` (a JSON subset of the
+//! `Location` header's query parameters, so a redirect to Google carries PKCE and its other
+//! parameters); `cookies` (substrings one `Set-Cookie` value must all contain, so the attributes
+//! belong to the same cookie); `body_contains` (substrings of the body); `body_json` (a JSON subset of the
 //! parsed body, string leaves ending in `*` are prefixes); `result` (a JSON subset of a non-HTTP
 //! function's answer). `${VAR}` in any string is the stack's environment variable. `"enforced":
 //! false` reports a mismatch as pending instead of failing (for behaviour not built yet).
@@ -11,11 +13,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, ensure};
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::local_aws::stack::State;
+use testkit::api_gateway::{answer_header, answer_set_cookies};
 use testkit::rie;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -29,6 +32,7 @@ pub struct Expectation {
     pub status: Option<u16>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    pub location_query: Option<Value>,
     #[serde(default)]
     pub cookies: Vec<String>,
     #[serde(default)]
@@ -39,19 +43,6 @@ pub struct Expectation {
 
 fn yes() -> bool {
     true
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Pass,
-    Fail(String),
-    Pending(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct Checked {
-    pub file: String,
-    pub verdict: Verdict,
 }
 
 pub fn load_expectations(dir: &Path) -> Result<BTreeMap<String, Expectation>> {
@@ -72,30 +63,48 @@ pub fn event_files(dir: &Path) -> Result<Vec<String>> {
     Ok(files)
 }
 
-pub async fn check_all(dir: &Path, state: &State) -> Result<Vec<Checked>> {
+/// Invokes every file under the RIE and prints one line for each; fails when an enforced
+/// expectation does not hold. Returns the summary line.
+pub async fn check_all(dir: &Path, state: &State) -> Result<String> {
     let expectations = load_expectations(dir)?;
     let http = reqwest::Client::new();
-    let mut out = Vec::new();
-    for file in event_files(dir)? {
-        let verdict = match expectations.get(&file) {
-            None => Verdict::Fail("no entry in events/expected.json".into()),
-            Some(expectation) => {
-                let event: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(&file))?)
-                    .with_context(|| format!("parsing events/{file}"))?;
-                let function = state.functions.get(&expectation.function).ok_or_else(|| {
-                    anyhow!("events/expected.json: no function {}", expectation.function)
-                })?;
-                let answer = rie::invoke(&http, &function.invoke_url, &event).await?;
-                match check(expectation, &answer, &state.env) {
-                    Ok(()) => Verdict::Pass,
-                    Err(problem) if expectation.enforced => Verdict::Fail(problem),
-                    Err(problem) => Verdict::Pending(problem),
-                }
-            }
+    let files = event_files(dir)?;
+    let (mut failures, mut pending) = (0, 0);
+    for file in &files {
+        let Some(expectation) = expectations.get(file) else {
+            failures += 1;
+            println!("    FAIL     {file}: no entry in events/expected.json");
+            continue;
         };
-        out.push(Checked { file, verdict });
+        let event: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(file))?)
+            .with_context(|| format!("parsing events/{file}"))?;
+        let function = state
+            .functions
+            .get(&expectation.function)
+            .ok_or_else(|| anyhow!("events/expected.json: no function {}", expectation.function))?;
+        let answer = rie::invoke(&http, &function.invoke_url, &event).await?;
+        match check(expectation, &answer, &state.env) {
+            Ok(()) => println!("    ok       {file}"),
+            Err(why) if expectation.enforced => {
+                failures += 1;
+                println!("    FAIL     {file}: {why}");
+            }
+            Err(why) => {
+                pending += 1;
+                println!("    pending  {file}: {why}");
+            }
+        }
     }
-    Ok(out)
+    ensure!(
+        failures == 0,
+        "{failures} of {} event files failed",
+        files.len()
+    );
+    Ok(format!(
+        "{} event files, {} passed, {pending} pending",
+        files.len(),
+        files.len() - pending
+    ))
 }
 
 fn expand(text: &str, env: &BTreeMap<String, String>) -> String {
@@ -125,43 +134,30 @@ pub fn check(
             return Err(format!("status {got:?}, expected {status}: {}", short()));
         }
     }
-    let headers = answer
-        .get("headers")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
     for (name, prefix) in &expectation.headers {
         let prefix = expand(prefix, env);
-        let value = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| v.as_str());
-        match value {
+        match answer_header(answer, name) {
             Some(v) if v.starts_with(&prefix) => {}
             other => return Err(format!("header {name} is {other:?}, expected {prefix}...")),
         }
     }
-    let mut cookies: Vec<String> = answer
-        .get("cookies")
-        .and_then(Value::as_array)
-        .map(|c| {
-            c.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(v) = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
-        .and_then(|(_, v)| v.as_str())
-    {
-        cookies.push(v.to_string());
+    if let Some(expected) = &expectation.location_query {
+        let location = answer_header(answer, "location").unwrap_or_default();
+        let url = url::Url::parse(&location).map_err(|e| format!("Location {location:?}: {e}"))?;
+        let query: serde_json::Map<String, Value> = url
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+            .collect();
+        subset(expected, &Value::Object(query), env)
+            .map_err(|p| format!("Location {location}: {p}"))?;
     }
-    for needle in &expectation.cookies {
-        if !cookies.iter().any(|c| c.contains(needle.as_str())) {
+    if !expectation.cookies.is_empty() {
+        let cookies = answer_set_cookies(answer);
+        let holds_all = |c: &String| expectation.cookies.iter().all(|n| c.contains(n.as_str()));
+        if !cookies.iter().any(holds_all) {
             return Err(format!(
-                "no Set-Cookie contains {needle:?} (got {cookies:?})"
+                "no Set-Cookie holds all of {:?} (got {cookies:?})",
+                expectation.cookies
             ));
         }
     }

@@ -94,20 +94,12 @@ impl Invocation {
     }
 }
 
-/// Why records were given up, as Lambda names it in the on-failure record.
+/// Why records were given up. The variants are named as Lambda's on-failure record names its
+/// `condition`, which their `Debug` form prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GiveUp {
     RetryAttemptsExhausted,
     RecordAgeExceeded,
-}
-
-impl GiveUp {
-    pub fn condition(self) -> &'static str {
-        match self {
-            Self::RetryAttemptsExhausted => "RetryAttemptsExhausted",
-            Self::RecordAgeExceeded => "RecordAgeExceeded",
-        }
-    }
 }
 
 /// The function side and the failure destination of [`deliver`].
@@ -213,7 +205,7 @@ pub fn failure_record(
         "requestContext": {
             "requestId": uuid_like(),
             "functionArn": function_arn,
-            "condition": why.condition(),
+            "condition": format!("{why:?}"),
             "approximateInvokeCount": attempts,
         },
         "responseContext": {
@@ -235,19 +227,17 @@ pub fn failure_record(
     })
 }
 
+/// A request id shaped like Lambda's (a UUID).
 fn uuid_like() -> String {
-    use rand::RngCore;
-    let mut b = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut b);
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    let hex = format!("{:032x}", rand::random::<u128>());
+    let parts = [
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..],
+    ];
+    parts.join("-")
 }
 
 /// Invokes a function under the RIE and sends give-ups to an SQS queue.
@@ -286,9 +276,8 @@ impl Target for RieTarget {
             &self.function_arn,
         );
         eprintln!(
-            "poller: gave up {} record(s) ({}), sent to the on-failure queue",
-            records.len(),
-            why.condition()
+            "poller: gave up {} record(s) ({why:?}), sent to the on-failure queue",
+            records.len()
         );
         self.sqs
             .send_message()
@@ -304,30 +293,22 @@ impl Target for RieTarget {
 /// Where to poll from and what to invoke.
 pub struct Poller {
     pub streams: testkit::streams::Streams,
-    pub stream_arn: String,
     pub settings: MappingSettings,
-    pub http: reqwest::Client,
-    pub invoke_url: String,
-    pub sqs: aws_sdk_sqs::Client,
-    pub queue_url: String,
-    pub function_arn: String,
+    /// Its `shard_id` is set to the shard each batch comes from.
+    pub target: RieTarget,
     pub idle_wait: Duration,
 }
 
 impl Poller {
     /// Polls every shard of the stream forever, each from its oldest record, in order.
-    pub async fn run(self) -> Result<()> {
+    pub async fn run(mut self) -> Result<()> {
+        let stream_arn = self.target.stream_arn.clone();
         let mut iterators: HashMap<String, Option<String>> = HashMap::new();
         loop {
-            for shard_id in self.streams.shard_ids(&self.stream_arn).await? {
-                if let std::collections::hash_map::Entry::Vacant(new_shard) =
-                    iterators.entry(shard_id)
-                {
-                    let iterator = self
-                        .streams
-                        .oldest(&self.stream_arn, new_shard.key())
-                        .await?;
-                    new_shard.insert(iterator);
+            for shard_id in self.streams.shard_ids(&stream_arn).await? {
+                if !iterators.contains_key(&shard_id) {
+                    let iterator = self.streams.oldest(&stream_arn, &shard_id).await?;
+                    iterators.insert(shard_id, iterator);
                 }
             }
             let mut delivered = 0;
@@ -337,7 +318,7 @@ impl Poller {
                 };
                 let (records, next) = self
                     .streams
-                    .records(&self.stream_arn, &current, self.settings.batch_size)
+                    .records(&stream_arn, &current, self.settings.batch_size)
                     .await
                     .context("reading the Events stream")?;
                 *iterator = next;
@@ -345,16 +326,8 @@ impl Poller {
                     continue;
                 }
                 delivered += records.len();
-                let target = RieTarget {
-                    http: self.http.clone(),
-                    invoke_url: self.invoke_url.clone(),
-                    sqs: self.sqs.clone(),
-                    queue_url: self.queue_url.clone(),
-                    shard_id: shard_id.clone(),
-                    stream_arn: self.stream_arn.clone(),
-                    function_arn: self.function_arn.clone(),
-                };
-                deliver(&target, &self.settings, records, SystemTime::now).await?;
+                self.target.shard_id.clone_from(shard_id);
+                deliver(&self.target, &self.settings, records, SystemTime::now).await?;
             }
             if delivered == 0 {
                 tokio::time::sleep(self.idle_wait).await;

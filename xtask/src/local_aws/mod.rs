@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail};
 
 use testkit::{aws, template::Template};
 
-use event_source_mapping::{MappingSettings, Poller};
+use event_source_mapping::{MappingSettings, Poller, RieTarget};
 use stack::State;
 
 /// The on-failure queue's local name (the template's `EventSyncFailureQueue` under the prefix).
@@ -68,20 +68,23 @@ pub async fn run(state: &State, prefix: &str, front_port: u16) -> Result<()> {
         .clone();
     let poller = Poller {
         streams: testkit::streams::Streams::new(&state.aws_endpoint),
-        stream_arn,
         settings,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(stream_function.timeout_seconds + 5))
-            .build()?,
-        invoke_url,
-        sqs,
-        queue_url,
-        function_arn: format!(
-            "arn:aws:lambda:{}:{}:function:{}",
-            aws::REGION,
-            aws::ACCOUNT_ID,
-            stream_function.logical_id
-        ),
+        target: RieTarget {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(stream_function.timeout_seconds + 5))
+                .build()?,
+            invoke_url,
+            sqs,
+            queue_url,
+            shard_id: String::new(),
+            stream_arn,
+            function_arn: format!(
+                "arn:aws:lambda:{}:{}:function:{}",
+                aws::REGION,
+                aws::ACCOUNT_ID,
+                stream_function.logical_id
+            ),
+        },
         idle_wait: Duration::from_millis(250),
     };
     println!("gateway: HTTP front on http://localhost:{front_port}/, polling {events_table}");

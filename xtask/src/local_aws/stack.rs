@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, ensure};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
@@ -167,9 +167,10 @@ fn build(template: &Template) -> Result<()> {
     }
     println!("stack: cargo build of the functions, the Google emulator and the gateway");
     let status = command.status().context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build failed (its errors are above)");
-    }
+    ensure!(
+        status.success(),
+        "cargo build failed (its errors are above)"
+    );
     Ok(())
 }
 
@@ -253,6 +254,10 @@ pub async fn up(options: &Options) -> Result<State> {
     )
     .await?;
 
+    let aws_env: Vec<(String, String)> = aws::local_env(&aws_endpoint)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     let rie_binary = paths::rie(&venv)?;
     let mut functions = BTreeMap::new();
     for (index, function) in template.functions()?.into_iter().enumerate() {
@@ -261,11 +266,7 @@ pub async fn up(options: &Options) -> Result<State> {
         ensure_free("127.0.0.1", port, "CALSYNC_RIE_PORT")?;
         ensure_free("127.0.0.1", port + RUNTIME_API_OFFSET, "CALSYNC_RIE_PORT")?;
         let mut function_env = template.environment(&ctx, Some(&function.logical_id))?;
-        function_env.extend(
-            aws::local_env(&aws_endpoint)
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v)),
-        );
+        function_env.extend(aws_env.clone());
         rie::start_detached(
             &rie_binary,
             &bin.join(&function.binary),
@@ -286,12 +287,8 @@ pub async fn up(options: &Options) -> Result<State> {
         );
     }
 
-    let mut all_env = env.clone();
-    all_env.extend(
-        aws::local_env(&aws_endpoint)
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v)),
-    );
+    let mut all_env = env;
+    all_env.extend(aws_env);
     let state = State {
         aws_endpoint,
         google_url,
@@ -339,13 +336,12 @@ fn write_state(state: &State) -> Result<()> {
             .map(|(k, v)| format!("{k}={}", shell_quote(v))),
     );
     lines.push(format!("CALSYNC_GOOGLE_EMULATOR_URL={}", state.google_url));
-    for (id, function) in &state.functions {
+    for function in state.functions.values() {
         lines.push(format!(
             "CALSYNC_INVOKE_URL_{}={}",
             function.binary.replace('-', "_").to_uppercase(),
             function.invoke_url
         ));
-        let _ = id;
     }
     std::fs::write(paths::dev_dir().join("stack.env"), lines.join("\n") + "\n")?;
     Ok(())
@@ -376,24 +372,21 @@ pub async fn down() -> Result<()> {
 
 /// One line per process and the URLs, for `stack status`.
 pub fn status() -> String {
-    let mut out = Vec::new();
     let files = pid_files();
     if files.is_empty() {
         return "stack: not running".into();
     }
-    for file in files {
-        let name = file
-            .file_stem()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .to_string();
-        let line = match process::read_pid(&file) {
-            Some(pid) if process::is_alive(pid) => format!("  {name:<16} running (pid {pid})"),
-            Some(pid) => format!("  {name:<16} stopped (stale pid {pid})"),
-            None => format!("  {name:<16} unreadable pid file"),
-        };
-        out.push(line);
-    }
+    let mut out: Vec<String> = files
+        .iter()
+        .map(|file| {
+            let name = file.file_stem().unwrap_or_default().to_string_lossy();
+            match process::read_pid(file) {
+                Some(pid) if process::is_alive(pid) => format!("  {name:<16} running (pid {pid})"),
+                Some(pid) => format!("  {name:<16} stopped (stale pid {pid})"),
+                None => format!("  {name:<16} unreadable pid file"),
+            }
+        })
+        .collect();
     if let Some(state) = load_state() {
         out.push(summary(&state));
     }
