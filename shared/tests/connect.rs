@@ -657,6 +657,9 @@ async fn reconnect_without_a_refresh_token_for_another_account_is_refused() {
     let response = h.callback_with(&query, Some(&started.nonce)).await;
     assert_eq!(outcome(&response).1.as_deref(), Some("no_refresh_token"));
     assert!(h.callback.grants.get("user-3").await.unwrap().is_none());
+    // user-2 holds Bob's account: the refused callbacks revoked nothing, and user-2 still syncs.
+    assert_eq!(h.stats().await["revoke"], 0);
+    assert!(h.refreshes("user-2").await);
     h.assert_no_leaks().await;
 }
 
@@ -1273,5 +1276,126 @@ async fn the_start_route_still_works_beside_links() {
     assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
     assert!(body_text(&forged).contains("invalid_state"));
     assert_eq!(h.flow_records().await, (0, 1));
+    h.assert_no_leaks().await;
+}
+
+// ---- revocation: only what calsync no longer uses ------------------------------------------
+
+impl Harness {
+    /// Whether `user`'s stored refresh token still works at Google (the emulator ends every token
+    /// of an account on revoke, as Google does).
+    async fn refreshes(&self, user: &str) -> bool {
+        let grant = self.callback.grants.get(user).await.unwrap().unwrap();
+        match self
+            .callback
+            .google
+            .refresh(grant.refresh_token.as_ref().unwrap())
+            .await
+        {
+            Ok(_) => true,
+            Err(OAuthError::InvalidGrant) => false,
+            Err(other) => panic!("refresh failed otherwise: {other}"),
+        }
+    }
+
+    async fn disconnect(&self, user: &str) -> StatusCode {
+        self.call_callback(
+            HttpApiEvent::new(Method::DELETE, "/oauth/google/connection")
+                .user(user)
+                .request(),
+        )
+        .await
+        .status()
+    }
+
+    async fn revokes(&self) -> u64 {
+        self.stats().await["revoke"].as_u64().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn two_app_users_on_one_account_disconnecting_one_leaves_the_other_syncing() {
+    let h = Harness::start().await;
+    assert_eq!(outcome(&h.connect("b1", ALICE).await).0, "connected");
+    assert_eq!(outcome(&h.connect("b2", ALICE).await).0, "connected");
+    let b2_before = h.callback.grants.get("b2").await.unwrap().unwrap();
+
+    assert_eq!(h.disconnect("b1").await, StatusCode::NO_CONTENT);
+    assert!(h.callback.grants.get("b1").await.unwrap().is_none());
+    assert_eq!(h.revokes().await, 0, "b2 still holds Alice's account");
+    assert!(h.refreshes("b2").await);
+    assert_eq!(h.status_of("b2").await["status"], "active");
+    assert_eq!(
+        h.callback.grants.get("b2").await.unwrap().unwrap().version,
+        b2_before.version
+    );
+
+    // The last holder's disconnect revokes: the account's grant ends at Google.
+    assert_eq!(h.disconnect("b2").await, StatusCode::NO_CONTENT);
+    assert_eq!(h.revokes().await, 1);
+    assert!(matches!(
+        h.callback
+            .google
+            .refresh(b2_before.refresh_token.as_ref().unwrap())
+            .await,
+        Err(OAuthError::InvalidGrant)
+    ));
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_needs_reauth_grant_does_not_keep_an_account_from_being_revoked() {
+    let h = Harness::start().await;
+    assert_eq!(outcome(&h.connect("b1", ALICE).await).0, "connected");
+    assert_eq!(outcome(&h.connect("b2", ALICE).await).0, "connected");
+    h.callback
+        .grants
+        .delete_tokens("b1", GrantStatus::NeedsReauth)
+        .await
+        .unwrap();
+    assert_eq!(h.disconnect("b2").await, StatusCode::NO_CONTENT);
+    assert_eq!(h.revokes().await, 1);
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_reconnect_with_the_same_account_never_revokes() {
+    let h = Harness::start().await;
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    assert_eq!(h.revokes().await, 0);
+    assert!(h.refreshes("user-1").await);
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_reconnect_with_another_account_revokes_the_old_one_once_the_new_is_stored() {
+    let h = Harness::start().await;
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    let old = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    assert_eq!(outcome(&h.connect("user-1", BOB).await).0, "connected");
+    assert_eq!(h.revokes().await, 1);
+    assert!(matches!(
+        h.callback
+            .google
+            .refresh(old.refresh_token.as_ref().unwrap())
+            .await,
+        Err(OAuthError::InvalidGrant)
+    ));
+    let new = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    assert_ne!(new.google_sub, ALICE_SUB);
+    assert!(h.refreshes("user-1").await);
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_reconnect_away_from_a_shared_account_leaves_it_to_the_other_user() {
+    let h = Harness::start().await;
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    assert_eq!(outcome(&h.connect("user-2", ALICE).await).0, "connected");
+    assert_eq!(outcome(&h.connect("user-1", BOB).await).0, "connected");
+    assert_eq!(h.revokes().await, 0);
+    assert!(h.refreshes("user-2").await);
+    assert!(h.refreshes("user-1").await);
     h.assert_no_leaks().await;
 }
