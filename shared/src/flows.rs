@@ -76,7 +76,59 @@ pub enum FlowError {
     Secrets(#[from] SecretsError),
 }
 
-/// Where flow records live ([`crate::store::DynamoFlowStore`]).
+/// How long a connect link (`POST /oauth/google/connect-links`) may wait for its browser. The
+/// app's page navigates to it right after minting it, so two minutes leave room for a slow
+/// network and little for a link that leaked.
+pub const LINK_LIFETIME: Duration = Duration::minutes(2);
+
+/// Keys of connect-link records start with this. Flow states are base64url (no `.`), so the two
+/// kinds of record never share a key, and a `state` of this shape is never read as a flow.
+pub const LINK_KEY_PREFIX: &str = "link.";
+
+/// The table key of a link record: the prefix and the SHA-256 of the link token, so the table
+/// never holds the token a browser presents.
+pub fn link_key(token: &str) -> String {
+    format!("{LINK_KEY_PREFIX}{}", nonce_hash(token))
+}
+
+/// Whether `state` is shaped like a flow's state (and so never like a link key).
+pub fn is_flow_state(state: &str) -> bool {
+    !state.is_empty()
+        && state.len() <= 128
+        && state
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A single-use connect link: who minted it and where the browser returns. The token itself is
+/// never stored, only [`link_key`] of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectLink {
+    pub user_id: String,
+    pub return_to: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl ConnectLink {
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        now >= self.expires_at
+    }
+}
+
+/// A new link for `user_id`: the record and its token (for the minting page only).
+pub fn new_link(user_id: &str, return_to: &str, now: DateTime<Utc>) -> (ConnectLink, SecretString) {
+    let link = ConnectLink {
+        user_id: user_id.to_string(),
+        return_to: return_to.to_string(),
+        created_at: now,
+        expires_at: now + LINK_LIFETIME,
+    };
+    (link, SecretString::from(random_token()))
+}
+
+/// Where flow records live ([`crate::store::DynamoFlowStore`]). Connect links live in the same
+/// table (same lifetime class, same TTL attribute), under keys of their own ([`link_key`]).
 pub trait FlowStore: Send + Sync {
     /// Stores a new flow; fails with [`FlowError::Duplicate`] if the state exists.
     fn create(&self, flow: &Flow) -> impl Future<Output = Result<(), FlowError>> + Send;
@@ -91,6 +143,20 @@ pub trait FlowStore: Send + Sync {
         state: &str,
         nonce_hash: &str,
     ) -> impl Future<Output = Result<Option<Flow>, FlowError>> + Send;
+
+    /// Stores a connect link under [`link_key`] of `token`.
+    fn create_link(
+        &self,
+        token: &SecretString,
+        link: &ConnectLink,
+    ) -> impl Future<Output = Result<(), FlowError>> + Send;
+
+    /// Deletes the link of `token` and returns it (expired ones too: the caller checks expiry);
+    /// `None` when it never existed or was already used. Two racing consumers see one winner.
+    fn consume_link(
+        &self,
+        token: &SecretString,
+    ) -> impl Future<Output = Result<Option<ConnectLink>, FlowError>> + Send;
 }
 
 /// Whether a verifier has the shape RFC 7636 requires (43 to 128 unreserved characters).
@@ -146,6 +212,19 @@ mod tests {
         assert!(is_base64url(&a), "{a}");
         assert_ne!(a, b);
         assert_eq!(URL_SAFE_NO_PAD.decode(&a).unwrap().len(), 32);
+    }
+
+    #[test]
+    fn link_keys_never_look_like_flow_states() {
+        let (link, token) = new_link("u", "https://a.example/", Utc::now());
+        let key = link_key(token.expose_secret());
+        assert!(key.starts_with(LINK_KEY_PREFIX));
+        assert!(!key.contains(token.expose_secret()));
+        assert!(!is_flow_state(&key));
+        assert!(is_flow_state(&random_token()));
+        assert_eq!(link.expires_at - link.created_at, LINK_LIFETIME);
+        assert!(link.is_expired(link.created_at + LINK_LIFETIME));
+        assert!(!link.is_expired(link.created_at));
     }
 
     #[test]

@@ -405,6 +405,7 @@ pub fn identity_from_id_token(
         sub: String,
         email: Option<String>,
         aud: Option<Audience>,
+        iss: Option<String>,
     }
     let payload = id_token
         .split('.')
@@ -415,8 +416,16 @@ pub fn identity_from_id_token(
         .map_err(|_| OAuthError::IdToken("payload is not base64url"))?;
     let claims: Claims =
         serde_json::from_slice(&bytes).map_err(|_| OAuthError::IdToken("payload lacks sub"))?;
+    // Google's two documented spellings of its issuer; anything else (or none) did not come from
+    // Google's token endpoint, whatever the TLS connection said.
+    if !matches!(
+        claims.iss.as_deref(),
+        Some("https://accounts.google.com" | "accounts.google.com")
+    ) {
+        return Err(OAuthError::IdToken("not issued by Google (iss)"));
+    }
     let audience_ok = match &claims.aud {
-        None => true,
+        None => false,
         Some(Audience::One(aud)) => aud == client_id,
         Some(Audience::Many(auds)) => auds.iter().any(|a| a == client_id),
     };
@@ -460,7 +469,33 @@ mod tests {
 
     #[test]
     fn id_token_for_another_client_or_malformed_is_refused() {
-        assert!(identity_from_id_token(&jwt(r#"{"sub":"1","aud":"other"}"#), "cid").is_err());
+        let google = r#""iss":"https://accounts.google.com""#;
+        assert!(
+            identity_from_id_token(
+                &jwt(&format!(r#"{{"sub":"1","aud":"other",{google}}}"#)),
+                "cid"
+            )
+            .is_err()
+        );
+        assert!(
+            identity_from_id_token(&jwt(&format!(r#"{{"sub":"1",{google}}}"#)), "cid").is_err()
+        );
+        for iss in [
+            None,
+            Some("https://evil.example"),
+            Some("https://accounts.google.com.evil"),
+        ] {
+            let iss = iss.map(|i| format!(r#","iss":"{i}""#)).unwrap_or_default();
+            let token = jwt(&format!(r#"{{"sub":"1","aud":"cid"{iss}}}"#));
+            assert!(identity_from_id_token(&token, "cid").is_err(), "{iss}");
+        }
+        assert!(
+            identity_from_id_token(
+                &jwt(r#"{"sub":"1","aud":"cid","iss":"accounts.google.com"}"#),
+                "cid"
+            )
+            .is_ok()
+        );
         assert!(identity_from_id_token(&jwt(r#"{"email":"x"}"#), "cid").is_err());
         assert!(identity_from_id_token("garbage", "cid").is_err());
         assert!(identity_from_id_token("a.!!!.c", "cid").is_err());

@@ -108,6 +108,40 @@ pub trait GrantStore: Send + Sync {
     /// Removes `grant` entirely (the user disconnected) if the stored version is still
     /// `grant.version`; [`GrantError::Conflict`] otherwise. No grant stored: nothing to do.
     fn delete(&self, grant: &Grant) -> impl Future<Output = Result<(), GrantError>> + Send;
+
+    /// The app users whose stored grant names Google account `google_sub` (through an eventually
+    /// consistent index: callers re-read each one before trusting it, see [`account_in_use`]).
+    fn holders(
+        &self,
+        google_sub: &str,
+    ) -> impl Future<Output = Result<Vec<String>, GrantError>> + Send;
+}
+
+/// Whether a stored grant other than `except_user`'s still holds a usable refresh token for
+/// Google account `google_sub`.
+///
+/// Google's revoke ends the whole grant of an account for the client (every token of it), so
+/// calsync revokes an account's tokens only when this is false. A `needs_reauth` grant holds no
+/// token and does not count: revoking cannot hurt it.
+pub async fn account_in_use<G: GrantStore>(
+    grants: &G,
+    google_sub: &str,
+    except_user: Option<&str>,
+) -> Result<bool, GrantError> {
+    for user_id in grants.holders(google_sub).await? {
+        if Some(user_id.as_str()) == except_user {
+            continue;
+        }
+        // The index may lag: the grant itself (a consistent read) decides.
+        if let Some(grant) = grants.get(&user_id).await?
+            && grant.google_sub == google_sub
+            && grant.status == GrantStatus::Active
+            && grant.refresh_token.is_some()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]

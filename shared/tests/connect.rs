@@ -657,6 +657,9 @@ async fn reconnect_without_a_refresh_token_for_another_account_is_refused() {
     let response = h.callback_with(&query, Some(&started.nonce)).await;
     assert_eq!(outcome(&response).1.as_deref(), Some("no_refresh_token"));
     assert!(h.callback.grants.get("user-3").await.unwrap().is_none());
+    // user-2 holds Bob's account: the refused callbacks revoked nothing, and user-2 still syncs.
+    assert_eq!(h.stats().await["revoke"], 0);
+    assert!(h.refreshes("user-2").await);
     h.assert_no_leaks().await;
 }
 
@@ -977,5 +980,422 @@ async fn a_rotated_keyring_reads_old_grants_and_reseals_on_the_next_write() {
         grant.refresh_token.unwrap().expose_secret()
     );
     assert_eq!(fresh.keyring().await.unwrap().current_key_id(), "rotated-2");
+    h.assert_no_leaks().await;
+}
+
+// ---- the cross-site handshake: connect links -------------------------------------------------
+
+const APP_ORIGIN: &str = "https://app.example.test";
+
+impl Harness {
+    /// `POST /oauth/google/connect-links` for `user` with a JSON body; the answer.
+    async fn mint(&self, user: Option<&str>, body: &str) -> Response<Body> {
+        let mut event = HttpApiEvent::new(Method::POST, "/oauth/google/connect-links")
+            .header("content-type", "application/json")
+            .header("origin", APP_ORIGIN)
+            .body(body.as_bytes());
+        if let Some(user) = user {
+            event = event.user(user);
+        }
+        self.call_start(event.request()).await
+    }
+
+    /// A fresh link for `user`: the answer's `link`, after checking the answer's shape.
+    async fn link_for(&self, user: &str) -> String {
+        let response = self.mint(Some(user), "").await;
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "{}",
+            body_text(&response)
+        );
+        let body = body_json(&response);
+        assert_eq!(
+            body["connect_url"],
+            "https://app.example.test/oauth/google/connect"
+        );
+        let expires_at = chrono::DateTime::parse_from_rfc3339(body["expires_at"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let lifetime = expires_at - chrono::Utc::now();
+        assert!(
+            lifetime <= calsync::flows::LINK_LIFETIME && lifetime > chrono::Duration::seconds(60),
+            "{lifetime}"
+        );
+        body["link"].as_str().unwrap().to_string()
+    }
+
+    /// The browser's form POST to `/oauth/google/connect`, with the given `Origin` (if any).
+    async fn open_link(&self, link: &str, origin: Option<&str>) -> Response<Body> {
+        let mut event = HttpApiEvent::new(Method::POST, "/oauth/google/connect")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", "text/html,application/xhtml+xml")
+            .body(format!("link={link}").as_bytes());
+        if let Some(origin) = origin {
+            event = event.header("origin", origin);
+        }
+        self.call_start(event.request()).await
+    }
+
+    /// Opens `link` from the app's page: the consent URL and the cookie nonce it handed out.
+    async fn opened(&self, link: &str) -> Started {
+        let response = self.open_link(link, Some(APP_ORIGIN)).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::SEE_OTHER,
+            "{}",
+            body_text(&response)
+        );
+        let location = location(&response);
+        let cookie = header(&response, "set-cookie").unwrap();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"));
+        let (name, nonce) = cookie_pair(cookie).unwrap();
+        assert_eq!(name, "__Host-calsync_oauth");
+        Started {
+            state: query_param(&location, "state").unwrap(),
+            nonce: nonce.to_string(),
+            authorization_url: location,
+        }
+    }
+
+    /// How many flow records (not links) the flows table holds.
+    async fn flow_records(&self) -> (usize, usize) {
+        let items = self
+            .dynamodb
+            .scan()
+            .table_name(self.table("OAuthFlowsTable"))
+            .send()
+            .await
+            .unwrap()
+            .items
+            .unwrap_or_default();
+        let links = items
+            .iter()
+            .filter(|item| {
+                item.get("kind")
+                    .and_then(|k| k.as_s().ok())
+                    .map(String::as_str)
+                    == Some("link")
+            })
+            .count();
+        (items.len() - links, links)
+    }
+
+    /// Neither the table nor the logs ever hold a link token (only the mint answer does).
+    async fn assert_link_not_stored(&self, link: &str) {
+        let tables = self.stack.dump_tables().await.unwrap();
+        assert!(!tables.contains(link), "a link token is stored");
+        assert!(!logs_text().contains(link), "a link token is logged");
+    }
+}
+
+fn error_code(response: &Response<Body>) -> String {
+    let text = body_text(response);
+    [
+        "origin_not_allowed",
+        "invalid_link",
+        "invalid_return_to",
+        "unauthorized",
+        "invalid_request",
+    ]
+    .into_iter()
+    .find(|code| text.contains(code))
+    .unwrap_or("none")
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_link_opened_from_the_app_page_connects_its_minter() {
+    let h = Harness::start().await;
+    let response = h
+        .mint(
+            Some("user-1"),
+            r#"{"return_to": "https://app.example.test/settings?tab=cal"}"#,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let link = body_json(&response)["link"].as_str().unwrap().to_string();
+    assert_eq!(link.len(), 43);
+    assert_eq!(h.flow_records().await, (0, 1));
+    h.assert_link_not_stored(&link).await;
+
+    let started = h.opened(&link).await;
+    // The link is used up and one flow took its place.
+    assert_eq!(h.flow_records().await, (1, 0));
+    let url = &started.authorization_url;
+    assert!(url.as_str().starts_with(h.config.google.auth_url.as_str()));
+    assert_eq!(
+        query_param(url, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert!(!url.as_str().contains(&link));
+
+    let query = h.consent(url, ALICE, "allow", &[]).await;
+    let back = h.callback_with(&query, Some(&started.nonce)).await;
+    assert_eq!(location(&back).path(), "/settings");
+    assert_eq!(query_param(&location(&back), "tab").as_deref(), Some("cal"));
+    assert_eq!(
+        query_param(&location(&back), "calsync").as_deref(),
+        Some("connected")
+    );
+    let grant = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    assert_eq!(grant.google_sub, ALICE_SUB);
+    h.assert_link_not_stored(&link).await;
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn minting_needs_an_identity_and_checks_return_to() {
+    let h = Harness::start().await;
+    let anonymous = h.mint(None, "").await;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    for body in [
+        r#"{"return_to": "https://evil.example/"}"#,
+        r#"{"return_to": "//evil.example"}"#,
+        r#"{"return_to": 42}"#,
+    ] {
+        let response = h.mint(Some("user-1"), body).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(error_code(&response), "invalid_return_to", "{body}");
+    }
+    let garbage = h.mint(Some("user-1"), "return_to=x").await;
+    assert_eq!(garbage.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&garbage), "invalid_request");
+    // Nothing refused left a record behind.
+    assert_eq!(h.flow_records().await, (0, 0));
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_reused_link_is_invalid_link() {
+    let h = Harness::start().await;
+    let link = h.link_for("user-1").await;
+    h.opened(&link).await;
+    let again = h.open_link(&link, Some(APP_ORIGIN)).await;
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&again), "invalid_link");
+    assert!(header(&again, "set-cookie").is_none());
+    assert!(
+        header(&again, "content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    // Only the first use started a flow.
+    assert_eq!(h.flow_records().await, (1, 0));
+    let unknown = h.open_link("not-a-link", Some(APP_ORIGIN)).await;
+    assert_eq!(error_code(&unknown), "invalid_link");
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn an_expired_link_is_invalid_link_and_used_up() {
+    let h = Harness::start().await;
+    let link = h.link_for("user-1").await;
+    // Still in the table (DynamoDB's TTL deletes late) but past its expiry.
+    let past = chrono::Utc::now().timestamp() - 1;
+    h.dynamodb
+        .update_item()
+        .table_name(h.table("OAuthFlowsTable"))
+        .key("state", AttributeValue::S(calsync::flows::link_key(&link)))
+        .update_expression("SET expires_at = :past")
+        .expression_attribute_values(":past", AttributeValue::N(past.to_string()))
+        .send()
+        .await
+        .unwrap();
+    let response = h.open_link(&link, Some(APP_ORIGIN)).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&response), "invalid_link");
+    assert!(header(&response, "set-cookie").is_none());
+    assert_eq!(h.flow_records().await, (0, 0));
+    h.assert_no_leaks().await;
+}
+
+/// Login CSRF: the attacker mints a link for their own app user and makes the victim's browser
+/// open it (a link, an auto-submitting form on the attacker's site, a redirect). None of these
+/// may start a flow, so the victim's Google account can never reach the attacker's app user.
+#[tokio::test]
+async fn a_link_opened_from_another_site_never_connects_the_victim() {
+    let h = Harness::start().await;
+    let attackers_link = h.link_for("attacker").await;
+    let token_calls = h.stats().await["token"]["authorization_code"]
+        .as_u64()
+        .unwrap();
+
+    for origin in [
+        Some("https://evil.example"),
+        Some("null"),
+        Some("https://app.example.test.evil.example"),
+        Some("http://app.example.test"),
+        None,
+    ] {
+        let response = h.open_link(&attackers_link, origin).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{origin:?}");
+        assert_eq!(error_code(&response), "origin_not_allowed", "{origin:?}");
+        assert!(header(&response, "set-cookie").is_none(), "{origin:?}");
+        assert!(header(&response, "location").is_none(), "{origin:?}");
+    }
+    // A plain navigation (a link in a mail, an <img>, a redirect) is a GET: not a way in either.
+    let get = h
+        .call_start(
+            HttpApiEvent::get("/oauth/google/connect")
+                .query(&format!("link={attackers_link}"))
+                .request(),
+        )
+        .await;
+    assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    // No flow was started, no cookie handed out, Google never asked, nobody connected.
+    assert_eq!(h.flow_records().await, (0, 1));
+    assert_eq!(
+        h.stats().await["token"]["authorization_code"]
+            .as_u64()
+            .unwrap(),
+        token_calls
+    );
+    assert!(h.callback.grants.get("attacker").await.unwrap().is_none());
+
+    // The refusals did not burn the link: its own app page (the attacker's here) can still open
+    // it, which shows the origin is checked before the link is consumed.
+    h.opened(&attackers_link).await;
+    assert_eq!(h.flow_records().await, (1, 0));
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn the_start_route_still_works_beside_links() {
+    let h = Harness::start().await;
+    let link = h.link_for("user-2").await;
+    // A flow started by GET /oauth/google/start does not consume or disturb a pending link.
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    assert_eq!(h.flow_records().await, (0, 1));
+    // A link's key is never accepted as a callback state.
+    let key = calsync::flows::link_key(&link);
+    let forged = h
+        .callback_with(&format!("state={key}&code=x"), Some("nonce"))
+        .await;
+    assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
+    assert!(body_text(&forged).contains("invalid_state"));
+    assert_eq!(h.flow_records().await, (0, 1));
+    h.assert_no_leaks().await;
+}
+
+// ---- revocation: only what calsync no longer uses ------------------------------------------
+
+impl Harness {
+    /// Whether `user`'s stored refresh token still works at Google (the emulator ends every token
+    /// of an account on revoke, as Google does).
+    async fn refreshes(&self, user: &str) -> bool {
+        let grant = self.callback.grants.get(user).await.unwrap().unwrap();
+        match self
+            .callback
+            .google
+            .refresh(grant.refresh_token.as_ref().unwrap())
+            .await
+        {
+            Ok(_) => true,
+            Err(OAuthError::InvalidGrant) => false,
+            Err(other) => panic!("refresh failed otherwise: {other}"),
+        }
+    }
+
+    async fn disconnect(&self, user: &str) -> StatusCode {
+        self.call_callback(
+            HttpApiEvent::new(Method::DELETE, "/oauth/google/connection")
+                .user(user)
+                .request(),
+        )
+        .await
+        .status()
+    }
+
+    async fn revokes(&self) -> u64 {
+        self.stats().await["revoke"].as_u64().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn two_app_users_on_one_account_disconnecting_one_leaves_the_other_syncing() {
+    let h = Harness::start().await;
+    assert_eq!(outcome(&h.connect("b1", ALICE).await).0, "connected");
+    assert_eq!(outcome(&h.connect("b2", ALICE).await).0, "connected");
+    let b2_before = h.callback.grants.get("b2").await.unwrap().unwrap();
+
+    assert_eq!(h.disconnect("b1").await, StatusCode::NO_CONTENT);
+    assert!(h.callback.grants.get("b1").await.unwrap().is_none());
+    assert_eq!(h.revokes().await, 0, "b2 still holds Alice's account");
+    assert!(h.refreshes("b2").await);
+    assert_eq!(h.status_of("b2").await["status"], "active");
+    assert_eq!(
+        h.callback.grants.get("b2").await.unwrap().unwrap().version,
+        b2_before.version
+    );
+
+    // The last holder's disconnect revokes: the account's grant ends at Google.
+    assert_eq!(h.disconnect("b2").await, StatusCode::NO_CONTENT);
+    assert_eq!(h.revokes().await, 1);
+    assert!(matches!(
+        h.callback
+            .google
+            .refresh(b2_before.refresh_token.as_ref().unwrap())
+            .await,
+        Err(OAuthError::InvalidGrant)
+    ));
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_needs_reauth_grant_does_not_keep_an_account_from_being_revoked() {
+    let h = Harness::start().await;
+    assert_eq!(outcome(&h.connect("b1", ALICE).await).0, "connected");
+    assert_eq!(outcome(&h.connect("b2", ALICE).await).0, "connected");
+    h.callback
+        .grants
+        .delete_tokens("b1", GrantStatus::NeedsReauth)
+        .await
+        .unwrap();
+    assert_eq!(h.disconnect("b2").await, StatusCode::NO_CONTENT);
+    assert_eq!(h.revokes().await, 1);
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_reconnect_with_the_same_account_never_revokes() {
+    let h = Harness::start().await;
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    assert_eq!(h.revokes().await, 0);
+    assert!(h.refreshes("user-1").await);
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_reconnect_with_another_account_revokes_the_old_one_once_the_new_is_stored() {
+    let h = Harness::start().await;
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    let old = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    assert_eq!(outcome(&h.connect("user-1", BOB).await).0, "connected");
+    assert_eq!(h.revokes().await, 1);
+    assert!(matches!(
+        h.callback
+            .google
+            .refresh(old.refresh_token.as_ref().unwrap())
+            .await,
+        Err(OAuthError::InvalidGrant)
+    ));
+    let new = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    assert_ne!(new.google_sub, ALICE_SUB);
+    assert!(h.refreshes("user-1").await);
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_reconnect_away_from_a_shared_account_leaves_it_to_the_other_user() {
+    let h = Harness::start().await;
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    assert_eq!(outcome(&h.connect("user-2", ALICE).await).0, "connected");
+    assert_eq!(outcome(&h.connect("user-1", BOB).await).0, "connected");
+    assert_eq!(h.revokes().await, 0);
+    assert!(h.refreshes("user-2").await);
+    assert!(h.refreshes("user-1").await);
     h.assert_no_leaks().await;
 }

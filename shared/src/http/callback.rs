@@ -16,8 +16,8 @@ use url::Url;
 use super::{AfterConnect, CallbackDeps, CallbackPorts, cookies, query, responses};
 use crate::{
     flows::{Flow, FlowStore, nonce_hash, nonce_matches},
-    google_oauth::{CodeExchange, GoogleIdentity},
-    grants::{Grant, GrantError, GrantStatus, GrantStore},
+    google_oauth::{CodeExchange, GoogleIdentity, OAuthError},
+    grants::{Grant, GrantError, GrantStatus, GrantStore, account_in_use},
 };
 
 /// Scopes that let calsync write events (full URLs as Google reports them; short forms too).
@@ -189,6 +189,88 @@ pub async fn handle<P: CallbackPorts>(deps: &CallbackDeps<P>, request: Request) 
     }
 }
 
+/// Gives the tokens of a callback that ends without a stored grant back to Google, unless a
+/// stored grant (this user's or another's) holds the same Google account: Google's revoke ends
+/// the account's whole grant for the client, which would kill that grant's tokens too. Without
+/// an identity the account is unknown, so nothing is revoked (it cannot be shown to be unused).
+async fn revoke_unless_held<P: CallbackPorts>(
+    deps: &CallbackDeps<P>,
+    user_id: &str,
+    sub: Option<&str>,
+    exchange: &CodeExchange,
+) {
+    let Some(sub) = sub else {
+        tracing::info!(
+            user_id,
+            revoked = false,
+            "account unknown: the new tokens are not revoked"
+        );
+        return;
+    };
+    match account_in_use(&deps.grants, sub, None).await {
+        Ok(false) => {}
+        Ok(true) => {
+            tracing::info!(
+                user_id,
+                revoked = false,
+                "a stored grant holds this account: not revoked"
+            );
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(user_id, %error, revoked = false, "could not tell whether the account is in use: not revoked");
+            return;
+        }
+    }
+    let token = exchange
+        .refresh_token
+        .as_ref()
+        .unwrap_or(&exchange.access_token);
+    match deps.google.revoke(token).await {
+        Ok(()) => tracing::info!(
+            user_id,
+            revoked = true,
+            "the unused new tokens were revoked"
+        ),
+        Err(error) => tracing::warn!(user_id, %error, "revoking the unused new tokens failed"),
+    }
+}
+
+/// After a reconnect moved `user_id` from `old`'s Google account to another one: revoke the old
+/// account's grant unless another app user's grant still holds it. Never on a reconnect with
+/// the same account (revoking would end the token just stored).
+async fn revoke_replaced<P: CallbackPorts>(deps: &CallbackDeps<P>, old: &Grant) {
+    let user_id = old.user_id.as_str();
+    let Some(token) = old.refresh_token.as_ref().or(old.access_token.as_ref()) else {
+        return;
+    };
+    match account_in_use(&deps.grants, &old.google_sub, None).await {
+        Ok(false) => match deps.google.revoke(token).await {
+            Ok(()) | Err(OAuthError::InvalidGrant) => {
+                tracing::info!(
+                    user_id,
+                    revoked = true,
+                    "the replaced account's grant was revoked"
+                )
+            }
+            Err(error) => {
+                tracing::warn!(user_id, %error, "revoking the replaced account's grant failed")
+            }
+        },
+        Ok(true) => tracing::info!(
+            user_id,
+            revoked = false,
+            "another app user holds the replaced account: not revoked"
+        ),
+        Err(error) => tracing::warn!(
+            user_id,
+            %error,
+            revoked = false,
+            "could not tell whether the replaced account is in use: not revoked"
+        ),
+    }
+}
+
 /// Checks the token answer and stores the grant. Errors are the `reason` for the redirect.
 async fn connect<P: CallbackPorts>(
     deps: &CallbackDeps<P>,
@@ -200,27 +282,42 @@ async fn connect<P: CallbackPorts>(
         .scopes
         .clone()
         .unwrap_or_else(|| deps.config.oauth.scopes.clone());
+    let identity = exchange.identity.clone();
+    let sub = identity.as_ref().map(|i| i.sub.as_str());
     if !can_write_events(&scopes) {
-        // Without a scope that writes events the grant is useless: give it back to Google.
-        let token = exchange
-            .refresh_token
-            .as_ref()
-            .unwrap_or(&exchange.access_token);
-        if let Err(error) = deps.google.revoke(token).await {
-            tracing::warn!(user_id, %error, "revoking the scope-less grant failed");
-        }
+        // Without a scope that writes events the grant is useless: give it back to Google
+        // (unless that would end a grant calsync still uses).
+        revoke_unless_held(deps, user_id, sub, &exchange).await;
         tracing::info!(user_id, outcome = "scope_denied", granted = ?scopes, "no event-writing scope granted");
         return Err("scope_denied");
     }
-    let Some(GoogleIdentity { sub, email }) = exchange.identity.clone() else {
+    let Some(GoogleIdentity { sub, email }) = identity else {
         tracing::warn!(
             user_id,
             outcome = "no_identity",
             "the token answer had no id_token; GOOGLE_SCOPES must include openid"
         );
+        revoke_unless_held(deps, user_id, None, &exchange).await;
         return Err("no_identity");
     };
+    let result = store_grant(deps, user_id, &sub, email, scopes, &exchange).await;
+    match &result {
+        Ok(Some(replaced)) if replaced.google_sub != sub => revoke_replaced(deps, replaced).await,
+        Ok(_) => {}
+        Err(_) => revoke_unless_held(deps, user_id, Some(&sub), &exchange).await,
+    }
+    result.map(|_| ())
+}
 
+/// Writes the grant (re-reading on a version conflict); returns the grant it replaced.
+async fn store_grant<P: CallbackPorts>(
+    deps: &CallbackDeps<P>,
+    user_id: &str,
+    sub: &str,
+    email: Option<String>,
+    scopes: Vec<String>,
+    exchange: &CodeExchange,
+) -> Result<Option<Grant>, &'static str> {
     for _ in 0..SAVE_ATTEMPTS {
         let existing = deps.grants.get(user_id).await.map_err(|error| {
             tracing::error!(user_id, outcome = "store_failed", %error, "reading the grant failed");
@@ -245,7 +342,7 @@ async fn connect<P: CallbackPorts>(
         let grant = Grant {
             user_id: user_id.to_string(),
             status: GrantStatus::Active,
-            google_sub: sub.clone(),
+            google_sub: sub.to_string(),
             google_email: email.clone(),
             scopes: scopes.clone(),
             connected_at: Utc::now(),
@@ -258,7 +355,7 @@ async fn connect<P: CallbackPorts>(
             version: existing.as_ref().map_or(0, |g| g.version),
         };
         match deps.grants.save(&grant).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(existing),
             Err(GrantError::Conflict { .. }) => continue,
             Err(error) => {
                 tracing::error!(user_id, outcome = "store_failed", %error, "writing the grant failed");

@@ -7,6 +7,7 @@
 pub mod callback;
 pub mod cookies;
 pub mod identity;
+pub mod link;
 pub mod responses;
 pub mod return_to;
 pub mod start;
@@ -110,6 +111,8 @@ fn route_of(request: &Request) -> &str {
     let path = request.uri().path().trim_end_matches('/');
     [
         "/oauth/google/start",
+        "/oauth/google/connect-links",
+        "/oauth/google/connect",
         "/oauth/google/callback",
         "/oauth/google/status",
         "/oauth/google/connection",
@@ -131,11 +134,16 @@ fn method_not_allowed() -> Response<Body> {
     )
 }
 
-/// The oauth-start function's handler.
+/// The oauth-start function's handler: start, and the connect link's two routes (all of them
+/// only ever write flow records).
 pub async fn start_router<F: FlowStore>(deps: &StartDeps<F>, request: Request) -> Response<Body> {
     match (route_of(&request), request.method()) {
         ("/oauth/google/start", &Method::GET) => start::handle(deps, request).await,
-        ("/oauth/google/start", _) => method_not_allowed(),
+        ("/oauth/google/connect-links", &Method::POST) => link::mint(deps, request).await,
+        ("/oauth/google/connect", &Method::POST) => link::open(deps, request).await,
+        ("/oauth/google/start" | "/oauth/google/connect-links" | "/oauth/google/connect", _) => {
+            method_not_allowed()
+        }
         _ => not_found(),
     }
 }

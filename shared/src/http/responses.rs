@@ -89,6 +89,15 @@ pub fn redirect(location: &str, cookie: Option<String>) -> Response<Body> {
     response.body(Body::Empty).expect("location is a valid URL")
 }
 
+/// `303 See Other`: the answer to a form POST, so the browser follows with a GET.
+pub fn see_other(location: &str, cookie: Option<String>) -> Response<Body> {
+    let mut response = builder(StatusCode::SEE_OTHER).header(LOCATION, location);
+    if let Some(cookie) = cookie {
+        response = response.header(SET_COOKIE, cookie);
+    }
+    response.body(Body::Empty).expect("location is a valid URL")
+}
+
 pub fn no_content() -> Response<Body> {
     builder(StatusCode::NO_CONTENT)
         .body(Body::Empty)

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::{CallbackDeps, CallbackPorts, identity, responses};
 use crate::{
     google_oauth::OAuthError,
-    grants::{GrantError, GrantStatus, GrantStore},
+    grants::{GrantError, GrantStatus, GrantStore, account_in_use},
     sync_state::ParkedChanges,
 };
 
@@ -76,7 +76,17 @@ pub async fn disconnect<P: CallbackPorts>(
                 return responses::internal("could not read the connection; try again");
             }
         };
-        if let Some(token) = grant.refresh_token.as_ref().or(grant.access_token.as_ref()) {
+        // Google's revoke ends the account's whole grant for the client: while another app
+        // user's grant holds the same Google account, only this user's grant is deleted.
+        let shared = match account_in_use(&deps.grants, &grant.google_sub, Some(&user_id)).await {
+            Ok(shared) => shared,
+            Err(error) => {
+                tracing::error!(user_id, outcome = "store_failed", %error, "disconnect failed");
+                return responses::internal("could not read the connection; try again");
+            }
+        };
+        let token = grant.refresh_token.as_ref().or(grant.access_token.as_ref());
+        if let Some(token) = token.filter(|_| !shared) {
             match deps.google.revoke(token).await {
                 Ok(()) | Err(OAuthError::InvalidGrant) => {}
                 Err(error) => {
@@ -93,7 +103,12 @@ pub async fn disconnect<P: CallbackPorts>(
         }
         match deps.grants.delete(&grant).await {
             Ok(()) => {
-                tracing::info!(user_id, outcome = "disconnected", "calendar disconnected");
+                tracing::info!(
+                    user_id,
+                    outcome = "disconnected",
+                    revoked = !shared,
+                    "calendar disconnected"
+                );
                 return responses::no_content();
             }
             Err(GrantError::Conflict { .. }) => continue,

@@ -1,5 +1,9 @@
 //! The OAuth flows table (partition key `state`, TTL attribute `expires_at`): the adapter of
 //! [`FlowStore`] and its in-memory fake. The PKCE verifier is stored sealed, bound to its user.
+//!
+//! Connect links share the table: their key is `link.` and the SHA-256 of the link token
+//! ([`link_key`]), and they carry `kind = "link"`. Flow reads refuse keys that are not shaped like
+//! a state, so a link record is never read as a flow (and the reverse is guarded by `kind`).
 
 use std::{
     collections::HashMap,
@@ -15,9 +19,23 @@ use serde::{Deserialize, Serialize};
 
 use super::{Item, SealedTable, unless_condition_failed};
 use crate::{
-    flows::{Flow, FlowError, FlowStore},
+    flows::{ConnectLink, Flow, FlowError, FlowStore, is_flow_state, link_key},
     secrets::SecretsCache,
 };
+use secrecy::{ExposeSecret, SecretString};
+
+const LINK_KIND: &str = "link";
+
+#[derive(Serialize, Deserialize)]
+struct StoredLink {
+    state: String,
+    kind: String,
+    user_id: String,
+    return_to: String,
+    created_at: DateTime<Utc>,
+    /// Epoch seconds: the table's TTL attribute.
+    expires_at: i64,
+}
 
 #[derive(Serialize, Deserialize)]
 struct StoredFlow {
@@ -90,6 +108,9 @@ impl FlowStore for DynamoFlowStore {
     }
 
     async fn find(&self, state: &str) -> Result<Option<Flow>, FlowError> {
+        if !is_flow_state(state) {
+            return Ok(None);
+        }
         match self.0.table.get(state).await.map_err(FlowError::Store)? {
             Some(item) => Ok(Some(self.to_flow(item).await?)),
             None => Ok(None),
@@ -97,6 +118,9 @@ impl FlowStore for DynamoFlowStore {
     }
 
     async fn consume(&self, state: &str, nonce_hash: &str) -> Result<Option<Flow>, FlowError> {
+        if !is_flow_state(state) {
+            return Ok(None);
+        }
         let deleted = self
             .0
             .table
@@ -116,12 +140,68 @@ impl FlowStore for DynamoFlowStore {
             _ => Ok(None),
         }
     }
+
+    async fn create_link(&self, token: &SecretString, link: &ConnectLink) -> Result<(), FlowError> {
+        let stored = StoredLink {
+            state: link_key(token.expose_secret()),
+            kind: LINK_KIND.to_string(),
+            user_id: link.user_id.clone(),
+            return_to: link.return_to.clone(),
+            created_at: link.created_at,
+            expires_at: link.expires_at.timestamp(),
+        };
+        let item: Item =
+            serde_dynamo::to_item(&stored).map_err(|e| FlowError::Store(e.to_string()))?;
+        let put = self
+            .0
+            .table
+            .put(item)
+            .condition_expression("attribute_not_exists(#state)")
+            .expression_attribute_names("#state", "state")
+            .send()
+            .await;
+        match unless_condition_failed(put).map_err(FlowError::Store)? {
+            Some(_) => Ok(()),
+            None => Err(FlowError::Duplicate),
+        }
+    }
+
+    async fn consume_link(&self, token: &SecretString) -> Result<Option<ConnectLink>, FlowError> {
+        let deleted = self
+            .0
+            .table
+            .delete(&link_key(token.expose_secret()))
+            .condition_expression("attribute_exists(#state) AND kind = :kind")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":kind", AttributeValue::S(LINK_KIND.to_string()))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await;
+        // A failed condition: unknown token, or another request used the link first.
+        let Some(item) = unless_condition_failed(deleted)
+            .map_err(FlowError::Store)?
+            .and_then(|answer| answer.attributes)
+            .filter(|item| !item.is_empty())
+        else {
+            return Ok(None);
+        };
+        let stored: StoredLink =
+            serde_dynamo::from_item(item).map_err(|e| FlowError::Corrupt(e.to_string()))?;
+        Ok(Some(ConnectLink {
+            user_id: stored.user_id,
+            return_to: stored.return_to,
+            created_at: stored.created_at,
+            expires_at: DateTime::from_timestamp(stored.expires_at, 0)
+                .ok_or_else(|| FlowError::Corrupt("expires_at out of range".into()))?,
+        }))
+    }
 }
 
 /// An in-memory [`FlowStore`] for unit tests.
 #[derive(Default, Clone)]
 pub struct InMemoryFlowStore {
     flows: Arc<Mutex<HashMap<String, Flow>>>,
+    links: Arc<Mutex<HashMap<String, ConnectLink>>>,
 }
 
 impl InMemoryFlowStore {
@@ -141,6 +221,9 @@ impl FlowStore for InMemoryFlowStore {
     }
 
     async fn find(&self, state: &str) -> Result<Option<Flow>, FlowError> {
+        if !is_flow_state(state) {
+            return Ok(None);
+        }
         Ok(self.flows.lock().unwrap().get(state).cloned())
     }
 
@@ -150,6 +233,24 @@ impl FlowStore for InMemoryFlowStore {
             Some(flow) if flow.nonce_hash == nonce_hash => Ok(flows.remove(state)),
             _ => Ok(None),
         }
+    }
+
+    async fn create_link(&self, token: &SecretString, link: &ConnectLink) -> Result<(), FlowError> {
+        let mut links = self.links.lock().unwrap();
+        let key = link_key(token.expose_secret());
+        if links.contains_key(&key) {
+            return Err(FlowError::Duplicate);
+        }
+        links.insert(key, link.clone());
+        Ok(())
+    }
+
+    async fn consume_link(&self, token: &SecretString) -> Result<Option<ConnectLink>, FlowError> {
+        Ok(self
+            .links
+            .lock()
+            .unwrap()
+            .remove(&link_key(token.expose_secret())))
     }
 }
 

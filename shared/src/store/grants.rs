@@ -41,6 +41,9 @@ struct StoredGrant {
     updated_at: DateTime<Utc>,
 }
 
+/// Name of the grants table's index by Google account (see `template.yaml`; keys only).
+pub const BY_GOOGLE_SUB_INDEX: &str = "by_google_sub";
+
 /// DynamoDB adapter of [`GrantStore`].
 #[derive(Clone)]
 pub struct DynamoGrantStore(SealedTable);
@@ -73,6 +76,27 @@ impl DynamoGrantStore {
 }
 
 impl GrantStore for DynamoGrantStore {
+    async fn holders(&self, google_sub: &str) -> Result<Vec<String>, GrantError> {
+        let mut items = self
+            .0
+            .table
+            .query()
+            .index_name(BY_GOOGLE_SUB_INDEX)
+            .key_condition_expression("google_sub = :sub")
+            .expression_attribute_values(":sub", AttributeValue::S(google_sub.to_string()))
+            .into_paginator()
+            .items()
+            .send();
+        let mut users = Vec::new();
+        while let Some(item) = items.next().await {
+            let item = item.map_err(|e| GrantError::Store(crate::aws::describe_error(&e)))?;
+            if let Some(AttributeValue::S(user_id)) = item.get("user_id") {
+                users.push(user_id.clone());
+            }
+        }
+        Ok(users)
+    }
+
     async fn get(&self, user_id: &str) -> Result<Option<Grant>, GrantError> {
         let Some(item) = self.0.table.get(user_id).await.map_err(GrantError::Store)? else {
             return Ok(None);
@@ -199,6 +223,17 @@ impl InMemoryGrantStore {
 }
 
 impl GrantStore for InMemoryGrantStore {
+    async fn holders(&self, google_sub: &str) -> Result<Vec<String>, GrantError> {
+        Ok(self
+            .grants
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|g| g.google_sub == google_sub)
+            .map(|g| g.user_id.clone())
+            .collect())
+    }
+
     async fn get(&self, user_id: &str) -> Result<Option<Grant>, GrantError> {
         Ok(self.grants.lock().unwrap().get(user_id).cloned())
     }
