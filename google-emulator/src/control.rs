@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::oauth::{AuthorizationRequest, Decision, decide};
-use crate::state::{Client, Fault, FaultTarget, SharedState};
+use crate::state::{Client, Fault, FaultTarget, SharedState, State as World};
 
 fn bad_request(error: &str, description: impl Into<String>) -> Response {
     (
@@ -193,17 +193,9 @@ pub async fn expire_access_tokens(
     State(shared): State<SharedState>,
     body: axum::body::Bytes,
 ) -> Response {
-    let request: EmailRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request("invalid_request", e),
-    };
-    let mut world = shared.lock();
-    if !world.accounts.contains_key(&request.email) {
-        // A typo here would otherwise make a test pass without testing anything.
-        return bad_request("invalid_request", "unknown account");
-    }
-    world.expire_access_tokens(&request.email);
-    Json(json!({})).into_response()
+    on_account(&shared, &body, |world, email| {
+        world.expire_access_tokens(email)
+    })
 }
 
 /// `POST __emulator/revoke`: the user removed the app's access in their Google account.
@@ -211,7 +203,16 @@ pub async fn revoke_account(
     State(shared): State<SharedState>,
     body: axum::body::Bytes,
 ) -> Response {
-    let request: EmailRequest = match parse(&body) {
+    on_account(&shared, &body, |world, email| world.revoke_account(email))
+}
+
+/// Applies `change` to the account named by an `{"email": ...}` body.
+fn on_account(
+    shared: &SharedState,
+    body: &[u8],
+    change: impl FnOnce(&mut World, &str),
+) -> Response {
+    let request: EmailRequest = match parse(body) {
         Ok(r) => r,
         Err(e) => return bad_request("invalid_request", e),
     };
@@ -220,7 +221,7 @@ pub async fn revoke_account(
         // A typo here would otherwise make a test pass without testing anything.
         return bad_request("invalid_request", "unknown account");
     }
-    world.revoke_account(&request.email);
+    change(&mut world, &request.email);
     Json(json!({})).into_response()
 }
 

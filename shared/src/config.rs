@@ -293,31 +293,40 @@ fn exit_with(function: &str, error: &dyn fmt::Display) -> ! {
     std::process::exit(78)
 }
 
+/// The variables of a complete configuration, for unit tests; `overrides` replace or add some.
+#[cfg(test)]
+pub(crate) fn test_variables(
+    overrides: &[(&str, &str)],
+) -> std::collections::HashMap<String, String> {
+    let base = [
+        ("GRANTS_TABLE", "grants"),
+        ("OAUTH_FLOWS_TABLE", "flows"),
+        ("SYNC_STATE_TABLE", "sync"),
+        ("EVENTS_TABLE", "events"),
+        ("GOOGLE_CLIENT_SECRET_ID", "client"),
+        ("TOKEN_KEYS_SECRET_ID", "keys"),
+        (
+            "OAUTH_REDIRECT_URI",
+            "https://api.example.com/oauth/google/callback",
+        ),
+        (
+            "ALLOWED_RETURN_ORIGINS",
+            "https://app.example.com, http://localhost:3000",
+        ),
+        ("DEFAULT_RETURN_URL", "https://app.example.com/settings"),
+    ];
+    base.iter()
+        .chain(overrides)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn full() -> std::collections::HashMap<String, String> {
-        [
-            ("GRANTS_TABLE", "grants"),
-            ("OAUTH_FLOWS_TABLE", "flows"),
-            ("SYNC_STATE_TABLE", "sync"),
-            ("EVENTS_TABLE", "events"),
-            ("GOOGLE_CLIENT_SECRET_ID", "client"),
-            ("TOKEN_KEYS_SECRET_ID", "keys"),
-            (
-                "OAUTH_REDIRECT_URI",
-                "https://api.example.com/oauth/google/callback",
-            ),
-            (
-                "ALLOWED_RETURN_ORIGINS",
-                "https://app.example.com, http://localhost:3000",
-            ),
-            ("DEFAULT_RETURN_URL", "https://app.example.com/settings"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        test_variables(&[])
     }
 
     #[test]

@@ -95,10 +95,11 @@ impl Summary {
                 Some(true) => "ok  ",
                 Some(false) => "FAIL",
             };
-            println!(
-                "  {mark} {:<44} {:>8.1?}  {}",
-                step.name, step.took, step.detail
-            );
+            let took = match step.passed {
+                None => "-".to_string(),
+                Some(_) => format!("{:.1} s", step.took.as_secs_f64()),
+            };
+            println!("  {mark} {:<56} {took:>8}  {}", step.name, step.detail);
         }
         let count = |passed| self.0.iter().filter(|s| s.passed == passed).count();
         let (failed, skipped) = (count(Some(false)), count(None));

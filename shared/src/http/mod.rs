@@ -211,13 +211,7 @@ mod tests {
     }
 
     fn config() -> Config {
-        let env: std::collections::HashMap<String, String> = [
-            ("GRANTS_TABLE", "grants"),
-            ("OAUTH_FLOWS_TABLE", "flows"),
-            ("SYNC_STATE_TABLE", "sync"),
-            ("EVENTS_TABLE", "events"),
-            ("GOOGLE_CLIENT_SECRET_ID", "client"),
-            ("TOKEN_KEYS_SECRET_ID", "keys"),
+        let env = crate::config::test_variables(&[
             (
                 "OAUTH_REDIRECT_URI",
                 "https://api.example/oauth/google/callback",
@@ -227,10 +221,7 @@ mod tests {
             // Nothing listens here: these tests must never reach Google.
             ("GOOGLE_TOKEN_URL", "http://127.0.0.1:9/token"),
             ("GOOGLE_REVOKE_URL", "http://127.0.0.1:9/revoke"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        ]);
         Config::from_source(&env).unwrap()
     }
 

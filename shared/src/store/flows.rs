@@ -77,6 +77,25 @@ impl DynamoFlowStore {
             expires_at,
         })
     }
+
+    /// Writes a record whose key must be new: a flow's state and a link's hash are random, so a
+    /// clash means a replayed write, never two flows sharing a key.
+    async fn put_new(&self, record: &impl Serialize) -> Result<(), FlowError> {
+        let item: Item =
+            serde_dynamo::to_item(record).map_err(|e| FlowError::Store(e.to_string()))?;
+        let put = self
+            .0
+            .table
+            .put(item)
+            .condition_expression("attribute_not_exists(#state)")
+            .expression_attribute_names("#state", "state")
+            .send()
+            .await;
+        match unless_condition_failed(put).map_err(FlowError::Store)? {
+            Some(_) => Ok(()),
+            None => Err(FlowError::Duplicate),
+        }
+    }
 }
 
 impl FlowStore for DynamoFlowStore {
@@ -91,20 +110,7 @@ impl FlowStore for DynamoFlowStore {
             created_at: flow.created_at,
             expires_at: flow.expires_at.timestamp(),
         };
-        let item: Item =
-            serde_dynamo::to_item(&stored).map_err(|e| FlowError::Store(e.to_string()))?;
-        let put = self
-            .0
-            .table
-            .put(item)
-            .condition_expression("attribute_not_exists(#state)")
-            .expression_attribute_names("#state", "state")
-            .send()
-            .await;
-        match unless_condition_failed(put).map_err(FlowError::Store)? {
-            Some(_) => Ok(()),
-            None => Err(FlowError::Duplicate),
-        }
+        self.put_new(&stored).await
     }
 
     async fn find(&self, state: &str) -> Result<Option<Flow>, FlowError> {
@@ -150,20 +156,7 @@ impl FlowStore for DynamoFlowStore {
             created_at: link.created_at,
             expires_at: link.expires_at.timestamp(),
         };
-        let item: Item =
-            serde_dynamo::to_item(&stored).map_err(|e| FlowError::Store(e.to_string()))?;
-        let put = self
-            .0
-            .table
-            .put(item)
-            .condition_expression("attribute_not_exists(#state)")
-            .expression_attribute_names("#state", "state")
-            .send()
-            .await;
-        match unless_condition_failed(put).map_err(FlowError::Store)? {
-            Some(_) => Ok(()),
-            None => Err(FlowError::Duplicate),
-        }
+        self.put_new(&stored).await
     }
 
     async fn consume_link(&self, token: &SecretString) -> Result<Option<ConnectLink>, FlowError> {

@@ -14,7 +14,7 @@
 //! scripted function.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     future::Future,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -306,9 +306,9 @@ impl Poller {
         let mut iterators: HashMap<String, Option<String>> = HashMap::new();
         loop {
             for shard_id in self.streams.shard_ids(&stream_arn).await? {
-                if !iterators.contains_key(&shard_id) {
-                    let iterator = self.streams.oldest(&stream_arn, &shard_id).await?;
-                    iterators.insert(shard_id, iterator);
+                if let Entry::Vacant(new_shard) = iterators.entry(shard_id) {
+                    let iterator = self.streams.oldest(&stream_arn, new_shard.key()).await?;
+                    new_shard.insert(iterator);
                 }
             }
             let mut delivered = 0;

@@ -165,7 +165,7 @@ fn build(template: &Template) -> Result<()> {
     for function in template.functions()? {
         command.args(["-p", &function.binary]);
     }
-    println!("stack: cargo build of the functions, the Google emulator and the gateway");
+    println!("stack: cargo build of the functions, the Google emulator and the stand-ins");
     let status = command.status().context("running cargo build")?;
     ensure!(
         status.success(),
