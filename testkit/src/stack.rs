@@ -331,7 +331,10 @@ pub fn local_context(
         ("JwtAudience", JWT_AUDIENCE.to_string()),
         (
             "OAuthRedirectUri",
-            format!("{}/oauth/google/callback", api.origin().ascii_serialization()),
+            format!(
+                "{}/oauth/google/callback",
+                api.origin().ascii_serialization()
+            ),
         ),
         ("AllowedReturnOrigins", allowed_origins),
         ("DefaultReturnUrl", app.to_string()),

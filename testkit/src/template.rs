@@ -637,14 +637,20 @@ Resources:
             .http_api(&ctx(&[
                 ("JwtIssuer", "https://issuer.test"),
                 ("JwtAudience", "a,b"),
-                ("AllowedReturnOrigins", "https://app.test,http://127.0.0.1:1"),
+                (
+                    "AllowedReturnOrigins",
+                    "https://app.test,http://127.0.0.1:1",
+                ),
             ]))
             .unwrap();
         let jwt = api.jwt.expect("the API has a JWT authorizer");
         assert_eq!(jwt.issuer, "https://issuer.test");
         assert_eq!(jwt.audience, ["a", "b"]);
         let cors = api.cors.expect("the API declares CORS");
-        assert_eq!(cors.allow_origins, ["https://app.test", "http://127.0.0.1:1"]);
+        assert_eq!(
+            cors.allow_origins,
+            ["https://app.test", "http://127.0.0.1:1"]
+        );
         assert!(cors.allow_headers.contains(&"authorization".to_string()));
         assert!(!cors.allow_credentials);
         let functions = template.functions().unwrap();

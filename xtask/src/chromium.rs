@@ -178,7 +178,11 @@ impl Browser {
 
     /// Does `action`, which starts a navigation, and waits (bounded) until the browser has left
     /// the current page and the next one has loaded.
-    async fn navigating(&self, what: &str, action: impl Future<Output = Result<()>>) -> Result<Url> {
+    async fn navigating(
+        &self,
+        what: &str,
+        action: impl Future<Output = Result<()>>,
+    ) -> Result<Url> {
         let before = self.client.current_url().await?;
         action.await?;
         for _ in 0..200 {

@@ -115,7 +115,10 @@ impl Browser {
         app: &Url,
         body: Option<Value>,
     ) -> Result<Answer> {
-        let jwt = self.jwt.clone().context("the page holds no JWT: sign in first")?;
+        let jwt = self
+            .jwt
+            .clone()
+            .context("the page holds no JWT: sign in first")?;
         let mut request = self
             .http
             .request(method, url.clone())
@@ -135,7 +138,10 @@ impl Browser {
         let url = app.join("token")?;
         let request = self.http.post(url.clone());
         let (status, _, body) = self.send(request, &url).await?;
-        ensure!(status == StatusCode::OK, "the app's token endpoint answered {status}");
+        ensure!(
+            status == StatusCode::OK,
+            "the app's token endpoint answered {status}"
+        );
         let token: Value = serde_json::from_str(&body)?;
         self.jwt = token["token"].as_str().map(str::to_string);
         Ok(())
@@ -244,7 +250,10 @@ impl DemoStack {
         let (status, _, answer) = browser
             .call_api(reqwest::Method::POST, &links, &self.app, Some(body))
             .await?;
-        ensure!(status == StatusCode::CREATED, "connect-links answered {status}: {answer}");
+        ensure!(
+            status == StatusCode::CREATED,
+            "connect-links answered {status}: {answer}"
+        );
         let answer: Value = serde_json::from_str(&answer)?;
         let connect = Url::parse(answer["connect_url"].as_str().context("no connect_url")?)?;
         let link = answer["link"].as_str().context("no link")?.to_string();
@@ -266,7 +275,10 @@ impl DemoStack {
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(form);
         let (status, location, body) = browser.send(form, &connect).await?;
-        ensure!(status == StatusCode::SEE_OTHER, "connect answered {status}: {body}");
+        ensure!(
+            status == StatusCode::SEE_OTHER,
+            "connect answered {status}: {body}"
+        );
         let authorization_url = location.context("connect gave no Location")?;
         let callback = self
             .google

@@ -14,7 +14,7 @@ cargo xtask test [--no-browser] [--no-sam]
                                default) and sam build + sam local invoke (x86_64) in Docker;
                                --no-browser / --no-sam skip those steps (the summary says so)
 cargo xtask jwt USER_ID        print a JWT for USER_ID that the running stack's authorizer accepts
-                               (curl -H "Authorization: Bearer $(cargo xtask jwt u1)" ...)
+                               (curl -H \"Authorization: Bearer $(cargo xtask jwt u1)\" ...)
 cargo xtask browser            the real-browser tests (headless Chromium) against the running stack
 cargo xtask events             regenerate the stream events in events/ from moto's real stream
 cargo xtask sam [--fresh-engine]

@@ -35,16 +35,18 @@ async fn third_site(connect: Url, link: String) -> Result<(Url, tokio::task::Joi
         .route("/", get(move || async move { Html(page) }))
         .route(
             "/set",
-            get(|Query(q): Query<std::collections::HashMap<String, String>>| async move {
-                let name = q.get("name").cloned().unwrap_or_default();
-                (
-                    [(
-                        "set-cookie",
-                        format!("{name}=1; SameSite=None; Secure; Path=/"),
-                    )],
-                    "set",
-                )
-            }),
+            get(
+                |Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                    let name = q.get("name").cloned().unwrap_or_default();
+                    (
+                        [(
+                            "set-cookie",
+                            format!("{name}=1; SameSite=None; Secure; Path=/"),
+                        )],
+                        "set",
+                    )
+                },
+            ),
         )
         .route(
             "/echo",
@@ -185,7 +187,10 @@ async fn consent_denied(stack: &DemoStack, user: &str) -> Result<String> {
         let outcome = browser.text("#calsync").await?;
         ensure!(outcome == "denied", "the app page shows calsync={outcome}");
         let status = page_status(browser).await?;
-        ensure!(status["status"] == "not_connected", "status after a denied consent: {status}");
+        ensure!(
+            status["status"] == "not_connected",
+            "status after a denied consent: {status}"
+        );
         Ok(format!("{user} denied; status not_connected"))
     })
     .await
@@ -229,7 +234,10 @@ async fn login_csrf_refused(stack: &DemoStack, victim: &str, attacker: &str) -> 
         let mut client = Client::new();
         client.sign_in(&stack.app, user).await?;
         let status = stack.status(&mut client).await?;
-        ensure!(status["status"] == "not_connected", "{user} after the attempt: {status}");
+        ensure!(
+            status["status"] == "not_connected",
+            "{user} after the attempt: {status}"
+        );
     }
     Ok(format!(
         "an attacker's link submitted from 127.0.0.2 answered origin_not_allowed, as a plain link 404; {attacker} and {victim} not connected"
@@ -306,10 +314,17 @@ async fn expire_links(stack: &DemoStack, user: &str) -> Result<()> {
         .context("scanning the flows table")?
         .items
         .unwrap_or_default();
-    ensure!(items.len() == 2, "expected {user}'s two links, found {}", items.len());
+    ensure!(
+        items.len() == 2,
+        "expected {user}'s two links, found {}",
+        items.len()
+    );
     let past = chrono::Utc::now().timestamp() - 120;
     for item in items {
-        let key = item.get("state").cloned().context("a link without its key")?;
+        let key = item
+            .get("state")
+            .cloned()
+            .context("a link without its key")?;
         stack
             .dynamodb
             .update_item()

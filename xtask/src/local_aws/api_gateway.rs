@@ -103,14 +103,27 @@ impl JwtAuthorizer {
 
     async fn fetch_jwks(&self) -> Result<JwkSet, Refusal> {
         let get = async |url: String| -> Result<Value, reqwest::Error> {
-            self.http.get(url).send().await?.error_for_status()?.json().await
+            self.http
+                .get(url)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await
         };
-        let discovery_url = format!("{}/{DISCOVERY_PATH}", self.spec.issuer.trim_end_matches('/'));
-        let discovery = get(discovery_url).await.map_err(|e| Refusal::Jwks(e.to_string()))?;
+        let discovery_url = format!(
+            "{}/{DISCOVERY_PATH}",
+            self.spec.issuer.trim_end_matches('/')
+        );
+        let discovery = get(discovery_url)
+            .await
+            .map_err(|e| Refusal::Jwks(e.to_string()))?;
         let jwks_uri = discovery["jwks_uri"]
             .as_str()
             .ok_or_else(|| Refusal::Jwks("the discovery document has no jwks_uri".into()))?;
-        let jwks = get(jwks_uri.to_string()).await.map_err(|e| Refusal::Jwks(e.to_string()))?;
+        let jwks = get(jwks_uri.to_string())
+            .await
+            .map_err(|e| Refusal::Jwks(e.to_string()))?;
         serde_json::from_value(jwks).map_err(|e| Refusal::Jwks(e.to_string()))
     }
 
@@ -199,7 +212,11 @@ pub async fn serve(
             );
         }
         if route.authorized && api.jwt.is_none() {
-            bail!("route {} {} needs an authorizer the template does not declare", route.method, route.path);
+            bail!(
+                "route {} {} needs an authorizer the template does not declare",
+                route.method,
+                route.path
+            );
         }
     }
     let state = Arc::new(Front {
@@ -221,7 +238,11 @@ pub async fn serve(
 }
 
 /// The CORS headers API Gateway adds for a request from `origin` (none for another origin).
-fn cors_headers(cors: &CorsSpec, origin: Option<&str>, preflight: bool) -> Vec<(header::HeaderName, String)> {
+fn cors_headers(
+    cors: &CorsSpec,
+    origin: Option<&str>,
+    preflight: bool,
+) -> Vec<(header::HeaderName, String)> {
     let Some(origin) = origin.filter(|o| {
         cors.allow_origins
             .iter()
@@ -234,13 +255,22 @@ fn cors_headers(cors: &CorsSpec, origin: Option<&str>, preflight: bool) -> Vec<(
         out.push((header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true".into()));
     }
     if preflight {
-        out.push((header::ACCESS_CONTROL_ALLOW_METHODS, cors.allow_methods.join(",")));
-        out.push((header::ACCESS_CONTROL_ALLOW_HEADERS, cors.allow_headers.join(",")));
+        out.push((
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            cors.allow_methods.join(","),
+        ));
+        out.push((
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            cors.allow_headers.join(","),
+        ));
         if let Some(max_age) = cors.max_age {
             out.push((header::ACCESS_CONTROL_MAX_AGE, max_age.to_string()));
         }
     } else if !cors.expose_headers.is_empty() {
-        out.push((header::ACCESS_CONTROL_EXPOSE_HEADERS, cors.expose_headers.join(",")));
+        out.push((
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            cors.expose_headers.join(","),
+        ));
     }
     out
 }
@@ -289,7 +319,13 @@ async fn gateway(
     response
 }
 
-async fn route_request(front: &Front, method: Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Response {
+async fn route_request(
+    front: &Front,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     let Some(route) = front
         .routes
         .iter()
@@ -407,7 +443,7 @@ pub fn response_from_lambda(answer: &Value) -> Response {
 mod tests {
     use super::*;
     use crate::local_aws::{app, issuer::Issuer};
-    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use secrecy::ExposeSecret;
 
     fn start_route() -> Route {
@@ -508,14 +544,20 @@ mod tests {
         let claims = |change: Value| {
             let mut claims = json!({"iss": issuer.issuer, "sub": "u1", "aud": "aud-1",
                                     "iat": now, "nbf": now, "exp": now + 60, "groups": ["a", "b"]});
-            claims.as_object_mut().unwrap().extend(change.as_object().unwrap().clone());
+            claims
+                .as_object_mut()
+                .unwrap()
+                .extend(change.as_object().unwrap().clone());
             claims
         };
         let signed = |claims: &Value| issuer.sign(claims).unwrap().expose_secret().to_string();
         let token = |change: Value| signed(&claims(change));
 
         let valid = token(json!({}));
-        let passed = authorizer.authorize(&bearer(&format!("Bearer {valid}"))).await.unwrap();
+        let passed = authorizer
+            .authorize(&bearer(&format!("Bearer {valid}")))
+            .await
+            .unwrap();
         assert_eq!(passed["sub"], "u1");
         assert_eq!(passed["exp"], (now + 60).to_string(), "claims are strings");
         assert_eq!(passed["groups"], "[a b]");
@@ -530,18 +572,36 @@ mod tests {
         let secret = jsonwebtoken::EncodingKey::from_secret(b"k");
         let refused = [
             ("no token", HeaderMap::new()),
-            ("other issuer", bearer(&token(json!({"iss": "http://other.test"})))),
+            (
+                "other issuer",
+                bearer(&token(json!({"iss": "http://other.test"}))),
+            ),
             ("other audience", bearer(&token(json!({"aud": "aud-2"})))),
             ("expired", bearer(&token(json!({"exp": now - 1})))),
             ("not yet valid", bearer(&token(json!({"nbf": now + 60})))),
-            ("issued in the future", bearer(&token(json!({"iat": now + 60})))),
-            ("no exp", bearer(&signed(&json!({"iss": issuer.issuer, "aud": "aud-1"})))),
-            ("another key", bearer(other_key.mint("u1", "aud-1").unwrap().expose_secret())),
+            (
+                "issued in the future",
+                bearer(&token(json!({"iat": now + 60}))),
+            ),
+            (
+                "no exp",
+                bearer(&signed(&json!({"iss": issuer.issuer, "aud": "aud-1"}))),
+            ),
+            (
+                "another key",
+                bearer(other_key.mint("u1", "aud-1").unwrap().expose_secret()),
+            ),
             ("tampered", bearer(&tampered.join("."))),
-            ("HS256", bearer(&jsonwebtoken::encode(&hs256, &claims(json!({})), &secret).unwrap())),
+            (
+                "HS256",
+                bearer(&jsonwebtoken::encode(&hs256, &claims(json!({})), &secret).unwrap()),
+            ),
         ];
         for (case, headers) in refused {
-            assert!(authorizer.authorize(&headers).await.is_err(), "{case} passed");
+            assert!(
+                authorizer.authorize(&headers).await.is_err(),
+                "{case} passed"
+            );
         }
     }
 

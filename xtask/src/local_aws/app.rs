@@ -86,7 +86,11 @@ struct LoginQuery {
 }
 
 async fn login(State(app): State<Arc<App>>, Query(q): Query<LoginQuery>) -> Response {
-    let Some(user) = q.user.map(|u| u.trim().to_string()).filter(|u| !u.is_empty()) else {
+    let Some(user) = q
+        .user
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+    else {
         return Html(
             r#"<!doctype html><form method="get" action="/login">
 <label>User id <input name="user" value="user-alice"></label> <button id="signin">Sign in</button></form>"#,
@@ -110,7 +114,10 @@ async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         app.sessions.lock().unwrap().retain(|_, u| *u != user);
     }
     (
-        [(header::SET_COOKIE, format!("{SESSION_COOKIE}=; Max-Age=0; Path=/"))],
+        [(
+            header::SET_COOKIE,
+            format!("{SESSION_COOKIE}=; Max-Age=0; Path=/"),
+        )],
         Redirect::to("/"),
     )
         .into_response()
@@ -119,7 +126,11 @@ async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 /// The signed-in user's JWT, for the page's script (same origin, so no CORS).
 async fn token(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let Some(user) = signed_in(&app, &headers) else {
-        return (StatusCode::UNAUTHORIZED, Json(json!({"error": "not signed in"}))).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "not signed in"})),
+        )
+            .into_response();
     };
     match app.issuer.mint(&user, &app.audience) {
         Ok(token) => (

@@ -306,9 +306,10 @@ impl Poller {
         let mut iterators: HashMap<String, Option<String>> = HashMap::new();
         loop {
             for shard_id in self.streams.shard_ids(&stream_arn).await? {
-                if !iterators.contains_key(&shard_id) {
-                    let iterator = self.streams.oldest(&stream_arn, &shard_id).await?;
-                    iterators.insert(shard_id, iterator);
+                if let std::collections::hash_map::Entry::Vacant(entry) = iterators.entry(shard_id)
+                {
+                    let iterator = self.streams.oldest(&stream_arn, entry.key()).await?;
+                    entry.insert(iterator);
                 }
             }
             let mut delivered = 0;

@@ -52,7 +52,10 @@ impl Issuer {
 
     /// An issuer whose key lives only in memory (tests).
     pub fn ephemeral(issuer: &str) -> Result<Self> {
-        Self::from_key(&rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)?, issuer)
+        Self::from_key(
+            &rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)?,
+            issuer,
+        )
     }
 
     fn from_key(key: &rsa::RsaPrivateKey, issuer: &str) -> Result<Self> {

@@ -47,7 +47,11 @@ pub async fn run(state: &State, options: &stack::Options) -> Result<()> {
     let listener = listen(options.front_port, "the HTTP front").await?;
     let app_listener = listen(options.app_port, "the app").await?;
     let api_url: url::Url = state.front_url.parse()?;
-    let audience = api.jwt.as_ref().and_then(|jwt| jwt.audience.first().cloned()).context("the HTTP API has no JWT audience")?;
+    let audience = api
+        .jwt
+        .as_ref()
+        .and_then(|jwt| jwt.audience.first().cloned())
+        .context("the HTTP API has no JWT audience")?;
 
     let stream_function = template
         .functions()?
@@ -70,7 +74,7 @@ pub async fn run(state: &State, options: &stack::Options) -> Result<()> {
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let queue_url = sqs
         .create_queue()
-        .queue_name(failure_queue_name(prefix))
+        .queue_name(failure_queue_name(stack::PREFIX))
         .send()
         .await
         .context("creating the on-failure queue")?

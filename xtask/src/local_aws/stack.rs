@@ -145,7 +145,10 @@ fn load_or_create_secrets() -> Result<StackSecrets> {
 pub fn context(options: &Options) -> Result<Context> {
     let google = Url::parse(&format!("http://{}:{}/", options.host, options.google_port))?;
     let aws = format!("http://{}:{}", options.host, options.aws_port);
-    let (app, api) = (Url::parse(&app_url(options))?, Url::parse(&front_url(options))?);
+    let (app, api) = (
+        Url::parse(&app_url(options))?,
+        Url::parse(&front_url(options))?,
+    );
     let mut ctx = testkit::stack::local_context(PREFIX, &google, &aws, &app, &api);
     ctx.parameters
         .insert("JwtIssuer".into(), app.origin().ascii_serialization());
