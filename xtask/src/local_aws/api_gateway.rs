@@ -82,6 +82,8 @@ pub enum Refusal {
     Invalid(#[from] jsonwebtoken::errors::Error),
     #[error("the token was issued in the future")]
     IssuedInFuture,
+    #[error("the token does not have a valid audience")]
+    Audience,
 }
 
 /// API Gateway's JWT authorizer for one issuer and its audiences; the JWKS is fetched on first
@@ -158,9 +160,22 @@ impl JwtAuthorizer {
         validation.leeway = 0;
         validation.validate_nbf = true;
         validation.set_issuer(&[&self.spec.issuer]);
-        validation.set_audience(&self.spec.audience);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        // Checked below: API Gateway takes `client_id` when there is no `aud` (Cognito's
+        // access tokens carry only `client_id`).
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "iss"]);
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)?.claims;
+        let audiences = match claims.get("aud").or_else(|| claims.get("client_id")) {
+            Some(Value::String(one)) => vec![one.as_str()],
+            Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        if !audiences
+            .iter()
+            .any(|a| self.spec.audience.iter().any(|b| b == a))
+        {
+            return Err(Refusal::Audience);
+        }
         if claims
             .get("iat")
             .and_then(Value::as_i64)
@@ -339,7 +354,17 @@ async fn route_request(
             Ok(claims) => Some(claims),
             Err(refusal) => {
                 tracing::info!(route = %uri.path(), %refusal, "JWT authorizer refused");
-                return json_error(StatusCode::UNAUTHORIZED, "Unauthorized");
+                let mut response = json_error(StatusCode::UNAUTHORIZED, "Unauthorized");
+                // As API Gateway says why (never with the token).
+                let why = format!(
+                    r#"Bearer scope="" error="invalid_token" error_description="{refusal}""#
+                );
+                if let Ok(value) = HeaderValue::from_str(&why.replace('\n', " ")) {
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, value);
+                }
+                return response;
             }
         },
         _ => None,
@@ -563,6 +588,15 @@ mod tests {
         assert_eq!(passed["groups"], "[a b]");
         // API Gateway takes the header's value with or without the scheme.
         assert!(authorizer.authorize(&bearer(&valid)).await.is_ok());
+        // `client_id` stands in for a missing `aud`, never for a wrong one.
+        let mut cognito = claims(json!({"client_id": "aud-0"}));
+        cognito.as_object_mut().unwrap().remove("aud");
+        assert!(
+            authorizer
+                .authorize(&bearer(&signed(&cognito)))
+                .await
+                .is_ok()
+        );
 
         let other_key = Issuer::ephemeral(&issuer.issuer).unwrap();
         let mut tampered: Vec<String> = valid.split('.').map(str::to_string).collect();
@@ -577,6 +611,10 @@ mod tests {
                 bearer(&token(json!({"iss": "http://other.test"}))),
             ),
             ("other audience", bearer(&token(json!({"aud": "aud-2"})))),
+            (
+                "other audience, good client_id",
+                bearer(&token(json!({"aud": "aud-2", "client_id": "aud-1"}))),
+            ),
             ("expired", bearer(&token(json!({"exp": now - 1})))),
             ("not yet valid", bearer(&token(json!({"nbf": now + 60})))),
             (
@@ -671,6 +709,11 @@ mod tests {
         let refused = http.get(&start).header("origin", app).send().await.unwrap();
         assert_eq!(refused.status(), 401);
         assert_eq!(refused.headers()["access-control-allow-origin"], app);
+        let why = refused.headers()["www-authenticate"].to_str().unwrap();
+        assert!(
+            why.starts_with(r#"Bearer scope="" error="invalid_token""#),
+            "{why}"
+        );
         let body: Value = refused.json().await.unwrap();
         assert_eq!(body, json!({"message": "Unauthorized"}));
         let unknown = http.get(format!("{base}/nope")).send().await.unwrap();
