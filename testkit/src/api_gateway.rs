@@ -87,16 +87,23 @@ impl HttpApiEvent {
 
     /// The signed-in app user, as the JWT authorizer passes its claims (the issuer and audience
     /// are the local stack's `JwtIssuer` and `JwtAudience`).
-    pub fn user(mut self, sub: &str) -> Self {
+    pub fn user(self, sub: &str) -> Self {
+        self.claims(
+            [
+                ("sub", sub),
+                ("iss", stack::JWT_ISSUER),
+                ("aud", stack::JWT_AUDIENCE),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        )
+    }
+
+    /// The claims of a verified JWT, as API Gateway's JWT authorizer passes them (strings).
+    pub fn claims(mut self, claims: std::collections::HashMap<String, String>) -> Self {
         let mut jwt = ApiGatewayRequestAuthorizerJwtDescription::default();
-        jwt.claims = [
-            ("sub", sub),
-            ("iss", stack::JWT_ISSUER),
-            ("aud", stack::JWT_AUDIENCE),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        jwt.claims = claims;
         let mut authorizer = ApiGatewayRequestAuthorizer::default();
         authorizer.jwt = Some(jwt);
         self.0.request_context.authorizer = Some(authorizer);

@@ -143,12 +143,8 @@ impl TestStack {
             seed::random_token(6)
         );
         let secrets = StackSecrets::generate();
-        let ctx = local_context(
-            &prefix,
-            &emulator.base_url,
-            &aws_endpoint,
-            &Url::parse(DEFAULT_RETURN_URL)?,
-        );
+        let app = Url::parse(DEFAULT_RETURN_URL)?;
+        let ctx = local_context(&prefix, &emulator.base_url, &aws_endpoint, &app, &app);
         let template = Template::load_workspace()?;
         let provisioned = provision(&sdk, &template, &ctx, &emulator.base_url, &secrets).await?;
         let StackSecrets {
@@ -308,9 +304,15 @@ impl std::ops::Deref for TestStack {
 }
 
 /// The template's parameters for a local stack whose Google is `google`, AWS is `aws_endpoint`,
-/// and whose app page `app` is where the browser returns by default; Google redirects to the
-/// callback on the app's origin.
-pub fn local_context(prefix: &str, google: &Url, aws_endpoint: &str, app: &Url) -> Context {
+/// whose app page `app` is where the browser returns by default, and whose HTTP API is at `api`
+/// (Google redirects to the callback there).
+pub fn local_context(
+    prefix: &str,
+    google: &Url,
+    aws_endpoint: &str,
+    app: &Url,
+    api: &Url,
+) -> Context {
     let join = |path: &str| {
         google
             .join(path)
@@ -329,7 +331,10 @@ pub fn local_context(prefix: &str, google: &Url, aws_endpoint: &str, app: &Url) 
         ("JwtAudience", JWT_AUDIENCE.to_string()),
         (
             "OAuthRedirectUri",
-            format!("{origin}/oauth/google/callback"),
+            format!(
+                "{}/oauth/google/callback",
+                api.origin().ascii_serialization()
+            ),
         ),
         ("AllowedReturnOrigins", allowed_origins),
         ("DefaultReturnUrl", app.to_string()),
@@ -437,7 +442,7 @@ pub fn check_stops_on_bad_configuration(
 ) -> Result<usize> {
     let google = Url::parse("http://127.0.0.1:1/")?;
     let app = Url::parse(DEFAULT_RETURN_URL)?;
-    let ctx = local_context("calsync-config-", &google, "http://127.0.0.1:1", &app);
+    let ctx = local_context("calsync-config-", &google, "http://127.0.0.1:1", &app, &app);
     let valid = Template::load_workspace()?.environment(&ctx, None)?;
     let run = |missing: &str, malformed: Option<&str>| -> Result<(Option<i32>, String)> {
         let mut command = std::process::Command::new(binary);

@@ -60,6 +60,32 @@ pub struct FunctionSpec {
     pub stream_mapping: Option<Value>,
 }
 
+/// The `AWS::Serverless::HttpApi` as API Gateway applies it in front of the routes: its default
+/// JWT authorizer and its CORS settings, resolved in a [`Context`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HttpApiSpec {
+    pub jwt: Option<JwtAuthorizerSpec>,
+    pub cors: Option<CorsSpec>,
+}
+
+/// `Auth.Authorizers.<DefaultAuthorizer>.JwtConfiguration`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtAuthorizerSpec {
+    pub issuer: String,
+    pub audience: Vec<String>,
+}
+
+/// `CorsConfiguration`; header names in lower case.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CorsSpec {
+    pub allow_origins: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub allow_methods: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub allow_credentials: bool,
+    pub max_age: Option<u64>,
+}
+
 /// One `HttpApi` event of a function.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpRoute {
@@ -194,6 +220,68 @@ impl Template {
                 })
             })
             .collect()
+    }
+
+    /// The HTTP API's default JWT authorizer and CORS settings, resolved in `ctx`.
+    pub fn http_api(&self, ctx: &Context) -> Result<HttpApiSpec> {
+        let Some(entry) = self.resources_of(ctx, "AWS::Serverless::HttpApi").next() else {
+            return Ok(HttpApiSpec::default());
+        };
+        let (_, api) = entry?;
+        let evaluator = Evaluator::new(self, ctx);
+        // A list: a YAML list, `!Split` of a parameter, or a comma-delimited string.
+        let list = |pointer: &str| -> Result<Vec<String>> {
+            let Some(raw) = api.pointer(pointer) else {
+                return Ok(Vec::new());
+            };
+            Ok(match evaluator.eval(raw)? {
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|item| evaluator.string(item))
+                    .collect::<Result<_>>()?,
+                Some(value) => scalar_string(&value)?
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect(),
+                None => Vec::new(),
+            })
+        };
+        let jwt = match api
+            .pointer("/Properties/Auth/DefaultAuthorizer")
+            .and_then(Value::as_str)
+        {
+            None => None,
+            Some(name) => {
+                let config = format!("/Properties/Auth/Authorizers/{name}/JwtConfiguration");
+                let issuer = api
+                    .pointer(&format!("{config}/issuer"))
+                    .with_context(|| format!("authorizer {name} has no JwtConfiguration.issuer"))?;
+                Some(JwtAuthorizerSpec {
+                    issuer: evaluator.string(issuer)?,
+                    audience: list(&format!("{config}/audience"))?,
+                })
+            }
+        };
+        let cors = match api.pointer("/Properties/CorsConfiguration") {
+            None => None,
+            Some(config) => {
+                let lower = |key: &str| -> Result<Vec<String>> {
+                    Ok(list(&format!("/Properties/CorsConfiguration/{key}"))?
+                        .into_iter()
+                        .map(|h| h.to_ascii_lowercase())
+                        .collect())
+                };
+                Some(CorsSpec {
+                    allow_origins: list("/Properties/CorsConfiguration/AllowOrigins")?,
+                    allow_headers: lower("AllowHeaders")?,
+                    allow_methods: list("/Properties/CorsConfiguration/AllowMethods")?,
+                    expose_headers: lower("ExposeHeaders")?,
+                    allow_credentials: config.get("AllowCredentials") == Some(&Value::Bool(true)),
+                    max_age: config.get("MaxAge").and_then(Value::as_u64),
+                })
+            }
+        };
+        Ok(HttpApiSpec { jwt, cors })
     }
 
     /// The names of the variables every function gets (`Globals`), whatever they resolve to.
@@ -545,6 +633,26 @@ Resources:
             .find(|t| t.logical_id == "EventsTable")
             .unwrap();
         assert_eq!(events.global_indexes[0].name, "by_user");
+        let api = template
+            .http_api(&ctx(&[
+                ("JwtIssuer", "https://issuer.test"),
+                ("JwtAudience", "a,b"),
+                (
+                    "AllowedReturnOrigins",
+                    "https://app.test,http://127.0.0.1:1",
+                ),
+            ]))
+            .unwrap();
+        let jwt = api.jwt.expect("the API has a JWT authorizer");
+        assert_eq!(jwt.issuer, "https://issuer.test");
+        assert_eq!(jwt.audience, ["a", "b"]);
+        let cors = api.cors.expect("the API declares CORS");
+        assert_eq!(
+            cors.allow_origins,
+            ["https://app.test", "http://127.0.0.1:1"]
+        );
+        assert!(cors.allow_headers.contains(&"authorization".to_string()));
+        assert!(!cors.allow_credentials);
         let functions = template.functions().unwrap();
         let binaries: Vec<_> = functions.iter().map(|f| f.binary.as_str()).collect();
         assert_eq!(binaries.len(), 3, "{binaries:?}");

@@ -3,9 +3,11 @@
 //! Uses a Chrome and chromedriver already installed, else installs Debian's `chromium` and
 //! `chromium-driver` with apt; starts chromedriver on a free loopback port, and opens a session with the flags this machine needs (no sandbox as root,
 //! no background networking: the network is closed) and a fresh profile, so no cookie survives
-//! from one test to the next.
+//! from one test to the next. Third-party cookies are blocked (the profile preference behind
+//! Chrome's "Block third-party cookies" setting), as more and more browsers do by default.
 
 use std::{
+    future::Future,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -93,7 +95,8 @@ impl Browser {
                     "--no-first-run", "--disable-background-networking",
                     "--disable-component-update", "--disable-sync",
                     format!("--user-data-dir={}", profile.display()),
-                ]
+                ],
+                "prefs": {"profile.block_third_party_cookies": true, "profile.cookie_controls_mode": 1}
             }
         });
         let caps = caps.as_object().cloned().unwrap_or_default();
@@ -142,12 +145,46 @@ impl Browser {
     }
 
     /// Clicks the element matching the CSS selector and returns the URL of the page the click
-    /// leads to. A click only starts the navigation, so this waits (bounded) until the browser
-    /// has left the current page and the next one has loaded.
+    /// leads to.
     pub async fn click(&self, css: &str) -> Result<Url> {
         let element = self.find(css).await?;
+        self.navigating(css, async { Ok(element.click().await?) })
+            .await
+    }
+
+    /// Runs `script` in the page (which starts a navigation) and returns where it leads.
+    pub async fn run_navigating(&self, script: &str, args: Vec<serde_json::Value>) -> Result<Url> {
+        self.navigating(script, async {
+            self.client.execute(script, args).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Clicks a button whose script answers into `output` (an element counting its answers in
+    /// `data-calls`) and returns that answer, waiting for the count to move on.
+    pub async fn click_for_answer(&self, button: &str, output: &str) -> Result<String> {
+        let calls: u64 = self
+            .find(output)
+            .await?
+            .attr("data-calls")
+            .await?
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        self.find(button).await?.click().await?;
+        self.text(&format!(r#"{output}[data-calls="{}"]"#, calls + 1))
+            .await
+    }
+
+    /// Does `action`, which starts a navigation, and waits (bounded) until the browser has left
+    /// the current page and the next one has loaded.
+    async fn navigating(
+        &self,
+        what: &str,
+        action: impl Future<Output = Result<()>>,
+    ) -> Result<Url> {
         let before = self.client.current_url().await?;
-        element.click().await?;
+        action.await?;
         for _ in 0..200 {
             let now = self.client.current_url().await?;
             let loaded = self
@@ -159,7 +196,7 @@ impl Browser {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("clicking {css} on {before} led nowhere within 10 s")
+        bail!("{what} on {before} led nowhere within 10 s")
     }
 
     pub async fn text(&self, css: &str) -> Result<String> {

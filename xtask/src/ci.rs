@@ -362,8 +362,7 @@ where
 
 /// The real-browser scenarios through the local HTTP front.
 async fn browser_tests(state: stack::State) -> Result<String> {
-    let front: url::Url = state.front_url.parse()?;
-    Ok(browser::run_all(&front).await?.join("; "))
+    Ok(browser::run_all(&state).await?.join("; "))
 }
 
 /// The demo's story, which checks issue 5's promise: a row written to the Events table reaches the

@@ -1,7 +1,8 @@
 //! The demo: the whole calsync story on the local stack, told in a few lines with timings.
 //!
 //! It drives the stack only from the outside, as a user and the app would: the browser side goes
-//! through the local HTTP front (sign in, start, the emulator's consent, the callback), the app side
+//! the way the app's page does (sign in to the app, a connect link minted with the JWT, the form
+//! POST from the app's origin, the emulator's consent, the callback), the app side
 //! writes rows to the Events table, and the emulator's read-back shows what reached the calendar.
 //! Each step checks what it claims; the demo exits non-zero when any step does not hold.
 
@@ -25,23 +26,36 @@ pub const STEPS: usize = 6;
 
 /// What the demo needs to know about a running stack.
 pub struct DemoStack {
-    /// The local HTTP front (the app's site), e.g. `http://localhost:PORT/`.
+    /// The local HTTP front (the API), e.g. `http://localhost:PORT/`.
     pub front: Url,
+    /// The app stand-in on another site, e.g. `http://127.0.0.1:PORT/`.
+    pub app: Url,
     pub google: EmulatorControl,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub events_table: String,
+    pub flows_table: String,
 }
 
-/// A browser-like client on the app's site: no redirects followed, its cookies kept by hand (the
-/// front is the only site that sets any).
+/// A browser-like client: no redirects followed, cookies kept by hand per host, and the app
+/// page's script memory (the JWT it fetched from the app).
 #[derive(Clone)]
 pub struct Browser {
     http: reqwest::Client,
-    cookies: HashMap<String, String>,
+    cookies: HashMap<String, HashMap<String, String>>,
+    jwt: Option<String>,
 }
 
+impl Default for Browser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Status, `Location` (resolved) and body of an answer.
+pub type Answer = (StatusCode, Option<Url>, String);
+
 impl Browser {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -49,33 +63,32 @@ impl Browser {
                 .build()
                 .expect("reqwest client"),
             cookies: HashMap::new(),
+            jwt: None,
         }
     }
 
-    /// GET `url`, storing cookies; returns status, Location and body.
-    pub async fn get(&mut self, url: &Url) -> Result<(StatusCode, Option<Url>, String)> {
-        let mut request = self.http.get(url.clone());
-        if !self.cookies.is_empty() {
-            let cookie: Vec<String> = self
-                .cookies
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+    /// Sends a request with this browser's cookies for the URL's host, storing the ones it sets.
+    pub async fn send(&mut self, request: reqwest::RequestBuilder, url: &Url) -> Result<Answer> {
+        let host = url.host_str().unwrap_or_default().to_string();
+        let jar = self.cookies.entry(host).or_default();
+        let mut request = request;
+        if !jar.is_empty() {
+            let cookie: Vec<String> = jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
             request = request.header(header::COOKIE, cookie.join("; "));
         }
         let response = request
             .send()
             .await
-            .with_context(|| format!("GET {}", url.path()))?;
+            .with_context(|| format!("request to {}", url.path()))?;
         for set in response.headers().get_all(header::SET_COOKIE) {
             let Some((name, value)) = set.to_str().ok().and_then(cookie_pair) else {
                 continue;
             };
             let expired = set.to_str()?.to_ascii_lowercase().contains("max-age=0");
             if expired || value.is_empty() {
-                self.cookies.remove(name);
+                jar.remove(name);
             } else {
-                self.cookies.insert(name.to_string(), value.to_string());
+                jar.insert(name.to_string(), value.to_string());
             }
         }
         let status = response.status();
@@ -86,6 +99,52 @@ impl Browser {
             .map(|l| url.join(l))
             .transpose()?;
         Ok((status, location, response.text().await?))
+    }
+
+    pub async fn get(&mut self, url: &Url) -> Result<Answer> {
+        let request = self.http.get(url.clone());
+        self.send(request, url).await
+    }
+
+    /// What the app page's script does to call calsync: `Authorization: Bearer` with the JWT it
+    /// holds, from the app's origin.
+    pub async fn call_api(
+        &mut self,
+        method: reqwest::Method,
+        url: &Url,
+        app: &Url,
+        body: Option<Value>,
+    ) -> Result<Answer> {
+        let jwt = self
+            .jwt
+            .clone()
+            .context("the page holds no JWT: sign in first")?;
+        let mut request = self
+            .http
+            .request(method, url.clone())
+            .bearer_auth(jwt)
+            .header(header::ORIGIN, app.origin().ascii_serialization());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        self.send(request, url).await
+    }
+
+    /// Signs `user` in to the app and fetches the JWT the page keeps in memory.
+    pub async fn sign_in(&mut self, app: &Url, user: &str) -> Result<()> {
+        let mut login = app.join("login")?;
+        login.query_pairs_mut().append_pair("user", user);
+        self.get(&login).await?;
+        let url = app.join("token")?;
+        let request = self.http.post(url.clone());
+        let (status, _, body) = self.send(request, &url).await?;
+        ensure!(
+            status == StatusCode::OK,
+            "the app's token endpoint answered {status}"
+        );
+        let token: Value = serde_json::from_str(&body)?;
+        self.jwt = token["token"].as_str().map(str::to_string);
+        Ok(())
     }
 }
 
@@ -126,12 +185,18 @@ impl DemoStack {
         let sdk = testkit::aws::local_sdk_config(&state.aws_endpoint).await;
         Ok(Self {
             front: state.front_url.parse()?,
+            app: state.app_url.parse()?,
             google: EmulatorControl::new(state.google_url.parse()?),
             dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
             events_table: state
                 .env
                 .get("EVENTS_TABLE")
                 .context("the stack has no EVENTS_TABLE")?
+                .clone(),
+            flows_table: state
+                .env
+                .get("OAUTH_FLOWS_TABLE")
+                .context("the stack has no OAUTH_FLOWS_TABLE")?
                 .clone(),
         })
     }
@@ -176,27 +241,49 @@ impl DemoStack {
             .collect())
     }
 
-    /// The browser side of a connect: sign in, start, consent as `account`, callback.
-    /// Returns the `calsync=` outcome the app page receives.
-    pub async fn connect(&self, browser: &mut Browser, user: &str, account: &str) -> Result<Url> {
-        let mut login = self.front.join("__local/login")?;
-        login.query_pairs_mut().append_pair("user", user);
-        browser.get(&login).await?;
-        let mut start = self.front.join("oauth/google/start")?;
-        start
-            .query_pairs_mut()
-            .append_pair("return_to", self.front.as_str());
-        let (status, location, body) = browser.get(&start).await?;
+    /// Signs `user` in to the app and mints a connect link with the JWT, as the app page does;
+    /// returns the URL to submit it to and the link.
+    pub async fn mint_link(&self, browser: &mut Browser, user: &str) -> Result<(Url, String)> {
+        browser.sign_in(&self.app, user).await?;
+        let links = self.front.join("oauth/google/connect-links")?;
+        let body = json!({ "return_to": self.app.as_str() });
+        let (status, _, answer) = browser
+            .call_api(reqwest::Method::POST, &links, &self.app, Some(body))
+            .await?;
         ensure!(
-            status == StatusCode::FOUND,
-            "start answered {status}: {body}"
+            status == StatusCode::CREATED,
+            "connect-links answered {status}: {answer}"
         );
-        let authorization_url = location.context("start gave no Location")?;
+        let answer: Value = serde_json::from_str(&answer)?;
+        let connect = Url::parse(answer["connect_url"].as_str().context("no connect_url")?)?;
+        let link = answer["link"].as_str().context("no link")?.to_string();
+        Ok((connect, link))
+    }
+
+    /// The browser side of a connect, as the app page does it: sign in to the app, mint a
+    /// connect link with the JWT, submit it from the app's origin, consent as `account`, callback.
+    /// Returns the URL calsync sends the browser back to.
+    pub async fn connect(&self, browser: &mut Browser, user: &str, account: &str) -> Result<Url> {
+        let (connect, link) = self.mint_link(browser, user).await?;
+        let form: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("link", &link)
+            .finish();
+        let form = browser
+            .http
+            .post(connect.clone())
+            .header(header::ORIGIN, self.app.origin().ascii_serialization())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(form);
+        let (status, location, body) = browser.send(form, &connect).await?;
+        ensure!(
+            status == StatusCode::SEE_OTHER,
+            "connect answered {status}: {body}"
+        );
+        let authorization_url = location.context("connect gave no Location")?;
         let callback = self
             .google
             .consent(authorization_url.as_str(), account, "allow", &[])
             .await?;
-        let front_host = self.front.host_str().unwrap_or_default().to_string();
         let (status, location, body) = browser.get(&callback).await?;
         ensure!(
             status == StatusCode::FOUND,
@@ -204,15 +291,16 @@ impl DemoStack {
         );
         let back = location.context("callback gave no Location")?;
         ensure!(
-            back.host_str() == Some(front_host.as_str()),
+            back.origin() == self.app.origin(),
             "callback sent the browser to {back}"
         );
         Ok(back)
     }
 
     pub async fn status(&self, browser: &mut Browser) -> Result<Value> {
+        let url = self.front.join("oauth/google/status")?;
         let (status, _, body) = browser
-            .get(&self.front.join("oauth/google/status")?)
+            .call_api(reqwest::Method::GET, &url, &self.app, None)
             .await?;
         ensure!(status == StatusCode::OK, "status answered {status}: {body}");
         Ok(serde_json::from_str(&body)?)

@@ -13,6 +13,8 @@ cargo xtask test [--no-browser] [--no-sam]
                                browser tests and the demo story, sam build (arm64, the template's
                                default) and sam build + sam local invoke (x86_64) in Docker;
                                --no-browser / --no-sam skip those steps (the summary says so)
+cargo xtask jwt USER_ID        print a JWT for USER_ID that the running stack's authorizer accepts
+                               (curl -H \"Authorization: Bearer $(cargo xtask jwt u1)\" ...)
 cargo xtask browser            the real-browser tests (headless Chromium) against the running stack
 cargo xtask events             regenerate the stream events in events/ from moto's real stream
 cargo xtask sam [--fresh-engine]
@@ -45,6 +47,9 @@ async fn main() -> ExitCode {
             .await
             .map(|summary| println!("events: {summary}")),
         ["stand-ins"] => stand_ins().await,
+        ["jwt", user] => running_stack()
+            .and_then(|_| stack::mint_jwt(user))
+            .map(|token| println!("{}", secrecy::ExposeSecret::expose_secret(&token))),
         ["browser"] => browser().await,
         ["sam"] => xtask::checks::sam::run_sam_checks(&testkit::paths::workspace_root()).await,
         ["sam", "--fresh-engine"] => {
@@ -85,8 +90,7 @@ async fn stack_up(rest: &[&str]) -> anyhow::Result<()> {
 /// The local stack's API Gateway and event source mapping (started by `stack up`).
 async fn stand_ins() -> anyhow::Result<()> {
     let state = running_stack()?;
-    let options = stack::Options::default();
-    xtask::local_aws::run(&state, stack::PREFIX, options.front_port).await
+    xtask::local_aws::run(&state, &stack::Options::default()).await
 }
 
 /// The README's first command: the whole story on a fresh local stack.
@@ -121,8 +125,9 @@ async fn demo(keep_running: bool) -> anyhow::Result<()> {
             stack::summary(&state)
         );
         println!(
-            "  sign in at {}__local/login, then Connect; `cargo xtask stack down` stops it",
-            state.front_url
+            "  sign in at {}login, then Connect; `cargo xtask jwt USER` prints a token for curl; \
+             `cargo xtask stack down` stops it",
+            state.app_url
         );
     } else {
         stack::down().await?;
@@ -136,7 +141,7 @@ async fn demo(keep_running: bool) -> anyhow::Result<()> {
 /// The browser tests against the running local stack.
 async fn browser() -> anyhow::Result<()> {
     let state = running_stack()?;
-    for line in xtask::checks::browser::run_all(&state.front_url.parse()?).await? {
+    for line in xtask::checks::browser::run_all(&state).await? {
         println!("browser: ok  {line}");
     }
     Ok(())

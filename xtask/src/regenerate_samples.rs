@@ -122,6 +122,7 @@ pub fn sam_env(template: &Template) -> Result<Value> {
         aws_port: stack::DEFAULT_AWS_PORT,
         google_port: stack::DEFAULT_GOOGLE_PORT,
         front_port: stack::DEFAULT_FRONT_PORT,
+        app_port: stack::DEFAULT_APP_PORT,
         rie_port: stack::DEFAULT_RIE_PORT,
     };
     let ctx = stack::context(&options)?;

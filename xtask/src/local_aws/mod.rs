@@ -1,11 +1,15 @@
 //! The local stand-ins for AWS. [`stack`] is what CloudFormation would create, as long-running
-//! processes. In front of the functions stand [`api_gateway`] (the HTTP API on `localhost`) and
-//! [`event_source_mapping`] (the poller feeding event-sync from the Events table's stream); `cargo
-//! xtask stand-ins` runs both as one process of the stack, which `stack up` starts after the
-//! functions. It reads `.dev/stack.json`.
+//! processes. In front of the functions stand [`api_gateway`] (the HTTP API on `localhost`, with
+//! the template's JWT authorizer and CORS) and [`event_source_mapping`] (the poller feeding
+//! event-sync from the Events table's stream); beside them, on a site of its own, [`app`] stands
+//! in for the app and its identity provider ([`issuer`]). `cargo xtask stand-ins` runs all three
+//! as one process of the stack, which `stack up` starts after the functions. It reads
+//! `.dev/stack.json`.
 
 pub mod api_gateway;
+pub mod app;
 pub mod event_source_mapping;
+pub mod issuer;
 pub mod stack;
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
@@ -22,18 +26,32 @@ pub fn failure_queue_name(prefix: &str) -> String {
     format!("{prefix}EventSyncFailureQueue")
 }
 
-/// Runs the API Gateway and the event source mapping until either fails.
-pub async fn run(state: &State, prefix: &str, front_port: u16) -> Result<()> {
+/// Binds a loopback port of the stand-ins.
+async fn listen(port: u16, what: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .with_context(|| format!("binding {what} to 127.0.0.1:{port}"))
+}
+
+/// Runs the API Gateway, the app with its issuer, and the event source mapping until one fails.
+pub async fn run(state: &State, options: &stack::Options) -> Result<()> {
     let template = Template::load_workspace()?;
     let routes = api_gateway::routes_from_template(&template)?;
+    let api = template.http_api(&stack::context(options)?)?;
+    let issuer = stack::issuer(options)?;
     let invokers: HashMap<String, String> = state
         .functions
         .iter()
         .map(|(id, f)| (id.clone(), f.invoke_url.clone()))
         .collect();
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], front_port)))
-        .await
-        .with_context(|| format!("binding the HTTP front to 127.0.0.1:{front_port}"))?;
+    let listener = listen(options.front_port, "the HTTP front").await?;
+    let app_listener = listen(options.app_port, "the app").await?;
+    let api_url: url::Url = state.front_url.parse()?;
+    let audience = api
+        .jwt
+        .as_ref()
+        .and_then(|jwt| jwt.audience.first().cloned())
+        .context("the HTTP API has no JWT audience")?;
 
     let stream_function = template
         .functions()?
@@ -56,7 +74,7 @@ pub async fn run(state: &State, prefix: &str, front_port: u16) -> Result<()> {
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let queue_url = sqs
         .create_queue()
-        .queue_name(failure_queue_name(prefix))
+        .queue_name(failure_queue_name(stack::PREFIX))
         .send()
         .await
         .context("creating the on-failure queue")?
@@ -87,9 +105,13 @@ pub async fn run(state: &State, prefix: &str, front_port: u16) -> Result<()> {
         },
         idle_wait: Duration::from_millis(250),
     };
-    println!("gateway: HTTP front on http://localhost:{front_port}/, polling {events_table}");
+    println!(
+        "gateway: HTTP front on {}, app on {}, polling {events_table}",
+        state.front_url, state.app_url
+    );
     tokio::select! {
-        result = api_gateway::serve(listener, routes, invokers) => result.context("the local API Gateway stopped"),
+        result = api_gateway::serve(listener, routes, invokers, api) => result.context("the local API Gateway stopped"),
+        result = app::serve(app_listener, issuer, audience, &api_url) => result.context("the local app stopped"),
         result = poller.run() => {
             result.context("the local event source mapping stopped")?;
             bail!("the local event source mapping stopped")

@@ -1,7 +1,8 @@
 //! `cargo xtask stack up|down|status`: the whole local stack as long-running processes. moto's
 //! server with the template's tables and both secrets, the Google emulator with the stack's OAuth
 //! client, each function of the template under the Runtime Interface Emulator, and the stand-ins
-//! process (the local API Gateway and event source mapping). State lives in
+//! process (the local API Gateway, the app with its JWT issuer, and the event source mapping).
+//! The issuer's RSA key is `.dev/jwt-issuer.pem`. State lives in
 //! `.dev/`: `stack.json` and `stack.env` (every variable and URL), pid files in `.dev/run/`, logs
 //! in `.dev/logs/`. `up` on a running stack changes nothing; `down` stops by pid and tolerates
 //! stale pid files. `CALSYNC_STACK_BIN_DIR` runs prebuilt binaries instead of building.
@@ -20,15 +21,19 @@ use testkit::stack::{StackSecrets, provision};
 use testkit::template::{Context, Template};
 use testkit::{aws, moto, paths, process, rie};
 
+use crate::local_aws::issuer::Issuer;
 use crate::setup;
+use secrecy::SecretString;
 
 /// Local resource names are `calsync-local-GrantsTable` and so on.
 pub const PREFIX: &str = "calsync-local-";
 pub const DEFAULT_AWS_PORT: u16 = 5005;
 pub const DEFAULT_GOOGLE_PORT: u16 = 8085;
-/// The HTTP front (the app's site) is on `localhost`, the emulator on `127.0.0.1`: two sites, so the
-/// `SameSite=Lax` cookie is exercised as browsers treat a cross-site redirect.
+/// The HTTP front (the API) is on `localhost`; the app and the emulator are on `127.0.0.1`, another
+/// site, so the browser treats the app's calls and Google's redirect back as cross-site.
 pub const DEFAULT_FRONT_PORT: u16 = 3000;
+/// The app stand-in and its identity provider, on `127.0.0.1`.
+pub const DEFAULT_APP_PORT: u16 = 3001;
 /// Function `i` of the template is invoked on `rie_port + i`; its runtime API is 100 above that.
 pub const DEFAULT_RIE_PORT: u16 = 9101;
 const RUNTIME_API_OFFSET: u16 = 100;
@@ -41,6 +46,7 @@ pub struct Options {
     pub aws_port: u16,
     pub google_port: u16,
     pub front_port: u16,
+    pub app_port: u16,
     pub rie_port: u16,
 }
 
@@ -57,6 +63,7 @@ impl Default for Options {
             aws_port: port("CALSYNC_AWS_PORT", DEFAULT_AWS_PORT),
             google_port: port("CALSYNC_GOOGLE_PORT", DEFAULT_GOOGLE_PORT),
             front_port: port("CALSYNC_FRONT_PORT", DEFAULT_FRONT_PORT),
+            app_port: port("CALSYNC_APP_PORT", DEFAULT_APP_PORT),
             rie_port: port("CALSYNC_RIE_PORT", DEFAULT_RIE_PORT),
         }
     }
@@ -70,6 +77,9 @@ pub struct State {
     /// The local HTTP front (API Gateway's stand-in), e.g. `http://localhost:3000/`.
     #[serde(default)]
     pub front_url: String,
+    /// The app stand-in, on another site, e.g. `http://127.0.0.1:3001/`; also the JWT issuer.
+    #[serde(default)]
+    pub app_url: String,
     /// Template logical id to its local function.
     pub functions: BTreeMap<String, LocalFunction>,
     /// The environment every function gets (plus the AWS variables).
@@ -130,18 +140,49 @@ fn load_or_create_secrets() -> Result<StackSecrets> {
     Ok(secrets)
 }
 
-/// The template's parameters for the local stack.
+/// The template's parameters for the local stack: the browser returns to the app, Google
+/// redirects to the API, and the app's origin is the JWT issuer.
 pub fn context(options: &Options) -> Result<Context> {
     let google = Url::parse(&format!("http://{}:{}/", options.host, options.google_port))?;
     let aws = format!("http://{}:{}", options.host, options.aws_port);
-    // The front is the app: the browser returns there, and Google's redirect lands on it.
-    let app = Url::parse(&front_url(options))?;
-    Ok(testkit::stack::local_context(PREFIX, &google, &aws, &app))
+    let (app, api) = (
+        Url::parse(&app_url(options))?,
+        Url::parse(&front_url(options))?,
+    );
+    let mut ctx = testkit::stack::local_context(PREFIX, &google, &aws, &app, &api);
+    ctx.parameters
+        .insert("JwtIssuer".into(), app.origin().ascii_serialization());
+    Ok(ctx)
 }
 
-/// Where the browser reaches the stack's HTTP routes.
+/// Where the browser reaches the stack's HTTP routes (the API).
 pub fn front_url(options: &Options) -> String {
     format!("http://localhost:{}/", options.front_port)
+}
+
+/// The app stand-in's page.
+pub fn app_url(options: &Options) -> String {
+    format!("http://127.0.0.1:{}/", options.app_port)
+}
+
+/// The stack's JWT issuer, its key kept in `.dev/jwt-issuer.pem`.
+pub fn issuer(options: &Options) -> Result<Issuer> {
+    let ctx = context(options)?;
+    Issuer::load_or_create(
+        &paths::dev_dir().join("jwt-issuer.pem"),
+        &ctx.parameters["JwtIssuer"],
+    )
+}
+
+/// A JWT for `user` that the running stack's authorizer accepts (`cargo xtask jwt USER`).
+pub fn mint_jwt(user: &str) -> Result<SecretString> {
+    let options = Options::default();
+    let api = Template::load_workspace()?.http_api(&context(&options)?)?;
+    let audience = api
+        .jwt
+        .and_then(|jwt| jwt.audience.into_iter().next())
+        .context("template.yaml declares no JWT audience")?;
+    issuer(&options)?.mint(user, &audience)
 }
 
 fn target_dir() -> PathBuf {
@@ -204,6 +245,7 @@ pub async fn up(options: &Options) -> Result<State> {
             "CALSYNC_GOOGLE_PORT",
         ),
         ("127.0.0.1", options.front_port, "CALSYNC_FRONT_PORT"),
+        ("127.0.0.1", options.app_port, "CALSYNC_APP_PORT"),
     ] {
         ensure_free(host, port, variable)?;
     }
@@ -293,27 +335,33 @@ pub async fn up(options: &Options) -> Result<State> {
         aws_endpoint,
         google_url,
         front_url: front_url(options),
+        app_url: app_url(options),
         functions,
         env: all_env,
     };
     write_state(&state)?;
 
-    // The API Gateway and the event source mapping run in one process of their own.
+    // The key exists before the stand-ins (and `cargo xtask jwt`) read it.
+    issuer(options)?;
+    // The API Gateway, the app and the event source mapping run in one process of their own.
     let mut stand_ins = Command::new(bin.join("xtask"));
     stand_ins
         .arg("stand-ins")
-        .env("CALSYNC_FRONT_PORT", options.front_port.to_string());
+        .env("CALSYNC_FRONT_PORT", options.front_port.to_string())
+        .env("CALSYNC_APP_PORT", options.app_port.to_string());
     process::spawn_detached(
         &mut stand_ins,
         &log_file("stand-ins"),
         &pid_file("stand-ins"),
     )?;
-    process::wait_for_port(
-        SocketAddr::from(([127, 0, 0, 1], options.front_port)),
-        Duration::from_secs(20),
-        "the local API Gateway and event source mapping (log: .dev/logs/stand-ins.log)",
-    )
-    .await?;
+    for port in [options.front_port, options.app_port] {
+        process::wait_for_port(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(20),
+            "the local API Gateway, app and event source mapping (log: .dev/logs/stand-ins.log)",
+        )
+        .await?;
+    }
     Ok(state)
 }
 
@@ -398,7 +446,8 @@ pub fn summary(state: &State) -> String {
     let mut out = vec![
         format!("  AWS (moto)        {}", state.aws_endpoint),
         format!("  Google emulator   {}", state.google_url),
-        format!("  HTTP front (app)  {}", state.front_url),
+        format!("  API (front)       {}", state.front_url),
+        format!("  app (JWT issuer)  {}", state.app_url),
     ];
     for (id, function) in &state.functions {
         out.push(format!("  {id:<22} {}", function.invoke_url));
