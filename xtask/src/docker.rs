@@ -340,8 +340,8 @@ async fn ensure_base_tarball(dev: &Path) -> Result<PathBuf> {
 pub async fn run_on_fresh_engine(root: &Path) -> Result<()> {
     let dev = root.join(".dev");
     ensure!(
-        apt::which("ip").is_some(),
-        "--fresh-engine needs `ip` (Debian package iproute2)"
+        apt::which("ip").is_some() && apt::which("nsenter").is_some(),
+        "--fresh-engine needs `ip` (Debian package iproute2) and `nsenter` (util-linux)"
     );
     if apt::which("dockerd").is_none() || apt::which("docker").is_none() {
         apt::install(&["docker.io"], "sam local invoke", "--no-sam")?;
@@ -358,8 +358,10 @@ pub async fn run_on_fresh_engine(root: &Path) -> Result<()> {
         "sam: fresh engine: network namespace {FRESH_NAMESPACE}, state {}",
         state.display()
     );
-    let status = Command::new("ip")
-        .args(["netns", "exec", FRESH_NAMESPACE])
+    // nsenter enters only the network namespace: `ip netns exec` would also remount /sys, which
+    // hides the cgroup mounts a Docker engine needs ("Devices cgroup isn't mounted").
+    let status = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{FRESH_NAMESPACE}"))
         .arg(std::env::current_exe()?)
         .arg("sam")
         .env(
