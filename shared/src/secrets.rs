@@ -96,12 +96,20 @@ enum Backend {
     Fixed,
 }
 
+/// The least time between two keyring fetches caused by an unknown key id. A value sealed under
+/// a key newer than this instance's cache (another instance saw the rotation first) fetches the
+/// keyring at once; a value naming a key that exists nowhere cannot turn every read into a call
+/// to Secrets Manager.
+pub const UNKNOWN_KEY_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Fetches and caches both secrets. Cheap to share behind an `Arc`.
 pub struct SecretsCache {
     backend: Backend,
     ttl: Duration,
     google_client: Mutex<Option<Cached<GoogleClient>>>,
     keyring: Mutex<Option<Cached<Keyring>>>,
+    /// When an unknown key id last made the keyring be fetched again.
+    unknown_key_refetch: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for SecretsCache {
@@ -123,6 +131,7 @@ impl SecretsCache {
             ttl,
             google_client: Mutex::new(None),
             keyring: Mutex::new(None),
+            unknown_key_refetch: Mutex::new(None),
         }
     }
 
@@ -140,6 +149,7 @@ impl SecretsCache {
                 value: Arc::new(keyring),
                 fetched_at: now,
             })),
+            unknown_key_refetch: Mutex::new(None),
         }
     }
 
@@ -158,6 +168,33 @@ impl SecretsCache {
             Keyring::from_json(&text).map_err(|source| SecretsError::Keyring { id, source })
         })
         .await
+    }
+
+    /// The keyring, fetched again (at most once per [`UNKNOWN_KEY_REFETCH_INTERVAL`]) when it
+    /// lacks one of `key_ids`: after a rotation, a warm instance opens what a newer one sealed.
+    pub async fn keyring_knowing(&self, key_ids: &[&str]) -> Result<Arc<Keyring>, SecretsError> {
+        let keyring = self.keyring().await?;
+        let unknown: Vec<&str> = key_ids
+            .iter()
+            .copied()
+            .filter(|id| !keyring.has_key(id))
+            .collect();
+        if unknown.is_empty() || matches!(self.backend, Backend::Fixed) {
+            return Ok(keyring);
+        }
+        {
+            let mut last = self.unknown_key_refetch.lock().await;
+            if last.is_some_and(|at| at.elapsed() < UNKNOWN_KEY_REFETCH_INTERVAL) {
+                return Ok(keyring);
+            }
+            *last = Some(Instant::now());
+        }
+        tracing::info!(
+            key_ids = ?unknown,
+            "a sealed value names a key the cached keyring lacks: fetching the keyring again"
+        );
+        self.keyring.lock().await.take();
+        self.keyring().await
     }
 
     /// One fetch at a time per secret: concurrent callers wait for the first one's answer.

@@ -143,6 +143,15 @@ impl Keyring {
     pub fn current_key_id(&self) -> &str {
         &self.current
     }
+
+    pub fn has_key(&self, key_id: &str) -> bool {
+        self.keys.contains_key(key_id)
+    }
+}
+
+/// The key id a sealed value names (its second field), if it has one.
+pub fn sealed_key_id(sealed: &str) -> Option<&str> {
+    sealed.split('.').nth(1)
 }
 
 /// Seals and opens secret values for one (table, user id) place.

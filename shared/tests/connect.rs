@@ -913,7 +913,7 @@ async fn two_racing_callbacks_connect_once() {
 }
 
 #[tokio::test]
-async fn a_rotated_keyring_reads_old_grants_and_reseals_on_the_next_write() {
+async fn a_rotated_keyring_reads_old_grants_reseals_on_the_next_write_and_reaches_warm_instances() {
     let h = Harness::start().await;
     assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
     let sealed_key_id = |item: &HashMap<String, AttributeValue>| {
@@ -937,9 +937,22 @@ async fn a_rotated_keyring_reads_old_grants_and_reseals_on_the_next_write() {
             .unwrap()
     };
     let old_key_id = sealed_key_id(&read_item().await);
+    let secrets = aws_sdk_secretsmanager::Client::new(&h.stack.sdk);
+    // A warm instance: its cache (the default 15-minute lifetime) holds the keyring from before
+    // the rotation.
+    let warm_cache = Arc::new(SecretsCache::new(secrets.clone(), h.config.secrets.clone()));
+    let warm = DynamoGrantStore::new(
+        h.dynamodb.clone(),
+        h.table("GrantsTable"),
+        warm_cache.clone(),
+    );
+    assert!(warm.get("user-1").await.unwrap().is_some());
+    assert_eq!(
+        warm_cache.keyring().await.unwrap().current_key_id(),
+        old_key_id
+    );
 
     // Rotate: add a key, make it current, keep the old one.
-    let secrets = aws_sdk_secretsmanager::Client::new(&h.stack.sdk);
     let text = secrets
         .get_secret_value()
         .secret_id(&h.config.secrets.token_keys)
@@ -975,11 +988,21 @@ async fn a_rotated_keyring_reads_old_grants_and_reseals_on_the_next_write() {
     store.save(&grant).await.unwrap();
     assert_eq!(sealed_key_id(&read_item().await), "rotated-2");
     let reread = store.get("user-1").await.unwrap().unwrap();
-    assert_eq!(
-        reread.refresh_token.unwrap().expose_secret(),
-        grant.refresh_token.unwrap().expose_secret()
-    );
+    let reread_refresh = reread.refresh_token.unwrap().expose_secret().to_string();
+    assert_eq!(reread_refresh, grant.refresh_token.unwrap().expose_secret());
     assert_eq!(fresh.keyring().await.unwrap().current_key_id(), "rotated-2");
+
+    // The warm instance meets a grant sealed under a key its cached keyring lacks: it fetches the
+    // keyring once more instead of failing until its cache expires.
+    let seen_by_warm = warm.get("user-1").await.unwrap().unwrap();
+    assert_eq!(
+        seen_by_warm.refresh_token.unwrap().expose_secret(),
+        reread_refresh
+    );
+    assert_eq!(
+        warm_cache.keyring().await.unwrap().current_key_id(),
+        "rotated-2"
+    );
     h.assert_no_leaks().await;
 }
 

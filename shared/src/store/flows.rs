@@ -61,7 +61,10 @@ impl DynamoFlowStore {
     async fn to_flow(&self, item: Item) -> Result<Flow, FlowError> {
         let stored: StoredFlow =
             serde_dynamo::from_item(item).map_err(|e| FlowError::Corrupt(e.to_string()))?;
-        let vault = self.0.vault().await?;
+        let vault = self
+            .0
+            .vault_opening([stored.verifier_sealed.as_str()])
+            .await?;
         let verifier = self
             .0
             .open(&vault, &stored.user_id, &stored.verifier_sealed)?;

@@ -106,7 +106,15 @@ impl GrantStore for DynamoGrantStore {
                 user_id: user_id.to_string(),
                 reason: e.to_string(),
             })?;
-        let vault = self.0.vault().await?;
+        let vault = self
+            .0
+            .vault_opening(
+                [&stored.access_token_sealed, &stored.refresh_token_sealed]
+                    .into_iter()
+                    .flatten()
+                    .map(String::as_str),
+            )
+            .await?;
         let open = |sealed: &Option<String>| {
             each_token(user_id, sealed.as_deref(), |v| {
                 self.0.open(&vault, user_id, v)

@@ -200,6 +200,19 @@ impl SealedTable {
         Ok(Vault::new(self.secrets.keyring().await?))
     }
 
+    /// The vault for opening `sealed` values: a key id the cached keyring lacks (a rotation this
+    /// instance has not seen yet) fetches the keyring again, within a bound.
+    pub async fn vault_opening<'a>(
+        &self,
+        sealed: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vault, SecretsError> {
+        let key_ids: Vec<&str> = sealed
+            .into_iter()
+            .filter_map(crate::vault::sealed_key_id)
+            .collect();
+        Ok(Vault::new(self.secrets.keyring_knowing(&key_ids).await?))
+    }
+
     pub fn seal(
         &self,
         vault: &Vault,
