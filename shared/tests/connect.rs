@@ -849,7 +849,8 @@ async fn grant_writes_are_versioned_and_tokens_sealed_at_rest() {
         !item.contains_key("refresh_token_sealed") && !item.contains_key("access_token_sealed")
     );
 
-    // The sealed refresh token copied into another user's item does not open.
+    // The sealed refresh token copied into another user's item does not open: that grant holds
+    // no token and reads as needs_reauth.
     let mut stolen = sealed_item.clone();
     stolen.insert("user_id".into(), AttributeValue::S("user-evil".into()));
     h.dynamodb
@@ -859,10 +860,9 @@ async fn grant_writes_are_versioned_and_tokens_sealed_at_rest() {
         .send()
         .await
         .unwrap();
-    assert!(matches!(
-        h.callback.grants.get("user-evil").await,
-        Err(calsync::grants::GrantError::Vault { .. })
-    ));
+    let stolen = h.callback.grants.get("user-evil").await.unwrap().unwrap();
+    assert!(stolen.refresh_token.is_none() && stolen.access_token.is_none());
+    assert_eq!(stolen.status, GrantStatus::NeedsReauth);
 
     // A Secrets Manager backed cache reads both secrets in their stored shapes.
     let cache = SecretsCache::new(
@@ -1420,5 +1420,45 @@ async fn a_reconnect_away_from_a_shared_account_leaves_it_to_the_other_user() {
     assert_eq!(h.revokes().await, 0);
     assert!(h.refreshes("user-2").await);
     assert!(h.refreshes("user-1").await);
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn an_unreadable_grant_counts_as_needs_reauth_until_the_user_reconnects() {
+    let h = Harness::start().await;
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    // Damage the sealed refresh token, as a corrupted item or a key removed too early would.
+    let key = ("user_id", AttributeValue::S("user-1".into()));
+    let item = h
+        .dynamodb
+        .get_item()
+        .table_name(h.table("GrantsTable"))
+        .key(key.0, key.1.clone())
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    let mut damaged: Vec<char> = item["refresh_token_sealed"]
+        .as_s()
+        .unwrap()
+        .chars()
+        .collect();
+    let middle = damaged.len() - 12;
+    damaged[middle] = if damaged[middle] == 'A' { 'B' } else { 'A' };
+    h.dynamodb
+        .update_item()
+        .table_name(h.table("GrantsTable"))
+        .key(key.0, key.1)
+        .update_expression("SET refresh_token_sealed = :damaged")
+        .expression_attribute_values(":damaged", AttributeValue::S(damaged.into_iter().collect()))
+        .send()
+        .await
+        .unwrap();
+
+    // Status says what the user must do (not a 500), and a reconnect overwrites the grant.
+    assert_eq!(h.status_of("user-1").await["status"], "needs_reauth");
+    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    assert_eq!(h.status_of("user-1").await["status"], "active");
     h.assert_no_leaks().await;
 }

@@ -15,7 +15,7 @@ use super::{Item, SealedTable, unless_condition_failed};
 use crate::{
     grants::{Grant, GrantError, GrantStatus, GrantStore},
     secrets::SecretsCache,
-    vault::VaultError,
+    vault::{VaultError, sealed_key_id},
 };
 
 /// The item as DynamoDB holds it: tokens only as sealed text.
@@ -106,25 +106,41 @@ impl GrantStore for DynamoGrantStore {
                 user_id: user_id.to_string(),
                 reason: e.to_string(),
             })?;
-        let vault = self
-            .0
-            .vault_opening(
-                [&stored.access_token_sealed, &stored.refresh_token_sealed]
-                    .into_iter()
-                    .flatten()
-                    .map(String::as_str),
-            )
-            .await?;
+        let sealed: Vec<&str> = [&stored.access_token_sealed, &stored.refresh_token_sealed]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        let vault = self.0.vault_opening(sealed.iter().copied()).await?;
         let open = |sealed: &Option<String>| {
             each_token(user_id, sealed.as_deref(), |v| {
                 self.0.open(&vault, user_id, v)
             })
         };
+        let opened = open(&stored.access_token_sealed)
+            .and_then(|access| Ok((access, open(&stored.refresh_token_sealed)?)));
+        let (access_token, refresh_token, status) = match opened {
+            Ok((access, refresh)) => (access, refresh, stored.status),
+            // Corrupt ciphertext, or a key no longer in the keyring: only a new connect can
+            // help, so the grant reads as needs_reauth (status says so, sync parks, a reconnect
+            // overwrites it). The item is left as it is, in case the key comes back.
+            Err(GrantError::Vault { source, .. }) => {
+                let key_ids: Vec<&str> = sealed.iter().filter_map(|s| sealed_key_id(s)).collect();
+                tracing::warn!(
+                    user_id,
+                    ?key_ids,
+                    error = %source,
+                    "the stored grant's tokens cannot be opened: it counts as needs_reauth until the user reconnects"
+                );
+                (None, None, GrantStatus::NeedsReauth)
+            }
+            Err(other) => return Err(other),
+        };
         Ok(Some(Grant {
-            access_token: open(&stored.access_token_sealed)?,
-            refresh_token: open(&stored.refresh_token_sealed)?,
+            access_token,
+            refresh_token,
             user_id: stored.user_id,
-            status: stored.status,
+            status,
             google_sub: stored.google_sub,
             google_email: stored.google_email,
             scopes: stored.scopes,
