@@ -5,8 +5,9 @@
 
 use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
 
-/// Installs the JSON subscriber on stdout. The level comes from `RUST_LOG`, else Lambda's
-/// `AWS_LAMBDA_LOG_LEVEL`, else `info`.
+/// Installs the JSON subscriber on stdout. The level comes from Lambda's `AWS_LAMBDA_LOG_LEVEL`
+/// (the template's `LoggingConfig`, changeable without a deploy of code), else `RUST_LOG` (a
+/// filter such as `calsync=debug` for local runs), else `info`.
 pub fn init() {
     init_with_writer(std::io::stdout);
 }
@@ -16,10 +17,10 @@ pub fn init_with_writer<W>(writer: W)
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
-        .map(|l| l.to_lowercase())
-        .unwrap_or_else(|_| "info".into());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = match std::env::var("AWS_LAMBDA_LOG_LEVEL") {
+        Ok(level) => EnvFilter::new(level.to_lowercase()),
+        Err(_) => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
