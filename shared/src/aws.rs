@@ -27,6 +27,7 @@ pub async fn sdk_config() -> SdkConfig {
 pub struct Clients {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
+    pub sqs: aws_sdk_sqs::Client,
 }
 
 impl Clients {
@@ -34,6 +35,7 @@ impl Clients {
         Self {
             dynamodb: aws_sdk_dynamodb::Client::new(config),
             secrets: aws_sdk_secretsmanager::Client::new(config),
+            sqs: aws_sdk_sqs::Client::new(config),
         }
     }
 

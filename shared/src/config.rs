@@ -17,11 +17,12 @@ pub const DEFAULT_GOOGLE_SCOPES: &str =
 pub const DEFAULT_SYNC_CONCURRENCY: usize = 8;
 
 /// The variables without a default: a function stops at start when one is missing.
-pub const REQUIRED_VARIABLES: [&str; 9] = [
+pub const REQUIRED_VARIABLES: [&str; 10] = [
     "GRANTS_TABLE",
     "OAUTH_FLOWS_TABLE",
     "SYNC_STATE_TABLE",
     "EVENTS_TABLE",
+    "RESYNC_QUEUE_URL",
     "GOOGLE_CLIENT_SECRET_ID",
     "TOKEN_KEYS_SECRET_ID",
     "OAUTH_REDIRECT_URI",
@@ -260,6 +261,8 @@ pub struct Config {
     pub google: GoogleEndpoints,
     pub oauth: OAuthSettings,
     pub sync_concurrency: usize,
+    /// The SQS queue of resync jobs ([`crate::resync`]).
+    pub resync_queue_url: String,
 }
 
 impl Config {
@@ -275,6 +278,10 @@ impl Config {
             google: GoogleEndpoints::read(&r)?,
             oauth: OAuthSettings::read(&r)?,
             sync_concurrency: r.positive("SYNC_CONCURRENCY", DEFAULT_SYNC_CONCURRENCY)?,
+            resync_queue_url: r.required(
+                "RESYNC_QUEUE_URL",
+                "the template sets it to the resync queue's URL",
+            )?,
         })
     }
 }
@@ -303,6 +310,10 @@ pub(crate) fn test_variables(
         ("OAUTH_FLOWS_TABLE", "flows"),
         ("SYNC_STATE_TABLE", "sync"),
         ("EVENTS_TABLE", "events"),
+        (
+            "RESYNC_QUEUE_URL",
+            "https://sqs.eu-west-1.amazonaws.com/123456789012/resync",
+        ),
         ("GOOGLE_CLIENT_SECRET_ID", "client"),
         ("TOKEN_KEYS_SECRET_ID", "keys"),
         (

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+use crate::sync_state::Page;
 use crate::{secrets::SecretsError, vault::VaultError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +116,14 @@ pub trait GrantStore: Send + Sync {
         &self,
         google_sub: &str,
     ) -> impl Future<Output = Result<Vec<String>, GrantError>> + Send;
+
+    /// One page of the users whose grant is `active` (the sweep resyncs each): `cursor` is the
+    /// previous page's [`Page::next`]. A page may hold fewer than a full page, or none, and
+    /// still have a next.
+    fn active_users(
+        &self,
+        cursor: Option<&str>,
+    ) -> impl Future<Output = Result<Page<String>, GrantError>> + Send;
 }
 
 /// Whether a stored grant other than `except_user`'s still holds a usable refresh token for

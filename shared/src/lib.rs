@@ -16,6 +16,7 @@ pub mod google_oauth;
 pub mod grants;
 pub mod http;
 pub mod mapping;
+pub mod resync;
 pub mod secrets;
 pub mod store;
 pub mod sync;

@@ -126,6 +126,18 @@ pub fn synced_fields_changed(old: &serde_dynamo::Item, new: &serde_dynamo::Item)
         .any(|name| old.get(*name) != new.get(*name))
 }
 
+/// A digest of the row's [`SYNCED_ATTRIBUTES`]: equal for two images exactly when
+/// [`synced_fields_changed`] says nothing changed, so a stored fingerprint tells a resync whether
+/// Google already holds this version of the row. (Built from the values' debug text: a new
+/// library version may change it, which costs one harmless re-apply per row.)
+pub fn fingerprint(image: &serde_dynamo::Item) -> String {
+    let mut hash = Sha256::new();
+    for name in SYNCED_ATTRIBUTES {
+        hash.update(format!("{name}={:?};", image.get(name)).as_bytes());
+    }
+    BASE32HEX_NOPAD.encode(&hash.finalize()).to_ascii_lowercase()
+}
+
 enum Moment {
     Timed(DateTime<FixedOffset>),
     Date(NaiveDate),

@@ -1,11 +1,11 @@
 //! The event-sync handler: DynamoDB stream batches applied to Google Calendar in order,
-//! idempotently, with parking and replay.
+//! idempotently, with parking, and the resync that brings a user's calendar up to date.
 //!
 //! - [`batch`]: groups a batch by event id, applies each group in stream order, runs groups
 //!   concurrently, and names the records that must be retried.
 //! - [`apply`]: what one change (upsert or remove) does to Google and to the sync state.
 //! - [`retry`]: backoff with jitter inside the invocation's remaining time.
-//! - [`replay`]: re-applies a user's parked changes from the current rows after they connect.
+//! - [`resync`]: applies a user's current rows (and parked changes) wherever Google lacks them.
 //! - [`handler`]: the Lambda entry point and the production wiring ([`handler::SyncDeps`]).
 //!
 //! The README's "How sync works" section explains the semantics for users.
@@ -13,7 +13,7 @@
 pub mod apply;
 pub mod batch;
 pub mod handler;
-pub mod replay;
+pub mod resync;
 pub mod retry;
 
 pub use handler::handle;
@@ -25,7 +25,7 @@ use crate::{
     sync_state::SyncStateStore,
     tokens::{GrantAccess, TokenProvider, TokenRefresher},
 };
-use replay::EventsSource;
+use resync::EventsSource;
 
 /// The per-batch token cache over a bundle's grants and refresher.
 type Tokens<'a, P> = TokenProvider<'a, <P as SyncPorts>::Grants, <P as SyncPorts>::Refresher>;
@@ -37,7 +37,7 @@ pub trait SyncPorts {
     type States: SyncStateStore;
     type Grants: GrantAccess;
     type Refresher: TokenRefresher;
-    /// The app's Events table, read by the replay only.
+    /// The app's Events table, read by the resync only.
     type Events: EventsSource;
 }
 

@@ -106,6 +106,9 @@ pub struct SyncState {
     pub google_event_id: Option<String>,
     pub status: SyncStatus,
     pub last_sequence: Option<Sequence>,
+    /// [`crate::mapping::EventRow::fingerprint`] of the row Google holds (set while `synced`):
+    /// a resync skips rows whose fingerprint matches, and re-applies the rest.
+    pub fingerprint: Option<String>,
     pub last_error: Option<String>,
     pub updated_at: DateTime<Utc>,
 }
@@ -154,12 +157,26 @@ pub trait SyncStateStore: Send + Sync {
         expected: &Expected,
     ) -> impl Future<Output = Result<(), StateError>> + Send;
 
-    /// Every parked state (`needs_reauth`, `not_connected`) of a user.
-    fn parked(
+    /// One page of a user's states, in no promised order; `cursor` is the previous page's
+    /// [`Page::next`].
+    fn of_user(
         &self,
         user_id: &str,
-    ) -> impl Future<Output = Result<Vec<SyncState>, StateError>> + Send;
+        cursor: Option<&str>,
+    ) -> impl Future<Output = Result<Page<SyncState>, StateError>> + Send;
 }
+
+/// One page of a listing, and where the next one starts (`None`: this was the last). The cursor
+/// is opaque text (a table's own resume key) that a queued job can carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+/// Items per page of the listings a resync walks: small enough that one page fits well inside
+/// an invocation, so a page is the unit a resync redoes after a crash.
+pub const PAGE_SIZE: usize = 100;
 
 /// How many of a user's changes wait for a usable grant: all the status route needs to know.
 pub trait ParkedChanges: Send + Sync {

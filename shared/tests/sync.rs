@@ -21,8 +21,12 @@ use calsync::{
     http::{self, CallbackDeps, StartDeps},
     mapping::google_event_id,
     secrets::SecretsCache,
-    store::{DynamoFlowStore, DynamoGrantStore, DynamoSyncStateStore},
-    sync::{self, handler::SyncDeps, replay::ProductionReplay},
+    resync::{
+        ResyncOnConnect,
+        handler::{self as resync_handler, ResyncDeps, ResyncEvent},
+    },
+    store::{DynamoFlowStore, DynamoGrantStore, DynamoSyncStateStore, SqsJobQueue},
+    sync::{self, handler::SyncDeps},
     sync_state::{SyncState, SyncStateStore, SyncStatus},
 };
 use lambda_http::Body;
@@ -46,7 +50,8 @@ struct Harness {
     clients: Clients,
     deps: SyncDeps,
     start: StartDeps<DynamoFlowStore>,
-    callback: CallbackDeps<http::Production<ProductionReplay>>,
+    callback: CallbackDeps<http::Production<ResyncOnConnect<SqsJobQueue>>>,
+    resync: ResyncDeps<resync_handler::Production>,
     events_table: String,
     /// Stream records already handed out.
     seen: Mutex<usize>,
@@ -58,11 +63,15 @@ impl Harness {
         let mut deps = SyncDeps::from_config(&config, &clients, calendar::DEFAULT_TIMEOUT);
         deps.retry.base = Duration::from_millis(20);
         deps.retry.cap = Duration::from_millis(200);
-        let replay = ProductionReplay::from_config(&config, &clients);
+        let queue = SqsJobQueue::new(clients.sqs.clone(), config.resync_queue_url.clone());
+        let mut resync = ResyncDeps::from_config(&config, &clients);
+        resync.syncer.retry.base = Duration::from_millis(20);
+        resync.syncer.retry.cap = Duration::from_millis(200);
         Self {
             events_table: stack.table("EVENTS_TABLE").to_string(),
             start: StartDeps::new(config.clone(), &clients),
-            callback: CallbackDeps::new(config.clone(), &clients, replay),
+            callback: CallbackDeps::new(config.clone(), &clients, ResyncOnConnect(queue)),
+            resync,
             deps,
             clients,
             config,
@@ -143,6 +152,36 @@ impl Harness {
             .iter()
             .map(|f| f["itemIdentifier"].as_str().unwrap().to_string())
             .collect()
+    }
+
+    /// Runs the resync queue's jobs as the SQS event source mapping would, until it is empty
+    /// (continuations included); a failed job stays invisible, as SQS keeps it. Returns the
+    /// number of jobs run.
+    async fn drain_resync(&self) -> usize {
+        let url = &self.config.resync_queue_url;
+        let arn = testkit::queues::arn_of_url(url, testkit::aws::REGION);
+        let mut jobs = 0;
+        loop {
+            let messages = testkit::queues::receive(&self.clients.sqs, url, 1, 0)
+                .await
+                .expect("receive");
+            if messages.is_empty() {
+                return jobs;
+            }
+            jobs += messages.len();
+            let event = testkit::queues::lambda_event(&messages, &arn, testkit::aws::REGION);
+            let payload: ResyncEvent = serde_json::from_value(event).expect("an SQS event");
+            let mut context = Context::default();
+            context.deadline =
+                (chrono::Utc::now() + chrono::Duration::seconds(300)).timestamp_millis() as u64;
+            let answer = resync_handler::handle(&self.resync, LambdaEvent::new(payload, context))
+                .await
+                .expect("the resync handler answers");
+            let answer = serde_json::to_value(&answer).unwrap();
+            testkit::queues::delete_handled(&self.clients.sqs, url, &messages, &answer)
+                .await
+                .expect("delete");
+        }
     }
 
     async fn run(&self, records: Vec<Value>) -> Vec<String> {
@@ -231,7 +270,13 @@ impl Harness {
 
     // -- connecting, through the real start and callback handlers --
 
+    /// Connects, then runs the resync the connect queued (as the resync function would).
     async fn connect(&self, user: &str, account: &str) {
+        self.connect_only(user, account).await;
+        assert!(self.drain_resync().await >= 1, "the connect queued a resync");
+    }
+
+    async fn connect_only(&self, user: &str, account: &str) {
         self.stack
             .connect_through(
                 user,
@@ -782,4 +827,166 @@ async fn a_changed_user_or_calendar_moves_the_event() {
         (state.user_id.as_deref(), state.calendar_id.as_str()),
         (Some("u2"), "team")
     );
+}
+
+// ---- resync: backfill, durable replay, the failure queue (issue 12) -------------------------
+
+impl Harness {
+    /// Writes `count` rows of `user` (ids `{prefix}-0000`, ...) 25 at a time, as an app's import
+    /// would.
+    async fn put_rows(&self, prefix: &str, user: &str, count: usize) {
+        let ids: Vec<String> = (0..count).map(|i| format!("{prefix}-{i:04}")).collect();
+        for chunk in ids.chunks(25) {
+            let writes = chunk
+                .iter()
+                .map(|id| {
+                    let item: HashMap<String, AttributeValue> = [
+                        ("event_id", id.as_str()),
+                        ("user_id", user),
+                        ("title", id.as_str()),
+                        ("start", "2026-12-01T09:00:00+01:00"),
+                        ("end", "2026-12-01T10:00:00+01:00"),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), s(v)))
+                    .collect();
+                    aws_sdk_dynamodb::types::WriteRequest::builder()
+                        .put_request(
+                            aws_sdk_dynamodb::types::PutRequest::builder()
+                                .set_item(Some(item))
+                                .build()
+                                .unwrap(),
+                        )
+                        .build()
+                })
+                .collect();
+            let answer = self
+                .clients
+                .dynamodb
+                .batch_write_item()
+                .request_items(&self.events_table, writes)
+                .send()
+                .await
+                .expect("batch write");
+            assert!(answer.unprocessed_items.unwrap_or_default().is_empty());
+        }
+    }
+
+    /// The ids of the live events in `email`'s primary calendar, and how many there are in all.
+    async fn live_ids(&self, email: &str) -> (std::collections::BTreeSet<String>, usize) {
+        let items = self
+            .control_get(&format!("calendars/{email}/primary/events"))
+            .await;
+        let items = items["items"].as_array().unwrap();
+        let live = items
+            .iter()
+            .filter(|e| e["status"] != "cancelled")
+            .map(|e| e["extendedProperties"]["private"]["calsync_event_id"].as_str().unwrap().to_string())
+            .collect();
+        (live, items.len())
+    }
+
+    async fn queue(&self, url: &str, body: &Value) {
+        self.clients
+            .sqs
+            .send_message()
+            .queue_url(url)
+            .message_body(body.to_string())
+            .send()
+            .await
+            .expect("send");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_rows_older_than_the_connect_all_reach_google_off_the_request_path() {
+    const ROWS: usize = 2000;
+    let h = Harness::start().await;
+    h.put_rows("bulk", "u1", ROWS).await;
+
+    let started = std::time::Instant::now();
+    h.connect_only("u1", ALICE).await;
+    println!("connect with {ROWS} rows waiting: {:?}", started.elapsed());
+    assert_eq!(h.writes().await, 0, "the callback wrote to Google itself");
+
+    let started = std::time::Instant::now();
+    let jobs = h.drain_resync().await;
+    println!("resync of {ROWS} rows: {jobs} job(s), {:?}", started.elapsed());
+    let (live, all) = h.live_ids(ALICE).await;
+    assert_eq!((live.len(), all), (ROWS, ROWS), "every row once, no duplicate");
+    assert_eq!(h.stats().await["calendar"]["insert"], ROWS as u64);
+
+    // Everything is in sync: resyncing again (the daily sweep) reads and writes nothing to Google.
+    let writes = h.writes().await;
+    let url = h.config.resync_queue_url.clone();
+    h.queue(&url, &json!({"job": "sweep"})).await;
+    assert_eq!(h.drain_resync().await, 2, "the sweep and one user job");
+    assert_eq!(h.writes().await, writes);
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_stream_gave_up_on_during_an_outage_arrives_through_the_failure_queue() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    h.put_row("kept", "u1", "Before the outage", &[]).await;
+    h.put_row("gone", "u1", "Removed during the outage", &[]).await;
+    assert!(h.sync_new().await.is_empty());
+
+    // Google is unreachable for longer than the mapping's retries and record age.
+    let mut down = h.config.clone();
+    down.google.calendar_api_url = "http://127.0.0.1:9/calendar/v3".parse().unwrap();
+    let mut outage = SyncDeps::from_config(&down, &h.clients, Duration::from_millis(500));
+    outage.retry.base = Duration::from_millis(5);
+    outage.retry.cap = Duration::from_millis(20);
+    h.put_row("kept", "u1", "Changed during the outage", &[]).await;
+    h.put_row("new", "u1", "Written during the outage", &[]).await;
+    h.delete_row("gone").await;
+    let records = h.new_records().await;
+    assert_eq!(h.run_with(&outage, records.clone()).await.len(), 3);
+
+    // Lambda gives up and records the batch on the on-failure queue; the stream moves on.
+    let failure = testkit::streams::failure_record(
+        &records,
+        testkit::streams::GiveUp::RecordAgeExceeded,
+        11,
+        "shardId-00000001",
+        "arn:aws:dynamodb:eu-west-1:123456789012:table/events/stream/1",
+        "arn:aws:lambda:eu-west-1:123456789012:function:event-sync",
+    );
+    let failure_queue = h
+        .config
+        .resync_queue_url
+        .replace("ResyncQueue", "EventSyncFailureQueue");
+    h.queue(&failure_queue, &failure).await;
+
+    // Google is back. The resync function consumes the failure queue: one sweep.
+    let arn = testkit::queues::arn_of_url(&failure_queue, testkit::aws::REGION);
+    let messages = testkit::queues::receive(&h.clients.sqs, &failure_queue, 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 1);
+    let event = testkit::queues::lambda_event(&messages, &arn, testkit::aws::REGION);
+    let mut context = Context::default();
+    context.deadline =
+        (chrono::Utc::now() + chrono::Duration::seconds(300)).timestamp_millis() as u64;
+    let answer = resync_handler::handle(
+        &h.resync,
+        LambdaEvent::new(serde_json::from_value(event).unwrap(), context),
+    )
+    .await
+    .unwrap();
+    assert!(answer.batch_item_failures.is_empty());
+    assert_eq!(h.drain_resync().await, 1, "the sweep queued the one connected user");
+
+    assert_eq!(
+        h.live_summary(ALICE, "kept").await.as_deref(),
+        Some("Changed during the outage")
+    );
+    assert_eq!(
+        h.live_summary(ALICE, "new").await.as_deref(),
+        Some("Written during the outage")
+    );
+    assert_eq!(h.live_summary(ALICE, "gone").await, None);
+    assert_eq!(h.state("gone").await.unwrap().status, SyncStatus::Deleted);
 }

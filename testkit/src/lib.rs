@@ -13,6 +13,7 @@ pub mod emulator_control;
 pub mod moto;
 pub mod paths;
 pub mod process;
+pub mod queues;
 pub mod rie;
 pub mod seed;
 pub mod stack;

@@ -28,7 +28,7 @@ use url::Url;
 use crate::api_gateway::{HttpApiEvent, answer_header, answer_of, answer_set_cookies, cookie_pair};
 use crate::emulator_control::EmulatorControl;
 use crate::template::{Context, Template};
-use crate::{aws, ddb_json, moto, paths, process, seed, streams, tables};
+use crate::{aws, ddb_json, moto, paths, process, queues, seed, streams, tables};
 
 pub const APP_ORIGIN: &str = "https://app.example.test";
 pub const DEFAULT_RETURN_URL: &str = "https://app.example.test/settings";
@@ -384,7 +384,7 @@ pub struct Provisioned {
     pub created: Vec<String>,
 }
 
-/// Creates the template's tables under `ctx`'s names (an existing one is kept) and seeds both
+/// Creates the template's tables and queues under `ctx`'s names (an existing one is kept) and seeds both
 /// secrets: the Google client (at `google`, redirecting to the template's `OAuthRedirectUri`) and
 /// the keyring.
 pub async fn provision(
@@ -402,6 +402,10 @@ pub async fn provision(
             created.push(name.clone());
         }
         names.insert(spec.logical_id, name);
+    }
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    for spec in template.queues(ctx)? {
+        queues::create_queue(&sqs, ctx, &spec).await?;
     }
     let env = template.environment(ctx, None)?;
     let redirect_uri = ctx

@@ -3,6 +3,8 @@
 //! typed JSON), so they pass through with only the stream's ARN added. No SDK is needed for it.
 
 use anyhow::{Context as _, Result, anyhow, ensure};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use serde_json::{Value, json};
 
 use crate::aws;
@@ -155,3 +157,81 @@ pub async fn stream_records(
 pub fn stream_event(records: Vec<Value>) -> Value {
     json!({ "Records": records })
 }
+
+// ---- Lambda's give-ups ---------------------------------------------------------------------
+
+/// Why records were given up. The variants are named as Lambda's on-failure record names its
+/// `condition`, which their `Debug` form prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUp {
+    RetryAttemptsExhausted,
+    RecordAgeExceeded,
+}
+
+/// A Lambda-shaped stream record's `SequenceNumber`.
+pub fn sequence_number(record: &Value) -> &str {
+    record["dynamodb"]["SequenceNumber"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+/// When DynamoDB wrote a Lambda-shaped stream record.
+pub fn created_at(record: &Value) -> Option<SystemTime> {
+    let seconds = record["dynamodb"]["ApproximateCreationDateTime"].as_f64()?;
+    Some(UNIX_EPOCH + Duration::from_secs_f64(seconds))
+}
+
+/// The on-failure record Lambda sends for a DynamoDB stream batch it gave up on.
+pub fn failure_record(
+    records: &[Value],
+    why: GiveUp,
+    attempts: u32,
+    shard_id: &str,
+    stream_arn: &str,
+    function_arn: &str,
+) -> Value {
+    let first = records.first();
+    let last = records.last();
+    let arrival = |r: Option<&Value>| {
+        r.and_then(created_at)
+            .map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339())
+    };
+    json!({
+        "requestContext": {
+            "requestId": uuid_like(),
+            "functionArn": function_arn,
+            "condition": format!("{why:?}"),
+            "approximateInvokeCount": attempts,
+        },
+        "responseContext": {
+            "statusCode": 200,
+            "executedVersion": "$LATEST",
+            "functionError": "Unhandled",
+        },
+        "version": "1.0",
+        "timestamp": chrono::Utc::now().to_rfc3339(),
+        "DDBStreamBatchInfo": {
+            "shardId": shard_id,
+            "startSequenceNumber": first.map(sequence_number),
+            "endSequenceNumber": last.map(sequence_number),
+            "approximateArrivalOfFirstRecord": arrival(first),
+            "approximateArrivalOfLastRecord": arrival(last),
+            "batchSize": records.len(),
+            "streamArn": stream_arn,
+        }
+    })
+}
+
+/// A request id shaped like Lambda's (a UUID).
+fn uuid_like() -> String {
+    let hex = format!("{:032x}", rand::random::<u128>());
+    let parts = [
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..],
+    ];
+    parts.join("-")
+}
+

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::{Map, Value};
 
 /// The parsed template, intrinsic functions in long form.
@@ -58,6 +58,17 @@ pub struct FunctionSpec {
     pub routes: Vec<HttpRoute>,
     /// The `Properties` of its DynamoDB stream event (the event source mapping's settings).
     pub stream_mapping: Option<Value>,
+    /// Its SQS events: the queue's logical id and the event's `Properties`.
+    pub queue_mappings: Vec<(String, Value)>,
+}
+
+/// An SQS queue as the template declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSpec {
+    pub logical_id: String,
+    pub visibility_timeout: Option<u64>,
+    /// `(dead-letter queue's logical id, maxReceiveCount)`.
+    pub redrive: Option<(String, u64)>,
 }
 
 /// The `AWS::Serverless::HttpApi` as API Gateway applies it in front of the routes: its default
@@ -170,6 +181,59 @@ impl Template {
             .collect()
     }
 
+    /// Every SQS queue, each dead-letter queue before the queues that name it.
+    pub fn queues(&self, ctx: &Context) -> Result<Vec<QueueSpec>> {
+        let mut queues = self
+            .resources_of(ctx, "AWS::SQS::Queue")
+            .map(|entry| {
+                let (id, resource) = entry?;
+                let redrive = resource
+                    .pointer("/Properties/RedrivePolicy")
+                    .map(|policy| -> Result<(String, u64)> {
+                        let target = policy
+                            .pointer("/deadLetterTargetArn/Fn::GetAtt/0")
+                            .and_then(Value::as_str)
+                            .with_context(|| format!("queue {id}: deadLetterTargetArn is not !GetAtt Queue.Arn"))?;
+                        let count = policy
+                            .get("maxReceiveCount")
+                            .and_then(Value::as_u64)
+                            .with_context(|| format!("queue {id}: no maxReceiveCount"))?;
+                        Ok((target.to_string(), count))
+                    })
+                    .transpose()?;
+                Ok(QueueSpec {
+                    logical_id: id.clone(),
+                    visibility_timeout: resource
+                        .pointer("/Properties/VisibilityTimeout")
+                        .and_then(Value::as_u64),
+                    redrive,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        queues.sort_by_key(|q| q.redrive.is_some());
+        Ok(queues)
+    }
+
+    /// The local URL of a queue (what `!Ref` gives for a queue): SQS's shape, which the SDK
+    /// passes as a parameter to whatever endpoint it talks to, so it works against moto too.
+    pub fn queue_url(ctx: &Context, logical_id: &str) -> String {
+        format!(
+            "https://sqs.{}.amazonaws.com/{}/{}",
+            ctx.region,
+            ctx.account_id,
+            Self::local_name(ctx, logical_id)
+        )
+    }
+
+    pub fn queue_arn(ctx: &Context, logical_id: &str) -> String {
+        format!(
+            "arn:aws:sqs:{}:{}:{}",
+            ctx.region,
+            ctx.account_id,
+            Self::local_name(ctx, logical_id)
+        )
+    }
+
     /// Every `AWS::Serverless::Function` with its cargo binary.
     pub fn functions(&self) -> Result<Vec<FunctionSpec>> {
         let global_timeout = self
@@ -208,7 +272,16 @@ impl Template {
                     .values()
                     .find(|e| e.get("Type").and_then(Value::as_str) == Some("DynamoDB"))
                     .and_then(|e| e.get("Properties").cloned());
+                let queue_mappings = events
+                    .values()
+                    .filter(|e| e.get("Type").and_then(Value::as_str) == Some("SQS"))
+                    .filter_map(|e| {
+                        let queue = e.pointer("/Properties/Queue/Fn::GetAtt/0")?.as_str()?;
+                        Some((queue.to_string(), e.get("Properties")?.clone()))
+                    })
+                    .collect();
                 Ok(FunctionSpec {
+                    queue_mappings,
                     logical_id: id.clone(),
                     binary,
                     timeout_seconds: r
@@ -475,11 +548,11 @@ impl<'a> Evaluator<'a> {
             };
             return Ok(Some(value.into()));
         }
-        ensure!(
-            self.template.resource_type(name).is_some(),
-            "!Ref {name}: no such parameter or resource"
-        );
-        Ok(Some(Template::local_name(self.ctx, name).into()))
+        Ok(Some(match self.template.resource_type(name) {
+            None => bail!("!Ref {name}: no such parameter or resource"),
+            Some("AWS::SQS::Queue") => Template::queue_url(self.ctx, name).into(),
+            Some(_) => Template::local_name(self.ctx, name).into(),
+        }))
     }
 
     fn string(&self, value: &Value) -> Result<String> {

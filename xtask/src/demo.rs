@@ -22,7 +22,7 @@ use testkit::api_gateway::cookie_pair;
 use testkit::emulator_control::EmulatorControl;
 
 /// How many steps the story has; the demo passes only when all of them held.
-pub const STEPS: usize = 6;
+pub const STEPS: usize = 7;
 
 /// What the demo needs to know about a running stack.
 pub struct DemoStack {
@@ -499,6 +499,26 @@ impl DemoStack {
             )
             .await?;
             Ok("calendar holds every change made while revoked".into())
+        });
+
+        step!("a user whose rows predate the connect: connect, and every row arrives", async {
+            let (user, email) = ("user-bob", "bob@example.com");
+            let titles: Vec<String> = (1..=5).map(|i| format!("Bob's event {i}")).collect();
+            for (i, title) in titles.iter().enumerate() {
+                self.put_event(&format!("{run}bob-{i}"), user, title, 10 + i as u32)
+                    .await?;
+            }
+            let mut browser = Browser::new();
+            let back = self.connect(&mut browser, user, email).await?;
+            ensure!(
+                back.query_pairs()
+                    .any(|(k, v)| k == "calsync" && v == "connected"),
+                "returned to {back}"
+            );
+            let want: Vec<&str> = titles.iter().map(String::as_str).collect();
+            self.wait_for_titles(email, &format!("{run}bob-"), &want)
+                .await?;
+            Ok(format!("{email}'s calendar holds all {} rows, queued by the connect and applied by resync", want.len()))
         });
 
         Ok(steps)

@@ -4,9 +4,7 @@
 //! Lambda's `batchItemFailures` shape.
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use calsync::{
-    aws::Clients, config::Config, http, mapping::google_event_id, sync::replay::ProductionReplay,
-};
+use calsync::{aws::Clients, config::Config, http, mapping::google_event_id};
 use serde_json::{Value, json};
 use testkit::{TestStack, rie, stack::ALICE};
 
@@ -15,8 +13,7 @@ async fn connect(stack: &TestStack, user: &str, account: &str) {
     let config = Config::from_source(&stack.env).unwrap();
     let clients = Clients::new(&stack.sdk);
     let start = http::StartDeps::new(config.clone(), &clients);
-    let replay = ProductionReplay::from_config(&config, &clients);
-    let callback = http::CallbackDeps::new(config, &clients, replay);
+    let callback = http::CallbackDeps::new(config, &clients, http::NothingAfterConnect);
     stack
         .connect_through(
             user,

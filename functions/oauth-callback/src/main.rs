@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use calsync::{aws::Clients, config, http, sync::replay::ProductionReplay, telemetry};
+use calsync::{aws::Clients, config, http, resync::ResyncOnConnect, store::SqsJobQueue, telemetry};
 use lambda_http::{Error, Request, service_fn};
 
 #[tokio::main]
@@ -10,9 +10,9 @@ async fn main() -> Result<(), Error> {
     telemetry::init();
     let config = config::load_or_exit("oauth-callback");
     let clients = Clients::from_env().await;
-    // A successful connect replays the user's parked changes before answering.
-    let replay = ProductionReplay::from_config(&config, &clients);
-    let deps = Arc::new(http::CallbackDeps::new(config, &clients, replay));
+    // A successful connect queues the user's resync (backfill and parked changes).
+    let queue = SqsJobQueue::new(clients.sqs.clone(), config.resync_queue_url.clone());
+    let deps = Arc::new(http::CallbackDeps::new(config, &clients, ResyncOnConnect(queue)));
     lambda_http::run(service_fn(move |request: Request| {
         let deps = deps.clone();
         async move { Ok::<_, Error>(http::callback_router(&deps, request).await) }

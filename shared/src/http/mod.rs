@@ -27,18 +27,19 @@ use crate::{
     sync_state::ParkedChanges,
 };
 
-/// What happens right after a user connects: the sync replays the user's parked changes.
-/// The callback awaits it before answering (a Lambda cannot work after its answer); it must not
-/// fail the connect, so it reports problems itself and returns nothing.
+/// What happens right after a user connects: production queues the user's resync
+/// ([`crate::resync::ResyncOnConnect`]). The callback awaits it before answering (a Lambda cannot
+/// work after its answer), so it must be quick; it must not fail the connect, so it reports
+/// problems itself and returns nothing.
 pub trait AfterConnect: Send + Sync {
     fn connected(&self, user_id: &str) -> impl Future<Output = ()> + Send;
 }
 
 /// An [`AfterConnect`] that does nothing (the start function, and tests of the connect alone).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct NoReplay;
+pub struct NothingAfterConnect;
 
-impl AfterConnect for NoReplay {
+impl AfterConnect for NothingAfterConnect {
     async fn connected(&self, _user_id: &str) {}
 }
 
@@ -200,14 +201,14 @@ mod tests {
         }
     }
 
-    /// In-memory stores, a fixed parked count, no replay.
+    /// In-memory stores, a fixed parked count, nothing after a connect.
     enum Fakes {}
 
     impl CallbackPorts for Fakes {
         type Grants = InMemoryGrantStore;
         type Flows = InMemoryFlowStore;
         type Parked = FixedParkedChanges;
-        type AfterConnect = NoReplay;
+        type AfterConnect = NothingAfterConnect;
     }
 
     fn config() -> Config {
@@ -272,7 +273,7 @@ mod tests {
             grants: InMemoryGrantStore::new(),
             flows,
             parked: FixedParkedChanges(3),
-            after_connect: NoReplay,
+            after_connect: NothingAfterConnect,
         };
         (start, callback)
     }

@@ -1,13 +1,21 @@
-//! The app's Events table (partition key `event_id`), which calsync only reads: the replay's
-//! [`EventsSource`] and its in-memory fake.
+//! The app's Events table (partition key `event_id`, index `by_user` on `user_id`), which
+//! calsync only reads: the resync's [`EventsSource`] and its in-memory fake.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
 };
 
-use super::Table;
-use crate::sync::replay::{EventsSource, ReplayError};
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::{BY_USER_INDEX, Table, page_after, resume_key};
+use crate::{
+    aws::describe_error,
+    sync::resync::{EventsSource, ResyncError},
+    sync_state::{PAGE_SIZE, Page},
+};
+
+type Row = (String, serde_dynamo::Item);
 
 /// The Events table in DynamoDB.
 #[derive(Clone, Debug)]
@@ -20,9 +28,43 @@ impl DynamoEvents {
 }
 
 impl EventsSource for DynamoEvents {
-    async fn current_row(&self, event_id: &str) -> Result<Option<serde_dynamo::Item>, ReplayError> {
-        let item = self.0.get(event_id).await.map_err(ReplayError::Events)?;
+    async fn current_row(&self, event_id: &str) -> Result<Option<serde_dynamo::Item>, ResyncError> {
+        let item = self.0.get(event_id).await.map_err(ResyncError::Events)?;
         Ok(item.map(serde_dynamo::Item::from))
+    }
+
+    async fn rows_of_user(
+        &self,
+        user_id: &str,
+        cursor: Option<&str>,
+    ) -> Result<Page<Row>, ResyncError> {
+        let start = cursor
+            .map(resume_key::decode)
+            .transpose()
+            .map_err(ResyncError::Events)?;
+        let answer = self
+            .0
+            .query()
+            .index_name(BY_USER_INDEX)
+            .key_condition_expression("user_id = :u")
+            .expression_attribute_values(":u", AttributeValue::S(user_id.to_string()))
+            .limit(PAGE_SIZE as i32)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| ResyncError::Events(describe_error(&e)))?;
+        Ok(Page {
+            next: answer.last_evaluated_key.as_ref().map(resume_key::encode),
+            items: answer
+                .items
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|item| {
+                    let event_id = item.get("event_id")?.as_s().ok()?.clone();
+                    Some((event_id, serde_dynamo::Item::from(item)))
+                })
+                .collect(),
+        })
     }
 }
 
@@ -48,7 +90,26 @@ impl InMemoryEvents {
 }
 
 impl EventsSource for InMemoryEvents {
-    async fn current_row(&self, event_id: &str) -> Result<Option<serde_dynamo::Item>, ReplayError> {
+    async fn current_row(&self, event_id: &str) -> Result<Option<serde_dynamo::Item>, ResyncError> {
         Ok(self.rows.lock().unwrap().get(event_id).cloned())
+    }
+
+    async fn rows_of_user(
+        &self,
+        user_id: &str,
+        cursor: Option<&str>,
+    ) -> Result<Page<Row>, ResyncError> {
+        let mut rows: Vec<Row> = self
+            .rows
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, row)| {
+                crate::mapping::placement(row).user_id.as_deref() == Some(user_id)
+            })
+            .map(|(id, row)| (id.clone(), row.clone()))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(page_after(rows, cursor, |(id, _)| id.as_str()))
     }
 }

@@ -11,10 +11,11 @@ use aws_sdk_dynamodb::{Client, types::AttributeValue};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Item, SealedTable, unless_condition_failed};
+use super::{Item, SealedTable, page_after, resume_key, unless_condition_failed};
 use crate::{
     grants::{Grant, GrantError, GrantStatus, GrantStore},
     secrets::SecretsCache,
+    sync_state::{PAGE_SIZE, Page},
     vault::{VaultError, sealed_key_id},
 };
 
@@ -76,6 +77,37 @@ impl DynamoGrantStore {
 }
 
 impl GrantStore for DynamoGrantStore {
+    async fn active_users(&self, cursor: Option<&str>) -> Result<Page<String>, GrantError> {
+        let start = cursor
+            .map(resume_key::decode)
+            .transpose()
+            .map_err(GrantError::Store)?;
+        let answer = self
+            .0
+            .table
+            .scan()
+            .projection_expression("user_id")
+            .filter_expression("#s = :active")
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(
+                ":active",
+                AttributeValue::S(GrantStatus::Active.as_str().into()),
+            )
+            .limit(PAGE_SIZE as i32)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| GrantError::Store(crate::aws::describe_error(&e)))?;
+        Ok(Page {
+            items: answer
+                .items()
+                .iter()
+                .filter_map(|item| item.get("user_id")?.as_s().ok().cloned())
+                .collect(),
+            next: answer.last_evaluated_key.as_ref().map(resume_key::encode),
+        })
+    }
+
     async fn holders(&self, google_sub: &str) -> Result<Vec<String>, GrantError> {
         let mut items = self
             .0
@@ -247,6 +279,19 @@ impl InMemoryGrantStore {
 }
 
 impl GrantStore for InMemoryGrantStore {
+    async fn active_users(&self, cursor: Option<&str>) -> Result<Page<String>, GrantError> {
+        let mut users: Vec<String> = self
+            .grants
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|g| g.status == GrantStatus::Active)
+            .map(|g| g.user_id.clone())
+            .collect();
+        users.sort();
+        Ok(page_after(users, cursor, String::as_str))
+    }
+
     async fn holders(&self, google_sub: &str) -> Result<Vec<String>, GrantError> {
         Ok(self
             .grants

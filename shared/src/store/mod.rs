@@ -5,7 +5,9 @@
 //! - [`grants`]: grants, tokens sealed at rest ([`crate::grants::GrantStore`]).
 //! - [`sync_state`]: the sync state and its parked changes ([`crate::sync_state::SyncStateStore`],
 //!   [`crate::sync_state::ParkedChanges`]).
-//! - [`events`]: the app's Events table, read only ([`crate::sync::replay::EventsSource`]).
+//! - [`events`]: the app's Events table, read only ([`crate::sync::resync::EventsSource`]).
+//! - [`resync_queue`]: the SQS queue of resync jobs ([`crate::resync::JobQueue`]), the one
+//!   store here that is not a table.
 //!
 //! The adapters share [`Table`] (a table keyed on one string attribute, read consistently) and,
 //! for the tables holding secrets, [`SealedTable`] (values bound to the table and the user).
@@ -13,6 +15,7 @@
 mod events;
 mod flows;
 mod grants;
+mod resync_queue;
 mod sync_state;
 
 use std::{collections::HashMap, sync::Arc};
@@ -21,7 +24,8 @@ use aws_sdk_dynamodb::{
     error::{ProvideErrorMetadata, SdkError},
     operation::{
         delete_item::builders::DeleteItemFluentBuilder, put_item::builders::PutItemFluentBuilder,
-        query::builders::QueryFluentBuilder, update_item::builders::UpdateItemFluentBuilder,
+        query::builders::QueryFluentBuilder, scan::builders::ScanFluentBuilder,
+        update_item::builders::UpdateItemFluentBuilder,
     },
     types::AttributeValue,
 };
@@ -30,6 +34,7 @@ use secrecy::SecretString;
 pub use events::{DynamoEvents, InMemoryEvents};
 pub use flows::{DynamoFlowStore, InMemoryFlowStore};
 pub use grants::{DynamoGrantStore, InMemoryGrantStore};
+pub use resync_queue::{InMemoryJobQueue, SqsJobQueue};
 pub use sync_state::{BY_USER_INDEX, DynamoSyncStateStore, InMemorySyncStateStore};
 
 use crate::{
@@ -86,6 +91,48 @@ impl Stores {
     pub fn events(&self) -> DynamoEvents {
         DynamoEvents::new(self.dynamodb.clone(), self.tables.events.clone())
     }
+}
+
+/// A listing's resume key (DynamoDB's `LastEvaluatedKey`, whose attributes here are all
+/// strings) as the opaque cursor text of a [`crate::sync_state::Page`].
+pub mod resume_key {
+    use std::collections::{BTreeMap, HashMap};
+
+    use aws_sdk_dynamodb::types::AttributeValue;
+
+    pub fn encode(key: &HashMap<String, AttributeValue>) -> String {
+        let strings: BTreeMap<&str, &str> = key
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.as_s().ok()?.as_str())))
+            .collect();
+        serde_json::to_string(&strings).expect("a map of strings serialises")
+    }
+
+    pub fn decode(cursor: &str) -> Result<HashMap<String, AttributeValue>, String> {
+        let strings: HashMap<String, String> = serde_json::from_str(cursor)
+            .map_err(|e| format!("the listing cursor is not a resume key ({e})"))?;
+        Ok(strings
+            .into_iter()
+            .map(|(name, value)| (name, AttributeValue::S(value)))
+            .collect())
+    }
+}
+
+/// The in-memory fakes' paging: `items` sorted by `key`, the page after the one that ended at
+/// `cursor` (the last key it held).
+pub fn page_after<T>(
+    items: Vec<T>,
+    cursor: Option<&str>,
+    key: impl Fn(&T) -> &str,
+) -> crate::sync_state::Page<T> {
+    let mut rest: Vec<T> = items
+        .into_iter()
+        .filter(|item| cursor.is_none_or(|after| key(item) > after))
+        .collect();
+    let size = crate::sync_state::PAGE_SIZE;
+    let next = (rest.len() > size).then(|| key(&rest[size - 1]).to_string());
+    rest.truncate(size);
+    crate::sync_state::Page { items: rest, next }
 }
 
 /// One item as the SDK holds it.
@@ -150,6 +197,10 @@ impl Table {
 
     pub fn query(&self) -> QueryFluentBuilder {
         self.client.query().table_name(&self.name)
+    }
+
+    pub fn scan(&self) -> ScanFluentBuilder {
+        self.client.scan().table_name(&self.name)
     }
 }
 

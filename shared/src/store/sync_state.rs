@@ -11,11 +11,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::{Item, Table, unless_condition_failed};
+use super::{Item, Table, page_after, resume_key, unless_condition_failed};
 use crate::{
     aws::describe_error,
     sync_state::{
-        Expected, ParkedChanges, Sequence, StateError, SyncState, SyncStateStore, SyncStatus,
+        Expected, PAGE_SIZE, Page, ParkedChanges, Sequence, StateError, SyncState,
+        SyncStateStore, SyncStatus,
     },
 };
 
@@ -39,6 +40,8 @@ struct StoredState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sequence_order: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     last_error: Option<String>,
     updated_at: DateTime<Utc>,
 }
@@ -53,6 +56,7 @@ impl From<&SyncState> for StoredState {
             status: s.status,
             last_sequence: s.last_sequence.as_ref().map(|q| q.as_str().to_string()),
             sequence_order: s.last_sequence.as_ref().map(Sequence::order_key),
+            fingerprint: s.fingerprint.clone(),
             last_error: s.last_error.clone(),
             updated_at: s.updated_at,
         }
@@ -75,6 +79,7 @@ impl StoredState {
             google_event_id: self.google_event_id,
             status: self.status,
             last_sequence,
+            fingerprint: self.fingerprint,
             last_error: self.last_error,
             updated_at: self.updated_at,
         })
@@ -103,17 +108,21 @@ impl DynamoSyncStateStore {
         stored.into_state()
     }
 
-    /// A user's parked states, through the index by user: the replay reads them, the status
-    /// route counts them.
-    fn parked_query(&self, user_id: &str) -> QueryFluentBuilder {
-        let [a, b] = SyncStatus::PARKED.map(|s| AttributeValue::S(s.as_str().into()));
+    /// A user's states, through the index by user.
+    fn user_query(&self, user_id: &str) -> QueryFluentBuilder {
         self.0
             .query()
             .index_name(BY_USER_INDEX)
             .key_condition_expression("user_id = :u")
+            .expression_attribute_values(":u", AttributeValue::S(user_id.to_string()))
+    }
+
+    /// A user's parked states: the status route counts them.
+    fn parked_query(&self, user_id: &str) -> QueryFluentBuilder {
+        let [a, b] = SyncStatus::PARKED.map(|s| AttributeValue::S(s.as_str().into()));
+        self.user_query(user_id)
             .filter_expression("#s IN (:a, :b)")
             .expression_attribute_names("#s", "status")
-            .expression_attribute_values(":u", AttributeValue::S(user_id.to_string()))
             .expression_attribute_values(":a", a)
             .expression_attribute_values(":b", b)
     }
@@ -149,16 +158,28 @@ impl SyncStateStore for DynamoSyncStateStore {
         }
     }
 
-    async fn parked(&self, user_id: &str) -> Result<Vec<SyncState>, StateError> {
-        let mut items = self.parked_query(user_id).into_paginator().items().send();
-        let mut states = Vec::new();
-        while let Some(item) = items.next().await {
-            states.push(Self::decode(
-                item.map_err(|e| StateError::Store(describe_error(&e)))?,
-            )?);
-        }
-        states.sort_by(|a, b| a.event_id.cmp(&b.event_id));
-        Ok(states)
+    async fn of_user(
+        &self,
+        user_id: &str,
+        cursor: Option<&str>,
+    ) -> Result<Page<SyncState>, StateError> {
+        let start = cursor.map(resume_key::decode).transpose().map_err(StateError::Store)?;
+        let answer = self
+            .user_query(user_id)
+            .limit(PAGE_SIZE as i32)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| StateError::Store(describe_error(&e)))?;
+        Ok(Page {
+            items: answer
+                .items
+                .unwrap_or_default()
+                .into_iter()
+                .map(Self::decode)
+                .collect::<Result<_, _>>()?,
+            next: answer.last_evaluated_key.as_ref().map(resume_key::encode),
+        })
     }
 }
 
@@ -211,23 +232,32 @@ impl SyncStateStore for InMemorySyncStateStore {
         Ok(())
     }
 
-    async fn parked(&self, user_id: &str) -> Result<Vec<SyncState>, StateError> {
+    async fn of_user(
+        &self,
+        user_id: &str,
+        cursor: Option<&str>,
+    ) -> Result<Page<SyncState>, StateError> {
         let mut states: Vec<_> = self
             .items
             .lock()
             .await
             .values()
-            .filter(|s| s.user_id.as_deref() == Some(user_id) && s.status.is_parked())
+            .filter(|s| s.user_id.as_deref() == Some(user_id))
             .cloned()
             .collect();
         states.sort_by(|a, b| a.event_id.cmp(&b.event_id));
-        Ok(states)
+        let items = page_after(states, cursor, |s| &s.event_id);
+        Ok(items)
     }
 }
 
 impl ParkedChanges for InMemorySyncStateStore {
     async fn count(&self, user_id: &str) -> Result<u64, StateError> {
-        Ok(self.parked(user_id).await?.len() as u64)
+        let items = self.items.lock().await;
+        let parked = items
+            .values()
+            .filter(|s| s.user_id.as_deref() == Some(user_id) && s.status.is_parked());
+        Ok(parked.count() as u64)
     }
 }
 
@@ -245,6 +275,7 @@ mod tests {
             google_event_id: None,
             status: SyncStatus::NotConnected,
             last_sequence: Sequence::parse("5"),
+            fingerprint: None,
             last_error: None,
             updated_at: Utc::now(),
         };
@@ -258,8 +289,7 @@ mod tests {
             .put(&state, &Expected::At(Sequence::parse("5")))
             .await
             .unwrap();
-        assert_eq!(store.parked("u").await.unwrap().len(), 1);
         assert_eq!(store.count("u").await.unwrap(), 1);
-        assert!(store.parked("other").await.unwrap().is_empty());
+        assert_eq!(store.count("other").await.unwrap(), 0);
     }
 }

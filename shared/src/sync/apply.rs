@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     calendar::{Calendar, CalendarError},
-    mapping::{EventRow, placement, synced_fields_changed},
+    mapping::{EventRow, fingerprint, placement, synced_fields_changed},
     sync_state::{SyncState, SyncStatus},
     tokens::TokenError,
 };
@@ -108,6 +108,8 @@ fn state(
         status,
         // The caller sets the sequence of the record applied; a replay keeps the previous one.
         last_sequence: previous.and_then(|p| p.last_sequence.clone()),
+        // Set by an upsert whose outcome is final for the row's content.
+        fingerprint: None,
         last_error,
         updated_at: Utc::now(),
     }
@@ -311,6 +313,9 @@ impl<P: SyncPorts> Syncer<P> {
         {
             let mut unchanged = prev.clone();
             unchanged.updated_at = Utc::now();
+            if matches!(prev.status, SyncStatus::Synced | SyncStatus::Invalid) {
+                unchanged.fingerprint = Some(fingerprint(image));
+            }
             return Ok(unchanged);
         }
         let old_copy =
@@ -331,7 +336,7 @@ impl<P: SyncPorts> Syncer<P> {
                         (place.user_id, place.calendar_id, None)
                     }
                 };
-                return Ok(state(
+                let mut invalid = state(
                     event_id,
                     previous,
                     user_id,
@@ -339,7 +344,9 @@ impl<P: SyncPorts> Syncer<P> {
                     google_id,
                     SyncStatus::Invalid,
                     Some(error.to_string()),
-                ));
+                );
+                invalid.fingerprint = Some(fingerprint(image));
+                return Ok(invalid);
             }
         };
         let mut copy_here = None;
@@ -363,8 +370,8 @@ impl<P: SyncPorts> Syncer<P> {
         let outcome = self
             .write_event(tokens, &row, copy_here.is_some(), deadline)
             .await;
-        let at_row = |google_id, status, error| {
-            state(
+        let at_row = |google_id, status: SyncStatus, error| {
+            let mut next = state(
                 event_id,
                 previous,
                 Some(row.user_id.clone()),
@@ -372,7 +379,11 @@ impl<P: SyncPorts> Syncer<P> {
                 google_id,
                 status,
                 error,
-            )
+            );
+            if !status.is_parked() {
+                next.fingerprint = Some(fingerprint(image));
+            }
+            next
         };
         match outcome {
             Ok(()) => Ok(at_row(

@@ -59,7 +59,7 @@ impl SyncPorts for Production {
 /// The production wiring.
 pub type SyncDeps = Syncer<Production>;
 
-impl SyncDeps {
+impl Syncer<Production> {
     /// Builds the clients once per cold start (`calendar_timeout` is the Calendar client's).
     pub fn from_config(config: &Config, clients: &Clients, calendar_timeout: Duration) -> Self {
         let stores = Stores::new(config, clients);

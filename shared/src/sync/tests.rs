@@ -14,12 +14,12 @@ use aws_lambda_events::event::dynamodb::EventRecord;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use super::{SyncPorts, Syncer, retry::Deadline, retry::RetryPolicy};
+use super::{SyncPorts, Syncer, resync::UserResync, retry::Deadline, retry::RetryPolicy};
 use crate::{
     calendar::{Calendar, CalendarError},
     mapping::google_event_id,
     store::{InMemoryEvents, InMemorySyncStateStore},
-    sync_state::SyncStatus,
+    sync_state::{SyncStateStore, SyncStatus},
     tokens::fakes::{FakeGrants, FakeRefresher},
 };
 
@@ -30,6 +30,8 @@ struct FakeCalendar {
     /// Event summaries whose writes always fail with this error.
     failing: Mutex<HashMap<String, CalendarError>>,
     calls: AtomicUsize,
+    /// How long each insert takes (Google's latency).
+    latency: Option<Duration>,
 }
 
 impl FakeCalendar {
@@ -61,6 +63,9 @@ impl Calendar for FakeCalendar {
         event: &Value,
     ) -> Result<(), CalendarError> {
         self.check(token, Some(event))?;
+        if let Some(latency) = self.latency {
+            tokio::time::sleep(latency).await;
+        }
         let key = (
             calendar_id.to_string(),
             event["id"].as_str().unwrap().to_string(),
@@ -356,7 +361,7 @@ async fn failure_stops_that_event_only_and_names_the_record() {
 }
 
 #[tokio::test]
-async fn users_without_grants_are_parked_and_replayed() {
+async fn users_without_grants_are_parked_and_resynced_from_the_current_row() {
     let s = syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)));
     let failed = s
         .sync_batch(
@@ -376,20 +381,172 @@ async fn users_without_grants_are_parked_and_replayed() {
         SyncStatus::NotConnected
     );
 
-    // The user connects; the current row is what replay applies.
+    // The user connects; the current row is what the resync applies, and a row the stream
+    // never carried (older than calsync) comes along.
     let s = Syncer {
         grants: FakeGrants::default().with_user("nobody", chrono::Duration::hours(1)),
         ..s
     };
-    let current: serde_dynamo::Item = serde_json::from_value(image("e9", "nobody", "Now")).unwrap();
-    s.events.set("e9", Some(current));
-    let report = s.replay_user("nobody", deadline()).await.unwrap();
-    assert_eq!(report.applied, 1);
+    s.events.set("e9", Some(item(image("e9", "nobody", "Now"))));
+    s.events
+        .set("old", Some(item(image("old", "nobody", "Older than calsync"))));
+    let (report, rest) = s
+        .resync_user(UserResync::from_start("nobody"), deadline())
+        .await
+        .unwrap();
+    assert_eq!((report.applied, rest), (2, None));
     assert_eq!(
         s.calendar.summary("primary", &gid("e9")).as_deref(),
         Some("Now")
     );
+    assert_eq!(
+        s.calendar.summary("primary", &gid("old")).as_deref(),
+        Some("Older than calsync")
+    );
     assert_eq!(s.states.snapshot().await["e9"].status, SyncStatus::Synced);
+
+    // Everything is in sync now: a second resync calls Google for nothing.
+    let calls = s.calendar.calls.load(Ordering::SeqCst);
+    let (report, _) = s
+        .resync_user(UserResync::from_start("nobody"), deadline())
+        .await
+        .unwrap();
+    assert_eq!((report.applied, report.in_sync), (0, 2));
+    assert_eq!(s.calendar.calls.load(Ordering::SeqCst), calls);
+}
+
+fn item(value: Value) -> serde_dynamo::Item {
+    serde_json::from_value(value).unwrap()
+}
+
+/// A calendar whose first insert of `racing` lets a stream REMOVE of that row land first: the
+/// row is deleted, event-sync records the deletion (it found no Google copy yet), and only then
+/// does the insert reach Google.
+struct RemoveRacingInsert {
+    inner: FakeCalendar,
+    racing: &'static str,
+    states: InMemorySyncStateStore,
+    events: InMemoryEvents,
+    raced: std::sync::atomic::AtomicBool,
+}
+
+impl Calendar for RemoveRacingInsert {
+    async fn insert(
+        &self,
+        token: &SecretString,
+        calendar_id: &str,
+        event: &Value,
+    ) -> Result<(), CalendarError> {
+        if event["id"] == gid(self.racing).as_str() && !self.raced.swap(true, Ordering::SeqCst) {
+            self.events.set(self.racing, None);
+            let deleted = crate::sync_state::SyncState {
+                event_id: self.racing.into(),
+                user_id: Some("u1".into()),
+                calendar_id: "primary".into(),
+                google_event_id: None,
+                status: SyncStatus::Deleted,
+                last_sequence: crate::sync_state::Sequence::parse("2"),
+                fingerprint: None,
+                last_error: None,
+                updated_at: chrono::Utc::now(),
+            };
+            let before = self.states.get(self.racing).await.unwrap();
+            self.states
+                .put(&deleted, &crate::sync_state::Expected::of(before.as_ref()))
+                .await
+                .unwrap();
+        }
+        self.inner.insert(token, calendar_id, event).await
+    }
+
+    async fn update(
+        &self,
+        token: &SecretString,
+        calendar_id: &str,
+        event_id: &str,
+        event: &Value,
+    ) -> Result<(), CalendarError> {
+        self.inner.update(token, calendar_id, event_id, event).await
+    }
+
+    async fn delete(
+        &self,
+        token: &SecretString,
+        calendar_id: &str,
+        event_id: &str,
+    ) -> Result<(), CalendarError> {
+        self.inner.delete(token, calendar_id, event_id).await
+    }
+}
+
+#[tokio::test]
+async fn a_remove_racing_a_resync_leaves_no_copy_in_google() {
+    let plain = syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)));
+    let s: Syncer<Fakes<RemoveRacingInsert>> = Syncer {
+        calendar: RemoveRacingInsert {
+            inner: FakeCalendar::default(),
+            racing: "e5",
+            states: plain.states.clone(),
+            events: plain.events.clone(),
+            raced: Default::default(),
+        },
+        states: plain.states,
+        grants: plain.grants,
+        refresher: plain.refresher,
+        events: plain.events,
+        retry: plain.retry,
+        concurrency: plain.concurrency,
+    };
+    s.events.set("e5", Some(item(image("e5", "u1", "Racing"))));
+    s.events.set("e6", Some(item(image("e6", "u1", "Calm"))));
+    let (report, _) = s
+        .resync_user(UserResync::from_start("u1"), deadline())
+        .await
+        .unwrap();
+    assert!(s.calendar.raced.load(Ordering::SeqCst), "the race happened");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(
+        s.calendar.inner.summary("primary", &gid("e5")),
+        None,
+        "the resync resurrected a deleted row"
+    );
+    assert_eq!(
+        s.calendar.inner.summary("primary", &gid("e6")).as_deref(),
+        Some("Calm")
+    );
+    let state = &s.states.snapshot().await["e5"];
+    assert_eq!(
+        (state.status, state.google_event_id.as_deref()),
+        (SyncStatus::Deleted, None)
+    );
+}
+
+#[tokio::test]
+async fn a_resync_out_of_time_hands_back_where_to_resume_and_redoes_nothing() {
+    let mut s = syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)));
+    s.calendar.latency = Some(Duration::from_millis(1));
+    let rows = crate::sync_state::PAGE_SIZE * 2 + 10;
+    for i in 0..rows {
+        let id = format!("r{i:04}");
+        s.events.set(&id, Some(item(image(&id, "u1", &id))));
+    }
+    // Each invocation has time for a few dozen of the rows at most.
+    let mut job = Some(UserResync::from_start("u1"));
+    let mut invocations = 0;
+    let mut applied = 0;
+    while let Some(next) = job {
+        invocations += 1;
+        assert!(invocations < 1000, "the resync makes no progress");
+        let (report, rest) = s
+            .resync_user(next, Deadline::in_(Duration::from_millis(30)))
+            .await
+            .unwrap();
+        applied += report.applied;
+        job = rest;
+    }
+    assert!(invocations > 1, "one invocation did everything; the test proves nothing");
+    assert_eq!(applied, rows, "every row applied exactly once");
+    assert_eq!(s.calendar.events.lock().unwrap().len(), rows);
 }
 
 #[tokio::test]

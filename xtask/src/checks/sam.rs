@@ -737,7 +737,7 @@ mod tests {
         let functions = functions_from_template(&root.join("template.yaml")).unwrap();
         assert_eq!(
             functions.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["event-sync", "oauth-callback", "oauth-start"]
+            ["event-sync", "oauth-callback", "oauth-start", "resync"]
         );
         let expectations = sample_events::load_expectations(&root.join("events")).unwrap();
         let files = sample_events::event_files(&root.join("events")).unwrap();

@@ -16,11 +16,12 @@
 use std::{
     collections::{HashMap, hash_map::Entry},
     future::Future,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
+pub use testkit::streams::{GiveUp, created_at, failure_record, sequence_number};
 
 /// The event source mapping settings of the template.
 #[derive(Debug, Clone)]
@@ -94,13 +95,6 @@ impl Invocation {
     }
 }
 
-/// Why records were given up. The variants are named as Lambda's on-failure record names its
-/// `condition`, which their `Debug` form prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GiveUp {
-    RetryAttemptsExhausted,
-    RecordAgeExceeded,
-}
 
 /// The function side and the failure destination of [`deliver`].
 pub trait Target {
@@ -111,17 +105,6 @@ pub trait Target {
         why: GiveUp,
         attempts: u32,
     ) -> impl Future<Output = Result<()>> + Send;
-}
-
-fn sequence_number(record: &Value) -> &str {
-    record["dynamodb"]["SequenceNumber"]
-        .as_str()
-        .unwrap_or_default()
-}
-
-fn created_at(record: &Value) -> Option<SystemTime> {
-    let seconds = record["dynamodb"]["ApproximateCreationDateTime"].as_f64()?;
-    Some(UNIX_EPOCH + Duration::from_secs_f64(seconds))
 }
 
 /// Delivers one batch (records of one shard, in order) until every record is either processed or
@@ -184,60 +167,6 @@ pub async fn deliver(
         }
     }
     Ok(invocations)
-}
-
-/// The on-failure record Lambda sends for a DynamoDB stream batch it gave up on.
-pub fn failure_record(
-    records: &[Value],
-    why: GiveUp,
-    attempts: u32,
-    shard_id: &str,
-    stream_arn: &str,
-    function_arn: &str,
-) -> Value {
-    let first = records.first();
-    let last = records.last();
-    let arrival = |r: Option<&Value>| {
-        r.and_then(created_at)
-            .map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339())
-    };
-    json!({
-        "requestContext": {
-            "requestId": uuid_like(),
-            "functionArn": function_arn,
-            "condition": format!("{why:?}"),
-            "approximateInvokeCount": attempts,
-        },
-        "responseContext": {
-            "statusCode": 200,
-            "executedVersion": "$LATEST",
-            "functionError": "Unhandled",
-        },
-        "version": "1.0",
-        "timestamp": chrono::Utc::now().to_rfc3339(),
-        "DDBStreamBatchInfo": {
-            "shardId": shard_id,
-            "startSequenceNumber": first.map(sequence_number),
-            "endSequenceNumber": last.map(sequence_number),
-            "approximateArrivalOfFirstRecord": arrival(first),
-            "approximateArrivalOfLastRecord": arrival(last),
-            "batchSize": records.len(),
-            "streamArn": stream_arn,
-        }
-    })
-}
-
-/// A request id shaped like Lambda's (a UUID).
-fn uuid_like() -> String {
-    let hex = format!("{:032x}", rand::random::<u128>());
-    let parts = [
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..],
-    ];
-    parts.join("-")
 }
 
 /// Invokes a function under the RIE and sends give-ups to an SQS queue.
@@ -338,7 +267,7 @@ impl Poller {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::{sync::Mutex, time::UNIX_EPOCH};
 
     use super::*;
 

@@ -1,7 +1,8 @@
 //! The local stand-ins for AWS. [`stack`] is what CloudFormation would create, as long-running
 //! processes. In front of the functions stand [`api_gateway`] (the HTTP API on `localhost`, with
-//! the template's JWT authorizer and CORS) and [`event_source_mapping`] (the poller feeding
-//! event-sync from the Events table's stream); beside them, on a site of its own, [`app`] stands
+//! the template's JWT authorizer and CORS), [`event_source_mapping`] (the poller feeding
+//! event-sync from the Events table's stream) and [`queue_mapping`] (the SQS pollers feeding
+//! the functions on queues); beside them, on a site of its own, [`app`] stands
 //! in for the app and its identity provider ([`issuer`]). `cargo xtask stand-ins` runs all three
 //! as one process of the stack, which `stack up` starts after the functions. It reads
 //! `.dev/stack.json`.
@@ -10,6 +11,7 @@ pub mod api_gateway;
 pub mod app;
 pub mod event_source_mapping;
 pub mod issuer;
+pub mod queue_mapping;
 pub mod stack;
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
@@ -20,11 +22,6 @@ use testkit::{aws, template::Template};
 
 use event_source_mapping::{MappingSettings, Poller, RieTarget};
 use stack::State;
-
-/// The on-failure queue's local name (the template's `EventSyncFailureQueue` under the prefix).
-pub fn failure_queue_name(prefix: &str) -> String {
-    format!("{prefix}EventSyncFailureQueue")
-}
 
 /// Binds a loopback port of the stand-ins.
 async fn listen(port: u16, what: &str) -> Result<tokio::net::TcpListener> {
@@ -37,7 +34,8 @@ async fn listen(port: u16, what: &str) -> Result<tokio::net::TcpListener> {
 pub async fn run(state: &State, options: &stack::Options) -> Result<()> {
     let template = Template::load_workspace()?;
     let routes = api_gateway::routes_from_template(&template)?;
-    let api = template.http_api(&stack::context(options)?)?;
+    let ctx = stack::context(options)?;
+    let api = template.http_api(&ctx)?;
     let issuer = stack::issuer(options)?;
     let invokers: HashMap<String, String> = state
         .functions
@@ -72,14 +70,27 @@ pub async fn run(state: &State, options: &stack::Options) -> Result<()> {
     let stream_arn =
         testkit::streams::stream_arn(&aws_sdk_dynamodb::Client::new(&sdk), events_table).await?;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(failure_queue_name(stack::PREFIX))
-        .send()
-        .await
-        .context("creating the on-failure queue")?
-        .queue_url
-        .context("moto gave no queue URL")?;
+    // The stack created every queue of the template.
+    let queue_url = Template::queue_url(&ctx, "EventSyncFailureQueue");
+    let mut queue_pollers = tokio::task::JoinSet::new();
+    for function in template.functions()? {
+        for (queue, properties) in &function.queue_mappings {
+            let poller = queue_mapping::QueuePoller {
+                sqs: sqs.clone(),
+                queue_url: Template::queue_url(&ctx, queue),
+                queue_arn: Template::queue_arn(&ctx, queue),
+                batch_size: queue_mapping::QueuePoller::batch_size_of(properties),
+                http: reqwest::Client::builder()
+                    .timeout(queue_mapping::invoke_timeout(function.timeout_seconds))
+                    .build()?,
+                invoke_url: invokers
+                    .get(&function.logical_id)
+                    .with_context(|| format!("{} is not running", function.logical_id))?
+                    .clone(),
+            };
+            queue_pollers.spawn(poller.run());
+        }
+    }
     let invoke_url = invokers
         .get(&stream_function.logical_id)
         .with_context(|| format!("{} is not running", stream_function.logical_id))?
@@ -115,6 +126,10 @@ pub async fn run(state: &State, options: &stack::Options) -> Result<()> {
         result = poller.run() => {
             result.context("the local event source mapping stopped")?;
             bail!("the local event source mapping stopped")
+        }
+        Some(result) = queue_pollers.join_next() => {
+            result?.context("a local SQS event source mapping stopped")?;
+            bail!("a local SQS event source mapping stopped")
         }
     }
 }

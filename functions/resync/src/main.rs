@@ -1,0 +1,23 @@
+//! The resync queue's consumer and the daily sweep: wiring only; the handler lives in
+//! `calsync::resync`.
+
+use calsync::{
+    aws::Clients,
+    config,
+    resync::handler::{self, ResyncDeps, ResyncEvent},
+    telemetry,
+};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    telemetry::init();
+    let config = config::load_or_exit("resync");
+    let clients = Clients::from_env().await;
+    let deps = ResyncDeps::from_config(&config, &clients);
+    let deps = &deps;
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<ResyncEvent>| async move { handler::handle(deps, event).await },
+    ))
+    .await
+}

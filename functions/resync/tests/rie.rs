@@ -1,0 +1,78 @@
+//! The built `resync` binary under the Lambda Runtime Interface Emulator, with the stack's
+//! environment: rows written before their user connects, the job the connect really queued on
+//! moto's SQS delivered in Lambda's SQS event shape, and Google (the emulator) holding every row.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use calsync::{
+    aws::Clients, config::Config, http, mapping::google_event_id, resync::ResyncOnConnect,
+    store::SqsJobQueue,
+};
+use serde_json::{Value, json};
+use testkit::{TestStack, queues, rie, stack::ALICE};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_binary_under_the_rie_backfills_rows_written_before_the_connect() {
+    let stack = TestStack::start().await.expect("test stack");
+    let config = Config::from_source(&stack.env).unwrap();
+    let clients = Clients::new(&stack.sdk);
+    let events_table = stack.table("EVENTS_TABLE").to_string();
+    for id in ["old-1", "old-2", "old-3"] {
+        clients
+            .dynamodb
+            .put_item()
+            .table_name(&events_table)
+            .item("event_id", AttributeValue::S(id.into()))
+            .item("user_id", AttributeValue::S("u1".into()))
+            .item("title", AttributeValue::S(format!("Before connecting {id}")))
+            .item("start", AttributeValue::S("2026-12-24".into()))
+            .item("end", AttributeValue::S("2026-12-25".into()))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let start = http::StartDeps::new(config.clone(), &clients);
+    let queue = SqsJobQueue::new(clients.sqs.clone(), config.resync_queue_url.clone());
+    let callback = http::CallbackDeps::new(config.clone(), &clients, ResyncOnConnect(queue));
+    stack
+        .connect_through(
+            "u1",
+            ALICE,
+            async |request| http::start_router(&start, request).await,
+            async |request| http::callback_router(&callback, request).await,
+        )
+        .await
+        .expect("connected");
+
+    let url = &config.resync_queue_url;
+    let messages = queues::receive(&clients.sqs, url, 10, 0).await.unwrap();
+    assert_eq!(messages.len(), 1, "the connect queued one job");
+    let event = queues::lambda_event(
+        &messages,
+        &queues::arn_of_url(url, testkit::aws::REGION),
+        testkit::aws::REGION,
+    );
+    let function = rie::start_tied(env!("CARGO_BIN_EXE_resync").as_ref(), &stack.env)
+        .await
+        .expect("resync under the RIE (cargo xtask setup installs it)");
+    let answer = rie::invoke(&stack.http, &function.invoke_url, &event)
+        .await
+        .unwrap();
+    drop(function);
+    assert_eq!(answer, json!({"batchItemFailures": []}), "{answer}");
+
+    let items: Value = stack
+        .control_get("calendars/alice@example.com/primary/events")
+        .await
+        .unwrap();
+    for id in ["old-1", "old-2", "old-3"] {
+        assert!(
+            items["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["id"] == google_event_id(id).as_str()),
+            "{id} reached Google: {items}"
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! The resync Lambda entry point: SQS messages (jobs, and the stream's on-failure records) or the
+//! daily schedule's input in; `batchItemFailures` out.
+
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use lambda_runtime::{Error, LambdaEvent};
+use serde::Deserialize;
+
+use super::{Job, JobQueue};
+use crate::{
+    aws::Clients,
+    calendar,
+    config::Config,
+    grants::GrantStore,
+    store::{DynamoGrantStore, SqsJobQueue, Stores},
+    sync::{SyncPorts, Syncer, handler::Production as SyncProduction, retry::Deadline},
+};
+
+/// Time assumed left when the context carries no deadline (hand-made events).
+const NO_DEADLINE_FALLBACK: Duration = Duration::from_secs(60);
+
+/// User jobs a sweep queues per SQS call (SQS's batch limit).
+const SEND_BATCH: usize = 10;
+
+/// What the function is invoked with.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ResyncEvent {
+    /// The schedule's constant input, `{"sweep": {}}`.
+    Schedule { sweep: serde_json::Value },
+    /// The resync queue's jobs, or the stream's on-failure records.
+    Queue(SqsEvent),
+}
+
+/// The part of Lambda's on-failure record for a stream batch that says what it is.
+#[derive(Debug, Deserialize)]
+struct StreamFailure {
+    #[serde(rename = "DDBStreamBatchInfo")]
+    batch: serde_json::Value,
+}
+
+/// The ports a resync talks to: the sync's, the grants (for the sweep) and the queue.
+pub trait ResyncPorts {
+    type Sync: SyncPorts;
+    type Grants: GrantStore;
+    type Queue: JobQueue;
+}
+
+pub struct ResyncDeps<P: ResyncPorts> {
+    pub syncer: Syncer<P::Sync>,
+    pub grants: P::Grants,
+    pub queue: P::Queue,
+}
+
+/// The production ports. Never built: it only names types.
+pub enum Production {}
+
+impl ResyncPorts for Production {
+    type Sync = SyncProduction;
+    type Grants = DynamoGrantStore;
+    type Queue = SqsJobQueue;
+}
+
+impl ResyncDeps<Production> {
+    /// Builds the clients once per cold start.
+    pub fn from_config(config: &Config, clients: &Clients) -> Self {
+        Self {
+            syncer: Syncer::from_config(config, clients, calendar::DEFAULT_TIMEOUT),
+            grants: Stores::new(config, clients).grants(),
+            queue: SqsJobQueue::new(clients.sqs.clone(), config.resync_queue_url.clone()),
+        }
+    }
+}
+
+/// Why a message was not done; it stays on the queue (and reaches the dead-letter queue after the
+/// queue's receive limit).
+#[derive(Debug, thiserror::Error)]
+enum MessageError {
+    #[error("the message is neither a resync job nor a stream failure record: {0}")]
+    Unreadable(String),
+    #[error(transparent)]
+    Resync(#[from] crate::sync::resync::ResyncError),
+    #[error(transparent)]
+    Queue(#[from] super::QueueError),
+    #[error("cannot list the grants: {0}")]
+    Grants(#[from] crate::grants::GrantError),
+}
+
+/// Runs the invocation. Never fails as a whole: a message that must be retried is named in
+/// `batchItemFailures`.
+pub async fn handle<P: ResyncPorts>(
+    deps: &ResyncDeps<P>,
+    event: LambdaEvent<ResyncEvent>,
+) -> Result<SqsBatchResponse, Error> {
+    let deadline = Deadline::from_lambda_ms(event.context.deadline, NO_DEADLINE_FALLBACK);
+    let mut response = SqsBatchResponse::default();
+    match event.payload {
+        ResyncEvent::Schedule { .. } => {
+            tracing::info!("scheduled sweep");
+            deps.run(Job::Sweep { cursor: None }, deadline).await?;
+        }
+        ResyncEvent::Queue(sqs) => {
+            let mut fail = |id: &str, error: &dyn std::fmt::Display| {
+                tracing::error!(message_id = id, %error, "resync message failed; SQS delivers it again");
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id.to_string();
+                response.batch_item_failures.push(failure);
+            };
+            // Failure records arriving together start one sweep between them.
+            let mut gave_up = Vec::new();
+            for message in &sqs.records {
+                let id = message.message_id.as_deref().unwrap_or_default();
+                match Message::read(message) {
+                    Ok(Message::Job(job)) => {
+                        if let Err(error) = deps.run(job, deadline).await {
+                            fail(id, &error);
+                        }
+                    }
+                    Ok(Message::StreamFailure(batch)) => {
+                        tracing::warn!(%batch, "the stream gave up on records");
+                        gave_up.push(id);
+                    }
+                    Err(error) => fail(id, &error),
+                }
+            }
+            if !gave_up.is_empty() {
+                // Whatever those records changed is healed by resyncing every connected user
+                // from the current rows.
+                if let Err(error) = deps.run(Job::Sweep { cursor: None }, deadline).await {
+                    gave_up.iter().for_each(|id| fail(id, &error));
+                }
+            }
+        }
+    }
+    Ok(response)
+}
+
+/// A message of either queue the function consumes.
+enum Message {
+    Job(Job),
+    /// Lambda's on-failure record of a stream batch (its `DDBStreamBatchInfo`).
+    StreamFailure(serde_json::Value),
+}
+
+impl Message {
+    fn read(message: &SqsMessage) -> Result<Self, MessageError> {
+        let body = message.body.as_deref().unwrap_or_default();
+        if let Ok(job) = serde_json::from_str::<Job>(body) {
+            return Ok(Message::Job(job));
+        }
+        serde_json::from_str::<StreamFailure>(body)
+            .map(|failure| Message::StreamFailure(failure.batch))
+            .map_err(|e| MessageError::Unreadable(e.to_string()))
+    }
+}
+
+impl<P: ResyncPorts> ResyncDeps<P> {
+    /// Runs a job until done or out of time; then queues its continuation.
+    async fn run(&self, job: Job, deadline: Deadline) -> Result<(), MessageError> {
+        let rest = match job {
+            Job::User(user) => {
+                // Boxed: the resync's future nests every layer of the sync inside it, deeper than
+                // the compiler lays out by default when the binary's main awaits it.
+                let (report, rest) = Box::pin(self.syncer.resync_user(user, deadline)).await?;
+                tracing::info!(?report, more = rest.is_some(), "user resync");
+                rest.map(Job::User)
+            }
+            Job::Sweep { cursor } => self.sweep(cursor, deadline).await?,
+        };
+        if let Some(rest) = rest {
+            self.queue.send(&[rest]).await?;
+        }
+        Ok(())
+    }
+
+    /// Queues a user job per active grant, from `cursor` on; returns the continuation when time
+    /// runs out. A page is queued whole before the cursor moves, so a crash only queues some
+    /// users twice, which costs reads and no Google calls.
+    async fn sweep(
+        &self,
+        mut cursor: Option<String>,
+        deadline: Deadline,
+    ) -> Result<Option<Job>, MessageError> {
+        let mut queued = 0usize;
+        loop {
+            if tokio::time::Instant::now() + self.syncer.retry.safety_margin > deadline.0 {
+                tracing::info!(queued, "sweep continues in another invocation");
+                return Ok(Some(Job::Sweep { cursor }));
+            }
+            let page = self.grants.active_users(cursor.as_deref()).await?;
+            let jobs: Vec<Job> = page.items.iter().map(|user| Job::user(user)).collect();
+            for chunk in jobs.chunks(SEND_BATCH) {
+                self.queue.send(chunk).await?;
+            }
+            queued += jobs.len();
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => {
+                    tracing::info!(queued, "sweep queued every connected user");
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
