@@ -554,21 +554,8 @@ mod tests {
             }
         });
 
-        let env: std::collections::HashMap<String, String> = [
-            ("GRANTS_TABLE", "g"),
-            ("OAUTH_FLOWS_TABLE", "f"),
-            ("SYNC_STATE_TABLE", "s"),
-            ("EVENTS_TABLE", "e"),
-            ("GOOGLE_CLIENT_SECRET_ID", "c"),
-            ("TOKEN_KEYS_SECRET_ID", "k"),
-            ("OAUTH_REDIRECT_URI", "https://api.example/cb"),
-            ("ALLOWED_RETURN_ORIGINS", "https://app.example"),
-            ("DEFAULT_RETURN_URL", "https://app.example/"),
-            ("GOOGLE_TOKEN_URL", &format!("http://{address}/token")),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let token_url = format!("http://{address}/token");
+        let env = crate::config::test_variables(&[("GOOGLE_TOKEN_URL", &token_url)]);
         let config = Config::from_source(&env).unwrap();
         let secrets = Arc::new(SecretsCache::fixed(
             GoogleClient {

@@ -117,6 +117,11 @@ pub trait GrantStore: Send + Sync {
         google_sub: &str,
     ) -> impl Future<Output = Result<Vec<String>, GrantError>> + Send;
 
+    /// Seals `user_id`'s tokens again under the keyring's current key when one was sealed under
+    /// another, so a rotation can finish: the sweep re-seals grants nobody refreshed since.
+    /// Returns whether it did. A grant that cannot be opened is left as it is.
+    fn reseal(&self, user_id: &str) -> impl Future<Output = Result<bool, GrantError>> + Send;
+
     /// One page of the users whose grant is `active` (the sweep resyncs each): `cursor` is the
     /// previous page's [`Page::next`]. A page may hold fewer than a full page, or none, and
     /// still have a next.

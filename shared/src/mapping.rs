@@ -135,7 +135,9 @@ pub fn fingerprint(image: &serde_dynamo::Item) -> String {
     for name in SYNCED_ATTRIBUTES {
         hash.update(format!("{name}={:?};", image.get(name)).as_bytes());
     }
-    BASE32HEX_NOPAD.encode(&hash.finalize()).to_ascii_lowercase()
+    BASE32HEX_NOPAD
+        .encode(&hash.finalize())
+        .to_ascii_lowercase()
 }
 
 enum Moment {

@@ -63,7 +63,9 @@ impl<Q: JobQueue> crate::http::AfterConnect for ResyncOnConnect<Q> {
                     %error,
                     "the resync after connect is not queued; the daily sweep will bring this user's calendar up to date"
                 ),
-                Err(error) => tracing::warn!(user_id, %error, attempt, "queueing the resync failed; trying again"),
+                Err(error) => {
+                    tracing::warn!(user_id, %error, attempt, "queueing the resync failed; trying again")
+                }
             }
         }
     }

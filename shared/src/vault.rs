@@ -175,6 +175,11 @@ impl Vault {
         Self { keyring }
     }
 
+    /// The key [`Vault::seal`] uses.
+    pub fn current_key_id(&self) -> &str {
+        &self.keyring.current
+    }
+
     pub fn seal(
         &self,
         table: &str,

@@ -913,7 +913,8 @@ async fn two_racing_callbacks_connect_once() {
 }
 
 #[tokio::test]
-async fn a_rotated_keyring_reads_old_grants_reseals_on_the_next_write_and_reaches_warm_instances() {
+async fn a_rotated_keyring_reads_old_grants_reaches_warm_instances_and_the_old_key_can_go_after_a_reseal()
+ {
     let h = Harness::start().await;
     assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
     let sealed_key_id = |item: &HashMap<String, AttributeValue>| {
@@ -985,7 +986,9 @@ async fn a_rotated_keyring_reads_old_grants_reseals_on_the_next_write_and_reache
     let store = DynamoGrantStore::new(h.dynamodb.clone(), h.table("GrantsTable"), fresh.clone());
     let grant = store.get("user-1").await.unwrap().unwrap();
     assert_eq!(sealed_key_id(&read_item().await), old_key_id);
-    store.save(&grant).await.unwrap();
+    // The sweep re-seals the idle grant under the current key, once.
+    assert!(store.reseal("user-1").await.unwrap());
+    assert!(!store.reseal("user-1").await.unwrap());
     assert_eq!(sealed_key_id(&read_item().await), "rotated-2");
     let reread = store.get("user-1").await.unwrap().unwrap();
     let reread_refresh = reread.refresh_token.unwrap().expose_secret().to_string();
@@ -1003,6 +1006,19 @@ async fn a_rotated_keyring_reads_old_grants_reseals_on_the_next_write_and_reache
         warm_cache.keyring().await.unwrap().current_key_id(),
         "rotated-2"
     );
+
+    // Every grant is on the new key: the old one can be removed, and the grant still opens.
+    keyring["keys"].as_object_mut().unwrap().remove(&old_key_id);
+    secrets
+        .put_secret_value()
+        .secret_id(&h.config.secrets.token_keys)
+        .secret_string(keyring.to_string())
+        .send()
+        .await
+        .unwrap();
+    let after = store.get("user-1").await.unwrap().unwrap();
+    assert_eq!(after.status, GrantStatus::Active);
+    assert_eq!(after.refresh_token.unwrap().expose_secret(), reread_refresh);
     h.assert_no_leaks().await;
 }
 

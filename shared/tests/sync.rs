@@ -20,11 +20,11 @@ use calsync::{
     grants::{GrantStatus, GrantStore},
     http::{self, CallbackDeps, StartDeps},
     mapping::google_event_id,
-    secrets::SecretsCache,
     resync::{
         ResyncOnConnect,
         handler::{self as resync_handler, ResyncDeps, ResyncEvent},
     },
+    secrets::SecretsCache,
     store::{DynamoFlowStore, DynamoGrantStore, DynamoSyncStateStore, SqsJobQueue},
     sync::{self, handler::SyncDeps},
     sync_state::{SyncState, SyncStateStore, SyncStatus},
@@ -273,7 +273,10 @@ impl Harness {
     /// Connects, then runs the resync the connect queued (as the resync function would).
     async fn connect(&self, user: &str, account: &str) {
         self.connect_only(user, account).await;
-        assert!(self.drain_resync().await >= 1, "the connect queued a resync");
+        assert!(
+            self.drain_resync().await >= 1,
+            "the connect queued a resync"
+        );
     }
 
     async fn connect_only(&self, user: &str, account: &str) {
@@ -881,7 +884,12 @@ impl Harness {
         let live = items
             .iter()
             .filter(|e| e["status"] != "cancelled")
-            .map(|e| e["extendedProperties"]["private"]["calsync_event_id"].as_str().unwrap().to_string())
+            .map(|e| {
+                e["extendedProperties"]["private"]["calsync_event_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         (live, items.len())
     }
@@ -911,9 +919,16 @@ async fn two_thousand_rows_older_than_the_connect_all_reach_google_off_the_reque
 
     let started = std::time::Instant::now();
     let jobs = h.drain_resync().await;
-    println!("resync of {ROWS} rows: {jobs} job(s), {:?}", started.elapsed());
+    println!(
+        "resync of {ROWS} rows: {jobs} job(s), {:?}",
+        started.elapsed()
+    );
     let (live, all) = h.live_ids(ALICE).await;
-    assert_eq!((live.len(), all), (ROWS, ROWS), "every row once, no duplicate");
+    assert_eq!(
+        (live.len(), all),
+        (ROWS, ROWS),
+        "every row once, no duplicate"
+    );
     assert_eq!(h.stats().await["calendar"]["insert"], ROWS as u64);
 
     // Everything is in sync: resyncing again (the daily sweep) reads and writes nothing to Google.
@@ -930,7 +945,8 @@ async fn what_the_stream_gave_up_on_during_an_outage_arrives_through_the_failure
     let h = Harness::start().await;
     h.connect("u1", ALICE).await;
     h.put_row("kept", "u1", "Before the outage", &[]).await;
-    h.put_row("gone", "u1", "Removed during the outage", &[]).await;
+    h.put_row("gone", "u1", "Removed during the outage", &[])
+        .await;
     assert!(h.sync_new().await.is_empty());
 
     // Google is unreachable for longer than the mapping's retries and record age.
@@ -939,8 +955,10 @@ async fn what_the_stream_gave_up_on_during_an_outage_arrives_through_the_failure
     let mut outage = SyncDeps::from_config(&down, &h.clients, Duration::from_millis(500));
     outage.retry.base = Duration::from_millis(5);
     outage.retry.cap = Duration::from_millis(20);
-    h.put_row("kept", "u1", "Changed during the outage", &[]).await;
-    h.put_row("new", "u1", "Written during the outage", &[]).await;
+    h.put_row("kept", "u1", "Changed during the outage", &[])
+        .await;
+    h.put_row("new", "u1", "Written during the outage", &[])
+        .await;
     h.delete_row("gone").await;
     let records = h.new_records().await;
     assert_eq!(h.run_with(&outage, records.clone()).await.len(), 3);
@@ -977,7 +995,11 @@ async fn what_the_stream_gave_up_on_during_an_outage_arrives_through_the_failure
     .await
     .unwrap();
     assert!(answer.batch_item_failures.is_empty());
-    assert_eq!(h.drain_resync().await, 1, "the sweep queued the one connected user");
+    assert_eq!(
+        h.drain_resync().await,
+        1,
+        "the sweep queued the one connected user"
+    );
 
     assert_eq!(
         h.live_summary(ALICE, "kept").await.as_deref(),

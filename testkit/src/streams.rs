@@ -234,4 +234,3 @@ fn uuid_like() -> String {
     ];
     parts.join("-")
 }
-

@@ -191,9 +191,11 @@ impl Template {
                     .pointer("/Properties/RedrivePolicy")
                     .map(|policy| -> Result<(String, u64)> {
                         let target = policy
-                            .pointer("/deadLetterTargetArn/Fn::GetAtt/0")
-                            .and_then(Value::as_str)
-                            .with_context(|| format!("queue {id}: deadLetterTargetArn is not !GetAtt Queue.Arn"))?;
+                            .get("deadLetterTargetArn")
+                            .and_then(get_att_resource)
+                            .with_context(|| {
+                                format!("queue {id}: deadLetterTargetArn is not !GetAtt Queue.Arn")
+                            })?;
                         let count = policy
                             .get("maxReceiveCount")
                             .and_then(Value::as_u64)
@@ -276,7 +278,7 @@ impl Template {
                     .values()
                     .filter(|e| e.get("Type").and_then(Value::as_str) == Some("SQS"))
                     .filter_map(|e| {
-                        let queue = e.pointer("/Properties/Queue/Fn::GetAtt/0")?.as_str()?;
+                        let queue = get_att_resource(e.pointer("/Properties/Queue")?)?;
                         Some((queue.to_string(), e.get("Properties")?.clone()))
                     })
                     .collect();
@@ -404,6 +406,15 @@ impl Template {
     /// The local physical name of a resource (what `!Ref` gives for tables and secrets here).
     pub fn local_name(ctx: &Context, logical_id: &str) -> String {
         format!("{}{logical_id}", ctx.prefix)
+    }
+}
+
+/// The resource of `!GetAtt Resource.Attribute` (long form: a list, or one dotted string).
+fn get_att_resource(value: &Value) -> Option<&str> {
+    match value.get("Fn::GetAtt")? {
+        Value::Array(parts) => parts.first()?.as_str(),
+        Value::String(dotted) => dotted.split('.').next(),
+        _ => None,
     }
 }
 
@@ -728,9 +739,29 @@ Resources:
         assert!(!cors.allow_credentials);
         let functions = template.functions().unwrap();
         let binaries: Vec<_> = functions.iter().map(|f| f.binary.as_str()).collect();
-        assert_eq!(binaries.len(), 3, "{binaries:?}");
-        for binary in ["oauth-start", "oauth-callback", "event-sync"] {
+        assert_eq!(binaries.len(), 4, "{binaries:?}");
+        for binary in ["oauth-start", "oauth-callback", "event-sync", "resync"] {
             assert!(binaries.contains(&binary));
         }
+        let resync = functions.iter().find(|f| f.binary == "resync").unwrap();
+        let queues: Vec<&str> = resync
+            .queue_mappings
+            .iter()
+            .map(|(q, _)| q.as_str())
+            .collect();
+        assert_eq!(queues, ["ResyncQueue", "EventSyncFailureQueue"]);
+        let declared = template.queues(&ctx(&[])).unwrap();
+        let dead_letter = declared
+            .iter()
+            .position(|q| q.logical_id == "ResyncDeadLetterQueue");
+        let resync_queue = declared.iter().position(|q| q.logical_id == "ResyncQueue");
+        assert!(
+            dead_letter < resync_queue,
+            "a dead-letter queue comes first"
+        );
+        assert_eq!(
+            declared[resync_queue.unwrap()].redrive,
+            Some(("ResyncDeadLetterQueue".into(), 10))
+        );
     }
 }

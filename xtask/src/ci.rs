@@ -366,7 +366,7 @@ async fn browser_tests(state: stack::State) -> Result<String> {
 }
 
 /// The demo's story, which checks issue 5's promise: a row written to the Events table reaches the
-/// calendar through the stream poller, tokens expire and are revoked, parked changes replay.
+/// calendar through the stream poller, tokens expire and are revoked, parked changes and older rows arrive through the resync.
 async fn demo_story(state: stack::State) -> Result<String> {
     let held = demo::DemoStack::from_state(&state)
         .await?

@@ -501,25 +501,31 @@ impl DemoStack {
             Ok("calendar holds every change made while revoked".into())
         });
 
-        step!("a user whose rows predate the connect: connect, and every row arrives", async {
-            let (user, email) = ("user-bob", "bob@example.com");
-            let titles: Vec<String> = (1..=5).map(|i| format!("Bob's event {i}")).collect();
-            for (i, title) in titles.iter().enumerate() {
-                self.put_event(&format!("{run}bob-{i}"), user, title, 10 + i as u32)
+        step!(
+            "a user whose rows predate the connect: connect, and every row arrives",
+            async {
+                let (user, email) = ("user-bob", "bob@example.com");
+                let titles: Vec<String> = (1..=5).map(|i| format!("Bob's event {i}")).collect();
+                for (i, title) in titles.iter().enumerate() {
+                    self.put_event(&format!("{run}bob-{i}"), user, title, 10 + i as u32)
+                        .await?;
+                }
+                let mut browser = Browser::new();
+                let back = self.connect(&mut browser, user, email).await?;
+                ensure!(
+                    back.query_pairs()
+                        .any(|(k, v)| k == "calsync" && v == "connected"),
+                    "returned to {back}"
+                );
+                let want: Vec<&str> = titles.iter().map(String::as_str).collect();
+                self.wait_for_titles(email, &format!("{run}bob-"), &want)
                     .await?;
+                Ok(format!(
+                    "{email}'s calendar holds all {} rows, queued by the connect and applied by resync",
+                    want.len()
+                ))
             }
-            let mut browser = Browser::new();
-            let back = self.connect(&mut browser, user, email).await?;
-            ensure!(
-                back.query_pairs()
-                    .any(|(k, v)| k == "calsync" && v == "connected"),
-                "returned to {back}"
-            );
-            let want: Vec<&str> = titles.iter().map(String::as_str).collect();
-            self.wait_for_titles(email, &format!("{run}bob-"), &want)
-                .await?;
-            Ok(format!("{email}'s calendar holds all {} rows, queued by the connect and applied by resync", want.len()))
-        });
+        );
 
         Ok(steps)
     }

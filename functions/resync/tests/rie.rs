@@ -23,7 +23,10 @@ async fn resync_binary_under_the_rie_backfills_rows_written_before_the_connect()
             .table_name(&events_table)
             .item("event_id", AttributeValue::S(id.into()))
             .item("user_id", AttributeValue::S("u1".into()))
-            .item("title", AttributeValue::S(format!("Before connecting {id}")))
+            .item(
+                "title",
+                AttributeValue::S(format!("Before connecting {id}")),
+            )
             .item("start", AttributeValue::S("2026-12-24".into()))
             .item("end", AttributeValue::S("2026-12-25".into()))
             .send()

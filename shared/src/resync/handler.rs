@@ -14,7 +14,9 @@ use crate::{
     config::Config,
     grants::GrantStore,
     store::{DynamoGrantStore, SqsJobQueue, Stores},
-    sync::{SyncPorts, Syncer, handler::Production as SyncProduction, retry::Deadline},
+    sync::{
+        SyncPorts, Syncer, handler::Production as SyncProduction, resync::Phase, retry::Deadline,
+    },
 };
 
 /// Time assumed left when the context carries no deadline (hand-made events).
@@ -160,6 +162,18 @@ impl<P: ResyncPorts> ResyncDeps<P> {
     async fn run(&self, job: Job, deadline: Deadline) -> Result<(), MessageError> {
         let rest = match job {
             Job::User(user) => {
+                if user.phase == Phase::States && user.cursor.is_none() {
+                    match self.grants.reseal(&user.user_id).await {
+                        Ok(true) => tracing::info!(
+                            user_id = user.user_id,
+                            "grant re-sealed under the current key"
+                        ),
+                        Ok(false) => {}
+                        Err(error) => {
+                            tracing::warn!(user_id = user.user_id, %error, "cannot re-seal the grant now; the next sweep tries again")
+                        }
+                    }
+                }
                 // Boxed: the resync's future nests every layer of the sync inside it, deeper than
                 // the compiler lays out by default when the binary's main awaits it.
                 let (report, rest) = Box::pin(self.syncer.resync_user(user, deadline)).await?;

@@ -104,9 +104,7 @@ impl EventsSource for InMemoryEvents {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(_, row)| {
-                crate::mapping::placement(row).user_id.as_deref() == Some(user_id)
-            })
+            .filter(|(_, row)| crate::mapping::placement(row).user_id.as_deref() == Some(user_id))
             .map(|(id, row)| (id.clone(), row.clone()))
             .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));

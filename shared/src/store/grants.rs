@@ -77,6 +77,37 @@ impl DynamoGrantStore {
 }
 
 impl GrantStore for DynamoGrantStore {
+    async fn reseal(&self, user_id: &str) -> Result<bool, GrantError> {
+        let Some(item) = self.0.table.get(user_id).await.map_err(GrantError::Store)? else {
+            return Ok(false);
+        };
+        let stored: StoredGrant =
+            serde_dynamo::from_item(item).map_err(|e| GrantError::Corrupt {
+                user_id: user_id.to_string(),
+                reason: e.to_string(),
+            })?;
+        let vault = self.0.vault().await?;
+        let on_old_key = [&stored.access_token_sealed, &stored.refresh_token_sealed]
+            .into_iter()
+            .flatten()
+            .any(|sealed| sealed_key_id(sealed) != Some(vault.current_key_id()));
+        if !on_old_key {
+            return Ok(false);
+        }
+        let Some(grant) = self.get(user_id).await? else {
+            return Ok(false);
+        };
+        if grant.access_token.is_none() && grant.refresh_token.is_none() {
+            return Ok(false); // unreadable: keep the ciphertext in case its key comes back
+        }
+        match self.save(&grant).await {
+            Ok(_) => Ok(true),
+            // Someone else wrote it meanwhile, under the current key.
+            Err(GrantError::Conflict { .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
     async fn active_users(&self, cursor: Option<&str>) -> Result<Page<String>, GrantError> {
         let start = cursor
             .map(resume_key::decode)
@@ -279,6 +310,10 @@ impl InMemoryGrantStore {
 }
 
 impl GrantStore for InMemoryGrantStore {
+    async fn reseal(&self, _user_id: &str) -> Result<bool, GrantError> {
+        Ok(false) // nothing is sealed in memory
+    }
+
     async fn active_users(&self, cursor: Option<&str>) -> Result<Page<String>, GrantError> {
         let mut users: Vec<String> = self
             .grants

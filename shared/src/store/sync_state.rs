@@ -15,8 +15,8 @@ use super::{Item, Table, page_after, resume_key, unless_condition_failed};
 use crate::{
     aws::describe_error,
     sync_state::{
-        Expected, PAGE_SIZE, Page, ParkedChanges, Sequence, StateError, SyncState,
-        SyncStateStore, SyncStatus,
+        Expected, PAGE_SIZE, Page, ParkedChanges, Sequence, StateError, SyncState, SyncStateStore,
+        SyncStatus,
     },
 };
 
@@ -163,7 +163,10 @@ impl SyncStateStore for DynamoSyncStateStore {
         user_id: &str,
         cursor: Option<&str>,
     ) -> Result<Page<SyncState>, StateError> {
-        let start = cursor.map(resume_key::decode).transpose().map_err(StateError::Store)?;
+        let start = cursor
+            .map(resume_key::decode)
+            .transpose()
+            .map_err(StateError::Store)?;
         let answer = self
             .user_query(user_id)
             .limit(PAGE_SIZE as i32)

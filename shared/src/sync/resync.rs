@@ -311,7 +311,10 @@ impl<P: SyncPorts> Syncer<P> {
                 }
             }
         }
-        tracing::warn!(event_id, "resync kept losing races on this event; the next resync retries it");
+        tracing::warn!(
+            event_id,
+            "resync kept losing races on this event; the next resync retries it"
+        );
         Outcome::Failed
     }
 }

@@ -388,8 +388,10 @@ async fn users_without_grants_are_parked_and_resynced_from_the_current_row() {
         ..s
     };
     s.events.set("e9", Some(item(image("e9", "nobody", "Now"))));
-    s.events
-        .set("old", Some(item(image("old", "nobody", "Older than calsync"))));
+    s.events.set(
+        "old",
+        Some(item(image("old", "nobody", "Older than calsync"))),
+    );
     let (report, rest) = s
         .resync_user(UserResync::from_start("nobody"), deadline())
         .await
@@ -544,7 +546,10 @@ async fn a_resync_out_of_time_hands_back_where_to_resume_and_redoes_nothing() {
         applied += report.applied;
         job = rest;
     }
-    assert!(invocations > 1, "one invocation did everything; the test proves nothing");
+    assert!(
+        invocations > 1,
+        "one invocation did everything; the test proves nothing"
+    );
     assert_eq!(applied, rows, "every row applied exactly once");
     assert_eq!(s.calendar.events.lock().unwrap().len(), rows);
 }

@@ -95,7 +95,6 @@ impl Invocation {
     }
 }
 
-
 /// The function side and the failure destination of [`deliver`].
 pub trait Target {
     fn invoke(&self, event: Value) -> impl Future<Output = Result<Invocation>> + Send;

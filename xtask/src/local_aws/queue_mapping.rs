@@ -47,7 +47,10 @@ impl QueuePoller {
             let failed_call = !answer.status().is_success();
             let answer: Value = answer.json().await.unwrap_or(Value::Null);
             if failed_call || answer.get("errorType").is_some() {
-                eprintln!("queue poller: the function failed on {}: {answer}", self.queue_arn);
+                eprintln!(
+                    "queue poller: the function failed on {}: {answer}",
+                    self.queue_arn
+                );
                 continue; // every message comes back after its visibility timeout
             }
             queues::delete_handled(&self.sqs, &self.queue_url, &messages, &answer).await?;
