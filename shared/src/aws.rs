@@ -27,6 +27,8 @@ pub async fn sdk_config() -> SdkConfig {
 pub struct Clients {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
+    /// Tuned for best-effort lifecycle events (`lifecycle::eventbridge::client`).
+    pub eventbridge: aws_sdk_eventbridge::Client,
 }
 
 impl Clients {
@@ -34,6 +36,7 @@ impl Clients {
         Self {
             dynamodb: aws_sdk_dynamodb::Client::new(config),
             secrets: aws_sdk_secretsmanager::Client::new(config),
+            eventbridge: crate::lifecycle::eventbridge::client(config),
         }
     }
 
