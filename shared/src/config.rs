@@ -390,6 +390,13 @@ mod tests {
     }
 
     #[test]
+    fn a_bus_of_its_own_is_read() {
+        let env = test_variables(&[("EVENT_BUS_NAME", "calsync-events/prod_1.a")]);
+        let config = Config::from_source(&env).unwrap();
+        assert_eq!(config.event_bus_name, "calsync-events/prod_1.a");
+    }
+
+    #[test]
     fn blank_counts_as_missing() {
         let mut env = full();
         env.insert("GRANTS_TABLE".into(), "  ".into());
