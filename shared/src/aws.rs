@@ -28,6 +28,8 @@ pub struct Clients {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
     pub sqs: aws_sdk_sqs::Client,
+    /// Tuned for best-effort lifecycle events (`lifecycle::eventbridge::client`).
+    pub eventbridge: aws_sdk_eventbridge::Client,
 }
 
 impl Clients {
@@ -36,6 +38,7 @@ impl Clients {
             dynamodb: aws_sdk_dynamodb::Client::new(config),
             secrets: aws_sdk_secretsmanager::Client::new(config),
             sqs: aws_sdk_sqs::Client::new(config),
+            eventbridge: crate::lifecycle::eventbridge::client(config),
         }
     }
 

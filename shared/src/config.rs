@@ -15,6 +15,8 @@ pub const DEFAULT_GOOGLE_CALENDAR_API_URL: &str = "https://www.googleapis.com/ca
 pub const DEFAULT_GOOGLE_SCOPES: &str =
     "openid email https://www.googleapis.com/auth/calendar.events.owned";
 pub const DEFAULT_SYNC_CONCURRENCY: usize = 8;
+/// The account's default EventBridge bus, where lifecycle events go unless told otherwise.
+pub const DEFAULT_EVENT_BUS_NAME: &str = "default";
 
 /// The variables without a default: a function stops at start when one is missing.
 pub const REQUIRED_VARIABLES: [&str; 10] = [
@@ -151,6 +153,25 @@ impl<S: Source + ?Sized> Reader<'_, S> {
             .collect()
     }
 
+    /// An EventBridge bus name: 1 to 256 of `A-Z a-z 0-9 . - _ /` (EventBridge's own rule, and
+    /// the template parameter's `AllowedPattern`).
+    pub fn bus_name(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
+        let value = self.optional(name, default);
+        let valid = value.len() <= 256
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'));
+        if !valid {
+            return Err(ConfigError::Malformed {
+                name,
+                reason: format!(
+                    "{value:?} is not an EventBridge bus name (A-Z a-z 0-9 . - _ /, at most 256)"
+                ),
+            });
+        }
+        Ok(value)
+    }
+
     pub fn words(&self, name: &'static str, default: &str) -> Vec<String> {
         self.optional(name, default)
             .split_whitespace()
@@ -263,6 +284,8 @@ pub struct Config {
     pub sync_concurrency: usize,
     /// The SQS queue of resync jobs ([`crate::resync`]).
     pub resync_queue_url: String,
+    /// The EventBridge bus of the lifecycle events (`EVENT_BUS_NAME`).
+    pub event_bus_name: String,
 }
 
 impl Config {
@@ -282,6 +305,7 @@ impl Config {
                 "RESYNC_QUEUE_URL",
                 "the template sets it to the resync queue's URL",
             )?,
+            event_bus_name: r.bus_name("EVENT_BUS_NAME", DEFAULT_EVENT_BUS_NAME)?,
         })
     }
 }
@@ -346,6 +370,7 @@ mod tests {
         assert_eq!(config.google.token_url.as_str(), DEFAULT_GOOGLE_TOKEN_URL);
         assert_eq!(config.oauth.scopes.len(), 3);
         assert_eq!(config.sync_concurrency, 8);
+        assert_eq!(config.event_bus_name, "default");
         assert_eq!(
             config.oauth.allowed_return_origins,
             vec!["https://app.example.com", "http://localhost:3000"]
@@ -376,6 +401,13 @@ mod tests {
     }
 
     #[test]
+    fn a_bus_of_its_own_is_read() {
+        let env = test_variables(&[("EVENT_BUS_NAME", "calsync-events/prod_1.a")]);
+        let config = Config::from_source(&env).unwrap();
+        assert_eq!(config.event_bus_name, "calsync-events/prod_1.a");
+    }
+
+    #[test]
     fn blank_counts_as_missing() {
         let mut env = full();
         env.insert("GRANTS_TABLE".into(), "  ".into());
@@ -396,6 +428,8 @@ mod tests {
             ("GOOGLE_TOKEN_URL", "not a url"),
             ("OAUTH_REDIRECT_URI", "ftp://x.example/cb"),
             ("ALLOWED_RETURN_ORIGINS", "https://app.example.com/path"),
+            ("EVENT_BUS_NAME", "arn:aws:events:eu-west-1:1:event-bus/x"),
+            ("EVENT_BUS_NAME", "my bus"),
         ];
         for (name, value) in cases {
             let mut env = full();

@@ -49,6 +49,10 @@ pub enum OAuthError {
     )]
     InvalidGrant,
     #[error(
+        "Google refused the refresh token under a session-control policy (invalid_rapt): the user must sign in and connect again"
+    )]
+    InvalidRapt,
+    #[error(
         "Google refused the OAuth client (invalid_client): check the client id and secret in the Google client secret"
     )]
     InvalidClient,
@@ -188,6 +192,16 @@ fn token_error(error: RequestTokenError<TransportError, BasicErrorResponse>) -> 
     match error {
         RequestTokenError::Request(e) => OAuthError::Transient(e.to_string()),
         RequestTokenError::ServerResponse(answer) => match answer.error() {
+            // A Workspace session-control policy answers `invalid_grant` with the subtype
+            // `invalid_rapt`, which Google also writes into the description ("reauth related
+            // error (invalid_rapt)"); the standard error type keeps only the description.
+            BasicErrorResponseType::InvalidGrant
+                if answer
+                    .error_description()
+                    .is_some_and(|d| d.contains("invalid_rapt")) =>
+            {
+                OAuthError::InvalidRapt
+            }
             BasicErrorResponseType::InvalidGrant => OAuthError::InvalidGrant,
             BasicErrorResponseType::InvalidClient | BasicErrorResponseType::UnauthorizedClient => {
                 OAuthError::InvalidClient
@@ -509,6 +523,12 @@ mod tests {
                 r#"{"error":"invalid_grant","error_description":"Bad Request"}"#
             ))),
             OAuthError::InvalidGrant
+        ));
+        assert!(matches!(
+            token_error(RequestTokenError::ServerResponse(parse(
+                r#"{"error":"invalid_grant","error_description":"reauth related error (invalid_rapt)","error_uri":"https://support.google.com/a/answer/9368756","error_subtype":"invalid_rapt"}"#
+            ))),
+            OAuthError::InvalidRapt
         ));
         assert!(matches!(
             token_error(RequestTokenError::ServerResponse(parse(

@@ -33,6 +33,49 @@ impl GrantStatus {
     }
 }
 
+/// Why a grant needs the user to connect again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReauthReason {
+    /// Google refused the refresh token: revoked, expired, unused for six months, a testing-mode
+    /// app after seven days.
+    InvalidGrant,
+    /// Google refused the refresh token under a Workspace session-control policy (`invalid_rapt`).
+    InvalidRapt,
+    /// The stored tokens cannot be opened (damaged ciphertext, a key gone from the keyring).
+    UnreadableGrant,
+}
+
+impl ReauthReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReauthReason::InvalidGrant => "invalid_grant",
+            ReauthReason::InvalidRapt => "invalid_rapt",
+            ReauthReason::UnreadableGrant => "unreadable_grant",
+        }
+    }
+}
+
+/// A lifecycle event reported at most once per needs_reauth episode of a grant; the grant item
+/// remembers it (see [`GrantStore::mark_reported`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Marker {
+    /// `Grant Needs Reauth` was sent.
+    NeedsReauth,
+    /// `Sync Parked` was sent.
+    Parked,
+}
+
+impl Marker {
+    /// The grant item's attribute holding when it was reported.
+    pub fn attribute(self) -> &'static str {
+        match self {
+            Marker::NeedsReauth => "needs_reauth_reported_at",
+            Marker::Parked => "parked_reported_at",
+        }
+    }
+}
+
 /// A user's Google authorization. `version` is the stored version this value was read at
 /// (0 = not stored yet).
 #[derive(Clone, Debug)]
@@ -47,7 +90,24 @@ pub struct Grant {
     pub access_token: Option<SecretString>,
     pub access_token_expires_at: Option<DateTime<Utc>>,
     pub refresh_token: Option<SecretString>,
+    /// Why the grant needs reauth (set with that status; `UnreadableGrant` is set on read).
+    pub reauth_reason: Option<ReauthReason>,
+    /// When `Grant Needs Reauth` was sent for this episode. Every full write of the grant (a
+    /// connect, a refresh, a retirement) starts a new episode with both markers unset.
+    pub needs_reauth_reported_at: Option<DateTime<Utc>>,
+    /// When `Sync Parked` was sent for this episode.
+    pub parked_reported_at: Option<DateTime<Utc>>,
     pub version: u64,
+}
+
+impl Grant {
+    /// When `marker` was reported in this episode.
+    pub fn reported(&self, marker: Marker) -> Option<DateTime<Utc>> {
+        match marker {
+            Marker::NeedsReauth => self.needs_reauth_reported_at,
+            Marker::Parked => self.parked_reported_at,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,21 +150,36 @@ pub trait GrantStore: Send + Sync {
 
     /// Deletes the token material of `grant` and sets `status` if the stored version is still
     /// `grant.version` ([`GrantError::Conflict`] otherwise: re-read, the user may have
-    /// reconnected). Used when Google refused this grant's refresh token.
+    /// reconnected). Used when Google refused this grant's refresh token, for `reason`.
     fn retire(
         &self,
         grant: &Grant,
         status: GrantStatus,
+        reason: ReauthReason,
     ) -> impl Future<Output = Result<Grant, GrantError>> + Send {
         let retired = Grant {
             status,
             access_token: None,
             access_token_expires_at: None,
             refresh_token: None,
+            reauth_reason: Some(reason),
+            needs_reauth_reported_at: None,
+            parked_reported_at: None,
             ..grant.clone()
         };
         async move { self.save(&retired).await }
     }
+
+    /// Records that the lifecycle events `markers` were reported for `grant`'s episode, if the
+    /// stored version is still `grant.version` and none of them is recorded yet. Returns whether
+    /// this call recorded them: only then does the caller send the events, so concurrent
+    /// invocations send each one once. Neither tokens nor the version change (a writer that read
+    /// the grant before still wins, and its full write starts a new episode).
+    fn mark_reported(
+        &self,
+        grant: &Grant,
+        markers: &[Marker],
+    ) -> impl Future<Output = Result<bool, GrantError>> + Send;
 
     /// Removes `grant` entirely (the user disconnected) if the stored version is still
     /// `grant.version`; [`GrantError::Conflict`] otherwise. No grant stored: nothing to do.
@@ -175,6 +250,9 @@ pub(crate) mod tests {
             access_token: Some(SecretString::from("at".to_string())),
             access_token_expires_at: Some(Utc::now()),
             refresh_token: Some(SecretString::from("rt".to_string())),
+            reauth_reason: None,
+            needs_reauth_reported_at: None,
+            parked_reported_at: None,
             version: 0,
         }
     }
@@ -192,5 +270,16 @@ pub(crate) mod tests {
             "\"needs_reauth\""
         );
         assert_eq!(GrantStatus::Active.as_str(), "active");
+        for reason in [
+            ReauthReason::InvalidGrant,
+            ReauthReason::InvalidRapt,
+            ReauthReason::UnreadableGrant,
+        ] {
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                reason.as_str(),
+                "the stored and the reported names agree"
+            );
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! Domain logic talks to small traits (the grant, flow and sync-state stores, the Google clients),
 //! bundled per handler into one ports trait ([`sync::SyncPorts`], [`http::CallbackPorts`]). The
 //! DynamoDB adapters and their in-memory fakes live in [`store`], one file per table; Google's
-//! adapters in [`calendar`] and [`google_oauth`].
+//! adapters in [`calendar`] and [`google_oauth`]; lifecycle events for the app in [`lifecycle`].
 //! `ARCHITECTURE.md` at the repository root maps the modules.
 
 pub mod aws;
@@ -15,6 +15,7 @@ pub mod flows;
 pub mod google_oauth;
 pub mod grants;
 pub mod http;
+pub mod lifecycle;
 pub mod mapping;
 pub mod resync;
 pub mod secrets;

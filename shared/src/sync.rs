@@ -22,6 +22,7 @@ use retry::RetryPolicy;
 
 use crate::{
     calendar::Calendar,
+    lifecycle::LifecycleEvents,
     sync_state::SyncStateStore,
     tokens::{GrantAccess, TokenProvider, TokenRefresher},
 };
@@ -39,16 +40,20 @@ pub trait SyncPorts {
     type Refresher: TokenRefresher;
     /// The app's Events table, read by the resync only.
     type Events: EventsSource;
+    /// Where `Grant Needs Reauth` and `Sync Parked` go.
+    type Lifecycle: LifecycleEvents;
 }
 
 /// Everything syncing needs: the Calendar API, the sync-state store, the user's grants, the
-/// token refresher and the app's rows (each behind its trait), and the limits.
+/// token refresher, the app's rows and the lifecycle events (each behind its trait), and the
+/// limits.
 pub struct Syncer<P: SyncPorts> {
     pub calendar: P::Calendar,
     pub states: P::States,
     pub grants: P::Grants,
     pub refresher: P::Refresher,
     pub events: P::Events,
+    pub lifecycle: P::Lifecycle,
     pub retry: RetryPolicy,
     /// Event groups applied at the same time (`SYNC_CONCURRENCY`).
     pub concurrency: usize,

@@ -2,12 +2,14 @@
 //! token, refreshing it when it expires within 5 minutes or after Google answered 401, at most once
 //! per user per batch however many tasks of that user run at the same time.
 //!
-//! When Google refuses the refresh token (`invalid_grant`), the grant is marked `needs_reauth` and its
-//! token material deleted; the caller then parks that user's records. The grant store and the OAuth
-//! client sit behind [`GrantAccess`] and [`TokenRefresher`] so unit tests use fakes.
+//! When Google refuses the refresh token (`invalid_grant`, or `invalid_rapt`), the grant is marked
+//! `needs_reauth` with that reason and its token material deleted; the caller then parks that
+//! user's records and, once per user per batch, asks [`GrantAccess::report_parked`] which lifecycle
+//! events of the episode are still to be sent. The grant store and the OAuth client sit behind
+//! [`GrantAccess`] and [`TokenRefresher`] so unit tests use fakes.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     future::Future,
     sync::{Arc, Mutex},
 };
@@ -15,6 +17,8 @@ use std::{
 use chrono::{DateTime, Duration, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex as AsyncMutex;
+
+use crate::grants::{Marker, ReauthReason};
 
 /// A token that expires sooner than this is refreshed before use.
 pub const REFRESH_MARGIN: Duration = Duration::minutes(5);
@@ -38,8 +42,8 @@ pub struct FreshToken {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
-    #[error("Google refused the refresh token (invalid_grant); the user must connect again")]
-    InvalidGrant,
+    #[error("Google refused the refresh token ({}); the user must connect again", .0.as_str())]
+    InvalidGrant(ReauthReason),
     #[error("the token endpoint is unavailable, retry later: {0}")]
     Transient(String),
     #[error("the token endpoint refused the refresh: {0}")]
@@ -69,6 +73,18 @@ impl TokenError {
     }
 }
 
+/// The lifecycle events a parked change of a `needs_reauth` user still owes the app: each is
+/// reported by the one caller that recorded it on the grant ([`GrantAccess::report_parked`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParkReport {
+    pub google_email: Option<String>,
+    pub reason: ReauthReason,
+    /// Send `Grant Needs Reauth`.
+    pub needs_reauth: bool,
+    /// Send `Sync Parked`.
+    pub parked: bool,
+}
+
 /// The grant operations token handling needs. Implementations never put a token in an error.
 pub trait GrantAccess: Send + Sync {
     fn load(
@@ -83,14 +99,24 @@ pub trait GrantAccess: Send + Sync {
         token: &FreshToken,
     ) -> impl Future<Output = Result<(), TokenError>> + Send;
 
-    /// Marks the grant `needs_reauth` and deletes its token material, if it still holds
-    /// `refused` (the refresh token Google refused). Returns false when the grant changed
+    /// Marks the grant `needs_reauth` for `reason` and deletes its token material, if it still
+    /// holds `refused` (the refresh token Google refused). Returns false when the grant changed
     /// meanwhile (the user reconnected): then nothing is written.
     fn mark_needs_reauth(
         &self,
         user_id: &str,
         refused: &SecretString,
+        reason: ReauthReason,
     ) -> impl Future<Output = Result<bool, TokenError>> + Send;
+
+    /// A change of `user_id` was parked because the grant needs reauth: records on the grant
+    /// which of `Grant Needs Reauth` and `Sync Parked` this episode had not reported yet, and
+    /// returns them for the caller to send (`None`: nothing left to send, or the grant is usable
+    /// again). Concurrent callers never both get the same event.
+    fn report_parked(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Option<ParkReport>, TokenError>> + Send;
 }
 
 /// Exchanges a refresh token for a new access token.
@@ -120,6 +146,8 @@ pub struct TokenProvider<'a, G, R> {
     grants: &'a G,
     refresher: &'a R,
     users: Mutex<HashMap<String, Arc<AsyncMutex<Slot>>>>,
+    /// Users whose parking this batch already reported (one grant read per user per batch).
+    parked: Mutex<HashSet<String>>,
 }
 
 impl<'a, G: GrantAccess, R: TokenRefresher> TokenProvider<'a, G, R> {
@@ -128,7 +156,17 @@ impl<'a, G: GrantAccess, R: TokenRefresher> TokenProvider<'a, G, R> {
             grants,
             refresher,
             users: Mutex::new(HashMap::new()),
+            parked: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// True the first time it is asked about `user_id` in this batch: only then does a parked
+    /// change ask the grant which lifecycle events are still owed.
+    pub fn first_park(&self, user_id: &str) -> bool {
+        self.parked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(user_id.to_string())
     }
 
     fn slot(&self, user_id: &str) -> Arc<AsyncMutex<Slot>> {
@@ -240,10 +278,10 @@ impl<'a, G: GrantAccess, R: TokenRefresher> TokenProvider<'a, G, R> {
                 };
                 Ok(())
             }
-            Err(RefreshError::InvalidGrant) => {
+            Err(RefreshError::InvalidGrant(reason)) => {
                 if !self
                     .grants
-                    .mark_needs_reauth(user_id, &refresh_token)
+                    .mark_needs_reauth(user_id, &refresh_token, reason)
                     .await?
                 {
                     // The user reconnected while we refreshed: use the new grant on the retry.
@@ -254,6 +292,7 @@ impl<'a, G: GrantAccess, R: TokenRefresher> TokenProvider<'a, G, R> {
                 }
                 tracing::warn!(
                     user_id,
+                    reason = reason.as_str(),
                     "Google refused the refresh token; grant marked needs_reauth"
                 );
                 *slot = Slot::Unusable(TokenError::NeedsReauth);
@@ -276,6 +315,9 @@ pub mod fakes {
     pub struct FakeGrants {
         pub grants: Mutex<HashMap<String, GrantTokens>>,
         pub refreshes_recorded: AtomicUsize,
+        /// Per user: the reason of the needs_reauth episode and the markers reported in it.
+        pub episodes: Mutex<HashMap<String, (ReauthReason, Vec<Marker>)>>,
+        pub park_reports: AtomicUsize,
     }
 
     impl FakeGrants {
@@ -319,6 +361,7 @@ pub mod fakes {
             &self,
             user_id: &str,
             refused: &SecretString,
+            reason: ReauthReason,
         ) -> Result<bool, TokenError> {
             let mut grants = self.grants.lock().unwrap();
             let Some(g) = grants.get_mut(user_id) else {
@@ -331,7 +374,30 @@ pub mod fakes {
             g.active = false;
             g.access_token = None;
             g.refresh_token = None;
+            self.episodes
+                .lock()
+                .unwrap()
+                .insert(user_id.to_string(), (reason, Vec::new()));
             Ok(true)
+        }
+
+        async fn report_parked(&self, user_id: &str) -> Result<Option<ParkReport>, TokenError> {
+            self.park_reports.fetch_add(1, Ordering::SeqCst);
+            if self.is_active(user_id) != Some(false) {
+                return Ok(None);
+            }
+            let mut episodes = self.episodes.lock().unwrap();
+            let (reason, reported) = episodes
+                .entry(user_id.to_string())
+                .or_insert((ReauthReason::InvalidGrant, Vec::new()));
+            let report = ParkReport {
+                google_email: Some(format!("{user_id}@example.com")),
+                reason: *reason,
+                needs_reauth: !reported.contains(&Marker::NeedsReauth),
+                parked: !reported.contains(&Marker::Parked),
+            };
+            *reported = vec![Marker::NeedsReauth, Marker::Parked];
+            Ok((report.needs_reauth || report.parked).then_some(report))
         }
     }
 
@@ -354,7 +420,7 @@ pub mod fakes {
                 .iter()
                 .any(|r| r == refresh_token.expose_secret())
             {
-                return Err(RefreshError::InvalidGrant);
+                return Err(RefreshError::InvalidGrant(ReauthReason::InvalidGrant));
             }
             Ok(FreshToken {
                 access_token: SecretString::from(format!("at-fresh-{n}")),
@@ -413,6 +479,7 @@ impl<G: crate::grants::GrantStore> GrantAccess for StoredGrants<G> {
         &self,
         user_id: &str,
         refused: &SecretString,
+        reason: ReauthReason,
     ) -> Result<bool, TokenError> {
         for _ in 0..SAVE_ATTEMPTS {
             let Some(grant) = self.0.get(user_id).await.map_err(grant_error)? else {
@@ -427,7 +494,7 @@ impl<G: crate::grants::GrantStore> GrantAccess for StoredGrants<G> {
             }
             match self
                 .0
-                .retire(&grant, crate::grants::GrantStatus::NeedsReauth)
+                .retire(&grant, crate::grants::GrantStatus::NeedsReauth, reason)
                 .await
             {
                 Ok(_) => return Ok(true),
@@ -439,6 +506,42 @@ impl<G: crate::grants::GrantStore> GrantAccess for StoredGrants<G> {
             "the grant of user {user_id:?} kept changing while marking it needs_reauth"
         )))
     }
+
+    async fn report_parked(&self, user_id: &str) -> Result<Option<ParkReport>, TokenError> {
+        for _ in 0..SAVE_ATTEMPTS {
+            let Some(grant) = self.0.get(user_id).await.map_err(grant_error)? else {
+                return Ok(None);
+            };
+            // Reconnected meanwhile: that ended the episode.
+            if grant.status == crate::grants::GrantStatus::Active {
+                return Ok(None);
+            }
+            let owed: Vec<Marker> = [Marker::NeedsReauth, Marker::Parked]
+                .into_iter()
+                .filter(|m| grant.reported(*m).is_none())
+                .collect();
+            if owed.is_empty() {
+                return Ok(None);
+            }
+            // Recorded before sending: an event whose sending fails is lost (best effort), never
+            // sent twice by two invocations.
+            match self.0.mark_reported(&grant, &owed).await {
+                Ok(true) => {
+                    return Ok(Some(ParkReport {
+                        google_email: grant.google_email.clone(),
+                        // Grants retired before reasons were stored were all refused refreshes.
+                        reason: grant.reauth_reason.unwrap_or(ReauthReason::InvalidGrant),
+                        needs_reauth: owed.contains(&Marker::NeedsReauth),
+                        parked: owed.contains(&Marker::Parked),
+                    }));
+                }
+                // Another invocation recorded them, or the grant changed: look again.
+                Ok(false) => continue,
+                Err(e) => return Err(grant_error(e)),
+            }
+        }
+        Ok(None)
+    }
 }
 
 impl TokenRefresher for crate::google_oauth::GoogleOAuth {
@@ -449,7 +552,12 @@ impl TokenRefresher for crate::google_oauth::GoogleOAuth {
                 access_token: t.access_token,
                 expires_at: t.expires_at,
             }),
-            Err(OAuthError::InvalidGrant) => Err(RefreshError::InvalidGrant),
+            Err(OAuthError::InvalidGrant) => {
+                Err(RefreshError::InvalidGrant(ReauthReason::InvalidGrant))
+            }
+            Err(OAuthError::InvalidRapt) => {
+                Err(RefreshError::InvalidGrant(ReauthReason::InvalidRapt))
+            }
             Err(e @ (OAuthError::Transient(_) | OAuthError::Secrets(_))) => {
                 Err(RefreshError::Transient(e.to_string()))
             }
@@ -548,6 +656,9 @@ mod tests {
                 access_token: Some(SecretString::from("at-old".to_string())),
                 access_token_expires_at: Some(Utc::now() + access_expires_in),
                 refresh_token: Some(SecretString::from(refresh.to_string())),
+                reauth_reason: None,
+                needs_reauth_reported_at: None,
+                parked_reported_at: None,
                 version: 0,
             }
         }
@@ -576,7 +687,7 @@ mod tests {
                         .await
                         .unwrap();
                 }
-                Err(RefreshError::InvalidGrant)
+                Err(RefreshError::InvalidGrant(ReauthReason::InvalidRapt))
             }
         }
 
@@ -600,6 +711,21 @@ mod tests {
             let stored = store.get("u").await.unwrap().unwrap();
             assert_eq!(stored.status, GrantStatus::NeedsReauth);
             assert!(stored.refresh_token.is_none() && stored.access_token.is_none());
+            assert_eq!(stored.reauth_reason, Some(ReauthReason::InvalidRapt));
+
+            // The first parked change owes both events, later ones none.
+            let report = grants.report_parked("u").await.unwrap().unwrap();
+            assert_eq!(
+                report,
+                ParkReport {
+                    google_email: None,
+                    reason: ReauthReason::InvalidRapt,
+                    needs_reauth: true,
+                    parked: true,
+                }
+            );
+            assert_eq!(grants.report_parked("u").await.unwrap(), None);
+            assert_eq!(grants.report_parked("nobody").await.unwrap(), None);
         }
 
         #[tokio::test]

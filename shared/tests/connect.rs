@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use calsync::{
     config::Config,
     google_oauth::{GoogleOAuth, OAuthError},
-    grants::{GrantStatus, GrantStore},
+    grants::{GrantStatus, GrantStore, Marker, ReauthReason},
     http::{self, AfterConnect, CallbackDeps, StartDeps},
     secrets::SecretsCache,
     store::{DynamoFlowStore, DynamoGrantStore},
@@ -821,13 +821,13 @@ async fn grant_writes_are_versioned_and_tokens_sealed_at_rest() {
     let retired = h
         .callback
         .grants
-        .retire(&saved, GrantStatus::NeedsReauth)
+        .retire(&saved, GrantStatus::NeedsReauth, ReauthReason::InvalidGrant)
         .await
         .unwrap();
     assert!(matches!(
         h.callback
             .grants
-            .retire(&saved, GrantStatus::NeedsReauth)
+            .retire(&saved, GrantStatus::NeedsReauth, ReauthReason::InvalidGrant)
             .await,
         Err(calsync::grants::GrantError::Conflict { .. })
     ));
@@ -835,6 +835,33 @@ async fn grant_writes_are_versioned_and_tokens_sealed_at_rest() {
     assert_eq!(reread.status, GrantStatus::NeedsReauth);
     assert!(reread.refresh_token.is_none() && reread.access_token.is_none());
     assert_eq!(reread.version, retired.version);
+    assert_eq!(reread.reauth_reason, Some(ReauthReason::InvalidGrant));
+    // The lifecycle markers: recorded once, only at the version read, the version unchanged.
+    let markers = [Marker::NeedsReauth, Marker::Parked];
+    assert!(
+        !h.callback
+            .grants
+            .mark_reported(&saved, &markers)
+            .await
+            .unwrap()
+    );
+    assert!(
+        h.callback
+            .grants
+            .mark_reported(&retired, &markers)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !h.callback
+            .grants
+            .mark_reported(&retired, &[Marker::Parked])
+            .await
+            .unwrap()
+    );
+    let marked = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    assert_eq!(marked.version, retired.version);
+    assert!(marked.needs_reauth_reported_at.is_some() && marked.parked_reported_at.is_some());
     let item = h
         .dynamodb
         .get_item()

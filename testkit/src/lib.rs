@@ -1,6 +1,7 @@
 //! The local AWS that calsync's tests need, and nothing else: moto's server, the tables and
 //! secrets `template.yaml` declares, moto's stream records in Lambda's event shape, functions under
-//! the Runtime Interface Emulator, and API Gateway v2 events. `shared`'s and the functions' tests
+//! the Runtime Interface Emulator, API Gateway v2 events, and calsync's lifecycle events read from
+//! moto's EventBridge. `shared`'s and the functions' tests
 //! use it through [`TestStack`]; `xtask` builds the long-running local stack from the same modules.
 //!
 //! `template.yaml` is the one description of the stack: [`template`] reads it and every other
@@ -10,6 +11,7 @@ pub mod api_gateway;
 pub mod aws;
 pub mod ddb_json;
 pub mod emulator_control;
+pub mod eventbridge;
 pub mod moto;
 pub mod paths;
 pub mod process;

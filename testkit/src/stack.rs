@@ -27,6 +27,7 @@ use url::Url;
 
 use crate::api_gateway::{HttpApiEvent, answer_header, answer_of, answer_set_cookies, cookie_pair};
 use crate::emulator_control::EmulatorControl;
+use crate::eventbridge::{self, EventTap};
 use crate::template::{Context, Template};
 use crate::{aws, ddb_json, moto, paths, process, queues, seed, streams, tables};
 
@@ -144,7 +145,10 @@ impl TestStack {
         );
         let secrets = StackSecrets::generate();
         let app = Url::parse(DEFAULT_RETURN_URL)?;
-        let ctx = local_context(&prefix, &emulator.base_url, &aws_endpoint, &app, &app);
+        let mut ctx = local_context(&prefix, &emulator.base_url, &aws_endpoint, &app, &app);
+        // A bus of the stack's own: tests sharing one moto never read each other's events.
+        ctx.parameters
+            .insert("EventBusName".into(), format!("{prefix}bus"));
         let template = Template::load_workspace()?;
         let provisioned = provision(&sdk, &template, &ctx, &emulator.base_url, &secrets).await?;
         let StackSecrets {
@@ -289,6 +293,16 @@ impl TestStack {
         .await
     }
 
+    /// A queue that receives every event with `source` on this stack's bus (`EVENT_BUS_NAME`), to
+    /// read what the functions emitted; see [`EventTap::drain`].
+    pub async fn tap_events(&self, source: &str) -> Result<EventTap> {
+        let bus = self
+            .env
+            .get("EVENT_BUS_NAME")
+            .context("template.yaml sets no EVENT_BUS_NAME")?;
+        EventTap::start(&self.sdk, bus, source, &format!("{}lifecycle", self.prefix)).await
+    }
+
     /// `{"Records": [...]}`.
     pub fn stream_event(records: Vec<Value>) -> Value {
         streams::stream_event(records)
@@ -384,8 +398,9 @@ pub struct Provisioned {
     pub created: Vec<String>,
 }
 
-/// Creates the template's tables and queues under `ctx`'s names (an existing one is kept) and seeds both
-/// secrets: the Google client (at `google`, redirecting to the template's `OAuthRedirectUri`) and
+/// Creates the template's tables and queues under `ctx`'s names (an existing one is kept), the
+/// event bus when it is not the default one, and seeds both secrets: the Google client (at
+/// `google`, redirecting to the template's `OAuthRedirectUri`) and
 /// the keyring.
 pub async fn provision(
     sdk: &SdkConfig,
@@ -408,6 +423,9 @@ pub async fn provision(
         queues::create_queue(&sqs, ctx, &spec).await?;
     }
     let env = template.environment(ctx, None)?;
+    if let Some(bus) = env.get("EVENT_BUS_NAME") {
+        eventbridge::ensure_bus(sdk, bus).await?;
+    }
     let redirect_uri = ctx
         .parameters
         .get("OAuthRedirectUri")

@@ -18,6 +18,7 @@ use crate::{
     flows::{Flow, FlowStore, nonce_hash, nonce_matches},
     google_oauth::{CodeExchange, GoogleIdentity, OAuthError},
     grants::{Grant, GrantError, GrantStatus, GrantStore, account_in_use},
+    lifecycle::{self, LifecycleEvent},
 };
 
 /// Scopes that let calsync write events (full URLs as Google reports them; short forms too).
@@ -300,7 +301,12 @@ async fn connect<P: CallbackPorts>(
         revoke_unless_held(deps, user_id, None, &exchange).await;
         return Err("no_identity");
     };
-    let result = store_grant(deps, user_id, &sub, email, scopes, &exchange).await;
+    let result = store_grant(deps, user_id, &sub, email.clone(), scopes, &exchange).await;
+    if result.is_ok() {
+        // Sent before the replay and the answer: the grant is stored, whatever follows.
+        let event = LifecycleEvent::connected(user_id, email.as_deref());
+        lifecycle::emit(&deps.lifecycle, event).await;
+    }
     match &result {
         Ok(Some(replaced)) if replaced.google_sub != sub => revoke_replaced(deps, replaced).await,
         Ok(_) => {}
@@ -352,6 +358,10 @@ async fn store_grant<P: CallbackPorts>(
             )),
             access_token_expires_at: Some(exchange.expires_at),
             refresh_token: Some(refresh_token),
+            // A new grant: any needs_reauth episode of the one it replaces ends here.
+            reauth_reason: None,
+            needs_reauth_reported_at: None,
+            parked_reported_at: None,
             version: existing.as_ref().map_or(0, |g| g.version),
         };
         match deps.grants.save(&grant).await {

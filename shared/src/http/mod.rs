@@ -23,6 +23,7 @@ use crate::{
     flows::FlowStore,
     google_oauth::GoogleOAuth,
     grants::GrantStore,
+    lifecycle::{LifecycleEvents, eventbridge::EventBridgeEvents},
     store::{DynamoFlowStore, DynamoGrantStore, DynamoSyncStateStore, Stores},
     sync_state::ParkedChanges,
 };
@@ -54,6 +55,8 @@ pub struct StartDeps<F> {
 /// parameter: production's is [`Production`], unit tests bundle fakes.
 pub trait CallbackPorts {
     type Grants: GrantStore;
+    /// Where `Grant Connected` and `Grant Disconnected` go.
+    type Lifecycle: LifecycleEvents;
     type Flows: FlowStore;
     type Parked: ParkedChanges;
     type AfterConnect: AfterConnect;
@@ -65,6 +68,7 @@ pub struct Production<A>(std::marker::PhantomData<fn() -> A>);
 
 impl<A: AfterConnect> CallbackPorts for Production<A> {
     type Grants = DynamoGrantStore;
+    type Lifecycle = EventBridgeEvents;
     type Flows = DynamoFlowStore;
     type Parked = DynamoSyncStateStore;
     type AfterConnect = A;
@@ -74,6 +78,7 @@ impl<A: AfterConnect> CallbackPorts for Production<A> {
 pub struct CallbackDeps<P: CallbackPorts> {
     pub config: Config,
     pub grants: P::Grants,
+    pub lifecycle: P::Lifecycle,
     pub flows: P::Flows,
     pub parked: P::Parked,
     pub after_connect: P::AfterConnect,
@@ -98,6 +103,10 @@ impl<A: AfterConnect> CallbackDeps<Production<A>> {
         let stores = Stores::new(&config, clients);
         Self {
             grants: stores.grants(),
+            lifecycle: EventBridgeEvents::new(
+                clients.eventbridge.clone(),
+                config.event_bus_name.clone(),
+            ),
             flows: stores.flows(),
             parked: stores.sync_state(),
             after_connect,
@@ -206,6 +215,7 @@ mod tests {
 
     impl CallbackPorts for Fakes {
         type Grants = InMemoryGrantStore;
+        type Lifecycle = crate::lifecycle::RecordedEvents;
         type Flows = InMemoryFlowStore;
         type Parked = FixedParkedChanges;
         type AfterConnect = NothingAfterConnect;
@@ -271,6 +281,7 @@ mod tests {
             google: google(&config),
             config,
             grants: InMemoryGrantStore::new(),
+            lifecycle: crate::lifecycle::RecordedEvents::new(),
             flows,
             parked: FixedParkedChanges(3),
             after_connect: NothingAfterConnect,
@@ -378,6 +389,9 @@ mod tests {
             access_token: None,
             access_token_expires_at: None,
             refresh_token: Some(secrecy::SecretString::from("1//rt".to_string())),
+            reauth_reason: None,
+            needs_reauth_reported_at: None,
+            parked_reported_at: None,
             version: 0,
         };
         callback.grants.save(&grant).await.unwrap();
@@ -392,5 +406,9 @@ mod tests {
         assert!(body.contains("revoke_failed"));
         assert!(!body.contains("1//rt"));
         assert!(callback.grants.get("user-1").await.unwrap().is_some());
+        assert!(
+            callback.lifecycle.events().is_empty(),
+            "nothing was disconnected"
+        );
     }
 }

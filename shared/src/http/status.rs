@@ -7,6 +7,7 @@ use super::{CallbackDeps, CallbackPorts, identity, responses};
 use crate::{
     google_oauth::OAuthError,
     grants::{GrantError, GrantStatus, GrantStore, account_in_use},
+    lifecycle::{self, LifecycleEvent},
     sync_state::ParkedChanges,
 };
 
@@ -109,6 +110,8 @@ pub async fn disconnect<P: CallbackPorts>(
                     revoked = !shared,
                     "calendar disconnected"
                 );
+                let event = LifecycleEvent::disconnected(&user_id, grant.google_email.as_deref());
+                lifecycle::emit(&deps.lifecycle, event).await;
                 return responses::no_content();
             }
             Err(GrantError::Conflict { .. }) => continue,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Item, SealedTable, page_after, resume_key, unless_condition_failed};
 use crate::{
-    grants::{Grant, GrantError, GrantStatus, GrantStore},
+    grants::{Grant, GrantError, GrantStatus, GrantStore, Marker, ReauthReason},
     secrets::SecretsCache,
     sync_state::{PAGE_SIZE, Page},
     vault::{VaultError, sealed_key_id},
@@ -38,6 +38,14 @@ struct StoredGrant {
     access_token_expires_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     refresh_token_sealed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reauth_reason: Option<ReauthReason>,
+    // The lifecycle markers (`Marker::attribute`): set by `mark_reported`, dropped by every full
+    // write, which is what ends an episode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    needs_reauth_reported_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parked_reported_at: Option<DateTime<Utc>>,
     version: u64,
     updated_at: DateTime<Utc>,
 }
@@ -182,8 +190,8 @@ impl GrantStore for DynamoGrantStore {
         };
         let opened = open(&stored.access_token_sealed)
             .and_then(|access| Ok((access, open(&stored.refresh_token_sealed)?)));
-        let (access_token, refresh_token, status) = match opened {
-            Ok((access, refresh)) => (access, refresh, stored.status),
+        let (access_token, refresh_token, status, reauth_reason) = match opened {
+            Ok((access, refresh)) => (access, refresh, stored.status, stored.reauth_reason),
             // Corrupt ciphertext, or a key no longer in the keyring: only a new connect can
             // help, so the grant reads as needs_reauth (status says so, sync parks, a reconnect
             // overwrites it). The item is left as it is, in case the key comes back.
@@ -195,7 +203,12 @@ impl GrantStore for DynamoGrantStore {
                     error = %source,
                     "the stored grant's tokens cannot be opened: it counts as needs_reauth until the user reconnects"
                 );
-                (None, None, GrantStatus::NeedsReauth)
+                (
+                    None,
+                    None,
+                    GrantStatus::NeedsReauth,
+                    Some(ReauthReason::UnreadableGrant),
+                )
             }
             Err(other) => return Err(other),
         };
@@ -210,6 +223,9 @@ impl GrantStore for DynamoGrantStore {
             connected_at: stored.connected_at,
             refreshed_at: stored.refreshed_at,
             access_token_expires_at: stored.access_token_expires_at,
+            reauth_reason,
+            needs_reauth_reported_at: stored.needs_reauth_reported_at,
+            parked_reported_at: stored.parked_reported_at,
             version: stored.version,
         }))
     }
@@ -230,6 +246,9 @@ impl GrantStore for DynamoGrantStore {
             access_token_sealed: seal(grant.access_token.as_ref())?,
             access_token_expires_at: grant.access_token_expires_at,
             refresh_token_sealed: seal(grant.refresh_token.as_ref())?,
+            reauth_reason: grant.reauth_reason,
+            needs_reauth_reported_at: grant.needs_reauth_reported_at,
+            parked_reported_at: grant.parked_reported_at,
             version: new_version,
             updated_at: Utc::now(),
         };
@@ -275,6 +294,37 @@ impl GrantStore for DynamoGrantStore {
         // A failed condition: the user has no grant, so there is nothing to delete.
         unless_condition_failed(updated).map_err(GrantError::Store)?;
         Ok(())
+    }
+
+    async fn mark_reported(&self, grant: &Grant, markers: &[Marker]) -> Result<bool, GrantError> {
+        if markers.is_empty() {
+            return Ok(false);
+        }
+        let mut update = self
+            .0
+            .table
+            .update(&grant.user_id)
+            .expression_attribute_names("#version", "version")
+            .expression_attribute_values(
+                ":read_version",
+                AttributeValue::N(grant.version.to_string()),
+            )
+            .expression_attribute_values(":now", AttributeValue::S(Utc::now().to_rfc3339()));
+        let (mut sets, mut conditions) = (Vec::new(), vec!["#version = :read_version".to_string()]);
+        for (i, marker) in markers.iter().enumerate() {
+            let name = format!("#m{i}");
+            update = update.expression_attribute_names(&name, marker.attribute());
+            sets.push(format!("{name} = :now"));
+            conditions.push(format!("attribute_not_exists({name})"));
+        }
+        let updated = update
+            .update_expression(format!("SET {}", sets.join(", ")))
+            .condition_expression(conditions.join(" AND "))
+            .send()
+            .await;
+        Ok(unless_condition_failed(updated)
+            .map_err(GrantError::Store)?
+            .is_some())
     }
 
     async fn delete(&self, grant: &Grant) -> Result<(), GrantError> {
@@ -367,6 +417,27 @@ impl GrantStore for InMemoryGrantStore {
         Ok(())
     }
 
+    async fn mark_reported(&self, grant: &Grant, markers: &[Marker]) -> Result<bool, GrantError> {
+        let mut grants = self.grants.lock().unwrap();
+        let Some(stored) = grants.get_mut(&grant.user_id) else {
+            return Ok(false);
+        };
+        if markers.is_empty()
+            || stored.version != grant.version
+            || markers.iter().any(|m| stored.reported(*m).is_some())
+        {
+            return Ok(false);
+        }
+        let now = Utc::now();
+        for marker in markers {
+            match marker {
+                Marker::NeedsReauth => stored.needs_reauth_reported_at = Some(now),
+                Marker::Parked => stored.parked_reported_at = Some(now),
+            }
+        }
+        Ok(true)
+    }
+
     async fn delete(&self, grant: &Grant) -> Result<(), GrantError> {
         let mut grants = self.grants.lock().unwrap();
         match grants.get(&grant.user_id) {
@@ -412,7 +483,9 @@ mod tests {
 
         // retire and delete are conditional on the version read.
         assert!(matches!(
-            store.retire(&saved, GrantStatus::NeedsReauth).await,
+            store
+                .retire(&saved, GrantStatus::NeedsReauth, ReauthReason::InvalidGrant)
+                .await,
             Err(GrantError::Conflict { .. })
         ));
         let renewed = store
@@ -424,10 +497,62 @@ mod tests {
             .await
             .unwrap();
         let retired = store
-            .retire(&renewed, GrantStatus::NeedsReauth)
+            .retire(
+                &renewed,
+                GrantStatus::NeedsReauth,
+                ReauthReason::InvalidRapt,
+            )
             .await
             .unwrap();
         assert!(retired.refresh_token.is_none() && retired.status == GrantStatus::NeedsReauth);
+        assert_eq!(retired.reauth_reason, Some(ReauthReason::InvalidRapt));
+
+        // Markers: once per episode, only at the version read, and a full write clears them.
+        assert!(
+            !store
+                .mark_reported(&renewed, &[Marker::Parked])
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .mark_reported(&retired, &[Marker::NeedsReauth, Marker::Parked])
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .mark_reported(&retired, &[Marker::Parked])
+                .await
+                .unwrap()
+        );
+        let marked = store.get("u").await.unwrap().unwrap();
+        assert!(marked.parked_reported_at.is_some() && marked.version == retired.version);
+        let reconnected = store
+            .save(&Grant {
+                status: GrantStatus::Active,
+                needs_reauth_reported_at: None,
+                parked_reported_at: None,
+                reauth_reason: None,
+                ..marked
+            })
+            .await
+            .unwrap();
+        let retired = store
+            .retire(
+                &reconnected,
+                GrantStatus::NeedsReauth,
+                ReauthReason::InvalidGrant,
+            )
+            .await
+            .unwrap();
+        assert!(retired.parked_reported_at.is_none());
+        assert!(
+            store
+                .mark_reported(&retired, &[Marker::Parked])
+                .await
+                .unwrap()
+        );
         assert!(matches!(
             store.delete(&renewed).await,
             Err(GrantError::Conflict { .. })

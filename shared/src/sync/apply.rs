@@ -17,9 +17,10 @@ use super::{
 };
 use crate::{
     calendar::{Calendar, CalendarError},
+    lifecycle::{self, LifecycleEvent},
     mapping::{EventRow, fingerprint, placement, synced_fields_changed},
     sync_state::{SyncState, SyncStatus},
-    tokens::TokenError,
+    tokens::{GrantAccess, TokenError},
 };
 
 /// One change to apply.
@@ -224,7 +225,8 @@ impl<P: SyncPorts> Syncer<P> {
     }
 
     /// Applies `change` to the event `event_id` whose stored state is `previous`, and returns the
-    /// state to store (with `previous`'s sequence; the caller sets the record's).
+    /// state to store (with `previous`'s sequence; the caller sets the record's). A change parked
+    /// because the grant needs reauth sends the episode's lifecycle events still owed.
     pub async fn apply(
         &self,
         tokens: &Tokens<'_, P>,
@@ -233,7 +235,7 @@ impl<P: SyncPorts> Syncer<P> {
         change: Change<'_>,
         deadline: Deadline,
     ) -> Result<SyncState, RecordFailure> {
-        match change {
+        let next = match change {
             Change::Remove { old_image } => {
                 self.apply_remove(tokens, event_id, previous, old_image, deadline)
                     .await
@@ -242,6 +244,39 @@ impl<P: SyncPorts> Syncer<P> {
                 self.apply_upsert(tokens, event_id, previous, image, old_image, deadline)
                     .await
             }
+        }?;
+        if next.status == SyncStatus::NeedsReauth
+            && let Some(user_id) = &next.user_id
+        {
+            self.report_parked(tokens, user_id).await;
+        }
+        Ok(next)
+    }
+
+    /// Sends `Grant Needs Reauth` and `Sync Parked` for `user_id` if this episode has not yet:
+    /// the grant records which ones were sent, so however many records park, in however many
+    /// invocations, each goes out once. Asked once per user per batch. A user without a grant
+    /// (`not_connected`) has nothing to record it on and gets no event (the README says why).
+    async fn report_parked(&self, tokens: &Tokens<'_, P>, user_id: &str) {
+        if !tokens.first_park(user_id) {
+            return;
+        }
+        let report = match self.grants.report_parked(user_id).await {
+            Ok(Some(report)) => report,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(user_id, %error, "cannot tell which lifecycle events are owed; none sent");
+                return;
+            }
+        };
+        let email = report.google_email.as_deref();
+        if report.needs_reauth {
+            let event = LifecycleEvent::needs_reauth(user_id, email, report.reason);
+            lifecycle::emit(&self.lifecycle, event).await;
+        }
+        if report.parked {
+            let event = LifecycleEvent::sync_parked(user_id, email, Some(report.reason));
+            lifecycle::emit(&self.lifecycle, event).await;
         }
     }
 

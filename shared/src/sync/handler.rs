@@ -14,6 +14,7 @@ use crate::{
     calendar::CalendarClient,
     config::Config,
     google_oauth::GoogleOAuth,
+    lifecycle::eventbridge::EventBridgeEvents,
     store::{DynamoEvents, DynamoGrantStore, DynamoSyncStateStore, Stores},
     tokens::StoredGrants,
 };
@@ -54,6 +55,7 @@ impl SyncPorts for Production {
     type Grants = StoredGrants<DynamoGrantStore>;
     type Refresher = GoogleOAuth;
     type Events = DynamoEvents;
+    type Lifecycle = EventBridgeEvents;
 }
 
 /// The production wiring.
@@ -68,6 +70,10 @@ impl Syncer<Production> {
             states: stores.sync_state(),
             grants: StoredGrants(stores.grants()),
             events: stores.events(),
+            lifecycle: EventBridgeEvents::new(
+                clients.eventbridge.clone(),
+                config.event_bus_name.clone(),
+            ),
             refresher: GoogleOAuth::new(config, stores.secrets()),
             retry: super::retry::RetryPolicy {
                 safety_margin: calendar_timeout + Duration::from_secs(2),

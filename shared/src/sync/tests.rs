@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use super::{SyncPorts, Syncer, resync::UserResync, retry::Deadline, retry::RetryPolicy};
 use crate::{
     calendar::{Calendar, CalendarError},
+    lifecycle::{Kind, RecordedEvents},
     mapping::google_event_id,
     store::{InMemoryEvents, InMemorySyncStateStore},
     sync_state::{SyncStateStore, SyncStatus},
@@ -125,6 +126,7 @@ impl<C: Calendar> SyncPorts for Fakes<C> {
     type Grants = FakeGrants;
     type Refresher = FakeRefresher;
     type Events = InMemoryEvents;
+    type Lifecycle = RecordedEvents;
 }
 
 type TestSyncer = Syncer<Fakes<FakeCalendar>>;
@@ -136,6 +138,7 @@ fn syncer(grants: FakeGrants) -> TestSyncer {
         grants,
         refresher: FakeRefresher::default(),
         events: InMemoryEvents::new(),
+        lifecycle: RecordedEvents::new(),
         retry: RetryPolicy {
             base: Duration::from_millis(1),
             cap: Duration::from_millis(2),
@@ -496,6 +499,7 @@ async fn a_remove_racing_a_resync_leaves_no_copy_in_google() {
         grants: plain.grants,
         refresher: plain.refresher,
         events: plain.events,
+        lifecycle: plain.lifecycle,
         retry: plain.retry,
         concurrency: plain.concurrency,
     };
@@ -658,6 +662,7 @@ async fn events_run_concurrently_up_to_the_limit() {
         grants,
         refresher: FakeRefresher::default(),
         events: InMemoryEvents::new(),
+        lifecycle: RecordedEvents::new(),
         retry: RetryPolicy::default(),
         concurrency: 3,
     };
@@ -681,4 +686,62 @@ async fn events_run_concurrently_up_to_the_limit() {
     assert_eq!(seen, 3);
     assert_eq!(s.calendar.max_in_flight.load(Ordering::SeqCst), 3);
     assert_eq!(s.states.snapshot().await.len(), 9);
+}
+
+#[tokio::test]
+async fn a_refused_refresh_reports_needs_reauth_and_parked_once_per_episode() {
+    let s = syncer(
+        FakeGrants::default()
+            // Expiring: the first call refreshes, and Google refuses the refresh token.
+            .with_user("u1", chrono::Duration::minutes(1)),
+    );
+    s.refresher.revoked.lock().unwrap().push("rt-u1".into());
+    let batch = |first: u32, ids: &[&str], user: &str| {
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let seq = (first + i as u32).to_string();
+                record("INSERT", &seq, id, Some(image(id, user, "A")), None)
+            })
+            .collect::<Vec<_>>()
+    };
+    let failed = s
+        .sync_batch(batch(1, &["e1", "e2", "e3"], "u1"), deadline())
+        .await;
+    assert!(failed.is_empty());
+    for id in ["e1", "e2", "e3"] {
+        assert_eq!(
+            s.states.snapshot().await[id].status,
+            SyncStatus::NeedsReauth
+        );
+    }
+    assert_eq!(
+        s.lifecycle.kinds(),
+        [Kind::GrantNeedsReauth, Kind::SyncParked]
+    );
+    let events = s.lifecycle.events();
+    assert_eq!(events[0].detail.user_id, "u1");
+    assert_eq!(
+        events[0].detail.reason,
+        Some(crate::grants::ReauthReason::InvalidGrant)
+    );
+    assert_eq!(events[1].detail.status, "needs_reauth");
+    assert_eq!(
+        s.grants.park_reports.load(Ordering::SeqCst),
+        1,
+        "the grant is asked once per user per batch"
+    );
+
+    // More records of the same episode, and a user who never connected: no new event.
+    let failed = s
+        .sync_batch(batch(10, &["e4", "e5"], "u1"), deadline())
+        .await;
+    assert!(failed.is_empty());
+    let failed = s.sync_batch(batch(20, &["n1"], "nobody"), deadline()).await;
+    assert!(failed.is_empty());
+    assert_eq!(
+        s.states.snapshot().await["n1"].status,
+        SyncStatus::NotConnected
+    );
+    assert_eq!(s.lifecycle.events().len(), 2);
 }

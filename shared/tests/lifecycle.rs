@@ -1,0 +1,364 @@
+//! Lifecycle events end to end: the real handlers against moto over HTTP and the Google emulator,
+//! the events read back from moto's EventBridge through a rule that targets an SQS queue, as an
+//! app would read them. Each stack has its own bus, so the tests of one moto never mix.
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use aws_lambda_events::event::dynamodb::Event as DynamodbEvent;
+use aws_sdk_dynamodb::types::AttributeValue;
+use calsync::{
+    aws::Clients,
+    calendar,
+    config::Config,
+    http::{self, CallbackDeps, NothingAfterConnect, StartDeps},
+    lifecycle::SOURCE,
+    store::DynamoFlowStore,
+    sync::{self, handler::SyncDeps},
+};
+use lambda_http::http::{Method, StatusCode};
+use lambda_runtime::{Context, LambdaEvent};
+use serde_json::Value;
+use testkit::{TestStack, api_gateway::HttpApiEvent, eventbridge::EventTap, stack::ALICE};
+
+mod common;
+use common::stack_with_config;
+
+struct Harness {
+    stack: TestStack,
+    clients: Clients,
+    deps: SyncDeps,
+    start: StartDeps<DynamoFlowStore>,
+    callback: CallbackDeps<http::Production<NothingAfterConnect>>,
+    tap: EventTap,
+    /// Every event read so far, for the leak scan.
+    read: Mutex<Vec<Value>>,
+    /// Stream records already handed out.
+    seen: Mutex<usize>,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let (stack, config, clients): (TestStack, Config, Clients) = stack_with_config().await;
+        assert_eq!(config.event_bus_name, stack.env["EVENT_BUS_NAME"]);
+        assert_ne!(
+            config.event_bus_name, "default",
+            "each stack has its own bus"
+        );
+        let mut deps = SyncDeps::from_config(&config, &clients, calendar::DEFAULT_TIMEOUT);
+        deps.retry.base = Duration::from_millis(20);
+        deps.retry.cap = Duration::from_millis(200);
+        let tap = stack.tap_events(SOURCE).await.expect("a tap on the bus");
+        Self {
+            start: StartDeps::new(config.clone(), &clients),
+            callback: CallbackDeps::new(config, &clients, NothingAfterConnect),
+            deps,
+            clients,
+            tap,
+            stack,
+            read: Mutex::new(Vec::new()),
+            seen: Mutex::new(0),
+        }
+    }
+
+    /// The events delivered since the last call.
+    async fn events(&self) -> Vec<Value> {
+        let events = self.tap.drain().await.expect("the tap's queue");
+        self.read.lock().unwrap().extend(events.iter().cloned());
+        events
+    }
+
+    /// The events delivered since the last call, as their `detail-type`s, sorted.
+    async fn kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = self
+            .events()
+            .await
+            .iter()
+            .map(|e| e["detail-type"].as_str().unwrap().to_string())
+            .collect();
+        kinds.sort();
+        kinds
+    }
+
+    async fn connect(&self, user: &str, account: &str) {
+        self.stack
+            .connect_through(
+                user,
+                account,
+                async |request| http::start_router(&self.start, request).await,
+                async |request| http::callback_router(&self.callback, request).await,
+            )
+            .await
+            .expect("connected");
+    }
+
+    async fn disconnect(&self, user: &str) {
+        let response = http::callback_router(
+            &self.callback,
+            HttpApiEvent::new(Method::DELETE, "/oauth/google/connection")
+                .user(user)
+                .request(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    }
+
+    async fn put_row(&self, event_id: &str, user: &str, title: &str) {
+        let item: HashMap<String, AttributeValue> = [
+            ("event_id", event_id),
+            ("user_id", user),
+            ("title", title),
+            ("start", "2026-12-01T09:00:00+01:00"),
+            ("end", "2026-12-01T10:00:00+01:00"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), AttributeValue::S(v.to_string())))
+        .collect();
+        self.clients
+            .dynamodb
+            .put_item()
+            .table_name(self.stack.table("EVENTS_TABLE"))
+            .set_item(Some(item))
+            .send()
+            .await
+            .expect("put row");
+    }
+
+    /// Hands the stream records written since the last call to event-sync, in one batch.
+    async fn sync_new(&self) {
+        self.sync_new_in(1).await;
+    }
+
+    /// Hands the stream records written since the last call to `invocations` concurrent
+    /// invocations of event-sync (as several shards would), one slice each.
+    async fn sync_new_in(&self, invocations: usize) {
+        let all = self
+            .stack
+            .stream_records("EVENTS_TABLE")
+            .await
+            .expect("stream records");
+        let records = {
+            let mut seen = self.seen.lock().unwrap();
+            let new = all[*seen..].to_vec();
+            *seen = all.len();
+            new
+        };
+        assert!(records.len() >= invocations, "the stream holds new records");
+        let per_invocation = records.len().div_ceil(invocations);
+        let batches = records.chunks(per_invocation).map(|batch| async move {
+            let payload: DynamodbEvent =
+                serde_json::from_value(TestStack::stream_event(batch.to_vec()))
+                    .expect("a DynamodbEvent");
+            let mut context = Context::default();
+            context.deadline =
+                (chrono::Utc::now() + chrono::Duration::seconds(60)).timestamp_millis() as u64;
+            sync::handle(&self.deps, LambdaEvent::new(payload, context))
+                .await
+                .expect("the handler answers")
+        });
+        for response in futures::future::join_all(batches).await {
+            assert!(
+                response.batch_item_failures.is_empty(),
+                "parking never fails the batch"
+            );
+        }
+    }
+
+    /// No value the emulator issued appears in any event read.
+    async fn assert_no_tokens_in_events(&self) {
+        let issued = self.stack.control_get("issued-secrets").await.unwrap();
+        let events = serde_json::to_string(&*self.read.lock().unwrap()).unwrap();
+        let values: Vec<&str> = issued["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(values.len() >= 2);
+        for value in values.iter().filter(|v| v.len() >= 8) {
+            assert!(!events.contains(value), "an issued secret is in an event");
+        }
+        assert!(!events.contains(&self.stack.client_secret));
+    }
+}
+
+/// The one event of `events` with `detail_type`.
+fn only<'a>(events: &'a [Value], detail_type: &str) -> &'a Value {
+    let matching: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["detail-type"] == detail_type)
+        .collect();
+    assert_eq!(matching.len(), 1, "one {detail_type} in {events:?}");
+    matching[0]
+}
+
+/// The detail of `event`, checked against the schema the README documents.
+fn detail(event: &Value, user: &str, status: &str, reason: Option<&str>) -> Value {
+    assert_eq!(event["source"], SOURCE);
+    let detail = event["detail"].clone();
+    assert_eq!(detail["user_id"], user);
+    assert_eq!(detail["google_email"], ALICE);
+    assert_eq!(detail["status"], status);
+    match reason {
+        Some(reason) => assert_eq!(detail["reason"], reason),
+        None => assert!(detail.get("reason").is_none(), "{detail}"),
+    }
+    let time = detail["time"].as_str().expect("a time");
+    let time = chrono::DateTime::parse_from_rfc3339(time).expect("RFC 3339");
+    let age = chrono::Utc::now() - time.with_timezone(&chrono::Utc);
+    assert!(age >= chrono::Duration::zero() && age < chrono::Duration::minutes(2));
+    let mut keys: Vec<&str> = detail
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    let mut expected = vec!["google_email", "status", "time", "user_id"];
+    if reason.is_some() {
+        expected.insert(1, "reason");
+    }
+    assert_eq!(keys, expected, "no other field, so no token, in {detail}");
+    detail
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_disconnect_emit_one_event_each() {
+    let h = Harness::start().await;
+    assert!(h.events().await.is_empty());
+
+    h.connect("u1", ALICE).await;
+    let events = h.events().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    detail(only(&events, "Grant Connected"), "u1", "active", None);
+
+    h.disconnect("u1").await;
+    let events = h.events().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    detail(
+        only(&events, "Grant Disconnected"),
+        "u1",
+        "not_connected",
+        None,
+    );
+
+    // Nothing left to disconnect: no transition, no event.
+    h.disconnect("u1").await;
+    assert!(h.events().await.is_empty());
+    h.assert_no_tokens_in_events().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_refresh_emits_needs_reauth_and_sync_parked_once_per_episode() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    h.put_row("p1", "u1", "Synced").await;
+    h.sync_new().await;
+    assert_eq!(h.kinds().await, ["Grant Connected"]);
+
+    // The user removes the app's access at Google: the next refresh gets invalid_grant, and
+    // every change parks, in two invocations running at once.
+    let (status, _) = h
+        .stack
+        .control_post("revoke", &serde_json::json!({"email": ALICE}))
+        .await
+        .unwrap();
+    assert!(status.is_success());
+    for id in ["p1", "p2", "p3", "p4"] {
+        h.put_row(id, "u1", "While revoked").await;
+    }
+    h.sync_new_in(2).await;
+    let events = h.events().await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    detail(
+        only(&events, "Grant Needs Reauth"),
+        "u1",
+        "needs_reauth",
+        Some("invalid_grant"),
+    );
+    detail(
+        only(&events, "Sync Parked"),
+        "u1",
+        "needs_reauth",
+        Some("invalid_grant"),
+    );
+
+    // More changes in later invocations: the same episode, no new event.
+    h.put_row("p5", "u1", "Still revoked").await;
+    h.sync_new().await;
+    h.put_row("p6", "u1", "Still revoked").await;
+    h.sync_new().await;
+    assert!(h.events().await.is_empty());
+
+    // Connecting again ends the episode; the next refusal starts a new one.
+    h.connect("u1", ALICE).await;
+    assert_eq!(h.kinds().await, ["Grant Connected"]);
+    h.stack
+        .control_post("revoke", &serde_json::json!({"email": ALICE}))
+        .await
+        .unwrap();
+    h.put_row("p7", "u1", "Revoked again").await;
+    h.put_row("p8", "u1", "Revoked again").await;
+    h.sync_new().await;
+    assert_eq!(h.kinds().await, ["Grant Needs Reauth", "Sync Parked"]);
+    h.assert_no_tokens_in_events().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_grant_emits_needs_reauth_once_with_its_reason() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    assert_eq!(h.kinds().await, ["Grant Connected"]);
+    // Damage the sealed refresh token, as a corrupted item or a key removed too early would.
+    let grants = h.stack.table("GrantsTable").to_string();
+    let key = AttributeValue::S("u1".into());
+    let item = h
+        .clients
+        .dynamodb
+        .get_item()
+        .table_name(&grants)
+        .key("user_id", key.clone())
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    let mut damaged: Vec<char> = item["refresh_token_sealed"]
+        .as_s()
+        .unwrap()
+        .chars()
+        .collect();
+    let middle = damaged.len() - 12;
+    damaged[middle] = if damaged[middle] == 'A' { 'B' } else { 'A' };
+    h.clients
+        .dynamodb
+        .update_item()
+        .table_name(&grants)
+        .key("user_id", key)
+        .update_expression("SET refresh_token_sealed = :damaged")
+        .expression_attribute_values(":damaged", AttributeValue::S(damaged.into_iter().collect()))
+        .send()
+        .await
+        .unwrap();
+
+    h.put_row("p1", "u1", "Parked").await;
+    h.put_row("p2", "u1", "Parked").await;
+    h.sync_new().await;
+    let events = h.events().await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    detail(
+        only(&events, "Grant Needs Reauth"),
+        "u1",
+        "needs_reauth",
+        Some("unreadable_grant"),
+    );
+    detail(
+        only(&events, "Sync Parked"),
+        "u1",
+        "needs_reauth",
+        Some("unreadable_grant"),
+    );
+    h.put_row("p3", "u1", "Parked").await;
+    h.sync_new().await;
+    assert!(h.events().await.is_empty());
+    h.assert_no_tokens_in_events().await;
+}
