@@ -105,7 +105,7 @@ async fn demo(keep_running: bool) -> anyhow::Result<()> {
     let options = stack::Options::default();
     let state = stack::up(&options).await?;
     println!(
-        "calsync demo: stack up in {:.0?} (moto, Google emulator, 3 functions under the RIE, API Gateway, event source mapping)\n",
+        "calsync demo: stack up in {:.0?} (moto, Google emulator, 4 functions under the RIE, API Gateway, event source mappings)\n",
         started.elapsed()
     );
     let outcome = xtask::demo::DemoStack::from_state(&state)
