@@ -10,6 +10,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use url::Url;
 
+use crate::metrics::{self, Metric};
+
 /// Timeout of one Calendar API call; a slower answer is a retryable [`CalendarError::Timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -114,13 +116,39 @@ impl CalendarClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<(), CalendarError> {
-        let response = request.send().await.map_err(transport_error)?;
-        let status = response.status().as_u16();
-        if response.status().is_success() {
-            return Ok(());
+        let result = async {
+            let response = request.send().await.map_err(transport_error)?;
+            let status = response.status().as_u16();
+            if response.status().is_success() {
+                return Ok(());
+            }
+            let body = response.text().await.unwrap_or_default();
+            Err(read_error(status, &body))
         }
-        let body = response.text().await.unwrap_or_default();
-        Err(read_error(status, &body))
+        .await;
+        metrics::count(call_metric(&result));
+        result
+    }
+}
+
+/// The metric one Calendar call's outcome counts in.
+fn call_metric(result: &Result<(), CalendarError>) -> Metric {
+    match result {
+        Ok(()) => Metric::GoogleCallsOk,
+        Err(CalendarError::Unauthorized) => Metric::GoogleCallsUnauthorized,
+        Err(CalendarError::RateLimited { .. }) => Metric::GoogleCallsRateLimited,
+        Err(CalendarError::Server { .. }) => Metric::GoogleCallsServerError,
+        Err(CalendarError::Timeout | CalendarError::Network(_)) => Metric::GoogleCallsUnreachable,
+        // 404, 409 and 410 are answers the sync expects (a delete already done, an insert
+        // already there); they count with the other refusals.
+        Err(
+            CalendarError::NotFound
+            | CalendarError::Gone
+            | CalendarError::Conflict
+            | CalendarError::Forbidden { .. }
+            | CalendarError::BadRequest { .. }
+            | CalendarError::Unexpected { .. },
+        ) => Metric::GoogleCallsRejected,
     }
 }
 

@@ -15,6 +15,10 @@ pub const DEFAULT_GOOGLE_CALENDAR_API_URL: &str = "https://www.googleapis.com/ca
 pub const DEFAULT_GOOGLE_SCOPES: &str =
     "openid email https://www.googleapis.com/auth/calendar.events.owned";
 pub const DEFAULT_SYNC_CONCURRENCY: usize = 8;
+/// Days a grant may go without a refresh before the keep-alive refreshes it (`KEEPALIVE_DAYS`).
+pub const DEFAULT_KEEPALIVE_DAYS: usize = 30;
+/// Google ends a refresh token unused for six months: a keep-alive period must stay below it.
+pub const GOOGLE_IDLE_LIMIT_DAYS: usize = 180;
 /// The account's default EventBridge bus, where lifecycle events go unless told otherwise.
 pub const DEFAULT_EVENT_BUS_NAME: &str = "default";
 
@@ -286,6 +290,8 @@ pub struct Config {
     pub resync_queue_url: String,
     /// The EventBridge bus of the lifecycle events (`EVENT_BUS_NAME`).
     pub event_bus_name: String,
+    /// The keep-alive refreshes grants idle this many days (`KEEPALIVE_DAYS`).
+    pub keepalive_days: usize,
 }
 
 impl Config {
@@ -306,8 +312,23 @@ impl Config {
                 "the template sets it to the resync queue's URL",
             )?,
             event_bus_name: r.bus_name("EVENT_BUS_NAME", DEFAULT_EVENT_BUS_NAME)?,
+            keepalive_days: keepalive_days(&r)?,
         })
     }
+}
+
+fn keepalive_days<S: Source + ?Sized>(r: &Reader<'_, S>) -> Result<usize, ConfigError> {
+    const NAME: &str = "KEEPALIVE_DAYS";
+    let days = r.positive(NAME, DEFAULT_KEEPALIVE_DAYS)?;
+    if days >= GOOGLE_IDLE_LIMIT_DAYS {
+        return Err(ConfigError::Malformed {
+            name: NAME,
+            reason: format!(
+                "{days} days: Google ends refresh tokens unused for six months, so keep it below {GOOGLE_IDLE_LIMIT_DAYS}"
+            ),
+        });
+    }
+    Ok(days)
 }
 
 /// Reads the configuration or prints one line naming the bad variable and exits with status 78
@@ -408,6 +429,13 @@ mod tests {
     }
 
     #[test]
+    fn keepalive_days_default_to_30_and_may_be_set() {
+        assert_eq!(Config::from_source(&full()).unwrap().keepalive_days, 30);
+        let env = test_variables(&[("KEEPALIVE_DAYS", "179")]);
+        assert_eq!(Config::from_source(&env).unwrap().keepalive_days, 179);
+    }
+
+    #[test]
     fn blank_counts_as_missing() {
         let mut env = full();
         env.insert("GRANTS_TABLE".into(), "  ".into());
@@ -430,6 +458,9 @@ mod tests {
             ("ALLOWED_RETURN_ORIGINS", "https://app.example.com/path"),
             ("EVENT_BUS_NAME", "arn:aws:events:eu-west-1:1:event-bus/x"),
             ("EVENT_BUS_NAME", "my bus"),
+            ("KEEPALIVE_DAYS", "0"),
+            ("KEEPALIVE_DAYS", "180"),
+            ("KEEPALIVE_DAYS", "a month"),
         ];
         for (name, value) in cases {
             let mut env = full();

@@ -22,7 +22,10 @@ use std::{
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::grants::ReauthReason;
+use crate::{
+    grants::ReauthReason,
+    metrics::{self, Metric},
+};
 
 /// The `source` of every calsync event, what a rule matches on.
 pub const SOURCE: &str = "calsync";
@@ -185,6 +188,7 @@ pub async fn emit<L: LifecycleEvents>(events: &L, event: LifecycleEvent) {
                         attempt,
                         "lifecycle event sent"
                     );
+                    metrics::count(Metric::LifecycleEventsSent);
                     return;
                 }
                 Ok(Err(error)) => error,
@@ -204,6 +208,7 @@ pub async fn emit<L: LifecycleEvents>(events: &L, event: LifecycleEvent) {
         tokio::time::sleep(pause).await;
         pause *= 2;
     }
+    metrics::count(Metric::LifecycleEventsDropped);
     tracing::warn!(
         user_id = event.detail.user_id,
         event = event.kind.detail_type(),

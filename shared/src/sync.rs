@@ -6,6 +6,7 @@
 //! - [`apply`]: what one change (upsert or remove) does to Google and to the sync state.
 //! - [`retry`]: backoff with jitter inside the invocation's remaining time.
 //! - [`resync`]: applies a user's current rows (and parked changes) wherever Google lacks them.
+//! - [`keep_alive`]: refreshes a grant nobody used for a while, before Google ends it.
 //! - [`handler`]: the Lambda entry point and the production wiring ([`handler::SyncDeps`]).
 //!
 //! The README's "How sync works" section explains the semantics for users.
@@ -13,6 +14,7 @@
 pub mod apply;
 pub mod batch;
 pub mod handler;
+pub mod keep_alive;
 pub mod resync;
 pub mod retry;
 

@@ -178,14 +178,78 @@ pub struct Page<T> {
 /// an invocation, so a page is the unit a resync redoes after a crash.
 pub const PAGE_SIZE: usize = 100;
 
-/// How many of a user's changes wait for a usable grant: all the status route needs to know.
-pub trait ParkedChanges: Send + Sync {
-    fn count(&self, user_id: &str) -> impl Future<Output = Result<u64, StateError>> + Send;
+/// What the status route tells a user about their sync, from the states calsync already writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncSummary {
+    /// Changes waiting for a usable grant.
+    pub parked: u64,
+    /// When a change last reached Google (the newest `synced` or `deleted` state).
+    pub last_synced_at: Option<DateTime<Utc>>,
+    /// The newest state that is neither synced nor deleted: what went wrong last and is not
+    /// healed yet.
+    pub last_error: Option<LastError>,
+}
+
+/// A user's most recent unhealed sync problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastError {
+    /// The state's status: `invalid` (the row or Google refused the change), `needs_reauth` or
+    /// `not_connected` (parked).
+    pub code: SyncStatus,
+    pub event_id: String,
+    pub at: DateTime<Utc>,
+}
+
+impl SyncSummary {
+    /// Folds one state of the user into the summary.
+    pub fn add(&mut self, event_id: &str, status: SyncStatus, updated_at: DateTime<Utc>) {
+        match status {
+            SyncStatus::Synced | SyncStatus::Deleted => {
+                self.last_synced_at = self.last_synced_at.max(Some(updated_at));
+            }
+            SyncStatus::NeedsReauth | SyncStatus::NotConnected | SyncStatus::Invalid => {
+                self.parked += u64::from(status.is_parked());
+                if self.last_error.as_ref().is_none_or(|e| e.at < updated_at) {
+                    self.last_error = Some(LastError {
+                        code: status,
+                        event_id: event_id.to_string(),
+                        at: updated_at,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// A user's [`SyncSummary`]: all the status route needs to know of the sync states.
+pub trait SyncSummaries: Send + Sync {
+    fn summary(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<SyncSummary, StateError>> + Send;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_keeps_the_newest_success_and_problem() {
+        let at = |minute: i64| DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::minutes(minute);
+        let mut summary = SyncSummary::default();
+        summary.add("a", SyncStatus::Synced, at(5));
+        summary.add("b", SyncStatus::Deleted, at(9));
+        summary.add("c", SyncStatus::Invalid, at(7));
+        summary.add("d", SyncStatus::NeedsReauth, at(3));
+        summary.add("e", SyncStatus::NotConnected, at(1));
+        assert_eq!(summary.parked, 2);
+        assert_eq!(summary.last_synced_at, Some(at(9)));
+        let error = summary.last_error.unwrap();
+        assert_eq!(
+            (error.code, error.event_id.as_str(), error.at),
+            (SyncStatus::Invalid, "c", at(7))
+        );
+    }
 
     #[test]
     fn sequences_compare_as_numbers() {

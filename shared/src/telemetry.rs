@@ -13,10 +13,18 @@ pub fn init() {
 }
 
 /// Same as [`init`] with another writer (tests capture logs this way). A second call is a no-op.
+/// The metrics' EMF lines ([`crate::metrics`]) go to the same writer, a line each.
 pub fn init_with_writer<W>(writer: W)
 where
-    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    W: for<'w> MakeWriter<'w> + Clone + Send + Sync + 'static,
 {
+    let metrics = writer.clone();
+    crate::metrics::set_writer(Box::new(move |line: &str| {
+        use std::io::Write;
+        let mut out = metrics.make_writer();
+        // One write, so a line never interleaves with another writer's.
+        let _ = out.write_all(format!("{line}\n").as_bytes());
+    }));
     let filter = match std::env::var("AWS_LAMBDA_LOG_LEVEL") {
         Ok(level) => EnvFilter::new(level.to_lowercase()),
         Err(_) => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

@@ -4,7 +4,7 @@
 //!
 //! When Google refuses the refresh token (`invalid_grant`, or `invalid_rapt`), the grant is marked
 //! `needs_reauth` with that reason and its token material deleted; the caller then parks that
-//! user's records and, once per user per batch, asks [`GrantAccess::report_parked`] which lifecycle
+//! user's records and, once per user per batch, asks [`GrantAccess::report_owed`] which lifecycle
 //! events of the episode are still to be sent. The grant store and the OAuth client sit behind
 //! [`GrantAccess`] and [`TokenRefresher`] so unit tests use fakes.
 
@@ -18,7 +18,10 @@ use chrono::{DateTime, Duration, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex as AsyncMutex;
 
-use crate::grants::{Marker, ReauthReason};
+use crate::{
+    grants::{Marker, ReauthReason},
+    metrics::{self, Metric},
+};
 
 /// A token that expires sooner than this is refreshed before use.
 pub const REFRESH_MARGIN: Duration = Duration::minutes(5);
@@ -31,6 +34,9 @@ pub struct GrantTokens {
     pub access_token: Option<SecretString>,
     pub access_token_expires_at: Option<DateTime<Utc>>,
     pub refresh_token: Option<SecretString>,
+    /// When Google last accepted the refresh token (the last refresh, or the connect): Google
+    /// ends a refresh token unused for six months, so the keep-alive refreshes idle ones.
+    pub last_used_at: DateTime<Utc>,
 }
 
 /// A fresh access token.
@@ -73,8 +79,8 @@ impl TokenError {
     }
 }
 
-/// The lifecycle events a parked change of a `needs_reauth` user still owes the app: each is
-/// reported by the one caller that recorded it on the grant ([`GrantAccess::report_parked`]).
+/// The lifecycle events a `needs_reauth` user's episode still owes the app: each is reported by
+/// the one caller that recorded it on the grant ([`GrantAccess::report_owed`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParkReport {
     pub google_email: Option<String>,
@@ -109,13 +115,15 @@ pub trait GrantAccess: Send + Sync {
         reason: ReauthReason,
     ) -> impl Future<Output = Result<bool, TokenError>> + Send;
 
-    /// A change of `user_id` was parked because the grant needs reauth: records on the grant
-    /// which of `Grant Needs Reauth` and `Sync Parked` this episode had not reported yet, and
-    /// returns them for the caller to send (`None`: nothing left to send, or the grant is usable
-    /// again). Concurrent callers never both get the same event.
-    fn report_parked(
+    /// `user_id`'s grant needs reauth (a change parked: `Grant Needs Reauth` and `Sync Parked`;
+    /// the keep-alive's refresh was refused: only `Grant Needs Reauth`): records on the grant
+    /// which of `markers` this episode had not reported yet, and returns them for the caller to
+    /// send (`None`: nothing left to send, or the grant is usable again). Concurrent callers
+    /// never both get the same event.
+    fn report_owed(
         &self,
         user_id: &str,
+        markers: &[Marker],
     ) -> impl Future<Output = Result<Option<ParkReport>, TokenError>> + Send;
 }
 
@@ -205,6 +213,23 @@ impl<'a, G: GrantAccess, R: TokenRefresher> TokenProvider<'a, G, R> {
         }
     }
 
+    /// Refreshes the user's access token now, whatever its expiry (the keep-alive: Google ends
+    /// refresh tokens nobody uses). Once per batch, like every refresh here.
+    pub async fn refresh_now(&self, user_id: &str) -> Result<(), TokenError> {
+        let slot = self.slot(user_id);
+        let mut slot = slot.lock().await;
+        if matches!(*slot, Slot::Unknown) {
+            *slot = self.load(user_id).await?;
+        }
+        match &*slot {
+            Slot::Unusable(e) => Err(e.clone()),
+            Slot::Ready {
+                refreshed: true, ..
+            } => Ok(()),
+            _ => self.refresh(user_id, &mut slot).await,
+        }
+    }
+
     /// After Google answered 401 to `rejected`: a token to retry with, refreshed once per batch.
     /// If another task already refreshed since `rejected` was handed out, that token is reused.
     pub async fn after_unauthorized(
@@ -263,7 +288,15 @@ impl<'a, G: GrantAccess, R: TokenRefresher> TokenProvider<'a, G, R> {
             return Ok(());
         };
         let refresh_token = refresh_token.clone().ok_or(TokenError::NeedsReauth)?;
-        match self.refresher.refresh(&refresh_token).await {
+        let refreshed = self.refresher.refresh(&refresh_token).await;
+        metrics::count(match &refreshed {
+            Ok(_) => Metric::TokenRefreshes,
+            Err(RefreshError::InvalidGrant(_)) => Metric::InvalidGrants,
+            Err(RefreshError::Transient(_) | RefreshError::Rejected(_)) => {
+                Metric::TokenRefreshFailures
+            }
+        });
+        match refreshed {
             Ok(fresh) => {
                 // The new token works whether or not it is stored; failing to store it only costs
                 // another refresh in a later batch, so that failure is logged, not returned.
@@ -329,6 +362,7 @@ pub mod fakes {
                     access_token: Some(SecretString::from(format!("at-{user_id}-0"))),
                     access_token_expires_at: Some(Utc::now() + access_expires_in),
                     refresh_token: Some(SecretString::from(format!("rt-{user_id}"))),
+                    last_used_at: Utc::now(),
                 },
             );
             self
@@ -381,7 +415,11 @@ pub mod fakes {
             Ok(true)
         }
 
-        async fn report_parked(&self, user_id: &str) -> Result<Option<ParkReport>, TokenError> {
+        async fn report_owed(
+            &self,
+            user_id: &str,
+            markers: &[Marker],
+        ) -> Result<Option<ParkReport>, TokenError> {
             self.park_reports.fetch_add(1, Ordering::SeqCst);
             if self.is_active(user_id) != Some(false) {
                 return Ok(None);
@@ -390,13 +428,18 @@ pub mod fakes {
             let (reason, reported) = episodes
                 .entry(user_id.to_string())
                 .or_insert((ReauthReason::InvalidGrant, Vec::new()));
+            let owed = |marker| markers.contains(&marker) && !reported.contains(&marker);
             let report = ParkReport {
                 google_email: Some(format!("{user_id}@example.com")),
                 reason: *reason,
-                needs_reauth: !reported.contains(&Marker::NeedsReauth),
-                parked: !reported.contains(&Marker::Parked),
+                needs_reauth: owed(Marker::NeedsReauth),
+                parked: owed(Marker::Parked),
             };
-            *reported = vec![Marker::NeedsReauth, Marker::Parked];
+            for marker in markers {
+                if !reported.contains(marker) {
+                    reported.push(*marker);
+                }
+            }
             Ok((report.needs_reauth || report.parked).then_some(report))
         }
     }
@@ -448,6 +491,9 @@ impl<G: crate::grants::GrantStore> GrantAccess for StoredGrants<G> {
             access_token: g.access_token,
             access_token_expires_at: g.access_token_expires_at,
             refresh_token: g.refresh_token,
+            last_used_at: g
+                .refreshed_at
+                .map_or(g.connected_at, |at| at.max(g.connected_at)),
         }))
     }
 
@@ -507,7 +553,11 @@ impl<G: crate::grants::GrantStore> GrantAccess for StoredGrants<G> {
         )))
     }
 
-    async fn report_parked(&self, user_id: &str) -> Result<Option<ParkReport>, TokenError> {
+    async fn report_owed(
+        &self,
+        user_id: &str,
+        markers: &[Marker],
+    ) -> Result<Option<ParkReport>, TokenError> {
         for _ in 0..SAVE_ATTEMPTS {
             let Some(grant) = self.0.get(user_id).await.map_err(grant_error)? else {
                 return Ok(None);
@@ -516,8 +566,9 @@ impl<G: crate::grants::GrantStore> GrantAccess for StoredGrants<G> {
             if grant.status == crate::grants::GrantStatus::Active {
                 return Ok(None);
             }
-            let owed: Vec<Marker> = [Marker::NeedsReauth, Marker::Parked]
-                .into_iter()
+            let owed: Vec<Marker> = markers
+                .iter()
+                .copied()
                 .filter(|m| grant.reported(*m).is_none())
                 .collect();
             if owed.is_empty() {
@@ -713,19 +764,27 @@ mod tests {
             assert!(stored.refresh_token.is_none() && stored.access_token.is_none());
             assert_eq!(stored.reauth_reason, Some(ReauthReason::InvalidRapt));
 
-            // The first parked change owes both events, later ones none.
-            let report = grants.report_parked("u").await.unwrap().unwrap();
+            // A refused keep-alive owes only Grant Needs Reauth; the first parked change after
+            // it owes Sync Parked alone, later ones nothing.
+            let report = grants
+                .report_owed("u", &[Marker::NeedsReauth])
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(
                 report,
                 ParkReport {
                     google_email: None,
                     reason: ReauthReason::InvalidRapt,
                     needs_reauth: true,
-                    parked: true,
+                    parked: false,
                 }
             );
-            assert_eq!(grants.report_parked("u").await.unwrap(), None);
-            assert_eq!(grants.report_parked("nobody").await.unwrap(), None);
+            let both = [Marker::NeedsReauth, Marker::Parked];
+            let report = grants.report_owed("u", &both).await.unwrap().unwrap();
+            assert!(!report.needs_reauth && report.parked, "{report:?}");
+            assert_eq!(grants.report_owed("u", &both).await.unwrap(), None);
+            assert_eq!(grants.report_owed("nobody", &both).await.unwrap(), None);
         }
 
         #[tokio::test]

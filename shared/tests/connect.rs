@@ -32,7 +32,7 @@ use testkit::{
 use url::Url;
 
 mod common;
-use common::{capture_logs, stack_with_config};
+use common::{capture_logs, metric_total, stack_with_config};
 
 const EVENTS_OWNED: &str = "https://www.googleapis.com/auth/calendar.events.owned";
 
@@ -565,6 +565,10 @@ async fn access_denied_redirects_with_denied_and_changes_nothing() {
     let after = h.callback.grants.get("user-1").await.unwrap().unwrap();
     assert_eq!(after.version, before.version);
     assert_eq!(h.stats().await["token"]["authorization_code"], 1);
+    // Each callback counts once in the Connects metric, by its outcome.
+    for outcome in ["connected", "denied"] {
+        assert!(metric_total("oauth-callback", "Connects", Some(outcome)) >= 1.0);
+    }
     h.assert_no_leaks().await;
 }
 
@@ -704,29 +708,35 @@ async fn a_token_endpoint_failure_is_token_exchange_failed() {
 }
 
 #[tokio::test]
-async fn status_counts_parked_changes_and_delete_revokes() {
+async fn status_summarises_the_sync_and_delete_revokes() {
     let h = Harness::start().await;
     let empty = h.status_of("user-1").await;
     assert_eq!(
         empty,
         json!({"connected": false, "status": "not_connected", "google_email": null,
-               "scopes": [], "connected_at": null, "parked_changes": 0})
+               "scopes": [], "connected_at": null, "parked_changes": 0,
+               "last_synced_at": null, "last_error": null})
     );
     assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
     let grant = h.callback.grants.get("user-1").await.unwrap().unwrap();
 
-    for (event_id, user, status) in [
-        ("e1", "user-1", "needs_reauth"),
-        ("e2", "user-1", "not_connected"),
-        ("e3", "user-1", "synced"),
-        ("e4", "user-2", "needs_reauth"),
+    for (event_id, user, status, updated_at) in [
+        ("e1", "user-1", "needs_reauth", "2026-11-20T10:00:00Z"),
+        ("e2", "user-1", "not_connected", "2026-11-20T09:00:00Z"),
+        ("e3", "user-1", "synced", "2026-11-21T08:00:00Z"),
+        ("e5", "user-1", "deleted", "2026-11-19T08:00:00Z"),
+        ("e6", "user-1", "invalid", "2026-11-20T11:30:00Z"),
+        ("e4", "user-2", "needs_reauth", "2026-11-22T08:00:00Z"),
+        ("e7", "user-2", "synced", "2026-11-23T08:00:00Z"),
     ] {
         h.dynamodb
             .put_item()
             .table_name(h.table("SyncStateTable"))
             .item("event_id", AttributeValue::S(event_id.into()))
             .item("user_id", AttributeValue::S(user.into()))
+            .item("calendar_id", AttributeValue::S("primary".into()))
             .item("status", AttributeValue::S(status.into()))
+            .item("updated_at", AttributeValue::S(updated_at.into()))
             .send()
             .await
             .unwrap();
@@ -734,6 +744,11 @@ async fn status_counts_parked_changes_and_delete_revokes() {
     let status = h.status_of("user-1").await;
     assert_eq!(status["connected"], true);
     assert_eq!(status["parked_changes"], 2);
+    assert_eq!(status["last_synced_at"], "2026-11-21T08:00:00Z");
+    assert_eq!(
+        status["last_error"],
+        json!({"code": "invalid", "event_id": "e6", "at": "2026-11-20T11:30:00Z"})
+    );
     assert_eq!(
         status["scopes"].as_array().unwrap().len(),
         grant.scopes.len()

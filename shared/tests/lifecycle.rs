@@ -2,7 +2,7 @@
 //! the events read back from moto's EventBridge through a rule that targets an SQS queue, as an
 //! app would read them. Each stack has its own bus, so the tests of one moto never mix.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{sync::Mutex, time::Duration};
 
 use aws_lambda_events::event::dynamodb::Event as DynamodbEvent;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -10,23 +10,35 @@ use calsync::{
     aws::Clients,
     calendar,
     config::Config,
+    grants::{GrantStatus, GrantStore},
     http::{self, CallbackDeps, NothingAfterConnect, StartDeps},
     lifecycle::SOURCE,
+    resync::{
+        Job,
+        handler::{self as resync_handler, ResyncDeps, ResyncEvent},
+    },
     store::DynamoFlowStore,
     sync::{self, handler::SyncDeps},
 };
 use lambda_http::http::{Method, StatusCode};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::Value;
-use testkit::{TestStack, api_gateway::HttpApiEvent, eventbridge::EventTap, stack::ALICE};
+use testkit::{
+    TestStack,
+    api_gateway::HttpApiEvent,
+    eventbridge::EventTap,
+    rows,
+    stack::{ALICE, BOB},
+};
 
 mod common;
-use common::stack_with_config;
+use common::{metric_total, stack_with_config};
 
 struct Harness {
     stack: TestStack,
     clients: Clients,
     deps: SyncDeps,
+    resync: ResyncDeps<resync_handler::Production>,
     start: StartDeps<DynamoFlowStore>,
     callback: CallbackDeps<http::Production<NothingAfterConnect>>,
     tap: EventTap,
@@ -49,6 +61,7 @@ impl Harness {
         deps.retry.cap = Duration::from_millis(200);
         let tap = stack.tap_events(SOURCE).await.expect("a tap on the bus");
         Self {
+            resync: ResyncDeps::from_config(&config, &clients),
             start: StartDeps::new(config.clone(), &clients),
             callback: CallbackDeps::new(config, &clients, NothingAfterConnect),
             deps,
@@ -103,24 +116,14 @@ impl Harness {
     }
 
     async fn put_row(&self, event_id: &str, user: &str, title: &str) {
-        let item: HashMap<String, AttributeValue> = [
-            ("event_id", event_id),
-            ("user_id", user),
-            ("title", title),
-            ("start", "2026-12-01T09:00:00+01:00"),
-            ("end", "2026-12-01T10:00:00+01:00"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), AttributeValue::S(v.to_string())))
-        .collect();
-        self.clients
-            .dynamodb
-            .put_item()
-            .table_name(self.stack.table("EVENTS_TABLE"))
-            .set_item(Some(item))
-            .send()
-            .await
-            .expect("put row");
+        let row = rows::event_row(event_id, user, title);
+        rows::put(
+            &self.clients.dynamodb,
+            self.stack.table("EVENTS_TABLE"),
+            row,
+        )
+        .await
+        .expect("put row");
     }
 
     /// Hands the stream records written since the last call to event-sync, in one batch.
@@ -161,6 +164,43 @@ impl Harness {
                 "parking never fails the batch"
             );
         }
+    }
+
+    /// Runs `user`'s resync job (what a connect or the sweep queues) through the resync handler.
+    async fn resync_user(&self, user: &str) {
+        let body = serde_json::to_string(&Job::user(user)).unwrap();
+        let event = serde_json::json!({"Records": [{
+            "messageId": "m1", "body": body, "eventSource": "aws:sqs",
+        }]});
+        let payload: ResyncEvent = serde_json::from_value(event).expect("an SQS event");
+        let mut context = Context::default();
+        context.deadline =
+            (chrono::Utc::now() + chrono::Duration::seconds(120)).timestamp_millis() as u64;
+        let answer = resync_handler::handle(&self.resync, LambdaEvent::new(payload, context))
+            .await
+            .expect("the resync handler answers");
+        assert!(answer.batch_item_failures.is_empty());
+    }
+
+    /// Makes `user`'s grant look as if Google last accepted its refresh token `days` ago.
+    async fn age_grant(&self, user: &str, days: i64) {
+        let then = (chrono::Utc::now() - chrono::Duration::days(days)).to_rfc3339();
+        self.clients
+            .dynamodb
+            .update_item()
+            .table_name(self.stack.table("GrantsTable"))
+            .key("user_id", AttributeValue::S(user.into()))
+            .update_expression("SET connected_at = :then, refreshed_at = :then")
+            .expression_attribute_values(":then", AttributeValue::S(then))
+            .send()
+            .await
+            .expect("age the grant");
+    }
+
+    /// Refreshes the token endpoint has answered so far.
+    async fn refreshes(&self) -> u64 {
+        let stats = self.stack.control_get("stats").await.unwrap();
+        stats["token"]["refresh_token"].as_u64().unwrap()
     }
 
     /// No value the emulator issued appears in any event read.
@@ -360,5 +400,61 @@ async fn an_unreadable_grant_emits_needs_reauth_once_with_its_reason() {
     h.put_row("p3", "u1", "Parked").await;
     h.sync_new().await;
     assert!(h.events().await.is_empty());
+    h.assert_no_tokens_in_events().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_refreshes_idle_grants_and_reports_a_refused_one_before_anything_parks() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    h.connect("u2", BOB).await;
+    assert_eq!(h.kinds().await, ["Grant Connected", "Grant Connected"]);
+
+    // u1's grant has gone unused for 31 days, u2's was used at its connect just now.
+    h.age_grant("u1", 31).await;
+    let before = h.refreshes().await;
+    h.resync_user("u2").await;
+    assert_eq!(h.refreshes().await, before, "a grant in use is left alone");
+    h.resync_user("u1").await;
+    assert_eq!(
+        h.refreshes().await,
+        before + 1,
+        "the idle grant is refreshed"
+    );
+    let grant = h.callback.grants.get("u1").await.unwrap().unwrap();
+    let refreshed_at = grant.refreshed_at.expect("the refresh is recorded");
+    assert!(chrono::Utc::now() - refreshed_at < chrono::Duration::minutes(2));
+    h.resync_user("u1").await;
+    assert_eq!(h.refreshes().await, before + 1, "refreshed once per period");
+    assert!(metric_total("resync", "KeepAliveRefreshed", None) >= 1.0);
+    assert!(h.events().await.is_empty());
+
+    // Idle again, and the user removed the app's access at Google meanwhile: the keep-alive
+    // learns it first, and the app hears Grant Needs Reauth alone (nothing has parked).
+    h.age_grant("u1", 40).await;
+    h.stack
+        .control_post("revoke", &serde_json::json!({"email": ALICE}))
+        .await
+        .unwrap();
+    h.resync_user("u1").await;
+    let grant = h.callback.grants.get("u1").await.unwrap().unwrap();
+    assert_eq!(grant.status, GrantStatus::NeedsReauth);
+    assert!(grant.refresh_token.is_none());
+    assert!(metric_total("resync", "KeepAliveRefused", None) >= 1.0);
+    assert!(metric_total("resync", "InvalidGrants", None) >= 1.0);
+    let events = h.events().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    detail(
+        only(&events, "Grant Needs Reauth"),
+        "u1",
+        "needs_reauth",
+        Some("invalid_grant"),
+    );
+    // The next sweep owes nothing; the first change that parks owes Sync Parked alone.
+    h.resync_user("u1").await;
+    assert!(h.events().await.is_empty());
+    h.put_row("k1", "u1", "Parked").await;
+    h.sync_new().await;
+    assert_eq!(h.kinds().await, ["Sync Parked"]);
     h.assert_no_tokens_in_events().await;
 }

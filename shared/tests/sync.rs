@@ -6,7 +6,6 @@
 //! need one event to fail and another to pass order the batch and run it with concurrency 1.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -36,11 +35,12 @@ use serde_json::{Value, json};
 use testkit::{
     TestStack,
     api_gateway::HttpApiEvent,
+    rows,
     stack::{ALICE, BOB},
 };
 
 mod common;
-use common::{capture_logs, stack_with_config};
+use common::{capture_logs, metric_total, stack_with_config};
 
 // ---- the harness ---------------------------------------------------------------------------
 
@@ -89,25 +89,11 @@ impl Harness {
         title: &str,
         extra: &[(&str, AttributeValue)],
     ) {
-        let mut item: HashMap<String, AttributeValue> = [
-            ("event_id", event_id),
-            ("user_id", user),
-            ("title", title),
-            ("start", "2026-12-01T09:00:00+01:00"),
-            ("end", "2026-12-01T10:00:00+01:00"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), AttributeValue::S(v.to_string())))
-        .collect();
+        let mut row = rows::event_row(event_id, user, title);
         for (k, v) in extra {
-            item.insert(k.to_string(), v.clone());
+            row.insert(k.to_string(), v.clone());
         }
-        self.clients
-            .dynamodb
-            .put_item()
-            .table_name(&self.events_table)
-            .set_item(Some(item))
-            .send()
+        rows::put(&self.clients.dynamodb, &self.events_table, row)
             .await
             .expect("put row");
     }
@@ -289,6 +275,21 @@ impl Harness {
             )
             .await
             .expect("connected");
+    }
+
+    /// `GET /oauth/google/status` of `user`, through the real handler.
+    async fn status_json(&self, user: &str) -> Value {
+        let status = http::callback_router(
+            &self.callback,
+            HttpApiEvent::get("/oauth/google/status")
+                .user(user)
+                .request(),
+        )
+        .await;
+        match status.body() {
+            Body::Text(text) => serde_json::from_str(text).unwrap(),
+            other => panic!("unexpected body {other:?}"),
+        }
     }
 
     /// No value the emulator issued appears in a table or a log line.
@@ -588,19 +589,11 @@ async fn a_revoked_refresh_token_parks_and_reconnecting_replays() {
         h.state("q1").await.unwrap().status,
         SyncStatus::NotConnected
     );
-    let status = http::callback_router(
-        &h.callback,
-        HttpApiEvent::get("/oauth/google/status")
-            .user("u1")
-            .request(),
-    )
-    .await;
-    let status: Value = match status.body() {
-        Body::Text(text) => serde_json::from_str(text).unwrap(),
-        other => panic!("unexpected body {other:?}"),
-    };
+    let status = h.status_json("u1").await;
     assert_eq!(status["status"], "needs_reauth");
     assert_eq!(status["parked_changes"], 3);
+    assert_eq!(status["last_error"]["code"], "needs_reauth");
+    let synced_before = status["last_synced_at"].as_str().unwrap().to_string();
     // The latest change wins at replay: edit p2 again while parked.
     h.put_row("p2", "u1", "New while parked, edited", &[]).await;
     assert!(h.sync_new().await.is_empty());
@@ -617,6 +610,17 @@ async fn a_revoked_refresh_token_parks_and_reconnecting_replays() {
     assert_eq!(h.live_summary(ALICE, "p3").await, None);
     assert_eq!(h.state("p1").await.unwrap().status, SyncStatus::Synced);
     assert_eq!(h.state("p3").await.unwrap().status, SyncStatus::Deleted);
+    let status = h.status_json("u1").await;
+    assert_eq!(status["parked_changes"], 0);
+    assert_eq!(
+        status["last_error"],
+        Value::Null,
+        "replay healed every parked change"
+    );
+    assert!(
+        status["last_synced_at"].as_str().unwrap() >= synced_before.as_str(),
+        "the replay's syncs are the newest"
+    );
 
     h.connect("u2", BOB).await;
     assert_eq!(h.live_summary(BOB, "q1").await.as_deref(), Some("Bob's"));
@@ -650,6 +654,17 @@ async fn rate_limits_are_retried() {
         h.live_summary(ALICE, "r2").await.as_deref(),
         Some("After 403")
     );
+
+    // What happened shows in event-sync's metrics (EMF lines, checked as EMF by the reader):
+    // three refusals, three retries after a wait, two records synced with two good calls.
+    let total = |metric| metric_total("event-sync", metric, None);
+    assert!(total("GoogleCallsRateLimited") >= 3.0);
+    assert!(total("Retries") >= 3.0);
+    assert!(total("BackoffTime") > 0.0);
+    assert!(total("RecordsSynced") >= 2.0);
+    assert!(total("GoogleCallsOk") >= 2.0);
+    assert!(metric_total("oauth-callback", "Connects", Some("connected")) >= 1.0);
+    h.assert_no_leaks().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -843,16 +858,7 @@ impl Harness {
             let writes = chunk
                 .iter()
                 .map(|id| {
-                    let item: HashMap<String, AttributeValue> = [
-                        ("event_id", id.as_str()),
-                        ("user_id", user),
-                        ("title", id.as_str()),
-                        ("start", "2026-12-01T09:00:00+01:00"),
-                        ("end", "2026-12-01T10:00:00+01:00"),
-                    ]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), s(v)))
-                    .collect();
+                    let item = rows::event_row(id, user, id);
                     aws_sdk_dynamodb::types::WriteRequest::builder()
                         .put_request(
                             aws_sdk_dynamodb::types::PutRequest::builder()

@@ -17,6 +17,7 @@ pub mod paths;
 pub mod process;
 pub mod queues;
 pub mod rie;
+pub mod rows;
 pub mod seed;
 pub mod stack;
 pub mod streams;

@@ -89,6 +89,19 @@ pub async fn start_tied<K: AsRef<OsStr>, V: AsRef<OsStr>>(
     })
 }
 
+/// Starts `binary` under the RIE, invokes it once with `event`, stops it, and returns its answer.
+pub async fn invoke_once<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+    http: &reqwest::Client,
+    binary: &Path,
+    env: impl IntoIterator<Item = (K, V)>,
+    event: &Value,
+) -> Result<Value> {
+    let function = start_tied(binary, env)
+        .await
+        .context("the function under the RIE (cargo xtask setup installs the RIE)")?;
+    invoke(http, &function.invoke_url, event).await
+}
+
 /// The invoke URL of a function served by the RIE on `port`.
 pub fn invoke_url(port: u16) -> String {
     format!("http://127.0.0.1:{port}/2015-03-31/functions/function/invocations")

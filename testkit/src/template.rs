@@ -126,6 +126,12 @@ impl Template {
         })
     }
 
+    /// The whole template as JSON, intrinsic functions in long form (`Ref`, `Fn::GetAtt`, ...),
+    /// for checks that read what no accessor here covers (IAM statements, say).
+    pub fn as_json(&self) -> &Value {
+        &self.root
+    }
+
     /// A parameter's `Default`, as written.
     pub fn parameter_default(&self, name: &str) -> Option<&str> {
         self.root

@@ -90,6 +90,7 @@ async fn environment_configures_the_functions_and_secrets_are_readable() {
         "GOOGLE_CALENDAR_API_URL",
         "SYNC_CONCURRENCY",
         "EVENT_BUS_NAME",
+        "KEEPALIVE_DAYS",
         "AWS_ENDPOINT_URL",
         "AWS_REGION",
         "AWS_ACCESS_KEY_ID",

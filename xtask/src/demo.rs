@@ -20,6 +20,8 @@ use url::Url;
 
 use testkit::api_gateway::cookie_pair;
 use testkit::emulator_control::EmulatorControl;
+use testkit::eventbridge::EventTap;
+use testkit::rows;
 
 /// How many steps the story has; the demo passes only when all of them held.
 pub const STEPS: usize = 7;
@@ -34,6 +36,8 @@ pub struct DemoStack {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub events_table: String,
     pub flows_table: String,
+    /// The app's view of calsync's lifecycle events: a rule on the stack's bus into a queue.
+    pub lifecycle: EventTap,
 }
 
 /// A browser-like client: no redirects followed, cookies kept by hand per host, and the app
@@ -183,7 +187,15 @@ impl DemoStack {
     /// The demo's view of a stack `cargo xtask stack up` started.
     pub async fn from_state(state: &crate::local_aws::stack::State) -> Result<Self> {
         let sdk = testkit::aws::local_sdk_config(&state.aws_endpoint).await;
+        let bus = state
+            .env
+            .get("EVENT_BUS_NAME")
+            .context("the stack has no EVENT_BUS_NAME")?;
+        let lifecycle = EventTap::start(&sdk, bus, "calsync", "calsync-demo-lifecycle").await?;
+        // Only this run's events count.
+        lifecycle.drain().await?;
         Ok(Self {
+            lifecycle,
             front: state.front_url.parse()?,
             app: state.app_url.parse()?,
             google: EmulatorControl::new(state.google_url.parse()?),
@@ -307,21 +319,12 @@ impl DemoStack {
     }
 
     pub async fn put_event(&self, event_id: &str, user: &str, title: &str, day: u32) -> Result<()> {
-        let text = |value: &str| AttributeValue::S(value.into());
-        let at = |hour: u32| text(&format!("2026-12-{day:02}T{hour:02}:00:00+01:00"));
-        self.dynamodb
-            .put_item()
-            .table_name(&self.events_table)
-            .item("event_id", text(event_id))
-            .item("user_id", text(user))
-            .item("title", text(title))
-            .item("start", at(9))
-            .item("end", at(10))
-            .item("time_zone", text("Europe/Berlin"))
-            .send()
-            .await
-            .context("writing an Events row")?;
-        Ok(())
+        let at = |hour: u32| rows::text(&format!("2026-12-{day:02}T{hour:02}:00:00+01:00"));
+        let mut row = rows::event_row(event_id, user, title);
+        row.insert("start".into(), at(9));
+        row.insert("end".into(), at(10));
+        row.insert("time_zone".into(), rows::text("Europe/Berlin"));
+        rows::put(&self.dynamodb, &self.events_table, row).await
     }
 
     pub async fn delete_event(&self, event_id: &str) -> Result<()> {
@@ -461,25 +464,42 @@ impl DemoStack {
             }
         );
 
-        step!("revoke the refresh token: changes are parked", async {
-            self.control_post("revoke", json!({ "email": email }))
+        step!(
+            "revoke the refresh token: changes park, the app hears why",
+            async {
+                self.control_post("revoke", json!({ "email": email }))
+                    .await?;
+                self.put_event(&ids[1], user, "Demo event 2 (while revoked)", 2)
+                    .await?;
+                self.put_event(&ids[2], user, "Demo event 3 (while revoked)", 3)
+                    .await?;
+                let status = eventually(Duration::from_secs(60), "parked status", || async {
+                    let status = self.status(&mut browser.clone()).await?;
+                    Ok((status["status"] == "needs_reauth"
+                        && status["parked_changes"].as_u64() >= Some(2))
+                    .then_some(status))
+                })
                 .await?;
-            self.put_event(&ids[1], user, "Demo event 2 (while revoked)", 2)
+                let heard = std::cell::RefCell::new(Vec::new());
+                let reauth = eventually(Duration::from_secs(30), "Grant Needs Reauth", || async {
+                    let new = self.lifecycle.drain().await?;
+                    heard.borrow_mut().extend(new);
+                    Ok(heard
+                        .borrow()
+                        .iter()
+                        .find(|e| {
+                            e["detail-type"] == "Grant Needs Reauth"
+                                && e["detail"]["user_id"] == user
+                        })
+                        .cloned())
+                })
                 .await?;
-            self.put_event(&ids[2], user, "Demo event 3 (while revoked)", 3)
-                .await?;
-            let status = eventually(Duration::from_secs(60), "parked status", || async {
-                let status = self.status(&mut browser.clone()).await?;
-                Ok((status["status"] == "needs_reauth"
-                    && status["parked_changes"].as_u64() >= Some(2))
-                .then_some(status))
-            })
-            .await?;
-            Ok(format!(
-                "status needs_reauth, {} parked change(s)",
-                status["parked_changes"]
-            ))
-        });
+                Ok(format!(
+                    "status needs_reauth, {} parked change(s); the app got Grant Needs Reauth ({})",
+                    status["parked_changes"], reauth["detail"]["reason"]
+                ))
+            }
+        );
 
         step!("reconnect: the parked changes arrive", async {
             let back = self.connect(&mut browser, user, email).await?;

@@ -6,7 +6,7 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 use calsync::{aws::Clients, config::Config, http, mapping::google_event_id};
 use serde_json::{Value, json};
-use testkit::{TestStack, rie, stack::ALICE};
+use testkit::{TestStack, rie, rows, stack::ALICE};
 
 /// Connects `user` as `account` through the real start and callback handlers (in process).
 async fn connect(stack: &TestStack, user: &str, account: &str) {
@@ -31,34 +31,25 @@ async fn event_sync_binary_under_the_rie_applies_a_real_stream_batch() {
     connect(&stack, "u1", ALICE).await;
 
     let dynamodb = aws_sdk_dynamodb::Client::new(&stack.sdk);
-    let events_table = stack.table("EVENTS_TABLE").to_string();
     for (id, user) in [("rie-1", "u1"), ("rie-2", "nobody")] {
-        dynamodb
-            .put_item()
-            .table_name(&events_table)
-            .item("event_id", AttributeValue::S(id.into()))
-            .item("user_id", AttributeValue::S(user.into()))
-            .item("title", AttributeValue::S(format!("From the RIE {id}")))
-            .item("start", AttributeValue::S("2026-12-24".into()))
-            .item("end", AttributeValue::S("2026-12-25".into()))
-            .send()
+        let mut row = rows::event_row(id, user, &format!("From the RIE {id}"));
+        row.insert("start".into(), rows::text("2026-12-24"));
+        row.insert("end".into(), rows::text("2026-12-25"));
+        rows::put(&dynamodb, stack.table("EVENTS_TABLE"), row)
             .await
             .unwrap();
     }
     let records = stack.stream_records("EVENTS_TABLE").await.unwrap();
     assert_eq!(records.len(), 2);
 
-    let function = rie::start_tied(env!("CARGO_BIN_EXE_event-sync").as_ref(), &stack.env)
-        .await
-        .expect("event-sync under the RIE (cargo xtask setup installs it)");
-    let answer = rie::invoke(
+    let answer = rie::invoke_once(
         &stack.http,
-        &function.invoke_url,
+        env!("CARGO_BIN_EXE_event-sync").as_ref(),
+        &stack.env,
         &TestStack::stream_event(records),
     )
     .await
     .unwrap();
-    drop(function);
     assert_eq!(answer, json!({"batchItemFailures": []}), "{answer}");
 
     let items: Value = stack

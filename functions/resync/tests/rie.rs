@@ -2,34 +2,21 @@
 //! environment: rows written before their user connects, the job the connect really queued on
 //! moto's SQS delivered in Lambda's SQS event shape, and Google (the emulator) holding every row.
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use calsync::{
     aws::Clients, config::Config, http, mapping::google_event_id, resync::ResyncOnConnect,
     store::SqsJobQueue,
 };
 use serde_json::{Value, json};
-use testkit::{TestStack, queues, rie, stack::ALICE};
+use testkit::{TestStack, queues, rie, rows, stack::ALICE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resync_binary_under_the_rie_backfills_rows_written_before_the_connect() {
     let stack = TestStack::start().await.expect("test stack");
     let config = Config::from_source(&stack.env).unwrap();
     let clients = Clients::new(&stack.sdk);
-    let events_table = stack.table("EVENTS_TABLE").to_string();
     for id in ["old-1", "old-2", "old-3"] {
-        clients
-            .dynamodb
-            .put_item()
-            .table_name(&events_table)
-            .item("event_id", AttributeValue::S(id.into()))
-            .item("user_id", AttributeValue::S("u1".into()))
-            .item(
-                "title",
-                AttributeValue::S(format!("Before connecting {id}")),
-            )
-            .item("start", AttributeValue::S("2026-12-24".into()))
-            .item("end", AttributeValue::S("2026-12-25".into()))
-            .send()
+        let row = rows::event_row(id, "u1", &format!("Before connecting {id}"));
+        rows::put(&clients.dynamodb, stack.table("EVENTS_TABLE"), row)
             .await
             .unwrap();
     }
@@ -55,13 +42,10 @@ async fn resync_binary_under_the_rie_backfills_rows_written_before_the_connect()
         &queues::arn_of_url(url, testkit::aws::REGION),
         testkit::aws::REGION,
     );
-    let function = rie::start_tied(env!("CARGO_BIN_EXE_resync").as_ref(), &stack.env)
-        .await
-        .expect("resync under the RIE (cargo xtask setup installs it)");
-    let answer = rie::invoke(&stack.http, &function.invoke_url, &event)
+    let binary = env!("CARGO_BIN_EXE_resync").as_ref();
+    let answer = rie::invoke_once(&stack.http, binary, &stack.env, &event)
         .await
         .unwrap();
-    drop(function);
     assert_eq!(answer, json!({"batchItemFailures": []}), "{answer}");
 
     let items: Value = stack

@@ -19,6 +19,7 @@ use crate::{
     google_oauth::{CodeExchange, GoogleIdentity, OAuthError},
     grants::{Grant, GrantError, GrantStatus, GrantStore, account_in_use},
     lifecycle::{self, LifecycleEvent},
+    metrics,
 };
 
 /// Scopes that let calsync write events (full URLs as Google reports them; short forms too).
@@ -80,7 +81,19 @@ fn safe_code(error: &str) -> Option<&str> {
     .then_some(error)
 }
 
+/// `GET /oauth/google/callback`; each answer counts in the `Connects` metric by its outcome.
 pub async fn handle<P: CallbackPorts>(deps: &CallbackDeps<P>, request: Request) -> Response<Body> {
+    let (outcome, response) = answer(deps, request).await;
+    metrics::connect_outcome(outcome);
+    response
+}
+
+/// The callback's answer and its outcome code (the `calsync` or `reason` the app sees, or the
+/// error's code).
+async fn answer<P: CallbackPorts>(
+    deps: &CallbackDeps<P>,
+    request: Request,
+) -> (&'static str, Response<Body>) {
     let params = match query(&request) {
         Ok(params) => params,
         Err(_) => {
@@ -88,17 +101,20 @@ pub async fn handle<P: CallbackPorts>(deps: &CallbackDeps<P>, request: Request) 
                 outcome = "invalid_request",
                 "callback refused: repeated parameter"
             );
-            return responses::error_for(
-                &request,
-                StatusCode::BAD_REQUEST,
+            return (
                 "invalid_request",
-                "The callback's query repeats a parameter.",
+                responses::error_for(
+                    &request,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "The callback's query repeats a parameter.",
+                ),
             );
         }
     };
     let Some(state) = params.get("state").filter(|s| !s.is_empty()) else {
         tracing::info!(outcome = "invalid_state", "callback refused: no state");
-        return invalid_state(&request);
+        return ("invalid_state", invalid_state(&request));
     };
     let code = params.get("code").filter(|c| !c.is_empty());
     let google_error = params.get("error").filter(|e| !e.is_empty());
@@ -107,11 +123,14 @@ pub async fn handle<P: CallbackPorts>(deps: &CallbackDeps<P>, request: Request) 
             outcome = "invalid_request",
             "callback refused: neither code nor error"
         );
-        return responses::error_for(
-            &request,
-            StatusCode::BAD_REQUEST,
+        return (
             "invalid_request",
-            "The callback carries neither a code nor an error.",
+            responses::error_for(
+                &request,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "The callback carries neither a code nor an error.",
+            ),
         );
     }
 
@@ -128,11 +147,12 @@ pub async fn handle<P: CallbackPorts>(deps: &CallbackDeps<P>, request: Request) 
                 state_was = outcome,
                 "callback refused"
             );
-            return invalid_state(&request);
+            return ("invalid_state", invalid_state(&request));
         }
         Err(error) => {
             tracing::error!(outcome = "store_failed", %error, "callback failed reading the flow");
-            return responses::internal("could not read the connection; try again");
+            let response = responses::internal("could not read the connection; try again");
+            return ("store_failed", response);
         }
     };
     let user_id = flow.user_id.clone();
@@ -142,7 +162,7 @@ pub async fn handle<P: CallbackPorts>(deps: &CallbackDeps<P>, request: Request) 
             outcome = "state_mismatch",
             "callback refused: cookie missing or not matching"
         );
-        return state_mismatch(&request);
+        return ("state_mismatch", state_mismatch(&request));
     };
     let flow = match deps.flows.consume(state, &nonce_hash(&nonce)).await {
         Ok(Some(flow)) => flow,
@@ -153,11 +173,12 @@ pub async fn handle<P: CallbackPorts>(deps: &CallbackDeps<P>, request: Request) 
                 state_was = "used",
                 "callback refused"
             );
-            return invalid_state(&request);
+            return ("invalid_state", invalid_state(&request));
         }
         Err(error) => {
             tracing::error!(user_id, outcome = "store_failed", %error, "callback failed consuming the flow");
-            return responses::internal("could not read the connection; try again");
+            let response = responses::internal("could not read the connection; try again");
+            return ("store_failed", response);
         }
     };
 
@@ -169,7 +190,7 @@ pub async fn handle<P: CallbackPorts>(deps: &CallbackDeps<P>, request: Request) 
             google_error = safe_code(error),
             "user did not grant access"
         );
-        return finish(&flow, "denied", reason);
+        return ("denied", finish(&flow, "denied", reason));
     }
     let code = SecretString::from(code.expect("checked above").clone());
 
@@ -177,16 +198,17 @@ pub async fn handle<P: CallbackPorts>(deps: &CallbackDeps<P>, request: Request) 
         Ok(exchange) => exchange,
         Err(error) => {
             tracing::warn!(user_id, outcome = "token_exchange_failed", %error, "code exchange failed");
-            return finish(&flow, "error", Some("token_exchange_failed"));
+            let reason = "token_exchange_failed";
+            return (reason, finish(&flow, "error", Some(reason)));
         }
     };
     match connect(deps, &flow, exchange).await {
         Ok(()) => {
             deps.after_connect.connected(&user_id).await;
             tracing::info!(user_id, outcome = "connected", "calendar connected");
-            finish(&flow, "connected", None)
+            ("connected", finish(&flow, "connected", None))
         }
-        Err(reason) => finish(&flow, "error", Some(reason)),
+        Err(reason) => (reason, finish(&flow, "error", Some(reason))),
     }
 }
 

@@ -25,7 +25,7 @@ use crate::{
     grants::GrantStore,
     lifecycle::{LifecycleEvents, eventbridge::EventBridgeEvents},
     store::{DynamoFlowStore, DynamoGrantStore, DynamoSyncStateStore, Stores},
-    sync_state::ParkedChanges,
+    sync_state::SyncSummaries,
 };
 
 /// What happens right after a user connects: production queues the user's resync
@@ -58,7 +58,8 @@ pub trait CallbackPorts {
     /// Where `Grant Connected` and `Grant Disconnected` go.
     type Lifecycle: LifecycleEvents;
     type Flows: FlowStore;
-    type Parked: ParkedChanges;
+    /// What the status route says of the user's sync.
+    type SyncStates: SyncSummaries;
     type AfterConnect: AfterConnect;
 }
 
@@ -70,7 +71,7 @@ impl<A: AfterConnect> CallbackPorts for Production<A> {
     type Grants = DynamoGrantStore;
     type Lifecycle = EventBridgeEvents;
     type Flows = DynamoFlowStore;
-    type Parked = DynamoSyncStateStore;
+    type SyncStates = DynamoSyncStateStore;
     type AfterConnect = A;
 }
 
@@ -80,7 +81,7 @@ pub struct CallbackDeps<P: CallbackPorts> {
     pub grants: P::Grants,
     pub lifecycle: P::Lifecycle,
     pub flows: P::Flows,
-    pub parked: P::Parked,
+    pub sync_states: P::SyncStates,
     pub after_connect: P::AfterConnect,
     pub google: GoogleOAuth,
 }
@@ -108,7 +109,7 @@ impl<A: AfterConnect> CallbackDeps<Production<A>> {
                 config.event_bus_name.clone(),
             ),
             flows: stores.flows(),
-            parked: stores.sync_state(),
+            sync_states: stores.sync_state(),
             after_connect,
             google: GoogleOAuth::new(&config, stores.secrets()),
             config,
@@ -163,15 +164,20 @@ pub async fn callback_router<P: CallbackPorts>(
     deps: &CallbackDeps<P>,
     request: Request,
 ) -> Response<Body> {
-    match (route_of(&request), request.method()) {
-        ("/oauth/google/callback", &Method::GET) => callback::handle(deps, request).await,
-        ("/oauth/google/status", &Method::GET) => status::status(deps, request).await,
-        ("/oauth/google/connection", &Method::DELETE) => status::disconnect(deps, request).await,
-        ("/oauth/google/callback" | "/oauth/google/status" | "/oauth/google/connection", _) => {
-            method_not_allowed()
+    let route = async {
+        match (route_of(&request), request.method()) {
+            ("/oauth/google/callback", &Method::GET) => callback::handle(deps, request).await,
+            ("/oauth/google/status", &Method::GET) => status::status(deps, request).await,
+            ("/oauth/google/connection", &Method::DELETE) => {
+                status::disconnect(deps, request).await
+            }
+            ("/oauth/google/callback" | "/oauth/google/status" | "/oauth/google/connection", _) => {
+                method_not_allowed()
+            }
+            _ => not_found(),
         }
-        _ => not_found(),
-    }
+    };
+    crate::metrics::scope("oauth-callback", route).await
 }
 
 /// The query parameters of the request's raw query string. A parameter given twice is
@@ -196,17 +202,20 @@ mod tests {
         flows::nonce_hash,
         secrets::{GoogleClient, SecretsCache},
         store::{InMemoryFlowStore, InMemoryGrantStore},
-        sync_state::StateError,
+        sync_state::{StateError, SyncSummary},
         vault::Keyring,
     };
     use serde_json::json;
 
-    /// A fixed count of parked changes.
-    struct FixedParkedChanges(u64);
+    /// A fixed summary: some parked changes.
+    struct FixedSummary(u64);
 
-    impl ParkedChanges for FixedParkedChanges {
-        async fn count(&self, _user_id: &str) -> Result<u64, StateError> {
-            Ok(self.0)
+    impl SyncSummaries for FixedSummary {
+        async fn summary(&self, _user_id: &str) -> Result<SyncSummary, StateError> {
+            Ok(SyncSummary {
+                parked: self.0,
+                ..SyncSummary::default()
+            })
         }
     }
 
@@ -217,7 +226,7 @@ mod tests {
         type Grants = InMemoryGrantStore;
         type Lifecycle = crate::lifecycle::RecordedEvents;
         type Flows = InMemoryFlowStore;
-        type Parked = FixedParkedChanges;
+        type SyncStates = FixedSummary;
         type AfterConnect = NothingAfterConnect;
     }
 
@@ -283,7 +292,7 @@ mod tests {
             grants: InMemoryGrantStore::new(),
             lifecycle: crate::lifecycle::RecordedEvents::new(),
             flows,
-            parked: FixedParkedChanges(3),
+            sync_states: FixedSummary(3),
             after_connect: NothingAfterConnect,
         };
         (start, callback)

@@ -1,5 +1,6 @@
 //! `GET /oauth/google/status` and `DELETE /oauth/google/connection`.
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use lambda_http::{Body, Request, Response, http::StatusCode};
 use serde_json::json;
 
@@ -8,7 +9,7 @@ use crate::{
     google_oauth::OAuthError,
     grants::{GrantError, GrantStatus, GrantStore, account_in_use},
     lifecycle::{self, LifecycleEvent},
-    sync_state::ParkedChanges,
+    sync_state::SyncSummaries,
 };
 
 /// How many times a disconnect re-reads a grant that changed under it.
@@ -25,21 +26,21 @@ pub async fn status<P: CallbackPorts>(deps: &CallbackDeps<P>, request: Request) 
             return responses::internal("could not read the connection status; try again");
         }
     };
-    let parked = match deps.parked.count(&user_id).await {
-        Ok(n) => n,
+    let summary = match deps.sync_states.summary(&user_id).await {
+        Ok(summary) => summary,
         Err(error) => {
             tracing::error!(user_id, outcome = "store_failed", %error, "status failed");
             return responses::internal("could not read the connection status; try again");
         }
     };
-    let body = match grant {
+    let time = |at: DateTime<Utc>| at.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let mut body = match grant {
         Some(grant) => json!({
             "connected": grant.status == GrantStatus::Active,
             "status": grant.status.as_str(),
             "google_email": grant.google_email,
             "scopes": grant.scopes,
-            "connected_at": grant.connected_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "parked_changes": parked,
+            "connected_at": time(grant.connected_at),
         }),
         None => json!({
             "connected": false,
@@ -47,9 +48,15 @@ pub async fn status<P: CallbackPorts>(deps: &CallbackDeps<P>, request: Request) 
             "google_email": null,
             "scopes": [],
             "connected_at": null,
-            "parked_changes": parked,
         }),
     };
+    body["parked_changes"] = json!(summary.parked);
+    body["last_synced_at"] = json!(summary.last_synced_at.map(time));
+    body["last_error"] = json!(summary.last_error.map(|error| json!({
+        "code": error.code.as_str(),
+        "event_id": error.event_id,
+        "at": time(error.at),
+    })));
     responses::json(StatusCode::OK, body, None)
 }
 

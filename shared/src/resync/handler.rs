@@ -13,9 +13,11 @@ use crate::{
     calendar,
     config::Config,
     grants::GrantStore,
+    metrics::{self, Metric},
     store::{DynamoGrantStore, SqsJobQueue, Stores},
     sync::{
-        SyncPorts, Syncer, handler::Production as SyncProduction, resync::Phase, retry::Deadline,
+        SyncPorts, Syncer, handler::Production as SyncProduction, keep_alive::KeepAlive,
+        resync::Phase, retry::Deadline,
     },
 };
 
@@ -53,6 +55,8 @@ pub struct ResyncDeps<P: ResyncPorts> {
     pub syncer: Syncer<P::Sync>,
     pub grants: P::Grants,
     pub queue: P::Queue,
+    /// A grant idle this long is refreshed by its user's resync (`KEEPALIVE_DAYS`).
+    pub keep_alive_after: chrono::Duration,
 }
 
 /// The production ports. Never built: it only names types.
@@ -71,6 +75,7 @@ impl ResyncDeps<Production> {
             syncer: Syncer::from_config(config, clients, calendar::DEFAULT_TIMEOUT),
             grants: Stores::new(config, clients).grants(),
             queue: SqsJobQueue::new(clients.sqs.clone(), config.resync_queue_url.clone()),
+            keep_alive_after: chrono::Duration::days(config.keepalive_days as i64),
         }
     }
 }
@@ -92,6 +97,14 @@ enum MessageError {
 /// Runs the invocation. Never fails as a whole: a message that must be retried is named in
 /// `batchItemFailures`.
 pub async fn handle<P: ResyncPorts>(
+    deps: &ResyncDeps<P>,
+    event: LambdaEvent<ResyncEvent>,
+) -> Result<SqsBatchResponse, Error> {
+    // Boxed like the user resync below: the future nests every layer of the sync.
+    metrics::scope("resync", Box::pin(handle_event(deps, event))).await
+}
+
+async fn handle_event<P: ResyncPorts>(
     deps: &ResyncDeps<P>,
     event: LambdaEvent<ResyncEvent>,
 ) -> Result<SqsBatchResponse, Error> {
@@ -163,6 +176,18 @@ impl<P: ResyncPorts> ResyncDeps<P> {
         let rest = match job {
             Job::User(user) => {
                 if user.phase == Phase::States && user.cursor.is_none() {
+                    // Once per user resync, before its changes: the sweep that resyncs every
+                    // connected user daily is also what keeps their grants alive and re-sealed.
+                    let kept = self
+                        .syncer
+                        .keep_alive(&user.user_id, self.keep_alive_after)
+                        .await;
+                    tracing::info!(user_id = user.user_id, keep_alive = ?kept, "keep-alive");
+                    match kept {
+                        KeepAlive::Refreshed => metrics::count(Metric::KeepAliveRefreshed),
+                        KeepAlive::Refused => metrics::count(Metric::KeepAliveRefused),
+                        KeepAlive::NotDue | KeepAlive::Inactive | KeepAlive::Failed(_) => {}
+                    }
                     match self.grants.reseal(&user.user_id).await {
                         Ok(true) => tracing::info!(
                             user_id = user.user_id,
@@ -178,6 +203,10 @@ impl<P: ResyncPorts> ResyncDeps<P> {
                 // the compiler lays out by default when the binary's main awaits it.
                 let (report, rest) = Box::pin(self.syncer.resync_user(user, deadline)).await?;
                 tracing::info!(?report, more = rest.is_some(), "user resync");
+                report.count_metrics();
+                if rest.is_some() {
+                    metrics::count(Metric::ResyncContinued);
+                }
                 rest.map(Job::User)
             }
             Job::Sweep { cursor } => self.sweep(cursor, deadline).await?,
@@ -206,6 +235,7 @@ impl<P: ResyncPorts> ResyncDeps<P> {
             let jobs: Vec<Job> = page.items.iter().map(|user| Job::user(user)).collect();
             for chunk in jobs.chunks(SEND_BATCH) {
                 self.queue.send(chunk).await?;
+                metrics::add(Metric::SweepUsersQueued, chunk.len() as f64);
             }
             queued += jobs.len();
             match page.next {

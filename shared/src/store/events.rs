@@ -6,13 +6,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use aws_sdk_dynamodb::types::AttributeValue;
-
-use super::{BY_USER_INDEX, Table, page_after, resume_key};
+use super::{Table, page_after};
 use crate::{
-    aws::describe_error,
     sync::resync::{EventsSource, ResyncError},
-    sync_state::{PAGE_SIZE, Page},
+    sync_state::Page,
 };
 
 type Row = (String, serde_dynamo::Item);
@@ -38,26 +35,15 @@ impl EventsSource for DynamoEvents {
         user_id: &str,
         cursor: Option<&str>,
     ) -> Result<Page<Row>, ResyncError> {
-        let start = cursor
-            .map(resume_key::decode)
-            .transpose()
-            .map_err(ResyncError::Events)?;
-        let answer = self
+        let page = self
             .0
-            .query()
-            .index_name(BY_USER_INDEX)
-            .key_condition_expression("user_id = :u")
-            .expression_attribute_values(":u", AttributeValue::S(user_id.to_string()))
-            .limit(PAGE_SIZE as i32)
-            .set_exclusive_start_key(start)
-            .send()
+            .page_by_user(user_id, cursor)
             .await
-            .map_err(|e| ResyncError::Events(describe_error(&e)))?;
+            .map_err(ResyncError::Events)?;
         Ok(Page {
-            next: answer.last_evaluated_key.as_ref().map(resume_key::encode),
-            items: answer
+            next: page.next,
+            items: page
                 .items
-                .unwrap_or_default()
                 .into_iter()
                 .filter_map(|item| {
                     let event_id = item.get("event_id")?.as_s().ok()?.clone();

@@ -35,14 +35,19 @@ pub use events::{DynamoEvents, InMemoryEvents};
 pub use flows::{DynamoFlowStore, InMemoryFlowStore};
 pub use grants::{DynamoGrantStore, InMemoryGrantStore};
 pub use resync_queue::{InMemoryJobQueue, SqsJobQueue};
-pub use sync_state::{BY_USER_INDEX, DynamoSyncStateStore, InMemorySyncStateStore};
+pub use sync_state::{DynamoSyncStateStore, InMemorySyncStateStore};
 
 use crate::{
     aws::{Clients, describe_error},
     config::{Config, Tables},
     secrets::{SecretsCache, SecretsError},
+    sync_state::{PAGE_SIZE, Page},
     vault::{Vault, VaultError},
 };
+
+/// Name of the index by user that the Events and sync-state tables both have (see
+/// `template.yaml`; an existing Events table must have it too).
+pub const BY_USER_INDEX: &str = "by_user";
 
 /// A function's production adapters, built once per cold start over its AWS clients and one
 /// secrets cache, which the sealed tables and the Google client share.
@@ -120,19 +125,15 @@ pub mod resume_key {
 
 /// The in-memory fakes' paging: `items` sorted by `key`, the page after the one that ended at
 /// `cursor` (the last key it held).
-pub fn page_after<T>(
-    items: Vec<T>,
-    cursor: Option<&str>,
-    key: impl Fn(&T) -> &str,
-) -> crate::sync_state::Page<T> {
+pub fn page_after<T>(items: Vec<T>, cursor: Option<&str>, key: impl Fn(&T) -> &str) -> Page<T> {
     let mut rest: Vec<T> = items
         .into_iter()
         .filter(|item| cursor.is_none_or(|after| key(item) > after))
         .collect();
-    let size = crate::sync_state::PAGE_SIZE;
+    let size = PAGE_SIZE;
     let next = (rest.len() > size).then(|| key(&rest[size - 1]).to_string());
     rest.truncate(size);
-    crate::sync_state::Page { items: rest, next }
+    Page { items: rest, next }
 }
 
 /// One item as the SDK holds it.
@@ -201,6 +202,35 @@ impl Table {
 
     pub fn scan(&self) -> ScanFluentBuilder {
         self.client.scan().table_name(&self.name)
+    }
+
+    /// A query of `user_id`'s items through the table's [`BY_USER_INDEX`].
+    pub fn by_user(&self, user_id: &str) -> QueryFluentBuilder {
+        self.query()
+            .index_name(BY_USER_INDEX)
+            .key_condition_expression("user_id = :u")
+            .expression_attribute_values(":u", Self::key_value(user_id))
+    }
+
+    /// One page ([`PAGE_SIZE`] items) of `user_id`'s items from `cursor` on, through the index;
+    /// the page's `next` resumes after it.
+    pub async fn page_by_user(
+        &self,
+        user_id: &str,
+        cursor: Option<&str>,
+    ) -> Result<Page<Item>, String> {
+        let start = cursor.map(resume_key::decode).transpose()?;
+        let answer = self
+            .by_user(user_id)
+            .limit(PAGE_SIZE as i32)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| describe_error(&e))?;
+        Ok(Page {
+            next: answer.last_evaluated_key.as_ref().map(resume_key::encode),
+            items: answer.items.unwrap_or_default(),
+        })
     }
 }
 

@@ -1,27 +1,21 @@
-//! The sync-state table (partition key `event_id`, index [`BY_USER_INDEX`] on `user_id`): the
-//! adapter of [`SyncStateStore`] and [`ParkedChanges`], and its in-memory fake.
+//! The sync-state table (partition key `event_id`, index [`super::BY_USER_INDEX`] on `user_id`): the
+//! adapter of [`SyncStateStore`] and [`SyncSummaries`], and its in-memory fake.
 
 use std::{collections::HashMap, sync::Arc};
 
-use aws_sdk_dynamodb::{
-    operation::query::builders::QueryFluentBuilder,
-    types::{AttributeValue, Select},
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::{Item, Table, page_after, resume_key, unless_condition_failed};
+use super::{Item, Table, page_after, unless_condition_failed};
 use crate::{
     aws::describe_error,
     sync_state::{
-        Expected, PAGE_SIZE, Page, ParkedChanges, Sequence, StateError, SyncState, SyncStateStore,
-        SyncStatus,
+        Expected, Page, Sequence, StateError, SyncState, SyncStateStore, SyncStatus, SyncSummaries,
+        SyncSummary,
     },
 };
-
-/// Name of the sync-state table's index by user (see `template.yaml`).
-pub const BY_USER_INDEX: &str = "by_user";
 
 /// The item as DynamoDB holds it.
 #[derive(Serialize, Deserialize)]
@@ -86,7 +80,7 @@ impl StoredState {
     }
 }
 
-/// DynamoDB adapter of [`SyncStateStore`] and [`ParkedChanges`].
+/// DynamoDB adapter of [`SyncStateStore`] and [`SyncSummaries`].
 #[derive(Clone, Debug)]
 pub struct DynamoSyncStateStore(Table);
 
@@ -96,35 +90,7 @@ impl DynamoSyncStateStore {
     }
 
     fn decode(item: Item) -> Result<SyncState, StateError> {
-        let event_id = match item.get("event_id") {
-            Some(AttributeValue::S(s)) => s.clone(),
-            _ => String::new(),
-        };
-        let stored: StoredState =
-            serde_dynamo::from_item(item).map_err(|e| StateError::Corrupt {
-                event_id,
-                reason: e.to_string(),
-            })?;
-        stored.into_state()
-    }
-
-    /// A user's states, through the index by user.
-    fn user_query(&self, user_id: &str) -> QueryFluentBuilder {
-        self.0
-            .query()
-            .index_name(BY_USER_INDEX)
-            .key_condition_expression("user_id = :u")
-            .expression_attribute_values(":u", AttributeValue::S(user_id.to_string()))
-    }
-
-    /// A user's parked states: the status route counts them.
-    fn parked_query(&self, user_id: &str) -> QueryFluentBuilder {
-        let [a, b] = SyncStatus::PARKED.map(|s| AttributeValue::S(s.as_str().into()));
-        self.user_query(user_id)
-            .filter_expression("#s IN (:a, :b)")
-            .expression_attribute_names("#s", "status")
-            .expression_attribute_values(":a", a)
-            .expression_attribute_values(":b", b)
+        read_item::<StoredState>(item)?.into_state()
     }
 }
 
@@ -163,42 +129,59 @@ impl SyncStateStore for DynamoSyncStateStore {
         user_id: &str,
         cursor: Option<&str>,
     ) -> Result<Page<SyncState>, StateError> {
-        let start = cursor
-            .map(resume_key::decode)
-            .transpose()
-            .map_err(StateError::Store)?;
-        let answer = self
-            .user_query(user_id)
-            .limit(PAGE_SIZE as i32)
-            .set_exclusive_start_key(start)
-            .send()
+        let page = self
+            .0
+            .page_by_user(user_id, cursor)
             .await
-            .map_err(|e| StateError::Store(describe_error(&e)))?;
+            .map_err(StateError::Store)?;
         Ok(Page {
-            items: answer
+            items: page
                 .items
-                .unwrap_or_default()
                 .into_iter()
                 .map(Self::decode)
                 .collect::<Result<_, _>>()?,
-            next: answer.last_evaluated_key.as_ref().map(resume_key::encode),
+            next: page.next,
         })
     }
 }
 
-impl ParkedChanges for DynamoSyncStateStore {
-    async fn count(&self, user_id: &str) -> Result<u64, StateError> {
+/// A stored state (or part of one) read from its item; unreadable, it names its event.
+fn read_item<T: serde::de::DeserializeOwned>(item: Item) -> Result<T, StateError> {
+    let event_id = match item.get("event_id") {
+        Some(AttributeValue::S(s)) => s.clone(),
+        _ => String::new(),
+    };
+    serde_dynamo::from_item(item).map_err(|e| StateError::Corrupt {
+        event_id,
+        reason: e.to_string(),
+    })
+}
+
+/// The three attributes a [`SyncSummary`] reads of each state.
+#[derive(Deserialize)]
+struct SummarisedState {
+    event_id: String,
+    status: SyncStatus,
+    updated_at: DateTime<Utc>,
+}
+
+impl SyncSummaries for DynamoSyncStateStore {
+    async fn summary(&self, user_id: &str) -> Result<SyncSummary, StateError> {
         let mut pages = self
-            .parked_query(user_id)
-            .select(Select::Count)
+            .0
+            .by_user(user_id)
+            .projection_expression("event_id, #s, updated_at")
+            .expression_attribute_names("#s", "status")
             .into_paginator()
+            .items()
             .send();
-        let mut total = 0u64;
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| StateError::Store(describe_error(&e)))?;
-            total += page.count.max(0) as u64;
+        let mut summary = SyncSummary::default();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| StateError::Store(describe_error(&e)))?;
+            let state: SummarisedState = read_item(item)?;
+            summary.add(&state.event_id, state.status, state.updated_at);
         }
-        Ok(total)
+        Ok(summary)
     }
 }
 
@@ -254,13 +237,15 @@ impl SyncStateStore for InMemorySyncStateStore {
     }
 }
 
-impl ParkedChanges for InMemorySyncStateStore {
-    async fn count(&self, user_id: &str) -> Result<u64, StateError> {
-        let items = self.items.lock().await;
-        let parked = items
-            .values()
-            .filter(|s| s.user_id.as_deref() == Some(user_id) && s.status.is_parked());
-        Ok(parked.count() as u64)
+impl SyncSummaries for InMemorySyncStateStore {
+    async fn summary(&self, user_id: &str) -> Result<SyncSummary, StateError> {
+        let mut summary = SyncSummary::default();
+        for state in self.items.lock().await.values() {
+            if state.user_id.as_deref() == Some(user_id) {
+                summary.add(&state.event_id, state.status, state.updated_at);
+            }
+        }
+        Ok(summary)
     }
 }
 
@@ -292,7 +277,10 @@ mod tests {
             .put(&state, &Expected::At(Sequence::parse("5")))
             .await
             .unwrap();
-        assert_eq!(store.count("u").await.unwrap(), 1);
-        assert_eq!(store.count("other").await.unwrap(), 0);
+        assert_eq!(store.summary("u").await.unwrap().parked, 1);
+        assert_eq!(
+            store.summary("other").await.unwrap(),
+            SyncSummary::default()
+        );
     }
 }

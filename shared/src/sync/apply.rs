@@ -17,6 +17,7 @@ use super::{
 };
 use crate::{
     calendar::{Calendar, CalendarError},
+    grants::Marker,
     lifecycle::{self, LifecycleEvent},
     mapping::{EventRow, fingerprint, placement, synced_fields_changed},
     sync_state::{SyncState, SyncStatus},
@@ -261,7 +262,8 @@ impl<P: SyncPorts> Syncer<P> {
         if !tokens.first_park(user_id) {
             return;
         }
-        let report = match self.grants.report_parked(user_id).await {
+        let owed = [Marker::NeedsReauth, Marker::Parked];
+        let report = match self.grants.report_owed(user_id, &owed).await {
             Ok(Some(report)) => report,
             Ok(None) => return,
             Err(error) => {

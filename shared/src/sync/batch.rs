@@ -16,7 +16,8 @@ use super::{
     retry::Deadline,
 };
 use crate::{
-    sync_state::{Expected, Sequence, SyncStateStore},
+    metrics::{self, Metric},
+    sync_state::{Expected, Sequence, SyncStateStore, SyncStatus},
     tokens::TokenProvider,
 };
 
@@ -116,6 +117,7 @@ impl<P: SyncPorts> Syncer<P> {
         let (groups, poison) = group_records(records);
         for p in &poison {
             tracing::error!(error = %p, "skipping a stream record that cannot be applied");
+            metrics::count(Metric::RecordsPoison);
         }
         let tokens = TokenProvider::new(&self.grants, &self.refresher);
         let tokens = &tokens;
@@ -142,6 +144,7 @@ impl<P: SyncPorts> Syncer<P> {
             Ok(state) => state,
             Err(error) => {
                 tracing::error!(event_id, %error, "cannot read the sync state");
+                metrics::count(Metric::RecordsFailed);
                 return Some((first.sequence.clone(), first.sequence_text.clone()));
             }
         };
@@ -153,6 +156,7 @@ impl<P: SyncPorts> Syncer<P> {
                     sequence = change.sequence_text,
                     "already applied; skipped"
                 );
+                metrics::count(Metric::RecordsSkipped);
                 continue;
             }
             let applied = match change.kind {
@@ -180,6 +184,7 @@ impl<P: SyncPorts> Syncer<P> {
                         reason,
                         "record failed; Lambda will retry it"
                     );
+                    metrics::count(Metric::RecordsFailed);
                     return Some((change.sequence.clone(), change.sequence_text.clone()));
                 }
             };
@@ -190,6 +195,7 @@ impl<P: SyncPorts> Syncer<P> {
                 .await
             {
                 tracing::warn!(event_id, sequence = change.sequence_text, %error, "cannot store the sync state; Lambda will retry the record");
+                metrics::count(Metric::RecordsFailed);
                 return Some((change.sequence.clone(), change.sequence_text.clone()));
             }
             tracing::info!(
@@ -198,6 +204,11 @@ impl<P: SyncPorts> Syncer<P> {
                 status = next.status.as_str(),
                 "applied"
             );
+            metrics::count(match next.status {
+                SyncStatus::Synced | SyncStatus::Deleted => Metric::RecordsSynced,
+                SyncStatus::NeedsReauth | SyncStatus::NotConnected => Metric::RecordsParked,
+                SyncStatus::Invalid => Metric::RecordsInvalid,
+            });
             current = Some(next);
         }
         None

@@ -28,6 +28,13 @@ pub async fn handle<P: SyncPorts>(
     syncer: &Syncer<P>,
     event: LambdaEvent<DynamodbEvent>,
 ) -> Result<DynamoDbEventResponse, Error> {
+    crate::metrics::scope("event-sync", handle_batch(syncer, event)).await
+}
+
+async fn handle_batch<P: SyncPorts>(
+    syncer: &Syncer<P>,
+    event: LambdaEvent<DynamodbEvent>,
+) -> Result<DynamoDbEventResponse, Error> {
     let deadline = Deadline::from_lambda_ms(event.context.deadline, NO_DEADLINE_FALLBACK);
     let records = event.payload.records;
     let count = records.len();

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::{SyncPorts, Syncer, Tokens, apply::Change, retry::Deadline};
 use crate::{
     mapping::{fingerprint, placement},
+    metrics::{self, Metric},
     sync_state::{Expected, Page, StateError, SyncState, SyncStateStore, SyncStatus},
     tokens::TokenProvider,
 };
@@ -100,6 +101,20 @@ enum Outcome {
 }
 
 impl ResyncReport {
+    /// Adds this report to the invocation's metrics.
+    pub fn count_metrics(&self) {
+        for (metric, value) in [
+            (Metric::ResyncApplied, self.applied),
+            (Metric::ResyncInSync, self.in_sync),
+            (Metric::ResyncParked, self.still_parked),
+            (Metric::ResyncFailed, self.failed),
+        ] {
+            if value > 0 {
+                metrics::add(metric, value as f64);
+            }
+        }
+    }
+
     fn count(&mut self, outcome: Outcome) {
         match outcome {
             Outcome::Applied => self.applied += 1,

@@ -6,6 +6,8 @@ use std::{future::Future, time::Duration};
 use rand::Rng;
 use tokio::time::Instant;
 
+use crate::metrics::{self, Metric};
+
 /// Errors that say whether another attempt can help.
 pub trait Retryable {
     fn is_retryable(&self) -> bool;
@@ -92,6 +94,8 @@ impl RetryPolicy {
                         return Err(error);
                     }
                     tracing::info!(attempt, %error, wait_ms = wait.as_millis() as u64, "retrying");
+                    metrics::count(Metric::Retries);
+                    metrics::add(Metric::BackoffTime, wait.as_secs_f64() * 1000.0);
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }

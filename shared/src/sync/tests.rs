@@ -745,3 +745,64 @@ async fn a_refused_refresh_reports_needs_reauth_and_parked_once_per_episode() {
     );
     assert_eq!(s.lifecycle.events().len(), 2);
 }
+
+/// Makes `user`'s grant last used `days` ago.
+fn idle_for(grants: &FakeGrants, user: &str, days: i64) {
+    let mut all = grants.grants.lock().unwrap();
+    let grant = all.get_mut(user).unwrap();
+    grant.last_used_at = chrono::Utc::now() - chrono::Duration::days(days);
+}
+
+#[tokio::test]
+async fn keep_alive_refreshes_only_grants_idle_for_the_period() {
+    use super::keep_alive::KeepAlive;
+    let period = chrono::Duration::days(30);
+    // Both access tokens are valid for an hour: only idleness decides.
+    let s = syncer(
+        FakeGrants::default()
+            .with_user("idle", chrono::Duration::hours(1))
+            .with_user("busy", chrono::Duration::hours(1)),
+    );
+    idle_for(&s.grants, "idle", 31);
+    idle_for(&s.grants, "busy", 29);
+
+    assert_eq!(s.keep_alive("busy", period).await, KeepAlive::NotDue);
+    assert_eq!(s.refresher.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(s.keep_alive("idle", period).await, KeepAlive::Refreshed);
+    assert_eq!(s.refresher.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(s.grants.refreshes_recorded.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        s.keep_alive("nobody", period).await,
+        KeepAlive::Inactive,
+        "no grant, nothing to keep"
+    );
+    assert!(s.lifecycle.events().is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_keep_alive_reports_needs_reauth_alone_then_parking_adds_sync_parked() {
+    use super::keep_alive::KeepAlive;
+    let s = syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)));
+    idle_for(&s.grants, "u1", 40);
+    s.refresher.revoked.lock().unwrap().push("rt-u1".into());
+
+    let period = chrono::Duration::days(30);
+    assert_eq!(s.keep_alive("u1", period).await, KeepAlive::Refused);
+    assert_eq!(s.grants.is_active("u1"), Some(false));
+    assert_eq!(s.lifecycle.kinds(), [Kind::GrantNeedsReauth]);
+    assert_eq!(
+        s.lifecycle.events()[0].detail.reason,
+        Some(crate::grants::ReauthReason::InvalidGrant)
+    );
+    // The next sweep finds it inactive and owes nothing.
+    assert_eq!(s.keep_alive("u1", period).await, KeepAlive::Inactive);
+    assert_eq!(s.lifecycle.events().len(), 1);
+
+    // A change parks later in the same episode: only Sync Parked is still owed.
+    let record = record("INSERT", "1", "e1", Some(image("e1", "u1", "A")), None);
+    assert!(s.sync_batch(vec![record], deadline()).await.is_empty());
+    assert_eq!(
+        s.lifecycle.kinds(),
+        [Kind::GrantNeedsReauth, Kind::SyncParked]
+    );
+}

@@ -3,3 +3,5 @@
 pub mod browser;
 pub mod sam;
 pub mod sample_events;
+#[cfg(test)]
+mod template_hardening;
