@@ -350,14 +350,17 @@ mod tests {
         assert!(events.events().is_empty());
     }
 
-    #[tokio::test(start_paused = true)]
+    // On the real clock (tokio's paused one needs its `test-util` feature, which would make the
+    // tests' build of every crate on tokio differ from the functions' and the tooling's): the
+    // budget plus a little scheduling.
+    #[tokio::test]
     async fn a_bus_that_never_answers_costs_at_most_the_budget() {
         let events = RecordedEvents::new();
         events.hang();
         let started = tokio::time::Instant::now();
         emit(&events, LifecycleEvent::connected("u", None)).await;
         let took = started.elapsed();
-        assert!(took <= BUDGET, "took {took:?}");
+        assert!(took <= BUDGET + Duration::from_millis(300), "took {took:?}");
         assert!(events.attempts() >= 2, "the timed-out attempt was retried");
         assert!(events.events().is_empty());
     }

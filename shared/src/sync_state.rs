@@ -111,6 +111,9 @@ pub struct SyncState {
     pub fingerprint: Option<String>,
     pub last_error: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// When a change of this event last reached Google (kept while later changes park or fail):
+    /// the status route's `last_synced_at`.
+    pub synced_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,12 +204,20 @@ pub struct LastError {
 }
 
 impl SyncSummary {
-    /// Folds one state of the user into the summary.
-    pub fn add(&mut self, event_id: &str, status: SyncStatus, updated_at: DateTime<Utc>) {
+    /// Folds one state of the user into the summary (`synced_at` as stored; states written
+    /// before it was stored count their last update when synced or deleted).
+    pub fn add(
+        &mut self,
+        event_id: &str,
+        status: SyncStatus,
+        updated_at: DateTime<Utc>,
+        synced_at: Option<DateTime<Utc>>,
+    ) {
+        let reached_google = matches!(status, SyncStatus::Synced | SyncStatus::Deleted);
+        let synced_at = synced_at.or(reached_google.then_some(updated_at));
+        self.last_synced_at = self.last_synced_at.max(synced_at);
         match status {
-            SyncStatus::Synced | SyncStatus::Deleted => {
-                self.last_synced_at = self.last_synced_at.max(Some(updated_at));
-            }
+            SyncStatus::Synced | SyncStatus::Deleted => {}
             SyncStatus::NeedsReauth | SyncStatus::NotConnected | SyncStatus::Invalid => {
                 self.parked += u64::from(status.is_parked());
                 if self.last_error.as_ref().is_none_or(|e| e.at < updated_at) {
@@ -237,18 +248,22 @@ mod tests {
     fn summary_keeps_the_newest_success_and_problem() {
         let at = |minute: i64| DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::minutes(minute);
         let mut summary = SyncSummary::default();
-        summary.add("a", SyncStatus::Synced, at(5));
-        summary.add("b", SyncStatus::Deleted, at(9));
-        summary.add("c", SyncStatus::Invalid, at(7));
-        summary.add("d", SyncStatus::NeedsReauth, at(3));
-        summary.add("e", SyncStatus::NotConnected, at(1));
+        summary.add("a", SyncStatus::Synced, at(5), Some(at(5)));
+        summary.add("b", SyncStatus::Deleted, at(9), None);
+        summary.add("c", SyncStatus::Invalid, at(7), None);
+        summary.add("d", SyncStatus::NeedsReauth, at(3), None);
+        summary.add("e", SyncStatus::NotConnected, at(1), None);
         assert_eq!(summary.parked, 2);
         assert_eq!(summary.last_synced_at, Some(at(9)));
-        let error = summary.last_error.unwrap();
+        let error = summary.last_error.clone().unwrap();
         assert_eq!(
             (error.code, error.event_id.as_str(), error.at),
             (SyncStatus::Invalid, "c", at(7))
         );
+        // A change that parks after its event reached Google keeps when it did.
+        summary.add("f", SyncStatus::NeedsReauth, at(20), Some(at(11)));
+        assert_eq!(summary.last_synced_at, Some(at(11)));
+        assert_eq!(summary.last_error.as_ref().unwrap().event_id, "f");
     }
 
     #[test]

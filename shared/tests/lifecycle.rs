@@ -21,12 +21,12 @@ use calsync::{
     sync::{self, handler::SyncDeps},
 };
 use lambda_http::http::{Method, StatusCode};
-use lambda_runtime::{Context, LambdaEvent};
 use serde_json::Value;
 use testkit::{
     TestStack,
     api_gateway::HttpApiEvent,
     eventbridge::EventTap,
+    invocation::with_deadline,
     rows,
     stack::{ALICE, BOB},
 };
@@ -151,10 +151,7 @@ impl Harness {
             let payload: DynamodbEvent =
                 serde_json::from_value(TestStack::stream_event(batch.to_vec()))
                     .expect("a DynamodbEvent");
-            let mut context = Context::default();
-            context.deadline =
-                (chrono::Utc::now() + chrono::Duration::seconds(60)).timestamp_millis() as u64;
-            sync::handle(&self.deps, LambdaEvent::new(payload, context))
+            sync::handle(&self.deps, with_deadline(payload, 60))
                 .await
                 .expect("the handler answers")
         });
@@ -173,10 +170,7 @@ impl Harness {
             "messageId": "m1", "body": body, "eventSource": "aws:sqs",
         }]});
         let payload: ResyncEvent = serde_json::from_value(event).expect("an SQS event");
-        let mut context = Context::default();
-        context.deadline =
-            (chrono::Utc::now() + chrono::Duration::seconds(120)).timestamp_millis() as u64;
-        let answer = resync_handler::handle(&self.resync, LambdaEvent::new(payload, context))
+        let answer = resync_handler::handle(&self.resync, with_deadline(payload, 120))
             .await
             .expect("the resync handler answers");
         assert!(answer.batch_item_failures.is_empty());

@@ -29,12 +29,12 @@ use calsync::{
     sync_state::{SyncState, SyncStateStore, SyncStatus},
 };
 use lambda_http::Body;
-use lambda_runtime::{Context, LambdaEvent};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use testkit::{
     TestStack,
     api_gateway::HttpApiEvent,
+    invocation::with_deadline,
     rows,
     stack::{ALICE, BOB},
 };
@@ -125,10 +125,7 @@ impl Harness {
     async fn run_with(&self, deps: &SyncDeps, records: Vec<Value>) -> Vec<String> {
         let payload: DynamodbEvent =
             serde_json::from_value(TestStack::stream_event(records)).expect("a DynamodbEvent");
-        let mut context = Context::default();
-        context.deadline =
-            (chrono::Utc::now() + chrono::Duration::seconds(60)).timestamp_millis() as u64;
-        let response = sync::handle(deps, LambdaEvent::new(payload, context))
+        let response = sync::handle(deps, with_deadline(payload, 60))
             .await
             .expect("the handler answers");
         let answer = serde_json::to_value(&response).unwrap();
@@ -157,10 +154,7 @@ impl Harness {
             jobs += messages.len();
             let event = testkit::queues::lambda_event(&messages, &arn, testkit::aws::REGION);
             let payload: ResyncEvent = serde_json::from_value(event).expect("an SQS event");
-            let mut context = Context::default();
-            context.deadline =
-                (chrono::Utc::now() + chrono::Duration::seconds(300)).timestamp_millis() as u64;
-            let answer = resync_handler::handle(&self.resync, LambdaEvent::new(payload, context))
+            let answer = resync_handler::handle(&self.resync, with_deadline(payload, 300))
                 .await
                 .expect("the resync handler answers");
             let answer = serde_json::to_value(&answer).unwrap();
@@ -991,15 +985,10 @@ async fn what_the_stream_gave_up_on_during_an_outage_arrives_through_the_failure
         .unwrap();
     assert_eq!(messages.len(), 1);
     let event = testkit::queues::lambda_event(&messages, &arn, testkit::aws::REGION);
-    let mut context = Context::default();
-    context.deadline =
-        (chrono::Utc::now() + chrono::Duration::seconds(300)).timestamp_millis() as u64;
-    let answer = resync_handler::handle(
-        &h.resync,
-        LambdaEvent::new(serde_json::from_value(event).unwrap(), context),
-    )
-    .await
-    .unwrap();
+    let payload = serde_json::from_value(event).unwrap();
+    let answer = resync_handler::handle(&h.resync, with_deadline(payload, 300))
+        .await
+        .unwrap();
     assert!(answer.batch_item_failures.is_empty());
     assert_eq!(
         h.drain_resync().await,

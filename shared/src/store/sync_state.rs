@@ -38,6 +38,8 @@ struct StoredState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_error: Option<String>,
     updated_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    synced_at: Option<DateTime<Utc>>,
 }
 
 impl From<&SyncState> for StoredState {
@@ -53,6 +55,7 @@ impl From<&SyncState> for StoredState {
             fingerprint: s.fingerprint.clone(),
             last_error: s.last_error.clone(),
             updated_at: s.updated_at,
+            synced_at: s.synced_at,
         }
     }
 }
@@ -76,6 +79,7 @@ impl StoredState {
             fingerprint: self.fingerprint,
             last_error: self.last_error,
             updated_at: self.updated_at,
+            synced_at: self.synced_at,
         })
     }
 }
@@ -157,12 +161,14 @@ fn read_item<T: serde::de::DeserializeOwned>(item: Item) -> Result<T, StateError
     })
 }
 
-/// The three attributes a [`SyncSummary`] reads of each state.
+/// The attributes a [`SyncSummary`] reads of each state.
 #[derive(Deserialize)]
 struct SummarisedState {
     event_id: String,
     status: SyncStatus,
     updated_at: DateTime<Utc>,
+    #[serde(default)]
+    synced_at: Option<DateTime<Utc>>,
 }
 
 impl SyncSummaries for DynamoSyncStateStore {
@@ -170,7 +176,7 @@ impl SyncSummaries for DynamoSyncStateStore {
         let mut pages = self
             .0
             .by_user(user_id)
-            .projection_expression("event_id, #s, updated_at")
+            .projection_expression("event_id, #s, updated_at, synced_at")
             .expression_attribute_names("#s", "status")
             .into_paginator()
             .items()
@@ -179,7 +185,12 @@ impl SyncSummaries for DynamoSyncStateStore {
         while let Some(item) = pages.next().await {
             let item = item.map_err(|e| StateError::Store(describe_error(&e)))?;
             let state: SummarisedState = read_item(item)?;
-            summary.add(&state.event_id, state.status, state.updated_at);
+            summary.add(
+                &state.event_id,
+                state.status,
+                state.updated_at,
+                state.synced_at,
+            );
         }
         Ok(summary)
     }
@@ -242,7 +253,12 @@ impl SyncSummaries for InMemorySyncStateStore {
         let mut summary = SyncSummary::default();
         for state in self.items.lock().await.values() {
             if state.user_id.as_deref() == Some(user_id) {
-                summary.add(&state.event_id, state.status, state.updated_at);
+                summary.add(
+                    &state.event_id,
+                    state.status,
+                    state.updated_at,
+                    state.synced_at,
+                );
             }
         }
         Ok(summary)
@@ -266,6 +282,7 @@ mod tests {
             fingerprint: None,
             last_error: None,
             updated_at: Utc::now(),
+            synced_at: None,
         };
         store.put(&state, &Expected::Absent).await.unwrap();
         assert!(matches!(

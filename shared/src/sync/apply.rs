@@ -114,6 +114,10 @@ fn state(
         fingerprint: None,
         last_error,
         updated_at: Utc::now(),
+        synced_at: match status {
+            SyncStatus::Synced | SyncStatus::Deleted => Some(Utc::now()),
+            _ => previous.and_then(|p| p.synced_at),
+        },
     }
 }
 

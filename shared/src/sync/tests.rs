@@ -454,6 +454,7 @@ impl Calendar for RemoveRacingInsert {
                 fingerprint: None,
                 last_error: None,
                 updated_at: chrono::Utc::now(),
+                synced_at: Some(chrono::Utc::now()),
             };
             let before = self.states.get(self.racing).await.unwrap();
             self.states
