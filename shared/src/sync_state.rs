@@ -204,6 +204,12 @@ pub struct LastError {
 }
 
 impl SyncSummary {
+    /// Folds one of the user's states into the summary.
+    pub fn add_state(&mut self, state: &SyncState) {
+        let (status, updated_at, synced_at) = (state.status, state.updated_at, state.synced_at);
+        self.add(&state.event_id, status, updated_at, synced_at);
+    }
+
     /// Folds one state of the user into the summary (`synced_at` as stored; states written
     /// before it was stored count their last update when synced or deleted).
     pub fn add(

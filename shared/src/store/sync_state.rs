@@ -251,14 +251,10 @@ impl SyncStateStore for InMemorySyncStateStore {
 impl SyncSummaries for InMemorySyncStateStore {
     async fn summary(&self, user_id: &str) -> Result<SyncSummary, StateError> {
         let mut summary = SyncSummary::default();
-        for state in self.items.lock().await.values() {
+        let items = self.items.lock().await;
+        for state in items.values() {
             if state.user_id.as_deref() == Some(user_id) {
-                summary.add(
-                    &state.event_id,
-                    state.status,
-                    state.updated_at,
-                    state.synced_at,
-                );
+                summary.add_state(state);
             }
         }
         Ok(summary)

@@ -19,6 +19,7 @@ use std::{
 
 use crate::{apt::which, checks::sample_events, docker, docker::tail};
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use futures::StreamExt;
 use serde_json::{Value, json};
 use testkit::api_gateway::HttpApiEvent;
 use testkit::{TestStack, aws, process, seed, template::Template};
@@ -82,7 +83,14 @@ pub async fn run_sam_checks(root: &Path) -> Result<()> {
     println!("sam: containers reach this machine at {gateway}");
 
     let started = Instant::now();
-    let recompiled = sam_build(&root, &tools, Some(Architecture::X86_64), None).await?;
+    let recompiled = sam_build(
+        &root,
+        &tools,
+        Some(Architecture::X86_64),
+        None,
+        Profile::LocalInvoke,
+    )
+    .await?;
     timings.record(
         format!("sam build x86_64 ({recompiled} crates compiled)"),
         started.elapsed(),
@@ -157,13 +165,39 @@ impl Architecture {
     }
 }
 
+/// Which release build `sam build` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    /// The workspace's release profile as it is (fat LTO, one codegen unit): what a deploy ships,
+    /// and what the arm64 step builds.
+    Deploy,
+    /// The release profile without LTO, in 16 codegen units at opt-level 1 (cargo's
+    /// `CARGO_PROFILE_RELEASE_*` variables, which `sam build` passes on to cargo-lambda): the
+    /// build that only `sam local invoke` runs, on the same code. It checks behaviour in Lambda's
+    /// container, not speed, and compiles in a fraction of the time of the fat-LTO links.
+    LocalInvoke,
+}
+
+impl Profile {
+    fn overrides(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Profile::Deploy => &[],
+            Profile::LocalInvoke => &[
+                ("CARGO_PROFILE_RELEASE_LTO", "off"),
+                ("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16"),
+                ("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1"),
+            ],
+        }
+    }
+}
+
 /// `sam build` with the template's defaults (arm64, what a user deploys), into
 /// `.dev/sam-build-default/`; checks that each function's `bootstrap` is an arm64 executable.
 pub async fn build_template_defaults(root: &Path) -> Result<String> {
     let tools = Tools::find(root)?;
     let build_dir = root.join(".dev/sam-build-default");
     let started = Instant::now();
-    let compiled = sam_build(root, &tools, None, Some(&build_dir)).await?;
+    let compiled = sam_build(root, &tools, None, Some(&build_dir), Profile::Deploy).await?;
     let functions = functions_from_template(&root.join("template.yaml"))?;
     for id in functions.values() {
         let bootstrap = build_dir.join(id).join("bootstrap");
@@ -238,6 +272,7 @@ async fn sam_build(
     tools: &Tools,
     architecture: Option<Architecture>,
     build_dir: Option<&Path>,
+    profile: Profile,
 ) -> Result<usize> {
     let built_for = match architecture {
         Some(architecture) => architecture,
@@ -246,13 +281,14 @@ async fn sam_build(
     ensure_rust_target(built_for.rust_target()).await?;
     let target = root.join("target");
     let since = SystemTime::now();
-    prebuild_functions(root, tools, built_for, &target).await?;
+    prebuild_functions(root, tools, built_for, &target, profile).await?;
     let mut command = tools.command("sam");
     command
         .current_dir(root)
         // SAM's build cache would hash the whole workspace (CodeUri `.`); cargo's is enough.
         .args(["build", "--no-cached"])
-        .env("CARGO_TARGET_DIR", &target);
+        .env("CARGO_TARGET_DIR", &target)
+        .envs(profile.overrides().iter().copied());
     if let Some(architecture) = architecture {
         command.args([
             "--parameter-overrides",
@@ -302,12 +338,14 @@ async fn prebuild_functions(
     tools: &Tools,
     architecture: Architecture,
     target: &Path,
+    profile: Profile,
 ) -> Result<()> {
     let mut command = tools.command("cargo");
     command
         .current_dir(root)
         .args(["lambda", "build", "--release"])
-        .env("CARGO_TARGET_DIR", target);
+        .env("CARGO_TARGET_DIR", target)
+        .envs(profile.overrides().iter().copied());
     if architecture == Architecture::Arm64 {
         command.arg("--arm64");
     }
@@ -315,8 +353,12 @@ async fn prebuild_functions(
         command.args(["--bin", binary]);
     }
     println!(
-        "sam: cargo lambda build --release of every function for {}, before sam build",
-        architecture.parameter()
+        "sam: cargo lambda build --release of every function for {}, before sam build{}",
+        architecture.parameter(),
+        match profile {
+            Profile::Deploy => "",
+            Profile::LocalInvoke => " (for sam local invoke: no LTO, opt-level 1)",
+        }
     );
     let status = command.stdin(Stdio::null()).status().await?;
     ensure!(
@@ -500,6 +542,9 @@ impl Sam {
 /// Every file of `events/` against its function, checked as under the RIE (`events/expected.json`,
 /// see [`sample_events::check`]). Between the HTTP and the stream samples, a real connect, so the
 /// stream samples reach the demo account's calendar, which is checked after each.
+/// How many HTTP samples `sam local invoke` runs at once.
+const HTTP_INVOKES_AT_ONCE: usize = 2;
+
 async fn run_invokes(
     sam: &Sam,
     services: &LocalServices,
@@ -538,9 +583,14 @@ async fn run_invokes(
     let (stream_files, http_files): (Vec<_>, Vec<_>) = files
         .into_iter()
         .partition(|(_, expectation)| expectation.function == *event_sync);
-    for (file, expectation) in http_files {
-        invoke_checked(&file, expectation).await?;
-    }
+    // The HTTP samples share no state (none connects anyone), and each invoke mostly waits for
+    // its container: two at a time.
+    let results: Vec<Result<()>> = futures::stream::iter(&http_files)
+        .map(|(file, expectation)| invoke_checked(file, expectation))
+        .buffer_unordered(HTTP_INVOKES_AT_ONCE)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<()>>()?;
     connect_and_replay(
         sam,
         services,
