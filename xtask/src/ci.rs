@@ -15,7 +15,7 @@ use testkit::{moto, paths, process};
 use crate::checks::sample_events as event_checks;
 use crate::checks::{browser, sam};
 use crate::local_aws::stack;
-use crate::{demo, setup};
+use crate::{chromium, demo, docker, setup};
 
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -131,6 +131,7 @@ fn run_command(mut command: Command) -> Result<String> {
 
 pub async fn run(options: &Options) -> Result<()> {
     let mut summary = Summary::default();
+    let mut machine = Some(prepare_machine(options));
     let mut venv = None;
     summary
         .step("setup", async {
@@ -219,6 +220,9 @@ pub async fn run(options: &Options) -> Result<()> {
             events_under_rie(),
         )
         .await;
+    if let Some(preparing) = machine.take() {
+        preparing.await?;
+    }
     if options.browser {
         summary
             .step(
@@ -261,6 +265,50 @@ pub async fn run(options: &Options) -> Result<()> {
         summary.skip(docker, "--no-sam");
     }
     summary.finish()
+}
+
+/// Prepares, in the background from the start, what the later steps need from the machine:
+/// Chromium, a running Docker engine with the local Lambda base image, the default
+/// architecture's Rust target. apt, debootstrap and rustup mostly wait on the network while the
+/// steps before them (pip, clippy, the tests) use the CPU; on a fresh machine that takes them off
+/// the critical path. The steps that need them wait for this first (so apt never runs twice at
+/// once) and then find them ready; a failure here is only announced, and the step then tries
+/// again itself and fails with its own message.
+fn prepare_machine(options: &Options) -> tokio::task::JoinHandle<()> {
+    let options = options.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let root = paths::workspace_root();
+        let dev = paths::dev_dir();
+        let mut ready = Vec::new();
+        let mut report = |what: &'static str, outcome: Result<()>| match outcome {
+            Ok(()) => ready.push(what),
+            Err(error) => println!(
+                "machine: preparing {what} in the background failed, its step will try again: {error:#}"
+            ),
+        };
+        if options.browser {
+            let found = tokio::task::spawn_blocking(chromium::find_or_install).await;
+            report("Chromium", found.map_err(anyhow::Error::from).and_then(|f| f.map(drop)));
+        }
+        if options.sam {
+            report("the Docker engine", docker::ensure_engine(&dev).await);
+            if std::env::var_os(sam::IMAGE_VARIABLE).is_none_or(|image| image.is_empty()) {
+                report("the Lambda base image", docker::ensure_base_image(&dev).await);
+            }
+            report(
+                "the default architecture's Rust target",
+                sam::ensure_default_rust_target(&root).await,
+            );
+        }
+        if !ready.is_empty() {
+            println!(
+                "machine: {} ready ({:.0} s, in the background)",
+                ready.join(", "),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    })
 }
 
 /// Crates the functions link in more than one version today, each pinned by a dependency we do

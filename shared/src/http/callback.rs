@@ -64,6 +64,13 @@ fn invalid_state(request: &Request) -> Response<Body> {
     )
 }
 
+/// A callback no authorization server would send (the outcome and the answer).
+fn invalid_request(request: &Request, detail: &'static str) -> (&'static str, Response<Body>) {
+    tracing::info!(outcome = "invalid_request", detail, "callback refused");
+    let answer = responses::error_for(request, StatusCode::BAD_REQUEST, "invalid_request", detail);
+    ("invalid_request", answer)
+}
+
 fn state_mismatch(request: &Request) -> Response<Body> {
     responses::error_for(
         request,
@@ -94,23 +101,8 @@ async fn answer<P: CallbackPorts>(
     deps: &CallbackDeps<P>,
     request: Request,
 ) -> (&'static str, Response<Body>) {
-    let params = match query(&request) {
-        Ok(params) => params,
-        Err(_) => {
-            tracing::info!(
-                outcome = "invalid_request",
-                "callback refused: repeated parameter"
-            );
-            return (
-                "invalid_request",
-                responses::error_for(
-                    &request,
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "The callback's query repeats a parameter.",
-                ),
-            );
-        }
+    let Ok(params) = query(&request) else {
+        return invalid_request(&request, "The callback's query repeats a parameter.");
     };
     let Some(state) = params.get("state").filter(|s| !s.is_empty()) else {
         tracing::info!(outcome = "invalid_state", "callback refused: no state");
@@ -119,18 +111,9 @@ async fn answer<P: CallbackPorts>(
     let code = params.get("code").filter(|c| !c.is_empty());
     let google_error = params.get("error").filter(|e| !e.is_empty());
     if code.is_none() && google_error.is_none() {
-        tracing::info!(
-            outcome = "invalid_request",
-            "callback refused: neither code nor error"
-        );
-        return (
-            "invalid_request",
-            responses::error_for(
-                &request,
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "The callback carries neither a code nor an error.",
-            ),
+        return invalid_request(
+            &request,
+            "The callback carries neither a code nor an error.",
         );
     }
 

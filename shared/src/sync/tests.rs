@@ -36,6 +36,11 @@ struct FakeCalendar {
 }
 
 impl FakeCalendar {
+    /// The title of the Google copy of the app's `event_id` in the primary calendar.
+    fn primary_title(&self, event_id: &str) -> Option<String> {
+        self.summary("primary", &google_event_id(event_id))
+    }
+
     fn summary(&self, calendar: &str, id: &str) -> Option<String> {
         self.events
             .lock()
@@ -180,6 +185,33 @@ fn record(
     .unwrap()
 }
 
+/// An INSERT of `event_id` for `user` titled `title`.
+fn insert(seq: &str, event_id: &str, user: &str, title: &str) -> EventRecord {
+    record(
+        "INSERT",
+        seq,
+        event_id,
+        Some(image(event_id, user, title)),
+        None,
+    )
+}
+
+/// A MODIFY of `event_id` (staying with `user`) from the title `was` to `title`.
+fn modify(seq: &str, event_id: &str, user: &str, title: &str, was: &str) -> EventRecord {
+    let (new, old) = (image(event_id, user, title), image(event_id, user, was));
+    record("MODIFY", seq, event_id, Some(new), Some(old))
+}
+
+/// A syncer whose one user, u1, is connected with an hour left on the access token.
+fn connected_syncer() -> TestSyncer {
+    syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)))
+}
+
+/// `records` as one batch, with the time a real invocation has; the records that failed.
+async fn sync(s: &TestSyncer, records: Vec<EventRecord>) -> Vec<String> {
+    s.sync_batch(records, deadline()).await
+}
+
 fn deadline() -> Deadline {
     Deadline::in_(Duration::from_secs(30))
 }
@@ -190,117 +222,77 @@ fn gid(event_id: &str) -> String {
 
 #[tokio::test]
 async fn insert_modify_remove_in_order_within_one_batch() {
-    let s = syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)));
-    let failed = s
-        .sync_batch(
-            vec![
-                record("INSERT", "100", "e1", Some(image("e1", "u1", "A")), None),
-                record(
-                    "MODIFY",
-                    "200",
-                    "e1",
-                    Some(image("e1", "u1", "B")),
-                    Some(image("e1", "u1", "A")),
-                ),
-                record("INSERT", "150", "e2", Some(image("e2", "u1", "X")), None),
-                record(
-                    "MODIFY",
-                    "300",
-                    "e1",
-                    Some(image("e1", "u1", "C")),
-                    Some(image("e1", "u1", "B")),
-                ),
-            ],
-            deadline(),
-        )
-        .await;
+    let s = connected_syncer();
+    let failed = sync(
+        &s,
+        vec![
+            insert("100", "e1", "u1", "A"),
+            modify("200", "e1", "u1", "B", "A"),
+            insert("150", "e2", "u1", "X"),
+            modify("300", "e1", "u1", "C", "B"),
+        ],
+    )
+    .await;
     assert!(failed.is_empty());
-    assert_eq!(
-        s.calendar.summary("primary", &gid("e1")).as_deref(),
-        Some("C")
-    );
-    assert_eq!(
-        s.calendar.summary("primary", &gid("e2")).as_deref(),
-        Some("X")
-    );
+    assert_eq!(s.calendar.primary_title("e1").as_deref(), Some("C"));
+    assert_eq!(s.calendar.primary_title("e2").as_deref(), Some("X"));
     let states = s.states.snapshot().await;
     assert_eq!(states["e1"].last_sequence.as_ref().unwrap().as_str(), "300");
     assert_eq!(states["e1"].status, SyncStatus::Synced);
 
-    let failed = s
-        .sync_batch(
-            vec![record(
-                "REMOVE",
-                "400",
-                "e1",
-                None,
-                Some(image("e1", "u1", "C")),
-            )],
-            deadline(),
-        )
-        .await;
+    let failed = sync(
+        &s,
+        vec![record(
+            "REMOVE",
+            "400",
+            "e1",
+            None,
+            Some(image("e1", "u1", "C")),
+        )],
+    )
+    .await;
     assert!(failed.is_empty());
-    assert_eq!(s.calendar.summary("primary", &gid("e1")), None);
+    assert_eq!(s.calendar.primary_title("e1"), None);
     assert_eq!(s.states.snapshot().await["e1"].status, SyncStatus::Deleted);
 }
 
 #[tokio::test]
 async fn redelivered_and_older_records_are_skipped() {
-    let s = syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)));
+    let s = connected_syncer();
     let batch = vec![
-        record("INSERT", "9", "e1", Some(image("e1", "u1", "A")), None),
-        record(
-            "MODIFY",
-            "10",
-            "e1",
-            Some(image("e1", "u1", "B")),
-            Some(image("e1", "u1", "A")),
-        ),
+        insert("9", "e1", "u1", "A"),
+        modify("10", "e1", "u1", "B", "A"),
     ];
-    assert!(s.sync_batch(batch.clone(), deadline()).await.is_empty());
+    assert!(sync(&s, batch.clone()).await.is_empty());
     let calls = s.calendar.calls.load(Ordering::SeqCst);
-    assert!(s.sync_batch(batch, deadline()).await.is_empty());
+    assert!(sync(&s, batch).await.is_empty());
     assert_eq!(
         s.calendar.calls.load(Ordering::SeqCst),
         calls,
         "a redelivered batch calls Google again"
     );
     // "9" < "10" numerically even though it is greater as text.
-    assert_eq!(
-        s.calendar.summary("primary", &gid("e1")).as_deref(),
-        Some("B")
-    );
+    assert_eq!(s.calendar.primary_title("e1").as_deref(), Some("B"));
 }
 
 #[tokio::test]
 async fn unsynced_modify_makes_no_call_but_records_the_sequence() {
-    let s = syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)));
-    s.sync_batch(
-        vec![record(
-            "INSERT",
-            "1",
-            "e1",
-            Some(image("e1", "u1", "A")),
-            None,
-        )],
-        deadline(),
-    )
-    .await;
+    let s = connected_syncer();
+    sync(&s, vec![insert("1", "e1", "u1", "A")]).await;
     let calls = s.calendar.calls.load(Ordering::SeqCst);
     let mut colored = image("e1", "u1", "A");
     colored["color"] = json!({"S": "red"});
-    let failed = s
-        .sync_batch(
-            vec![record(
-                "MODIFY",
-                "2",
-                "e1",
-                Some(colored),
-                Some(image("e1", "u1", "A")),
-            )],
-            deadline(),
-        )
-        .await;
+    let failed = sync(
+        &s,
+        vec![record(
+            "MODIFY",
+            "2",
+            "e1",
+            Some(colored),
+            Some(image("e1", "u1", "A")),
+        )],
+    )
+    .await;
     assert!(failed.is_empty());
     assert_eq!(s.calendar.calls.load(Ordering::SeqCst), calls);
     assert_eq!(
@@ -315,44 +307,25 @@ async fn unsynced_modify_makes_no_call_but_records_the_sequence() {
 
 #[tokio::test]
 async fn failure_stops_that_event_only_and_names_the_record() {
-    let s = syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)));
+    let s = connected_syncer();
     s.calendar
         .failing
         .lock()
         .unwrap()
         .insert("BAD".into(), CalendarError::Server { status: 500 });
-    let failed = s
-        .sync_batch(
-            vec![
-                record("INSERT", "1", "e1", Some(image("e1", "u1", "A")), None),
-                record(
-                    "MODIFY",
-                    "2",
-                    "e1",
-                    Some(image("e1", "u1", "BAD")),
-                    Some(image("e1", "u1", "A")),
-                ),
-                record("INSERT", "3", "e2", Some(image("e2", "u1", "other")), None),
-                record(
-                    "MODIFY",
-                    "4",
-                    "e1",
-                    Some(image("e1", "u1", "later")),
-                    Some(image("e1", "u1", "BAD")),
-                ),
-            ],
-            deadline(),
-        )
-        .await;
+    let failed = sync(
+        &s,
+        vec![
+            insert("1", "e1", "u1", "A"),
+            modify("2", "e1", "u1", "BAD", "A"),
+            insert("3", "e2", "u1", "other"),
+            modify("4", "e1", "u1", "later", "BAD"),
+        ],
+    )
+    .await;
     assert_eq!(failed, vec!["2".to_string()]);
-    assert_eq!(
-        s.calendar.summary("primary", &gid("e1")).as_deref(),
-        Some("A")
-    );
-    assert_eq!(
-        s.calendar.summary("primary", &gid("e2")).as_deref(),
-        Some("other")
-    );
+    assert_eq!(s.calendar.primary_title("e1").as_deref(), Some("A"));
+    assert_eq!(s.calendar.primary_title("e2").as_deref(), Some("other"));
     assert_eq!(
         s.states.snapshot().await["e1"]
             .last_sequence
@@ -365,19 +338,8 @@ async fn failure_stops_that_event_only_and_names_the_record() {
 
 #[tokio::test]
 async fn users_without_grants_are_parked_and_resynced_from_the_current_row() {
-    let s = syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)));
-    let failed = s
-        .sync_batch(
-            vec![record(
-                "INSERT",
-                "1",
-                "e9",
-                Some(image("e9", "nobody", "A")),
-                None,
-            )],
-            deadline(),
-        )
-        .await;
+    let s = connected_syncer();
+    let failed = sync(&s, vec![insert("1", "e9", "nobody", "A")]).await;
     assert!(failed.is_empty());
     assert_eq!(
         s.states.snapshot().await["e9"].status,
@@ -400,12 +362,9 @@ async fn users_without_grants_are_parked_and_resynced_from_the_current_row() {
         .await
         .unwrap();
     assert_eq!((report.applied, rest), (2, None));
+    assert_eq!(s.calendar.primary_title("e9").as_deref(), Some("Now"));
     assert_eq!(
-        s.calendar.summary("primary", &gid("e9")).as_deref(),
-        Some("Now")
-    );
-    assert_eq!(
-        s.calendar.summary("primary", &gid("old")).as_deref(),
+        s.calendar.primary_title("old").as_deref(),
         Some("Older than calsync")
     );
     assert_eq!(s.states.snapshot().await["e9"].status, SyncStatus::Synced);
@@ -487,7 +446,7 @@ impl Calendar for RemoveRacingInsert {
 
 #[tokio::test]
 async fn a_remove_racing_a_resync_leaves_no_copy_in_google() {
-    let plain = syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)));
+    let plain = connected_syncer();
     let s: Syncer<Fakes<RemoveRacingInsert>> = Syncer {
         calendar: RemoveRacingInsert {
             inner: FakeCalendar::default(),
@@ -513,12 +472,12 @@ async fn a_remove_racing_a_resync_leaves_no_copy_in_google() {
     assert!(s.calendar.raced.load(Ordering::SeqCst), "the race happened");
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(
-        s.calendar.inner.summary("primary", &gid("e5")),
+        s.calendar.inner.primary_title("e5"),
         None,
         "the resync resurrected a deleted row"
     );
     assert_eq!(
-        s.calendar.inner.summary("primary", &gid("e6")).as_deref(),
+        s.calendar.inner.primary_title("e6").as_deref(),
         Some("Calm")
     );
     let state = &s.states.snapshot().await["e5"];
@@ -530,7 +489,7 @@ async fn a_remove_racing_a_resync_leaves_no_copy_in_google() {
 
 #[tokio::test]
 async fn a_resync_out_of_time_hands_back_where_to_resume_and_redoes_nothing() {
-    let mut s = syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)));
+    let mut s = connected_syncer();
     s.calendar.latency = Some(Duration::from_millis(1));
     let rows = crate::sync_state::PAGE_SIZE * 2 + 10;
     for i in 0..rows {
@@ -568,36 +527,35 @@ async fn moved_events_leave_the_old_place_and_poison_is_skipped() {
     );
     let mut moved = image("e1", "u1", "A");
     moved["calendar_id"] = json!({"S": "team"});
-    let mut no_key = record("INSERT", "3", "x", Some(image("x", "u1", "P")), None);
+    let mut no_key = insert("3", "x", "u1", "P");
     no_key.change.keys.clear();
-    let failed = s
-        .sync_batch(
-            vec![
-                record("INSERT", "1", "e1", Some(image("e1", "u1", "A")), None),
-                no_key,
-                record(
-                    "MODIFY",
-                    "2",
-                    "e1",
-                    Some(moved.clone()),
-                    Some(image("e1", "u1", "A")),
-                ),
-            ],
-            deadline(),
-        )
-        .await;
+    let failed = sync(
+        &s,
+        vec![
+            insert("1", "e1", "u1", "A"),
+            no_key,
+            record(
+                "MODIFY",
+                "2",
+                "e1",
+                Some(moved.clone()),
+                Some(image("e1", "u1", "A")),
+            ),
+        ],
+    )
+    .await;
     assert!(failed.is_empty());
-    assert_eq!(s.calendar.summary("primary", &gid("e1")), None);
+    assert_eq!(s.calendar.primary_title("e1"), None);
     assert_eq!(s.calendar.summary("team", &gid("e1")).as_deref(), Some("A"));
-    assert_eq!(s.calendar.summary("primary", &gid("x")), None);
+    assert_eq!(s.calendar.primary_title("x"), None);
     let invalid = {
         let mut i = moved.clone();
         i.as_object_mut().unwrap().remove("title");
         i
     };
-    s.sync_batch(
+    sync(
+        &s,
         vec![record("MODIFY", "5", "e1", Some(invalid), Some(moved))],
-        deadline(),
     )
     .await;
     let state = &s.states.snapshot().await["e1"];
@@ -702,13 +660,11 @@ async fn a_refused_refresh_reports_needs_reauth_and_parked_once_per_episode() {
             .enumerate()
             .map(|(i, id)| {
                 let seq = (first + i as u32).to_string();
-                record("INSERT", &seq, id, Some(image(id, user, "A")), None)
+                insert(&seq, id, user, "A")
             })
             .collect::<Vec<_>>()
     };
-    let failed = s
-        .sync_batch(batch(1, &["e1", "e2", "e3"], "u1"), deadline())
-        .await;
+    let failed = sync(&s, batch(1, &["e1", "e2", "e3"], "u1")).await;
     assert!(failed.is_empty());
     for id in ["e1", "e2", "e3"] {
         assert_eq!(
@@ -734,11 +690,9 @@ async fn a_refused_refresh_reports_needs_reauth_and_parked_once_per_episode() {
     );
 
     // More records of the same episode, and a user who never connected: no new event.
-    let failed = s
-        .sync_batch(batch(10, &["e4", "e5"], "u1"), deadline())
-        .await;
+    let failed = sync(&s, batch(10, &["e4", "e5"], "u1")).await;
     assert!(failed.is_empty());
-    let failed = s.sync_batch(batch(20, &["n1"], "nobody"), deadline()).await;
+    let failed = sync(&s, batch(20, &["n1"], "nobody")).await;
     assert!(failed.is_empty());
     assert_eq!(
         s.states.snapshot().await["n1"].status,
@@ -783,7 +737,7 @@ async fn keep_alive_refreshes_only_grants_idle_for_the_period() {
 #[tokio::test]
 async fn a_refused_keep_alive_reports_needs_reauth_alone_then_parking_adds_sync_parked() {
     use super::keep_alive::KeepAlive;
-    let s = syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)));
+    let s = connected_syncer();
     idle_for(&s.grants, "u1", 40);
     s.refresher.revoked.lock().unwrap().push("rt-u1".into());
 
@@ -800,8 +754,8 @@ async fn a_refused_keep_alive_reports_needs_reauth_alone_then_parking_adds_sync_
     assert_eq!(s.lifecycle.events().len(), 1);
 
     // A change parks later in the same episode: only Sync Parked is still owed.
-    let record = record("INSERT", "1", "e1", Some(image("e1", "u1", "A")), None);
-    assert!(s.sync_batch(vec![record], deadline()).await.is_empty());
+    let record = insert("1", "e1", "u1", "A");
+    assert!(sync(&s, vec![record]).await.is_empty());
     assert_eq!(
         s.lifecycle.kinds(),
         [Kind::GrantNeedsReauth, Kind::SyncParked]

@@ -236,6 +236,12 @@ fn default_architecture(root: &Path) -> Result<Architecture> {
     }
 }
 
+/// Installs the Rust target of the template's default architecture (what
+/// [`build_template_defaults`] needs), so that it can be done ahead of time.
+pub async fn ensure_default_rust_target(root: &Path) -> Result<()> {
+    ensure_rust_target(default_architecture(root)?.rust_target()).await
+}
+
 /// Installs a Rust target once, before `sam build` starts one cargo-lambda build per function in
 /// parallel: each would otherwise try to install it at the same moment, and all but one fail.
 async fn ensure_rust_target(target: &str) -> Result<()> {
@@ -903,13 +909,7 @@ mod tests {
             sample_events::check(&start, &answer(&elsewhere, &[BINDING_COOKIE]), &variables)
                 .is_err()
         );
-        for attribute in [
-            "HttpOnly",
-            "Secure",
-            "SameSite=Lax",
-            "Path=/",
-            "Max-Age=600",
-        ] {
+        for attribute in BINDING_COOKIE.split("; ").skip(1) {
             let cookie = BINDING_COOKIE.replace(&format!("; {attribute}"), "");
             let verdict =
                 sample_events::check(&start, &answer(FULL_REDIRECT, &[&cookie]), &variables);
