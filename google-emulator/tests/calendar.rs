@@ -122,10 +122,8 @@ async fn inserting_an_existing_id_is_409_duplicate_also_after_delete() {
         .event_call(Method::DELETE, &token, "dup000001", None)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    assert_eq!(
-        h.insert(&token, timed_event("dup000001")).await.0,
-        StatusCode::CONFLICT
-    );
+    h.assert_insert(&token, "dup000001", StatusCode::CONFLICT)
+        .await;
 }
 
 #[tokio::test]
@@ -413,10 +411,7 @@ async fn missing_token_is_401_login_required() {
 #[tokio::test]
 async fn expired_token_via_clock_is_401_and_a_refreshed_one_works() {
     let (h, token) = alice().await;
-    assert_eq!(
-        h.insert(&token, timed_event("clock0001")).await.0,
-        StatusCode::OK
-    );
+    h.assert_insert(&token, "clock0001", StatusCode::OK).await;
     h.advance_clock(3600).await;
     let (status, headers, body) = h.event_call(Method::GET, &token, "clock0001", None).await;
     assert_invalid_credentials(status, &headers, &body);
@@ -447,15 +442,12 @@ async fn expire_access_tokens_control_makes_calls_401_but_refresh_still_works() 
     );
     let (status, refreshed) = h.refresh(tokens.refresh_token.as_deref().unwrap()).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        h.insert(
-            refreshed["access_token"].as_str().unwrap(),
-            timed_event("e0e000001")
-        )
-        .await
-        .0,
-        StatusCode::OK
-    );
+    h.assert_insert(
+        refreshed["access_token"].as_str().unwrap(),
+        "e0e000001",
+        StatusCode::OK,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -27,10 +27,7 @@ async fn queued_429_faults_answer_the_next_calls_then_calls_succeed() {
                 "message": "Rate Limit Exceeded"}], "code": 429, "message": "Rate Limit Exceeded"}})
         );
     }
-    assert_eq!(
-        h.insert(&token, timed_event("fault0001")).await.0,
-        StatusCode::OK
-    );
+    h.assert_insert(&token, "fault0001", StatusCode::OK).await;
     assert_eq!(
         h.stats().await["calendar"]["insert"],
         3,
@@ -94,10 +91,7 @@ async fn server_errors_can_be_queued() {
     let (status, body) = h.insert(&token, timed_event("fault0003")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"]["code"], 503);
-    assert_eq!(
-        h.insert(&token, timed_event("fault0003")).await.0,
-        StatusCode::OK
-    );
+    h.assert_insert(&token, "fault0003", StatusCode::OK).await;
 }
 
 #[tokio::test]
@@ -126,10 +120,7 @@ async fn delay_alone_slows_the_answer_but_serves_it() {
     h.control_ok("faults", json!({"target": "calendar", "delay_ms": 300}))
         .await;
     let started = Instant::now();
-    assert_eq!(
-        h.insert(&token, timed_event("s1o000001")).await.0,
-        StatusCode::OK
-    );
+    h.assert_insert(&token, "s1o000001", StatusCode::OK).await;
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
 

@@ -420,15 +420,12 @@ async fn a_reused_code_is_invalid_grant_and_revokes_its_tokens() {
     );
     let answer = h.refresh(first["refresh_token"].as_str().unwrap()).await;
     assert_oauth_error(&answer, StatusCode::BAD_REQUEST, "invalid_grant");
-    assert_eq!(
-        h.insert(
-            first["access_token"].as_str().unwrap(),
-            timed_event("reused01")
-        )
-        .await
-        .0,
-        StatusCode::UNAUTHORIZED
-    );
+    h.assert_insert(
+        first["access_token"].as_str().unwrap(),
+        "reused01",
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -466,10 +463,7 @@ async fn refresh_gives_a_new_access_token_and_no_new_refresh_token() {
     assert!(body.get("refresh_token").is_none());
     assert_eq!(body["token_type"], "Bearer");
     assert!(body["scope"].as_str().unwrap().contains(CALENDAR_SCOPE));
-    assert_eq!(
-        h.insert(access, timed_event("refreshed")).await.0,
-        StatusCode::OK
-    );
+    h.assert_insert(access, "refreshed", StatusCode::OK).await;
 }
 
 #[tokio::test]
@@ -484,12 +478,8 @@ async fn refresh_after_user_revocation_is_invalid_grant_with_googles_body() {
         "invalid_grant",
         "Token has been expired or revoked.",
     );
-    assert_eq!(
-        h.insert(&tokens.access_token, timed_event("revoked01"))
-            .await
-            .0,
-        StatusCode::UNAUTHORIZED
-    );
+    h.assert_insert(&tokens.access_token, "revoked01", StatusCode::UNAUTHORIZED)
+        .await;
 }
 
 #[tokio::test]
@@ -566,12 +556,8 @@ async fn revoking_a_refresh_token_kills_its_access_tokens() {
     let tokens = h.connect(ALICE).await;
     let refresh = tokens.refresh_token.unwrap();
     assert_eq!(h.revoke(&refresh).await.0, StatusCode::OK);
-    assert_eq!(
-        h.insert(&tokens.access_token, timed_event("gone00001"))
-            .await
-            .0,
-        StatusCode::UNAUTHORIZED
-    );
+    h.assert_insert(&tokens.access_token, "gone00001", StatusCode::UNAUTHORIZED)
+        .await;
     let answer = h.refresh(&refresh).await;
     assert_oauth_error(&answer, StatusCode::BAD_REQUEST, "invalid_grant");
     // Revoking it again: Google answers invalid_token.
@@ -615,12 +601,8 @@ async fn token_lifetime_setting_changes_expires_in() {
     let tokens = h.connect(ALICE).await;
     assert_eq!(tokens.body["expires_in"], 120);
     h.advance_clock(121).await;
-    assert_eq!(
-        h.insert(&tokens.access_token, timed_event("lifetime1"))
-            .await
-            .0,
-        StatusCode::UNAUTHORIZED
-    );
+    h.assert_insert(&tokens.access_token, "lifetime1", StatusCode::UNAUTHORIZED)
+        .await;
 }
 
 #[tokio::test]

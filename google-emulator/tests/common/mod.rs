@@ -321,6 +321,12 @@ impl Google {
         (status, body)
     }
 
+    /// Inserting `timed_event(id)` into the primary calendar with `token` answers `status`.
+    pub async fn assert_insert(&self, token: &str, id: &str, status: StatusCode) {
+        let (answered, body) = self.insert(token, timed_event(id)).await;
+        assert_eq!(answered, status, "{id}: {body}");
+    }
+
     pub async fn stats(&self) -> Value {
         self.control_get("stats").await
     }
