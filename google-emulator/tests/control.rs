@@ -100,13 +100,9 @@ async fn token_faults_hit_the_token_endpoint_only() {
     let tokens = h.connect(ALICE).await;
     h.control_ok("faults", json!({"target": "token", "status": 503}))
         .await;
-    assert_eq!(
-        h.insert(&tokens.access_token, timed_event("fault0004"))
-            .await
-            .0,
-        StatusCode::OK,
-        "calendar calls are not affected"
-    );
+    // Calendar calls are not affected.
+    h.assert_insert(&tokens.access_token, "fault0004", StatusCode::OK)
+        .await;
     let refresh = tokens.refresh_token.unwrap();
     assert_eq!(h.refresh(&refresh).await.0, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(h.refresh(&refresh).await.0, StatusCode::OK);
@@ -139,11 +135,8 @@ async fn a_delay_longer_than_the_client_timeout_times_the_client_out() {
         .send()
         .await;
     assert!(result.unwrap_err().is_timeout());
-    assert_eq!(
-        h.insert(&token, timed_event("s1o000002")).await.0,
-        StatusCode::OK,
-        "the fault was used up by the timed-out call"
-    );
+    // The fault was used up by the timed-out call.
+    h.assert_insert(&token, "s1o000002", StatusCode::OK).await;
 }
 
 #[tokio::test]
@@ -244,13 +237,9 @@ async fn reset_clears_state_but_keeps_clients_and_default_accounts() {
     h.control_ok("reset", json!({})).await;
     let stored = h.stored(ALICE).await;
     assert!(stored.is_empty());
-    assert_eq!(
-        h.insert(&tokens.access_token, timed_event("reset0002"))
-            .await
-            .0,
-        StatusCode::UNAUTHORIZED,
-        "old tokens are gone"
-    );
+    // Old tokens are gone.
+    h.assert_insert(&tokens.access_token, "reset0002", StatusCode::UNAUTHORIZED)
+        .await;
     assert_eq!(
         h.stats().await["calendar"]["insert"],
         1,
@@ -265,13 +254,9 @@ async fn reset_clears_state_but_keeps_clients_and_default_accounts() {
     );
     let fresh = h.connect(ALICE).await;
     assert!(fresh.refresh_token.is_some());
-    assert_eq!(
-        h.insert(&fresh.access_token, timed_event("reset0003"))
-            .await
-            .0,
-        StatusCode::OK,
-        "fault queue was cleared"
-    );
+    // Fault queue was cleared.
+    h.assert_insert(&fresh.access_token, "reset0003", StatusCode::OK)
+        .await;
     let now: DateTime<Utc> = h.now().await;
     assert!(
         (now - Utc::now()).num_seconds().abs() < 60,
