@@ -4,11 +4,13 @@
 //! secret the emulator issued.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{Duration, SecondsFormat};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::oauth::{AuthorizationRequest, Decision, decide};
@@ -22,9 +24,21 @@ fn bad_request(error: &str, description: impl Into<String>) -> Response {
         .into_response()
 }
 
-/// Parses a JSON body; the error text says which field does not fit.
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(body).map_err(|e| e.to_string())
+/// A control call's JSON body. One that does not fit `T` is refused as `invalid_request`, the
+/// description saying which field does not fit (axum's own JSON rejection would be plain text).
+pub struct Body<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| bad_request("invalid_request", e.to_string()))
+    }
 }
 
 #[derive(Deserialize)]
@@ -35,11 +49,10 @@ pub struct ClientRequest {
 }
 
 /// `POST __emulator/clients`.
-pub async fn add_client(State(shared): State<SharedState>, body: axum::body::Bytes) -> Response {
-    let request: ClientRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request("invalid_request", e),
-    };
+pub async fn add_client(
+    State(shared): State<SharedState>,
+    Body(request): Body<ClientRequest>,
+) -> Response {
     if request.client_id.is_empty() || request.client_secret.is_empty() {
         return bad_request(
             "invalid_request",
@@ -57,17 +70,16 @@ pub async fn add_client(State(shared): State<SharedState>, body: axum::body::Byt
 }
 
 #[derive(Deserialize)]
-struct AccountRequest {
+pub struct AccountRequest {
     email: String,
     sub: Option<String>,
 }
 
 /// `POST __emulator/accounts`.
-pub async fn add_account(State(shared): State<SharedState>, body: axum::body::Bytes) -> Response {
-    let request: AccountRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request("invalid_request", e),
-    };
+pub async fn add_account(
+    State(shared): State<SharedState>,
+    Body(request): Body<AccountRequest>,
+) -> Response {
     if !request.email.contains('@') {
         return bad_request("invalid_request", "email must be an email address");
     }
@@ -80,7 +92,7 @@ pub async fn add_account(State(shared): State<SharedState>, body: axum::body::By
 }
 
 #[derive(Deserialize)]
-struct ConsentRequest {
+pub struct ConsentRequest {
     authorization_url: String,
     account: Option<String>,
     decision: String,
@@ -89,11 +101,10 @@ struct ConsentRequest {
 }
 
 /// `POST __emulator/consent`: what the consent page would do, without HTML.
-pub async fn consent(State(shared): State<SharedState>, body: axum::body::Bytes) -> Response {
-    let request: ConsentRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request("invalid_request", e),
-    };
+pub async fn consent(
+    State(shared): State<SharedState>,
+    Body(request): Body<ConsentRequest>,
+) -> Response {
     let mut world = shared.lock();
     let authorization = match AuthorizationRequest::from_url(&world, &request.authorization_url) {
         Ok(a) => a,
@@ -122,7 +133,7 @@ pub async fn consent(State(shared): State<SharedState>, body: axum::body::Bytes)
 }
 
 #[derive(Deserialize)]
-struct ClockRequest {
+pub struct ClockRequest {
     advance_seconds: i64,
 }
 
@@ -133,11 +144,10 @@ pub async fn get_clock(State(shared): State<SharedState>) -> Response {
 }
 
 /// `POST __emulator/clock`: moves the emulator clock forward (or back with a negative value).
-pub async fn advance_clock(State(shared): State<SharedState>, body: axum::body::Bytes) -> Response {
-    let request: ClockRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request("invalid_request", e),
-    };
+pub async fn advance_clock(
+    State(shared): State<SharedState>,
+    Body(request): Body<ClockRequest>,
+) -> Response {
     let mut world = shared.lock();
     world.clock_offset += Duration::seconds(request.advance_seconds);
     let now = world.now();
@@ -145,18 +155,17 @@ pub async fn advance_clock(State(shared): State<SharedState>, body: axum::body::
 }
 
 #[derive(Deserialize)]
-struct SettingsRequest {
+pub struct SettingsRequest {
     access_token_lifetime_seconds: Option<i64>,
     /// Seconds; 0 makes refresh tokens live until revoked again.
     refresh_token_lifetime_seconds: Option<i64>,
 }
 
 /// `POST __emulator/settings`.
-pub async fn settings(State(shared): State<SharedState>, body: axum::body::Bytes) -> Response {
-    let request: SettingsRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request("invalid_request", e),
-    };
+pub async fn settings(
+    State(shared): State<SharedState>,
+    Body(request): Body<SettingsRequest>,
+) -> Response {
     let mut world = shared.lock();
     if let Some(lifetime) = request.access_token_lifetime_seconds {
         if lifetime <= 0 {
@@ -184,49 +193,43 @@ pub async fn settings(State(shared): State<SharedState>, body: axum::body::Bytes
 }
 
 #[derive(Deserialize)]
-struct EmailRequest {
+pub struct EmailRequest {
     email: String,
 }
 
 /// `POST __emulator/expire-access-tokens`.
 pub async fn expire_access_tokens(
     State(shared): State<SharedState>,
-    body: axum::body::Bytes,
+    Body(request): Body<EmailRequest>,
 ) -> Response {
-    on_account(&shared, &body, |world, email| {
-        world.expire_access_tokens(email)
-    })
+    on_account(&shared, &request.email, World::expire_access_tokens)
 }
 
 /// `POST __emulator/revoke`: the user removed the app's access in their Google account.
 pub async fn revoke_account(
     State(shared): State<SharedState>,
-    body: axum::body::Bytes,
+    Body(request): Body<EmailRequest>,
 ) -> Response {
-    on_account(&shared, &body, |world, email| world.revoke_account(email))
+    on_account(&shared, &request.email, World::revoke_account)
 }
 
-/// Applies `change` to the account named by an `{"email": ...}` body.
+/// Applies `change` to the account `email`.
 fn on_account(
     shared: &SharedState,
-    body: &[u8],
+    email: &str,
     change: impl FnOnce(&mut World, &str),
 ) -> Response {
-    let request: EmailRequest = match parse(body) {
-        Ok(r) => r,
-        Err(e) => return bad_request("invalid_request", e),
-    };
     let mut world = shared.lock();
-    if !world.accounts.contains_key(&request.email) {
+    if !world.accounts.contains_key(email) {
         // A typo here would otherwise make a test pass without testing anything.
         return bad_request("invalid_request", "unknown account");
     }
-    change(&mut world, &request.email);
+    change(&mut world, email);
     Json(json!({})).into_response()
 }
 
 #[derive(Deserialize)]
-struct FaultRequest {
+pub struct FaultRequest {
     target: FaultTarget,
     status: Option<u16>,
     reason: Option<String>,
@@ -236,11 +239,10 @@ struct FaultRequest {
 }
 
 /// `POST __emulator/faults`: queues faults for the next `count` (default 1) matching calls.
-pub async fn add_fault(State(shared): State<SharedState>, body: axum::body::Bytes) -> Response {
-    let request: FaultRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request("invalid_request", e),
-    };
+pub async fn add_fault(
+    State(shared): State<SharedState>,
+    Body(request): Body<FaultRequest>,
+) -> Response {
     if let Some(status) = request.status
         && !(400..=599).contains(&status)
     {
@@ -264,17 +266,16 @@ pub async fn add_fault(State(shared): State<SharedState>, body: axum::body::Byte
 }
 
 #[derive(Deserialize)]
-struct CalendarRequest {
+pub struct CalendarRequest {
     email: String,
     calendar_id: String,
 }
 
 /// `POST __emulator/calendars`: adds a secondary calendar to an account.
-pub async fn add_calendar(State(shared): State<SharedState>, body: axum::body::Bytes) -> Response {
-    let request: CalendarRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request("invalid_request", e),
-    };
+pub async fn add_calendar(
+    State(shared): State<SharedState>,
+    Body(request): Body<CalendarRequest>,
+) -> Response {
     let mut world = shared.lock();
     if !world.accounts.contains_key(&request.email) {
         return bad_request("invalid_request", "unknown account");

@@ -66,6 +66,18 @@ pub struct AuthorizationRequest {
     pub nonce: Option<String>,
 }
 
+/// A parameter Google requires: present and not empty, else `missing()`.
+fn required<'a, E>(
+    params: &'a HashMap<String, String>,
+    name: &str,
+    missing: impl FnOnce() -> E,
+) -> Result<&'a String, E> {
+    params
+        .get(name)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(missing)
+}
+
 impl AuthorizationRequest {
     /// Validates the query parameters in the order Google does: client first, then the
     /// redirect URI, then the rest.
@@ -73,12 +85,9 @@ impl AuthorizationRequest {
         world: &World,
         params: &HashMap<String, String>,
     ) -> Result<Self, AuthorizationError> {
-        let client_id = params
-            .get("client_id")
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| {
-                AuthorizationError::invalid_request("Missing required parameter: client_id")
-            })?;
+        let client_id = required(params, "client_id", || {
+            AuthorizationError::invalid_request("Missing required parameter: client_id")
+        })?;
         let client = world.clients.get(client_id).ok_or_else(|| {
             AuthorizationError::new(
                 StatusCode::UNAUTHORIZED,
@@ -86,12 +95,9 @@ impl AuthorizationRequest {
                 "The OAuth client was not found.",
             )
         })?;
-        let redirect_uri = params
-            .get("redirect_uri")
-            .filter(|r| !r.is_empty())
-            .ok_or_else(|| {
-                AuthorizationError::invalid_request("Missing required parameter: redirect_uri")
-            })?;
+        let redirect_uri = required(params, "redirect_uri", || {
+            AuthorizationError::invalid_request("Missing required parameter: redirect_uri")
+        })?;
         if !client.redirect_uris.iter().any(|r| r == redirect_uri) {
             return Err(AuthorizationError::new(
                 StatusCode::BAD_REQUEST,
@@ -434,12 +440,9 @@ fn client_credentials(
         };
         return Ok((decode(id), Some(decode(secret))));
     }
-    let id = form
-        .get("client_id")
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| {
-            TokenError::invalid_request("Could not determine client ID from request.")
-        })?;
+    let id = required(form, "client_id", || {
+        TokenError::invalid_request("Could not determine client ID from request.")
+    })?;
     Ok((id.clone(), form.get("client_secret").cloned()))
 }
 
@@ -513,11 +516,10 @@ fn token_inner(
     headers: &HeaderMap,
     form: &HashMap<String, String>,
 ) -> Result<Value, TokenError> {
-    let grant_type = form
-        .get("grant_type")
-        .filter(|g| !g.is_empty())
-        .ok_or_else(|| TokenError::invalid_request("Required parameter is missing: grant_type"))?
-        .clone();
+    let grant_type = required(form, "grant_type", || {
+        TokenError::invalid_request("Required parameter is missing: grant_type")
+    })?
+    .clone();
     let (client_id, secret) = client_credentials(headers, form)?;
     authenticate_client(world, &client_id, secret.as_deref())?;
     match grant_type.as_str() {
@@ -536,14 +538,12 @@ fn exchange_code(
     client_id: &str,
     form: &HashMap<String, String>,
 ) -> Result<Value, TokenError> {
-    let code = form
-        .get("code")
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| TokenError::invalid_request("Missing required parameter: code"))?;
-    let redirect_uri = form
-        .get("redirect_uri")
-        .filter(|r| !r.is_empty())
-        .ok_or_else(|| TokenError::invalid_request("Missing parameter: redirect_uri"))?;
+    let code = required(form, "code", || {
+        TokenError::invalid_request("Missing required parameter: code")
+    })?;
+    let redirect_uri = required(form, "redirect_uri", || {
+        TokenError::invalid_request("Missing parameter: redirect_uri")
+    })?;
     let now = world.now();
     let record = world
         .codes
@@ -566,16 +566,13 @@ fn exchange_code(
         ));
     }
     if let Some(challenge) = &record.code_challenge {
-        let verifier = form
-            .get("code_verifier")
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| {
-                TokenError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_grant",
-                    "Missing code verifier.",
-                )
-            })?;
+        let verifier = required(form, "code_verifier", || {
+            TokenError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "Missing code verifier.",
+            )
+        })?;
         if !is_valid_verifier(verifier) {
             return Err(TokenError::new(
                 StatusCode::BAD_REQUEST,
@@ -617,10 +614,9 @@ fn refresh(
     client_id: &str,
     form: &HashMap<String, String>,
 ) -> Result<Value, TokenError> {
-    let refresh_token = form
-        .get("refresh_token")
-        .filter(|r| !r.is_empty())
-        .ok_or_else(|| TokenError::invalid_request("Missing required parameter: refresh_token"))?;
+    let refresh_token = required(form, "refresh_token", || {
+        TokenError::invalid_request("Missing required parameter: refresh_token")
+    })?;
     let expired = || {
         TokenError::new(
             StatusCode::BAD_REQUEST,

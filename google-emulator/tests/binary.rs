@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 
 use common::*;
 use reqwest::StatusCode;
-use serde_json::{Value, json};
 use url::Url;
 
 /// Kills the child process if an assertion fails before the test stops it.
@@ -51,60 +50,10 @@ async fn binary_registers_the_client_from_flags_and_logs_no_secret() {
     let base = Url::parse(base).unwrap();
     assert!(base.as_str().ends_with('/'));
 
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let mut auth = base.join("o/oauth2/v2/auth").unwrap();
-    auth.query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", CLIENT_ID)
-        .append_pair("redirect_uri", REDIRECT_URI)
-        .append_pair("scope", DEFAULT_SCOPES)
-        .append_pair("access_type", "offline")
-        .append_pair("state", "s")
-        .append_pair("code_challenge", &challenge(VERIFIER))
-        .append_pair("code_challenge_method", "S256");
-    let consent: Value = http
-        .post(base.join("__emulator/consent").unwrap())
-        .json(&json!({"authorization_url": auth.as_str(), "account": ALICE, "decision": "allow"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let params = redirect_params(&consent);
-    let code = param(&params, "code").unwrap();
-    let response = http
-        .post(base.join("token").unwrap())
-        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", code.as_str()),
-            ("redirect_uri", REDIRECT_URI),
-            ("code_verifier", VERIFIER),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let tokens: Value = response.json().await.unwrap();
-    let access = tokens["access_token"].as_str().unwrap();
-    let mut revoke = base.join("revoke").unwrap();
-    revoke.query_pairs_mut().append_pair("token", access);
-    assert_eq!(
-        http.post(revoke).send().await.unwrap().status(),
-        StatusCode::OK
-    );
-    let secrets: Value = http
-        .get(base.join("__emulator/issued-secrets").unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let google = Google::at(base);
+    let tokens = google.connect(ALICE).await;
+    assert_eq!(google.revoke(&tokens.access_token).await.0, StatusCode::OK);
+    let secrets = google.control_get("issued-secrets").await;
 
     child.0.kill().unwrap();
     child.0.wait().unwrap();

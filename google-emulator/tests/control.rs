@@ -13,13 +13,11 @@ use serde_json::{Value, json};
 async fn queued_429_faults_answer_the_next_calls_then_calls_succeed() {
     let h = Harness::start().await;
     let token = h.connect(ALICE).await.access_token;
-    let (status, _) = h
-        .control_post(
-            "faults",
-            json!({"target": "calendar", "status": 429, "reason": "rateLimitExceeded", "count": 2}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    h.control_ok(
+        "faults",
+        json!({"target": "calendar", "status": 429, "reason": "rateLimitExceeded", "count": 2}),
+    )
+    .await;
     for _ in 0..2 {
         let (status, body) = h.insert(&token, timed_event("fault0001")).await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
@@ -29,29 +27,26 @@ async fn queued_429_faults_answer_the_next_calls_then_calls_succeed() {
                 "message": "Rate Limit Exceeded"}], "code": 429, "message": "Rate Limit Exceeded"}})
         );
     }
-    let (status, _) = h.insert(&token, timed_event("fault0001")).await;
-    assert_eq!(status, StatusCode::OK);
+    h.assert_insert(&token, "fault0001", StatusCode::OK).await;
     assert_eq!(
         h.stats().await["calendar"]["insert"],
         3,
         "faulted calls are counted"
     );
-    let stored = h
-        .control_get(&format!("calendars/{ALICE}/primary/events"))
-        .await;
-    assert_eq!(stored["items"].as_array().unwrap().len(), 1);
+    let stored = h.stored(ALICE).await;
+    assert_eq!(stored.len(), 1);
 }
 
 #[tokio::test]
 async fn forbidden_rate_limits_use_googles_reasons() {
     let h = Harness::start().await;
     let token = h.connect(ALICE).await.access_token;
-    h.control_post(
+    h.control_ok(
         "faults",
         json!({"target": "calendar", "status": 403, "reason": "userRateLimitExceeded"}),
     )
     .await;
-    h.control_post(
+    h.control_ok(
         "faults",
         json!({"target": "calendar", "status": 403, "reason": "rateLimitExceeded"}),
     )
@@ -67,14 +62,7 @@ async fn forbidden_rate_limits_use_googles_reasons() {
         )
     );
     assert_eq!(body["error"]["errors"][0]["domain"], "usageLimits");
-    let (status, _, body) = h
-        .calendar(
-            Method::GET,
-            "calendars/primary/events/fault0002",
-            Some(&token),
-            None,
-        )
-        .await;
+    let (status, _, body) = h.event_call(Method::GET, &token, "fault0002", None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(
         google_error(&body),
@@ -90,9 +78,9 @@ async fn forbidden_rate_limits_use_googles_reasons() {
 async fn server_errors_can_be_queued() {
     let h = Harness::start().await;
     let token = h.connect(ALICE).await.access_token;
-    h.control_post("faults", json!({"target": "calendar", "status": 500}))
+    h.control_ok("faults", json!({"target": "calendar", "status": 500}))
         .await;
-    h.control_post("faults", json!({"target": "calendar", "status": 503}))
+    h.control_ok("faults", json!({"target": "calendar", "status": 503}))
         .await;
     let (status, body) = h.insert(&token, timed_event("fault0003")).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -103,25 +91,21 @@ async fn server_errors_can_be_queued() {
     let (status, body) = h.insert(&token, timed_event("fault0003")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"]["code"], 503);
-    let (status, _) = h.insert(&token, timed_event("fault0003")).await;
-    assert_eq!(status, StatusCode::OK);
+    h.assert_insert(&token, "fault0003", StatusCode::OK).await;
 }
 
 #[tokio::test]
 async fn token_faults_hit_the_token_endpoint_only() {
     let h = Harness::start().await;
     let tokens = h.connect(ALICE).await;
-    h.control_post("faults", json!({"target": "token", "status": 503}))
+    h.control_ok("faults", json!({"target": "token", "status": 503}))
         .await;
-    let (status, _) = h
-        .insert(&tokens.access_token, timed_event("fault0004"))
+    // Calendar calls are not affected.
+    h.assert_insert(&tokens.access_token, "fault0004", StatusCode::OK)
         .await;
-    assert_eq!(status, StatusCode::OK, "calendar calls are not affected");
     let refresh = tokens.refresh_token.unwrap();
-    let (status, _) = h.refresh(&refresh).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    let (status, _) = h.refresh(&refresh).await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h.refresh(&refresh).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h.refresh(&refresh).await.0, StatusCode::OK);
     assert_eq!(h.stats().await["token"]["refresh_token"], 2);
 }
 
@@ -129,11 +113,10 @@ async fn token_faults_hit_the_token_endpoint_only() {
 async fn delay_alone_slows_the_answer_but_serves_it() {
     let h = Harness::start().await;
     let token = h.connect(ALICE).await.access_token;
-    h.control_post("faults", json!({"target": "calendar", "delay_ms": 300}))
+    h.control_ok("faults", json!({"target": "calendar", "delay_ms": 300}))
         .await;
     let started = Instant::now();
-    let (status, _) = h.insert(&token, timed_event("s1o000001")).await;
-    assert_eq!(status, StatusCode::OK);
+    h.assert_insert(&token, "s1o000001", StatusCode::OK).await;
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
@@ -141,7 +124,7 @@ async fn delay_alone_slows_the_answer_but_serves_it() {
 async fn a_delay_longer_than_the_client_timeout_times_the_client_out() {
     let h = Harness::start().await;
     let token = h.connect(ALICE).await.access_token;
-    h.control_post("faults", json!({"target": "calendar", "delay_ms": 5000}))
+    h.control_ok("faults", json!({"target": "calendar", "delay_ms": 5000}))
         .await;
     let result = h
         .http
@@ -152,12 +135,8 @@ async fn a_delay_longer_than_the_client_timeout_times_the_client_out() {
         .send()
         .await;
     assert!(result.unwrap_err().is_timeout());
-    let (status, _) = h.insert(&token, timed_event("s1o000002")).await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "the fault was used up by the timed-out call"
-    );
+    // The fault was used up by the timed-out call.
+    h.assert_insert(&token, "s1o000002", StatusCode::OK).await;
 }
 
 #[tokio::test]
@@ -169,19 +148,18 @@ async fn invalid_fault_requests_are_refused() {
         json!({"target": "calendar", "status": 200}),
         json!({"target": "calendar", "status": 500, "count": 0}),
     ] {
-        let (status, _) = h.control_post("faults", body.clone()).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(
+            h.control_post("faults", body.clone()).await.0,
+            StatusCode::BAD_REQUEST,
+            "{body}"
+        );
     }
 }
 
 #[tokio::test]
 async fn clock_reports_and_advances_emulator_time() {
     let h = Harness::start().await;
-    let before: DateTime<Utc> = h.control_get("clock").await["now"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let before: DateTime<Utc> = h.now().await;
     assert!((before - Utc::now()).num_seconds().abs() < 60);
     let (status, body) = h
         .control_post("clock", json!({"advance_seconds": 7200}))
@@ -189,11 +167,7 @@ async fn clock_reports_and_advances_emulator_time() {
     assert_eq!(status, StatusCode::OK);
     let after: DateTime<Utc> = body["now"].as_str().unwrap().parse().unwrap();
     assert!((after - before).num_seconds() >= 7200);
-    let now: DateTime<Utc> = h.control_get("clock").await["now"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let now: DateTime<Utc> = h.now().await;
     assert!(now >= after);
 }
 
@@ -204,40 +178,23 @@ async fn stats_count_each_kind_of_call() {
     let token = tokens.access_token.as_str();
     h.refresh(tokens.refresh_token.as_deref().unwrap()).await;
     h.insert(token, timed_event("stats0001")).await;
-    h.calendar(
-        Method::GET,
-        "calendars/primary/events/stats0001",
-        Some(token),
-        None,
-    )
-    .await;
-    h.calendar(
+    h.event_call(Method::GET, token, "stats0001", None).await;
+    h.event_call(
         Method::PATCH,
-        "calendars/primary/events/stats0001",
-        Some(token),
+        token,
+        "stats0001",
         Some(json!({"summary": "x"})),
     )
     .await;
-    h.calendar(
+    h.event_call(
         Method::PUT,
-        "calendars/primary/events/stats0001",
-        Some(token),
+        token,
+        "stats0001",
         Some(timed_event("stats0001")),
     )
     .await;
-    h.calendar(
-        Method::DELETE,
-        "calendars/primary/events/stats0001",
-        Some(token),
-        None,
-    )
-    .await;
-    h.http
-        .post(h.url("revoke"))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap();
+    h.event_call(Method::DELETE, token, "stats0001", None).await;
+    h.revoke(token).await;
     assert_eq!(
         h.stats().await,
         json!({"token": {"authorization_code": 1, "refresh_token": 1}, "revoke": 1,
@@ -269,45 +226,38 @@ async fn issued_secrets_lists_every_token_code_verifier_and_client_secret() {
 #[tokio::test]
 async fn reset_clears_state_but_keeps_clients_and_default_accounts() {
     let h = Harness::start().await;
-    h.control_post("accounts", json!({"email": "carol@example.com"}))
+    h.control_ok("accounts", json!({"email": "carol@example.com"}))
         .await;
     let tokens = h.connect(ALICE).await;
     h.insert(&tokens.access_token, timed_event("reset0001"))
         .await;
-    h.control_post("faults", json!({"target": "calendar", "status": 500}))
+    h.control_ok("faults", json!({"target": "calendar", "status": 500}))
         .await;
-    h.control_post("clock", json!({"advance_seconds": 100000}))
+    h.advance_clock(100000).await;
+    h.control_ok("reset", json!({})).await;
+    let stored = h.stored(ALICE).await;
+    assert!(stored.is_empty());
+    // Old tokens are gone.
+    h.assert_insert(&tokens.access_token, "reset0002", StatusCode::UNAUTHORIZED)
         .await;
-    let (status, _) = h.control_post("reset", json!({})).await;
-    assert_eq!(status, StatusCode::OK);
-    let stored = h
-        .control_get(&format!("calendars/{ALICE}/primary/events"))
-        .await;
-    assert!(stored["items"].as_array().unwrap().is_empty());
-    let (status, _) = h
-        .insert(&tokens.access_token, timed_event("reset0002"))
-        .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "old tokens are gone");
     assert_eq!(
         h.stats().await["calendar"]["insert"],
         1,
         "stats restart (this insert only)"
     );
-    let (status, _) = h
-        .consent(&h.auth_url(&[]), "carol@example.com", "allow", &[])
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "added accounts are gone");
+    assert_eq!(
+        h.consent(&h.auth_url(&[]), "carol@example.com", "allow")
+            .await
+            .0,
+        StatusCode::BAD_REQUEST,
+        "added accounts are gone"
+    );
     let fresh = h.connect(ALICE).await;
     assert!(fresh.refresh_token.is_some());
-    let (status, _) = h
-        .insert(&fresh.access_token, timed_event("reset0003"))
+    // Fault queue was cleared.
+    h.assert_insert(&fresh.access_token, "reset0003", StatusCode::OK)
         .await;
-    assert_eq!(status, StatusCode::OK, "fault queue was cleared");
-    let now: DateTime<Utc> = h.control_get("clock").await["now"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let now: DateTime<Utc> = h.now().await;
     assert!(
         (now - Utc::now()).num_seconds().abs() < 60,
         "clock is back to real time"

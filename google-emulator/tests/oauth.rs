@@ -32,7 +32,7 @@ async fn consent_allow_redirects_with_code_state_and_granted_scopes() {
 #[tokio::test]
 async fn consent_redirect_goes_to_the_registered_uri() {
     let h = Harness::start().await;
-    let (_, body) = h.consent(&h.auth_url(&[]), ALICE, "allow", &[]).await;
+    let (_, body) = h.consent(&h.auth_url(&[]), ALICE, "allow").await;
     let redirect = body["redirect"].as_str().unwrap();
     assert!(
         redirect.starts_with(&format!("{REDIRECT_URI}?")),
@@ -43,7 +43,7 @@ async fn consent_redirect_goes_to_the_registered_uri() {
 #[tokio::test]
 async fn consent_deny_redirects_with_access_denied_and_no_code() {
     let h = Harness::start().await;
-    let (status, body) = h.consent(&h.auth_url(&[]), ALICE, "deny", &[]).await;
+    let (status, body) = h.consent(&h.auth_url(&[]), ALICE, "deny").await;
     assert_eq!(status, StatusCode::OK);
     let params = redirect_params(&body);
     assert_eq!(param(&params, "error").as_deref(), Some("access_denied"));
@@ -72,13 +72,11 @@ async fn the_chosen_account_is_the_one_in_the_id_token() {
 #[tokio::test]
 async fn an_added_account_can_consent() {
     let h = Harness::start().await;
-    let (status, _) = h
-        .control_post(
-            "accounts",
-            json!({"email": "carol@example.com", "sub": "100000000000000000003"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    h.control_ok(
+        "accounts",
+        json!({"email": "carol@example.com", "sub": "100000000000000000003"}),
+    )
+    .await;
     let tokens = h.connect("carol@example.com").await;
     let claims = jwt_part(tokens.body["id_token"].as_str().unwrap(), 1);
     assert_eq!(claims["sub"], "100000000000000000003");
@@ -101,35 +99,35 @@ async fn control_consent_without_account_uses_login_hint() {
         jwt_part(tokens["id_token"].as_str().unwrap(), 1)["email"],
         BOB
     );
-    let (status, _) = h
-        .control_post(
+    assert_eq!(
+        h.control_post(
             "consent",
-            json!({"authorization_url": h.auth_url(&[]), "decision": "allow"}),
+            json!({"authorization_url": h.auth_url(&[]), "decision": "allow"})
         )
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "no account and no hint");
+        .await
+        .0,
+        StatusCode::BAD_REQUEST,
+        "no account and no hint"
+    );
 }
 
 #[tokio::test]
 async fn unknown_account_is_refused() {
     let h = Harness::start().await;
-    let (status, _) = h
-        .consent(&h.auth_url(&[]), "nobody@example.com", "allow", &[])
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        h.consent(&h.auth_url(&[]), "nobody@example.com", "allow")
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
 }
 
 #[tokio::test]
 async fn granular_consent_removes_unticked_scopes_but_keeps_identity_scopes() {
     let h = Harness::start().await;
-    let (status, body) = h
-        .consent(
-            &h.auth_url(&[]),
-            ALICE,
-            "allow",
-            &[CALENDAR_SCOPE, "openid", "email"],
-        )
-        .await;
+    let (url, unticked) = (h.auth_url(&[]), [CALENDAR_SCOPE, "openid", "email"]);
+    let consent = h.control.consent_answer(&url, ALICE, "allow", &unticked);
+    let (status, body) = consent.await.unwrap();
     assert_eq!(status, StatusCode::OK);
     let params = redirect_params(&body);
     let scope = param(&params, "scope").unwrap();
@@ -194,10 +192,9 @@ fn attribute_after(html: &str, marker: &str) -> String {
         .replace("&amp;", "&")
 }
 
-#[tokio::test]
-async fn consent_page_form_submission_redirects_with_a_code() {
-    let h = Harness::start().await;
-    // Act like a browser: load the page, submit its form to the URL its action resolves to.
+/// Acts like a browser on the default request's consent page: loads it and submits its form,
+/// with `fields` as the user filled it in, to the URL its action resolves to.
+async fn submit_consent_page(h: &Harness, fields: &[(&str, &str)]) -> reqwest::Response {
     let page_url = url::Url::parse(&h.auth_url(&[])).unwrap();
     let html = h
         .http
@@ -211,49 +208,40 @@ async fn consent_page_form_submission_redirects_with_a_code() {
     let action = page_url.join(&attribute_after(&html, "action=\"")).unwrap();
     assert_eq!(action.path(), "/o/oauth2/v2/auth/decision");
     let request = attribute_after(&html, "name=\"request\" value=\"");
-    let response = h
-        .http
-        .post(action)
-        .form(&[
-            ("request", request.as_str()),
-            ("account", ALICE),
-            ("decision", "allow"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::FOUND);
+    let mut form = vec![("request", request.as_str())];
+    form.extend_from_slice(fields);
+    h.http.post(action).form(&form).send().await.unwrap()
+}
+
+/// The query parameters of an answer's `Location`.
+fn location_params(response: &reqwest::Response) -> Vec<(String, String)> {
     let location = url::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
-    assert!(location.as_str().starts_with(REDIRECT_URI));
-    let params: Vec<(String, String)> = location.query_pairs().into_owned().collect();
+    location.query_pairs().into_owned().collect()
+}
+
+#[tokio::test]
+async fn consent_page_form_submission_redirects_with_a_code() {
+    let h = Harness::start().await;
+    let response = submit_consent_page(&h, &[("account", ALICE), ("decision", "allow")]).await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    let location = response.headers()["location"].to_str().unwrap();
+    assert!(location.starts_with(REDIRECT_URI), "{location}");
+    let params = location_params(&response);
     assert_eq!(param(&params, "state").as_deref(), Some("state-123"));
     // The calendar checkbox was not submitted: the user unticked it.
     assert!(!param(&params, "scope").unwrap().contains("calendar"));
-    let (status, _) = h.exchange(&param(&params, "code").unwrap(), VERIFIER).await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        h.exchange(&param(&params, "code").unwrap(), VERIFIER)
+            .await
+            .0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn consent_page_deny_button_redirects_with_access_denied() {
     let h = Harness::start().await;
-    let page_url = url::Url::parse(&h.auth_url(&[])).unwrap();
-    let html = h
-        .http
-        .get(page_url.clone())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let request = attribute_after(&html, "name=\"request\" value=\"");
-    let response = h
-        .http
-        .post(page_url.join(&attribute_after(&html, "action=\"")).unwrap())
-        .form(&[("request", request.as_str()), ("decision", "deny")])
-        .send()
-        .await
-        .unwrap();
+    let response = submit_consent_page(&h, &[("decision", "deny")]).await;
     assert_eq!(response.status(), StatusCode::FOUND);
     let location = response.headers()["location"].to_str().unwrap();
     assert!(
@@ -265,69 +253,52 @@ async fn consent_page_deny_button_redirects_with_access_denied() {
 #[tokio::test]
 async fn consent_page_with_the_calendar_box_ticked_grants_it() {
     let h = Harness::start().await;
-    let page_url = url::Url::parse(&h.auth_url(&[])).unwrap();
-    let html = h
-        .http
-        .get(page_url.clone())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let request = attribute_after(&html, "name=\"request\" value=\"");
-    let response = h
-        .http
-        .post(page_url.join(&attribute_after(&html, "action=\"")).unwrap())
-        .form(&[
-            ("request", request.as_str()),
-            ("account", BOB),
-            ("scope", CALENDAR_SCOPE),
-            ("decision", "allow"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    let location = url::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
-    let params: Vec<(String, String)> = location.query_pairs().into_owned().collect();
+    let fields = [
+        ("account", BOB),
+        ("scope", CALENDAR_SCOPE),
+        ("decision", "allow"),
+    ];
+    let params = location_params(&submit_consent_page(&h, &fields).await);
     assert!(param(&params, "scope").unwrap().contains(CALENDAR_SCOPE));
+}
+
+/// An authorization request with `overrides` is refused on the consent page (Google's error
+/// page: `status`, `text` on it, no redirect) and by the control consent (400 and `error`).
+async fn assert_refused_request(
+    overrides: &[(&str, &str)],
+    status: StatusCode,
+    text: &str,
+    error: &str,
+) {
+    let h = Harness::start().await;
+    let url = h.auth_url(overrides);
+    let response = h.http.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), status);
+    assert!(response.headers().get("location").is_none());
+    let html = response.text().await.unwrap();
+    assert!(html.contains(text), "{html}");
+    let answer = h.consent(&url, ALICE, "allow").await;
+    assert_oauth_error(&answer, StatusCode::BAD_REQUEST, error);
 }
 
 #[tokio::test]
 async fn redirect_uri_mismatch_shows_an_error_and_does_not_redirect() {
-    let h = Harness::start().await;
-    let url = h.auth_url(&[("redirect_uri", "https://evil.example/cb")]);
-    let response = h.http.get(&url).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    assert!(response.headers().get("location").is_none());
-    assert!(
-        response
-            .text()
-            .await
-            .unwrap()
-            .contains("Error 400: redirect_uri_mismatch")
-    );
-    let (status, body) = h.consent(&url, ALICE, "allow", &[]).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"], "redirect_uri_mismatch");
+    let overrides = [("redirect_uri", "https://evil.example/cb")];
+    let page = "Error 400: redirect_uri_mismatch";
+    assert_refused_request(
+        &overrides,
+        StatusCode::BAD_REQUEST,
+        page,
+        "redirect_uri_mismatch",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn unknown_client_shows_invalid_client() {
-    let h = Harness::start().await;
-    let url = h.auth_url(&[("client_id", "nope.apps.googleusercontent.com")]);
-    let response = h.http.get(&url).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert!(
-        response
-            .text()
-            .await
-            .unwrap()
-            .contains("Error 401: invalid_client")
-    );
-    let (status, body) = h.consent(&url, ALICE, "allow", &[]).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"], "invalid_client");
+    let overrides = [("client_id", "nope.apps.googleusercontent.com")];
+    let page = "Error 401: invalid_client";
+    assert_refused_request(&overrides, StatusCode::UNAUTHORIZED, page, "invalid_client").await;
 }
 
 #[tokio::test]
@@ -339,22 +310,14 @@ async fn malformed_authorization_requests_are_invalid_request() {
         vec![("code_challenge", "")],
         vec![("code_challenge", "short")],
     ] {
-        let (status, body) = h
-            .consent(&h.auth_url(&overrides), ALICE, "allow", &[])
-            .await;
+        let (status, body) = h.consent(&h.auth_url(&overrides), ALICE, "allow").await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{overrides:?}");
         assert_eq!(body["error"], "invalid_request", "{overrides:?}");
     }
-    let (status, body) = h
-        .consent(
-            &h.auth_url(&[("scope", "openid bogus")]),
-            ALICE,
-            "allow",
-            &[],
-        )
+    let answer = h
+        .consent(&h.auth_url(&[("scope", "openid bogus")]), ALICE, "allow")
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"], "invalid_scope");
+    assert_oauth_error(&answer, StatusCode::BAD_REQUEST, "invalid_scope");
 }
 
 #[tokio::test]
@@ -376,7 +339,7 @@ async fn code_exchange_with_basic_auth_returns_google_shaped_tokens() {
 #[tokio::test]
 async fn code_exchange_with_form_client_credentials_works() {
     let h = Harness::start().await;
-    let code = param(&h.allow(&h.auth_url(&[]), ALICE).await, "code").unwrap();
+    let code = h.code(ALICE).await;
     let (status, body) = h
         .token_form(
             &[
@@ -395,16 +358,16 @@ async fn code_exchange_with_form_client_credentials_works() {
 #[tokio::test]
 async fn pkce_mismatch_is_invalid_grant() {
     let h = Harness::start().await;
-    let code = param(&h.allow(&h.auth_url(&[]), ALICE).await, "code").unwrap();
+    let code = h.code(ALICE).await;
     let other = "another-verifier-that-is-long-enough-to-be-valid-0123456789";
-    let (status, body) = h.exchange(&code, other).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"], "invalid_grant");
-    let (status, body) = h.exchange(&code, "").await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        body,
-        json!({"error": "invalid_grant", "error_description": "Missing code verifier."})
+    let answer = h.exchange(&code, other).await;
+    assert_oauth_error(&answer, StatusCode::BAD_REQUEST, "invalid_grant");
+    let answer = h.exchange(&code, "").await;
+    assert_oauth_body(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+        "Missing code verifier.",
     );
 }
 
@@ -416,15 +379,14 @@ async fn plain_pkce_is_accepted_like_google_does() {
         ("code_challenge_method", "plain"),
     ]);
     let code = param(&h.allow(&url, ALICE).await, "code").unwrap();
-    let (status, _) = h.exchange(&code, VERIFIER).await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h.exchange(&code, VERIFIER).await.0, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn wrong_redirect_uri_at_exchange_is_refused() {
     let h = Harness::start().await;
-    let code = param(&h.allow(&h.auth_url(&[]), ALICE).await, "code").unwrap();
-    let (status, body) = h
+    let code = h.code(ALICE).await;
+    let answer = h
         .token_form(
             &[
                 ("grant_type", "authorization_code"),
@@ -435,66 +397,59 @@ async fn wrong_redirect_uri_at_exchange_is_refused() {
             true,
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        body,
-        json!({"error": "redirect_uri_mismatch", "error_description": "Bad Request"})
+    assert_oauth_body(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "redirect_uri_mismatch",
+        "Bad Request",
     );
 }
 
 #[tokio::test]
 async fn a_reused_code_is_invalid_grant_and_revokes_its_tokens() {
     let h = Harness::start().await;
-    let code = param(&h.allow(&h.auth_url(&[]), ALICE).await, "code").unwrap();
+    let code = h.code(ALICE).await;
     let (status, first) = h.exchange(&code, VERIFIER).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = h.exchange(&code, VERIFIER).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        body,
-        json!({"error": "invalid_grant", "error_description": "Bad Request"})
+    let answer = h.exchange(&code, VERIFIER).await;
+    assert_oauth_body(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+        "Bad Request",
     );
-    let (status, body) = h.refresh(first["refresh_token"].as_str().unwrap()).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"], "invalid_grant");
-    let (status, _) = h
-        .insert(
-            first["access_token"].as_str().unwrap(),
-            timed_event("reused01"),
-        )
-        .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let answer = h.refresh(first["refresh_token"].as_str().unwrap()).await;
+    assert_oauth_error(&answer, StatusCode::BAD_REQUEST, "invalid_grant");
+    h.assert_insert(
+        first["access_token"].as_str().unwrap(),
+        "reused01",
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_code_expires_after_ten_minutes_on_the_emulator_clock() {
     let h = Harness::start().await;
-    let code = param(&h.allow(&h.auth_url(&[]), ALICE).await, "code").unwrap();
-    let (status, _) = h
-        .control_post("clock", json!({"advance_seconds": 601}))
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, body) = h.exchange(&code, VERIFIER).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"], "invalid_grant");
+    let code = h.code(ALICE).await;
+    h.advance_clock(601).await;
+    let answer = h.exchange(&code, VERIFIER).await;
+    assert_oauth_error(&answer, StatusCode::BAD_REQUEST, "invalid_grant");
 }
 
 #[tokio::test]
 async fn a_code_is_good_just_before_ten_minutes() {
     let h = Harness::start().await;
-    let code = param(&h.allow(&h.auth_url(&[]), ALICE).await, "code").unwrap();
-    h.control_post("clock", json!({"advance_seconds": 590}))
-        .await;
-    let (status, _) = h.exchange(&code, VERIFIER).await;
-    assert_eq!(status, StatusCode::OK);
+    let code = h.code(ALICE).await;
+    h.advance_clock(590).await;
+    assert_eq!(h.exchange(&code, VERIFIER).await.0, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn unknown_code_is_invalid_grant() {
     let h = Harness::start().await;
-    let (status, body) = h.exchange("4/0not-a-code", VERIFIER).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"], "invalid_grant");
+    let answer = h.exchange("4/0not-a-code", VERIFIER).await;
+    assert_oauth_error(&answer, StatusCode::BAD_REQUEST, "invalid_grant");
 }
 
 #[tokio::test]
@@ -508,26 +463,23 @@ async fn refresh_gives_a_new_access_token_and_no_new_refresh_token() {
     assert!(body.get("refresh_token").is_none());
     assert_eq!(body["token_type"], "Bearer");
     assert!(body["scope"].as_str().unwrap().contains(CALENDAR_SCOPE));
-    let (status, _) = h.insert(access, timed_event("refreshed")).await;
-    assert_eq!(status, StatusCode::OK);
+    h.assert_insert(access, "refreshed", StatusCode::OK).await;
 }
 
 #[tokio::test]
 async fn refresh_after_user_revocation_is_invalid_grant_with_googles_body() {
     let h = Harness::start().await;
     let tokens = h.connect(ALICE).await;
-    let (status, _) = h.control_post("revoke", json!({"email": ALICE})).await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, body) = h.refresh(tokens.refresh_token.as_deref().unwrap()).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        body,
-        json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."})
+    h.control_ok("revoke", json!({"email": ALICE})).await;
+    let answer = h.refresh(tokens.refresh_token.as_deref().unwrap()).await;
+    assert_oauth_body(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+        "Token has been expired or revoked.",
     );
-    let (status, _) = h
-        .insert(&tokens.access_token, timed_event("revoked01"))
+    h.assert_insert(&tokens.access_token, "revoked01", StatusCode::UNAUTHORIZED)
         .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -557,7 +509,7 @@ async fn online_access_gives_no_refresh_token() {
 async fn after_revocation_a_new_consent_is_a_first_consent_again() {
     let h = Harness::start().await;
     h.connect(ALICE).await;
-    h.control_post("revoke", json!({"email": ALICE})).await;
+    h.control_ok("revoke", json!({"email": ALICE})).await;
     let tokens = h.connect_with(&h.auth_url(&[("prompt", "")]), ALICE).await;
     assert!(tokens.refresh_token.is_some());
 }
@@ -567,57 +519,35 @@ async fn wrong_secret_and_unknown_client_are_invalid_client() {
     let h = Harness::start().await;
     let tokens = h.connect(ALICE).await;
     let refresh = tokens.refresh_token.unwrap();
-    let response = h
-        .http
-        .post(h.url("token"))
-        .basic_auth(CLIENT_ID, Some("wrong"))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(
-        body,
-        json!({"error": "invalid_client", "error_description": "Unauthorized"})
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh.as_str()),
+    ];
+    let answer = h
+        .token_as(&form, ClientAuth::Basic(CLIENT_ID, "wrong"))
+        .await;
+    assert_oauth_body(
+        &answer,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        "Unauthorized",
     );
-    let response = h
-        .http
-        .post(h.url("token"))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh.as_str()),
-            ("client_id", "nope"),
-            ("client_secret", "x"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"], "invalid_client");
+    let answer = h.token_as(&form, ClientAuth::Form("nope", "x")).await;
+    assert_oauth_error(&answer, StatusCode::UNAUTHORIZED, "invalid_client");
 }
 
 #[tokio::test]
 async fn bad_token_requests_get_invalid_request_or_unsupported_grant_type() {
     let h = Harness::start().await;
-    let (status, body) = h.token_form(&[("code", "x")], true).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"], "invalid_request");
-    let (status, body) = h.token_form(&[("grant_type", "password")], true).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"], "unsupported_grant_type");
-    let response = h
-        .http
-        .post(h.url("token"))
-        .form(&[("grant_type", "refresh_token"), ("refresh_token", "1//x")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let answer = h.token_form(&[("code", "x")], true).await;
+    assert_oauth_error(&answer, StatusCode::BAD_REQUEST, "invalid_request");
+    let answer = h.token_form(&[("grant_type", "password")], true).await;
+    assert_oauth_error(&answer, StatusCode::BAD_REQUEST, "unsupported_grant_type");
+    let form = [("grant_type", "refresh_token"), ("refresh_token", "1//x")];
+    assert_eq!(
+        h.token_as(&form, ClientAuth::None).await.0,
+        StatusCode::BAD_REQUEST
+    );
 }
 
 #[tokio::test]
@@ -625,34 +555,18 @@ async fn revoking_a_refresh_token_kills_its_access_tokens() {
     let h = Harness::start().await;
     let tokens = h.connect(ALICE).await;
     let refresh = tokens.refresh_token.unwrap();
-    let response = h
-        .http
-        .post(h.url("revoke"))
-        .form(&[("token", refresh.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let (status, _) = h
-        .insert(&tokens.access_token, timed_event("gone00001"))
+    assert_eq!(h.revoke(&refresh).await.0, StatusCode::OK);
+    h.assert_insert(&tokens.access_token, "gone00001", StatusCode::UNAUTHORIZED)
         .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, body) = h.refresh(&refresh).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"], "invalid_grant");
+    let answer = h.refresh(&refresh).await;
+    assert_oauth_error(&answer, StatusCode::BAD_REQUEST, "invalid_grant");
     // Revoking it again: Google answers invalid_token.
-    let response = h
-        .http
-        .post(h.url("revoke"))
-        .form(&[("token", refresh.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(
-        body,
-        json!({"error": "invalid_token", "error_description": "Token expired or revoked"})
+    let answer = h.revoke(&refresh).await;
+    assert_oauth_body(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "invalid_token",
+        "Token expired or revoked",
     );
 }
 
@@ -665,67 +579,52 @@ async fn revoking_an_access_token_in_the_query_kills_the_grant() {
         .append_pair("token", &tokens.access_token);
     let response = h.http.post(url).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let (status, _) = h.refresh(tokens.refresh_token.as_deref().unwrap()).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        h.refresh(tokens.refresh_token.as_deref().unwrap()).await.0,
+        StatusCode::BAD_REQUEST
+    );
     assert_eq!(h.stats().await["revoke"], 1);
 }
 
 #[tokio::test]
 async fn revoking_an_unknown_token_is_invalid_token() {
     let h = Harness::start().await;
-    let response = h
-        .http
-        .post(h.url("revoke"))
-        .form(&[("token", "ya29.unknown")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"], "invalid_token");
+    let answer = h.revoke("ya29.unknown").await;
+    assert_oauth_error(&answer, StatusCode::BAD_REQUEST, "invalid_token");
 }
 
 #[tokio::test]
 async fn token_lifetime_setting_changes_expires_in() {
     let h = Harness::start().await;
-    let (status, _) = h
-        .control_post("settings", json!({"access_token_lifetime_seconds": 120}))
+    h.control_ok("settings", json!({"access_token_lifetime_seconds": 120}))
         .await;
-    assert_eq!(status, StatusCode::OK);
     let tokens = h.connect(ALICE).await;
     assert_eq!(tokens.body["expires_in"], 120);
-    h.control_post("clock", json!({"advance_seconds": 121}))
+    h.advance_clock(121).await;
+    h.assert_insert(&tokens.access_token, "lifetime1", StatusCode::UNAUTHORIZED)
         .await;
-    let (status, _) = h
-        .insert(&tokens.access_token, timed_event("lifetime1"))
-        .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
 async fn time_limited_refresh_tokens_expire_on_the_emulator_clock() {
     let h = Harness::start().await;
-    let (status, _) = h
-        .control_post(
-            "settings",
-            json!({"refresh_token_lifetime_seconds": 604800}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    h.control_ok(
+        "settings",
+        json!({"refresh_token_lifetime_seconds": 604800}),
+    )
+    .await;
     let tokens = h.connect(ALICE).await;
     assert_eq!(tokens.body["refresh_token_expires_in"], 604800);
     let refresh = tokens.refresh_token.unwrap();
-    h.control_post("clock", json!({"advance_seconds": 604700}))
-        .await;
-    let (status, _) = h.refresh(&refresh).await;
-    assert_eq!(status, StatusCode::OK);
-    h.control_post("clock", json!({"advance_seconds": 101}))
-        .await;
-    let (status, body) = h.refresh(&refresh).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        body,
-        json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."})
+    h.advance_clock(604700).await;
+    assert_eq!(h.refresh(&refresh).await.0, StatusCode::OK);
+    h.advance_clock(101).await;
+    let answer = h.refresh(&refresh).await;
+    assert_oauth_body(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+        "Token has been expired or revoked.",
     );
 }
 
@@ -734,17 +633,17 @@ async fn refresh_tokens_do_not_expire_by_default() {
     let h = Harness::start().await;
     let tokens = h.connect(ALICE).await;
     assert!(tokens.body.get("refresh_token_expires_in").is_none());
-    h.control_post("clock", json!({"advance_seconds": 400 * 86400}))
-        .await;
-    let (status, _) = h.refresh(tokens.refresh_token.as_deref().unwrap()).await;
-    assert_eq!(status, StatusCode::OK);
+    h.advance_clock(400 * 86400).await;
+    assert_eq!(
+        h.refresh(tokens.refresh_token.as_deref().unwrap()).await.0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn approval_prompt_with_prompt_is_a_conflict() {
     let h = Harness::start().await;
     let url = h.auth_url(&[("approval_prompt", "force")]);
-    let (status, body) = h.consent(&url, ALICE, "allow", &[]).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"], "invalid_request");
+    let answer = h.consent(&url, ALICE, "allow").await;
+    assert_oauth_error(&answer, StatusCode::BAD_REQUEST, "invalid_request");
 }

@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use calsync::{
     config::Config,
     google_oauth::{GoogleOAuth, OAuthError},
-    grants::{GrantStatus, GrantStore, Marker, ReauthReason},
+    grants::{Grant, GrantStatus, GrantStore, Marker, ReauthReason},
     http::{self, AfterConnect, CallbackDeps, StartDeps},
     secrets::SecretsCache,
     store::{DynamoFlowStore, DynamoGrantStore},
@@ -22,7 +22,7 @@ use lambda_http::{
     Body, Request, Response,
     http::{Method, StatusCode},
 };
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use testkit::{
     TestStack,
@@ -32,15 +32,9 @@ use testkit::{
 use url::Url;
 
 mod common;
-use common::{capture_logs, metric_total, stack_with_config};
+use common::{logs_text, metric_total, stack_with_config};
 
 const EVENTS_OWNED: &str = "https://www.googleapis.com/auth/calendar.events.owned";
-
-// ---- captured logs -------------------------------------------------------------------------
-
-fn logs_text() -> String {
-    String::from_utf8_lossy(&capture_logs().lock().unwrap()).into_owned()
-}
 
 // ---- the harness ---------------------------------------------------------------------------
 
@@ -70,6 +64,23 @@ struct Started {
     authorization_url: Url,
     state: String,
     nonce: String,
+}
+
+impl Started {
+    /// A start answer (`status`, a Location to Google, the binding cookie) read as the browser
+    /// would.
+    fn from_answer(response: &Response<Body>, status: StatusCode) -> Self {
+        assert_eq!(response.status(), status, "{}", body_text(response));
+        let location = location(response);
+        let cookie = header(response, "set-cookie").unwrap();
+        let (name, nonce) = cookie_pair(cookie).unwrap();
+        assert_eq!(name, "__Host-calsync_oauth");
+        Started {
+            state: query_param(&location, "state").unwrap(),
+            nonce: nonce.to_string(),
+            authorization_url: location,
+        }
+    }
 }
 
 impl Harness {
@@ -117,23 +128,48 @@ impl Harness {
                     .request(),
             )
             .await;
-        assert_eq!(
-            response.status(),
-            StatusCode::FOUND,
-            "{}",
-            body_text(&response)
-        );
-        let location = Url::parse(header(&response, "location").unwrap()).unwrap();
-        let cookie = header(&response, "set-cookie").unwrap();
-        let (name, nonce) = cookie_pair(cookie).unwrap();
-        assert_eq!(name, "__Host-calsync_oauth");
-        let nonce = nonce.to_string();
-        let state = query_param(&location, "state").unwrap();
-        Started {
-            authorization_url: location,
-            state,
-            nonce,
-        }
+        Started::from_answer(&response, StatusCode::FOUND)
+    }
+
+    /// Start for `user`, then `account` allows at the consent page: the flow and the callback
+    /// query Google sends back.
+    async fn consented(&self, user: &str, account: &str) -> (Started, String) {
+        self.decided(user, account, "allow", &[]).await
+    }
+
+    /// Start for `user`, then `account`'s `decision` at the consent page with `remove` unticked.
+    async fn decided(
+        &self,
+        user: &str,
+        account: &str,
+        decision: &str,
+        remove: &[&str],
+    ) -> (Started, String) {
+        let started = self.begin(user).await;
+        let query = self
+            .consent(&started.authorization_url, account, decision, remove)
+            .await;
+        (started, query)
+    }
+
+    /// Start for `user`, then `account` allows a consent URL without `prompt=consent`: on a
+    /// repeated consent Google then sends no new refresh token.
+    async fn consented_again(&self, user: &str, account: &str) -> (Started, String) {
+        let started = self.begin(user).await;
+        let query = self
+            .consent(
+                &without_prompt(&started.authorization_url),
+                account,
+                "allow",
+                &[],
+            )
+            .await;
+        (started, query)
+    }
+
+    /// The callback with Google's `query`, in the browser that started the flow.
+    async fn finish(&self, started: &Started, query: &str) -> Response<Body> {
+        self.callback_with(query, Some(&started.nonce)).await
     }
 
     async fn control(&self, path: &str, body: Value) -> (reqwest::StatusCode, Value) {
@@ -170,15 +206,81 @@ impl Harness {
 
     /// Start, consent as `account`, callback with the right cookie.
     async fn connect(&self, user: &str, account: &str) -> Response<Body> {
-        let started = self.begin(user).await;
-        let query = self
-            .consent(&started.authorization_url, account, "allow", &[])
-            .await;
-        self.callback_with(&query, Some(&started.nonce)).await
+        let (started, query) = self.consented(user, account).await;
+        self.finish(&started, &query).await
+    }
+
+    /// [`Harness::connect`], which must send the browser back connected.
+    async fn connected(&self, user: &str, account: &str) {
+        assert_eq!(outcome(&self.connect(user, account).await).0, "connected");
     }
 
     async fn stats(&self) -> Value {
         self.control_get("stats").await
+    }
+
+    /// Authorization codes the token endpoint has been asked to exchange.
+    async fn code_exchanges(&self) -> u64 {
+        self.stats().await["token"]["authorization_code"]
+            .as_u64()
+            .unwrap()
+    }
+
+    async fn grant_of(&self, user: &str) -> Option<Grant> {
+        self.callback.grants.get(user).await.unwrap()
+    }
+
+    async fn grant(&self, user: &str) -> Grant {
+        self.grant_of(user).await.expect("a grant")
+    }
+
+    /// `user`'s grant as the table holds it.
+    async fn grant_item(&self, user: &str) -> HashMap<String, AttributeValue> {
+        let item = self.stack.item("GrantsTable", "user_id", user).await;
+        item.unwrap().expect("a grant item")
+    }
+
+    /// Moves the flow record (or link) under `key` one second past its expiry; it stays in the
+    /// table, as DynamoDB's TTL deletes late.
+    async fn expire_flow_record(&self, key: &str) {
+        let past = chrono::Utc::now().timestamp() - 1;
+        self.dynamodb
+            .update_item()
+            .table_name(self.table("OAuthFlowsTable"))
+            .key("state", AttributeValue::S(key.to_string()))
+            .update_expression("SET expires_at = :past")
+            .expression_attribute_values(":past", AttributeValue::N(past.to_string()))
+            .condition_expression("attribute_exists(#s)")
+            .expression_attribute_names("#s", "state")
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// The token keyring in Secrets Manager.
+    async fn keyring(&self) -> Value {
+        let secret = self
+            .secrets()
+            .get_secret_value()
+            .secret_id(&self.config.secrets.token_keys)
+            .send()
+            .await
+            .unwrap();
+        serde_json::from_str(secret.secret_string().unwrap()).unwrap()
+    }
+
+    async fn put_keyring(&self, keyring: &Value) {
+        self.secrets()
+            .put_secret_value()
+            .secret_id(&self.config.secrets.token_keys)
+            .secret_string(keyring.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    fn secrets(&self) -> aws_sdk_secretsmanager::Client {
+        aws_sdk_secretsmanager::Client::new(&self.stack.sdk)
     }
 
     async fn status_of(&self, user: &str) -> Value {
@@ -199,22 +301,10 @@ impl Harness {
 
     /// No value the emulator issued or received appears in any table, log line or answer.
     async fn assert_no_leaks(&self) {
-        let secrets = self.control_get("issued-secrets").await;
-        let values: Vec<String> = secrets["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap().to_string())
-            .collect();
+        let values = common::issued_secrets(&self.stack).await;
         assert!(!values.is_empty(), "the emulator lists what it issued");
         // The keyring's keys must not leak either.
-        let keyring = aws_sdk_secretsmanager::Client::new(&self.stack.sdk)
-            .get_secret_value()
-            .secret_id(&self.config.secrets.token_keys)
-            .send()
-            .await
-            .unwrap();
-        let keyring: Value = serde_json::from_str(keyring.secret_string().unwrap()).unwrap();
+        let keyring = self.keyring().await;
         let keys: Vec<String> = keyring["keys"]
             .as_object()
             .unwrap()
@@ -226,22 +316,14 @@ impl Harness {
         let tables = self.stack.dump_tables().await.unwrap();
         let logs = logs_text();
         let answers = self.answers.lock().unwrap().join("\n");
-        for value in &values {
-            // Only meaningful values: the shortest real secrets are far longer than 8 characters.
-            if value.len() < 8 {
-                continue;
-            }
-            for (place, text) in [
+        common::assert_no_secret_in(
+            &values,
+            &[
                 ("a table", &tables),
                 ("the logs", &logs),
                 ("an answer", &answers),
-            ] {
-                assert!(
-                    !text.contains(value.as_str()),
-                    "an issued secret appears in {place}"
-                );
-            }
-        }
+            ],
+        );
     }
 }
 
@@ -289,6 +371,13 @@ fn outcome(response: &Response<Body>) -> (String, Option<String>) {
         query_param(&url, "calsync").unwrap(),
         query_param(&url, "reason"),
     )
+}
+
+/// A refusal with `status` whose body names `code`.
+fn assert_refused(response: &Response<Body>, status: StatusCode, code: &str) {
+    let body = body_text(response);
+    assert_eq!(response.status(), status, "{body}");
+    assert!(body.contains(code), "{code} not in {body}");
 }
 
 fn assert_cookie_cleared(response: &Response<Body>) {
@@ -343,11 +432,11 @@ async fn full_connect_stores_an_active_grant_and_replays() {
     assert_eq!(started.nonce.len(), 43);
 
     let query = h.consent(url, ALICE, "allow", &[]).await;
-    let response = h.callback_with(&query, Some(&started.nonce)).await;
+    let response = h.finish(&started, &query).await;
     assert_eq!(outcome(&response), ("connected".into(), None));
     assert_cookie_cleared(&response);
 
-    let grant = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    let grant = h.grant("user-1").await;
     assert_eq!(grant.status, GrantStatus::Active);
     assert_eq!(grant.google_sub, ALICE_SUB);
     assert_eq!(grant.google_email.as_deref(), Some(ALICE));
@@ -451,31 +540,24 @@ async fn start_answers_json_when_asked_and_checks_identity_and_return_to() {
 #[tokio::test]
 async fn a_replayed_callback_is_invalid_state_and_exchanges_once() {
     let h = Harness::start().await;
-    let started = h.begin("user-1").await;
-    let query = h
-        .consent(&started.authorization_url, ALICE, "allow", &[])
-        .await;
-    let first = h.callback_with(&query, Some(&started.nonce)).await;
+    let (started, query) = h.consented("user-1", ALICE).await;
+    let first = h.finish(&started, &query).await;
     assert_eq!(outcome(&first).0, "connected");
-    let again = h.callback_with(&query, Some(&started.nonce)).await;
-    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
-    assert!(body_text(&again).contains("invalid_state"));
+    let again = h.finish(&started, &query).await;
+    assert_refused(&again, StatusCode::BAD_REQUEST, "invalid_state");
     assert!(
         header(&again, "content-type")
             .unwrap()
             .starts_with("text/html")
     );
-    assert_eq!(h.stats().await["token"]["authorization_code"], 1);
+    assert_eq!(h.code_exchanges().await, 1);
     h.assert_no_leaks().await;
 }
 
 #[tokio::test]
 async fn a_wrong_or_missing_cookie_is_refused_without_calling_google_or_burning_the_flow() {
     let h = Harness::start().await;
-    let started = h.begin("user-1").await;
-    let query = h
-        .consent(&started.authorization_url, ALICE, "allow", &[])
-        .await;
+    let (started, query) = h.consented("user-1", ALICE).await;
     let missing = h
         .call_callback(
             HttpApiEvent::get("/oauth/google/callback")
@@ -489,14 +571,13 @@ async fn a_wrong_or_missing_cookie_is_refused_without_calling_google_or_burning_
     let wrong = h
         .callback_with(&query, Some(&calsync::flows::random_token()))
         .await;
-    assert_eq!(wrong.status(), StatusCode::BAD_REQUEST);
-    assert!(body_text(&wrong).contains("state_mismatch"));
+    assert_refused(&wrong, StatusCode::BAD_REQUEST, "state_mismatch");
     assert!(header(&wrong, "set-cookie").is_none());
-    assert_eq!(h.stats().await["token"]["authorization_code"], 0);
-    assert!(h.callback.grants.get("user-1").await.unwrap().is_none());
+    assert_eq!(h.code_exchanges().await, 0);
+    assert!(h.grant_of("user-1").await.is_none());
 
     // The right browser can still finish.
-    let right = h.callback_with(&query, Some(&started.nonce)).await;
+    let right = h.finish(&started, &query).await;
     assert_eq!(outcome(&right).0, "connected");
     h.assert_no_leaks().await;
 }
@@ -504,67 +585,44 @@ async fn a_wrong_or_missing_cookie_is_refused_without_calling_google_or_burning_
 #[tokio::test]
 async fn a_forged_state_is_invalid_state() {
     let h = Harness::start().await;
-    let started = h.begin("user-1").await;
-    let query = h
-        .consent(&started.authorization_url, ALICE, "allow", &[])
-        .await;
+    let (started, query) = h.consented("user-1", ALICE).await;
     let forged_query = query.replace(
         &format!("state={}", started.state),
         &format!("state={}", calsync::flows::random_token()),
     );
     assert_ne!(forged_query, query);
     let forged = h.callback_with(&forged_query, Some(&started.nonce)).await;
-    assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
-    assert!(body_text(&forged).contains("invalid_state"));
+    assert_refused(&forged, StatusCode::BAD_REQUEST, "invalid_state");
     let no_state = h.callback_with("code=abc", Some(&started.nonce)).await;
     assert_eq!(no_state.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(h.stats().await["token"]["authorization_code"], 0);
+    assert_eq!(h.code_exchanges().await, 0);
     h.assert_no_leaks().await;
 }
 
 #[tokio::test]
 async fn an_expired_flow_record_still_in_the_table_is_invalid_state() {
     let h = Harness::start().await;
-    let started = h.begin("user-1").await;
-    let query = h
-        .consent(&started.authorization_url, ALICE, "allow", &[])
-        .await;
-    // TTL deletes late: the record is still there, one second past its expiry.
-    let past = chrono::Utc::now().timestamp() - 1;
-    h.dynamodb
-        .update_item()
-        .table_name(h.table("OAuthFlowsTable"))
-        .key("state", AttributeValue::S(started.state.clone()))
-        .update_expression("SET expires_at = :past")
-        .expression_attribute_values(":past", AttributeValue::N(past.to_string()))
-        .condition_expression("attribute_exists(#s)")
-        .expression_attribute_names("#s", "state")
-        .send()
-        .await
-        .unwrap();
-    let response = h.callback_with(&query, Some(&started.nonce)).await;
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    assert!(body_text(&response).contains("invalid_state"));
-    assert_eq!(h.stats().await["token"]["authorization_code"], 0);
+    let (started, query) = h.consented("user-1", ALICE).await;
+    h.expire_flow_record(&started.state).await;
+    let response = h.finish(&started, &query).await;
+    assert_refused(&response, StatusCode::BAD_REQUEST, "invalid_state");
+    assert_eq!(h.code_exchanges().await, 0);
     h.assert_no_leaks().await;
 }
 
 #[tokio::test]
 async fn access_denied_redirects_with_denied_and_changes_nothing() {
     let h = Harness::start().await;
-    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
-    let before = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    h.connected("user-1", ALICE).await;
+    let before = h.grant("user-1").await;
 
-    let started = h.begin("user-1").await;
-    let query = h
-        .consent(&started.authorization_url, ALICE, "deny", &[])
-        .await;
-    let response = h.callback_with(&query, Some(&started.nonce)).await;
+    let (started, query) = h.decided("user-1", ALICE, "deny", &[]).await;
+    let response = h.finish(&started, &query).await;
     assert_eq!(outcome(&response), ("denied".into(), None));
     assert_cookie_cleared(&response);
-    let after = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    let after = h.grant("user-1").await;
     assert_eq!(after.version, before.version);
-    assert_eq!(h.stats().await["token"]["authorization_code"], 1);
+    assert_eq!(h.code_exchanges().await, 1);
     // Each callback counts once in the Connects metric, by its outcome.
     for outcome in ["connected", "denied"] {
         assert!(metric_total("oauth-callback", "Connects", Some(outcome)) >= 1.0);
@@ -575,16 +633,13 @@ async fn access_denied_redirects_with_denied_and_changes_nothing() {
 #[tokio::test]
 async fn a_removed_calendar_scope_is_refused_and_the_token_revoked() {
     let h = Harness::start().await;
-    let started = h.begin("user-1").await;
-    let query = h
-        .consent(&started.authorization_url, ALICE, "allow", &[EVENTS_OWNED])
-        .await;
-    let response = h.callback_with(&query, Some(&started.nonce)).await;
+    let (started, query) = h.decided("user-1", ALICE, "allow", &[EVENTS_OWNED]).await;
+    let response = h.finish(&started, &query).await;
     assert_eq!(
         outcome(&response),
         ("error".into(), Some("scope_denied".into()))
     );
-    assert!(h.callback.grants.get("user-1").await.unwrap().is_none());
+    assert!(h.grant_of("user-1").await.is_none());
     let stats = h.stats().await;
     assert_eq!(stats["revoke"], 1);
     assert_eq!(stats["token"]["authorization_code"], 1);
@@ -594,22 +649,14 @@ async fn a_removed_calendar_scope_is_refused_and_the_token_revoked() {
 #[tokio::test]
 async fn reconnect_without_a_refresh_token_keeps_the_stored_one_for_the_same_account() {
     let h = Harness::start().await;
-    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
-    let first = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    h.connected("user-1", ALICE).await;
+    let first = h.grant("user-1").await;
 
     // Without prompt=consent Google sends no new refresh token on a repeated consent.
-    let started = h.begin("user-1").await;
-    let query = h
-        .consent(
-            &without_prompt(&started.authorization_url),
-            ALICE,
-            "allow",
-            &[],
-        )
-        .await;
-    let response = h.callback_with(&query, Some(&started.nonce)).await;
+    let (started, query) = h.consented_again("user-1", ALICE).await;
+    let response = h.finish(&started, &query).await;
     assert_eq!(outcome(&response).0, "connected");
-    let second = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    let second = h.grant("user-1").await;
     assert_eq!(second.version, first.version + 1);
     assert_eq!(
         second.refresh_token.as_ref().unwrap().expose_secret(),
@@ -626,41 +673,25 @@ async fn reconnect_without_a_refresh_token_keeps_the_stored_one_for_the_same_acc
 async fn reconnect_without_a_refresh_token_for_another_account_is_refused() {
     let h = Harness::start().await;
     // Bob has consented before (for another app user), so Google sends him no new refresh token.
-    assert_eq!(outcome(&h.connect("user-2", BOB).await).0, "connected");
-    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
-    let before = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    h.connected("user-2", BOB).await;
+    h.connected("user-1", ALICE).await;
+    let before = h.grant("user-1").await;
 
-    let started = h.begin("user-1").await;
-    let query = h
-        .consent(
-            &without_prompt(&started.authorization_url),
-            BOB,
-            "allow",
-            &[],
-        )
-        .await;
-    let response = h.callback_with(&query, Some(&started.nonce)).await;
+    let (started, query) = h.consented_again("user-1", BOB).await;
+    let response = h.finish(&started, &query).await;
     assert_eq!(
         outcome(&response),
         ("error".into(), Some("no_refresh_token".into()))
     );
-    let after = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    let after = h.grant("user-1").await;
     assert_eq!(after.google_sub, ALICE_SUB);
     assert_eq!(after.version, before.version);
 
     // A first connect that gets no refresh token stores nothing either.
-    let started = h.begin("user-3").await;
-    let query = h
-        .consent(
-            &without_prompt(&started.authorization_url),
-            BOB,
-            "allow",
-            &[],
-        )
-        .await;
-    let response = h.callback_with(&query, Some(&started.nonce)).await;
+    let (started, query) = h.consented_again("user-3", BOB).await;
+    let response = h.finish(&started, &query).await;
     assert_eq!(outcome(&response).1.as_deref(), Some("no_refresh_token"));
-    assert!(h.callback.grants.get("user-3").await.unwrap().is_none());
+    assert!(h.grant_of("user-3").await.is_none());
     // user-2 holds Bob's account: the refused callbacks revoked nothing, and user-2 still syncs.
     assert_eq!(h.stats().await["revoke"], 0);
     assert!(h.refreshes("user-2").await);
@@ -672,10 +703,7 @@ async fn a_token_endpoint_failure_is_token_exchange_failed() {
     let h = Harness::start().await;
 
     // 500 from the token endpoint.
-    let started = h.begin("user-1").await;
-    let query = h
-        .consent(&started.authorization_url, ALICE, "allow", &[])
-        .await;
+    let (started, query) = h.consented("user-1", ALICE).await;
     let (status, _) = h
         .control(
             "faults",
@@ -683,7 +711,7 @@ async fn a_token_endpoint_failure_is_token_exchange_failed() {
         )
         .await;
     assert!(status.is_success());
-    let response = h.callback_with(&query, Some(&started.nonce)).await;
+    let response = h.finish(&started, &query).await;
     assert_eq!(
         outcome(&response),
         ("error".into(), Some("token_exchange_failed".into()))
@@ -691,19 +719,16 @@ async fn a_token_endpoint_failure_is_token_exchange_failed() {
     assert_cookie_cleared(&response);
 
     // invalid_grant: the code expired at Google (its clock moved past the code's 10 minutes).
-    let started = h.begin("user-1").await;
-    let query = h
-        .consent(&started.authorization_url, ALICE, "allow", &[])
-        .await;
+    let (started, query) = h.consented("user-1", ALICE).await;
     let (status, _) = h.control("clock", json!({"advance_seconds": 700})).await;
     assert!(status.is_success());
-    let response = h.callback_with(&query, Some(&started.nonce)).await;
+    let response = h.finish(&started, &query).await;
     assert_eq!(
         outcome(&response),
         ("error".into(), Some("token_exchange_failed".into()))
     );
-    assert!(h.callback.grants.get("user-1").await.unwrap().is_none());
-    assert_eq!(h.stats().await["token"]["authorization_code"], 2);
+    assert!(h.grant_of("user-1").await.is_none());
+    assert_eq!(h.code_exchanges().await, 2);
     h.assert_no_leaks().await;
 }
 
@@ -717,8 +742,8 @@ async fn status_summarises_the_sync_and_delete_revokes() {
                "scopes": [], "connected_at": null, "parked_changes": 0,
                "last_synced_at": null, "last_error": null})
     );
-    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
-    let grant = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    h.connected("user-1", ALICE).await;
+    let grant = h.grant("user-1").await;
 
     for (event_id, user, status, updated_at) in [
         ("e1", "user-1", "needs_reauth", "2026-11-20T10:00:00Z"),
@@ -766,47 +791,27 @@ async fn status_summarises_the_sync_and_delete_revokes() {
     assert_eq!(status["google_email"], ALICE);
 
     // Reconnect, then disconnect: revoked at Google, gone here.
-    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
-    let grant = h.callback.grants.get("user-1").await.unwrap().unwrap();
-    let revokes_before = h.stats().await["revoke"].as_u64().unwrap();
-    let response = h
-        .call_callback(
-            HttpApiEvent::new(Method::DELETE, "/oauth/google/connection")
-                .user("user-1")
-                .request(),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    assert_eq!(
-        h.stats().await["revoke"].as_u64().unwrap(),
-        revokes_before + 1
-    );
-    assert!(h.callback.grants.get("user-1").await.unwrap().is_none());
+    h.connected("user-1", ALICE).await;
+    let grant = h.grant("user-1").await;
+    let revokes_before = h.revokes().await;
+    assert_eq!(h.disconnect("user-1").await, StatusCode::NO_CONTENT);
+    assert_eq!(h.revokes().await, revokes_before + 1);
+    assert!(h.grant_of("user-1").await.is_none());
     assert_eq!(h.status_of("user-1").await["status"], "not_connected");
-    assert!(matches!(
-        h.callback
-            .google
-            .refresh(grant.refresh_token.as_ref().unwrap())
-            .await,
-        Err(OAuthError::InvalidGrant)
-    ));
+    assert!(
+        !h.refreshes_with(grant.refresh_token.as_ref().unwrap())
+            .await
+    );
     // Deleting again is harmless.
-    let again = h
-        .call_callback(
-            HttpApiEvent::new(Method::DELETE, "/oauth/google/connection")
-                .user("user-1")
-                .request(),
-        )
-        .await;
-    assert_eq!(again.status(), StatusCode::NO_CONTENT);
+    assert_eq!(h.disconnect("user-1").await, StatusCode::NO_CONTENT);
     h.assert_no_leaks().await;
 }
 
 #[tokio::test]
 async fn grant_writes_are_versioned_and_tokens_sealed_at_rest() {
     let h = Harness::start().await;
-    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
-    let grant = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    h.connected("user-1", ALICE).await;
+    let grant = h.grant("user-1").await;
     let saved = h.callback.grants.save(&grant).await.unwrap();
     assert_eq!(saved.version, grant.version + 1);
     assert!(matches!(
@@ -814,16 +819,7 @@ async fn grant_writes_are_versioned_and_tokens_sealed_at_rest() {
         Err(calsync::grants::GrantError::Conflict { .. })
     ));
 
-    let sealed_item = h
-        .dynamodb
-        .get_item()
-        .table_name(h.table("GrantsTable"))
-        .key("user_id", AttributeValue::S("user-1".into()))
-        .send()
-        .await
-        .unwrap()
-        .item
-        .unwrap();
+    let sealed_item = h.grant_item("user-1").await;
     let sealed = sealed_item["refresh_token_sealed"].as_s().unwrap();
     assert!(sealed.starts_with("v1."));
     assert!(!sealed.contains(grant.refresh_token.as_ref().unwrap().expose_secret()));
@@ -846,7 +842,7 @@ async fn grant_writes_are_versioned_and_tokens_sealed_at_rest() {
             .await,
         Err(calsync::grants::GrantError::Conflict { .. })
     ));
-    let reread = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    let reread = h.grant("user-1").await;
     assert_eq!(reread.status, GrantStatus::NeedsReauth);
     assert!(reread.refresh_token.is_none() && reread.access_token.is_none());
     assert_eq!(reread.version, retired.version);
@@ -874,19 +870,10 @@ async fn grant_writes_are_versioned_and_tokens_sealed_at_rest() {
             .await
             .unwrap()
     );
-    let marked = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    let marked = h.grant("user-1").await;
     assert_eq!(marked.version, retired.version);
     assert!(marked.needs_reauth_reported_at.is_some() && marked.parked_reported_at.is_some());
-    let item = h
-        .dynamodb
-        .get_item()
-        .table_name(h.table("GrantsTable"))
-        .key("user_id", AttributeValue::S("user-1".into()))
-        .send()
-        .await
-        .unwrap()
-        .item
-        .unwrap();
+    let item = h.grant_item("user-1").await;
     assert!(
         !item.contains_key("refresh_token_sealed") && !item.contains_key("access_token_sealed")
     );
@@ -902,15 +889,12 @@ async fn grant_writes_are_versioned_and_tokens_sealed_at_rest() {
         .send()
         .await
         .unwrap();
-    let stolen = h.callback.grants.get("user-evil").await.unwrap().unwrap();
+    let stolen = h.grant("user-evil").await;
     assert!(stolen.refresh_token.is_none() && stolen.access_token.is_none());
     assert_eq!(stolen.status, GrantStatus::NeedsReauth);
 
     // A Secrets Manager backed cache reads both secrets in their stored shapes.
-    let cache = SecretsCache::new(
-        aws_sdk_secretsmanager::Client::new(&h.stack.sdk),
-        h.config.secrets.clone(),
-    );
+    let cache = SecretsCache::new(h.secrets(), h.config.secrets.clone());
     assert_eq!(
         cache.google_client().await.unwrap().client_id,
         h.stack.client_id
@@ -923,14 +907,8 @@ async fn grant_writes_are_versioned_and_tokens_sealed_at_rest() {
 #[tokio::test]
 async fn two_racing_callbacks_connect_once() {
     let h = Harness::start().await;
-    let started = h.begin("user-1").await;
-    let query = h
-        .consent(&started.authorization_url, ALICE, "allow", &[])
-        .await;
-    let (a, b) = tokio::join!(
-        h.callback_with(&query, Some(&started.nonce)),
-        h.callback_with(&query, Some(&started.nonce))
-    );
+    let (started, query) = h.consented("user-1", ALICE).await;
+    let (a, b) = tokio::join!(h.finish(&started, &query), h.finish(&started, &query));
     let mut statuses = [a.status().as_u16(), b.status().as_u16()];
     statuses.sort();
     assert_eq!(statuses, [302, 400]);
@@ -940,17 +918,8 @@ async fn two_racing_callbacks_connect_once() {
         &b
     };
     assert_eq!(outcome(winner).0, "connected");
-    assert_eq!(h.stats().await["token"]["authorization_code"], 1);
-    assert_eq!(
-        h.callback
-            .grants
-            .get("user-1")
-            .await
-            .unwrap()
-            .unwrap()
-            .version,
-        1
-    );
+    assert_eq!(h.code_exchanges().await, 1);
+    assert_eq!(h.grant("user-1").await.version, 1);
     h.assert_no_leaks().await;
 }
 
@@ -958,7 +927,7 @@ async fn two_racing_callbacks_connect_once() {
 async fn a_rotated_keyring_reads_old_grants_reaches_warm_instances_and_the_old_key_can_go_after_a_reseal()
  {
     let h = Harness::start().await;
-    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    h.connected("user-1", ALICE).await;
     let sealed_key_id = |item: &HashMap<String, AttributeValue>| {
         item["refresh_token_sealed"]
             .as_s()
@@ -968,19 +937,9 @@ async fn a_rotated_keyring_reads_old_grants_reaches_warm_instances_and_the_old_k
             .unwrap()
             .to_string()
     };
-    let read_item = || async {
-        h.dynamodb
-            .get_item()
-            .table_name(h.table("GrantsTable"))
-            .key("user_id", AttributeValue::S("user-1".into()))
-            .send()
-            .await
-            .unwrap()
-            .item
-            .unwrap()
-    };
+    let read_item = || h.grant_item("user-1");
     let old_key_id = sealed_key_id(&read_item().await);
-    let secrets = aws_sdk_secretsmanager::Client::new(&h.stack.sdk);
+    let secrets = h.secrets();
     // A warm instance: its cache (the default 15-minute lifetime) holds the keyring from before
     // the rotation.
     let warm_cache = Arc::new(SecretsCache::new(secrets.clone(), h.config.secrets.clone()));
@@ -996,27 +955,12 @@ async fn a_rotated_keyring_reads_old_grants_reaches_warm_instances_and_the_old_k
     );
 
     // Rotate: add a key, make it current, keep the old one.
-    let text = secrets
-        .get_secret_value()
-        .secret_id(&h.config.secrets.token_keys)
-        .send()
-        .await
-        .unwrap()
-        .secret_string()
-        .unwrap()
-        .to_string();
-    let mut keyring: Value = serde_json::from_str(&text).unwrap();
+    let mut keyring = h.keyring().await;
     use base64::Engine;
     let new_key = base64::engine::general_purpose::STANDARD.encode([42u8; 32]);
     keyring["keys"]["rotated-2"] = json!(new_key);
     keyring["current"] = json!("rotated-2");
-    secrets
-        .put_secret_value()
-        .secret_id(&h.config.secrets.token_keys)
-        .secret_string(keyring.to_string())
-        .send()
-        .await
-        .unwrap();
+    h.put_keyring(&keyring).await;
 
     // A warm function's cache keeps the old keyring until its lifetime ends; a fresh one (or an
     // expired cache) reads the rotated keyring.
@@ -1051,13 +995,7 @@ async fn a_rotated_keyring_reads_old_grants_reaches_warm_instances_and_the_old_k
 
     // Every grant is on the new key: the old one can be removed, and the grant still opens.
     keyring["keys"].as_object_mut().unwrap().remove(&old_key_id);
-    secrets
-        .put_secret_value()
-        .secret_id(&h.config.secrets.token_keys)
-        .secret_string(keyring.to_string())
-        .send()
-        .await
-        .unwrap();
+    h.put_keyring(&keyring).await;
     let after = store.get("user-1").await.unwrap().unwrap();
     assert_eq!(after.status, GrantStatus::Active);
     assert_eq!(after.refresh_token.unwrap().expose_secret(), reread_refresh);
@@ -1121,22 +1059,10 @@ impl Harness {
     /// Opens `link` from the app's page: the consent URL and the cookie nonce it handed out.
     async fn opened(&self, link: &str) -> Started {
         let response = self.open_link(link, Some(APP_ORIGIN)).await;
-        assert_eq!(
-            response.status(),
-            StatusCode::SEE_OTHER,
-            "{}",
-            body_text(&response)
-        );
-        let location = location(&response);
+        let started = Started::from_answer(&response, StatusCode::SEE_OTHER);
         let cookie = header(&response, "set-cookie").unwrap();
         assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"));
-        let (name, nonce) = cookie_pair(cookie).unwrap();
-        assert_eq!(name, "__Host-calsync_oauth");
-        Started {
-            state: query_param(&location, "state").unwrap(),
-            nonce: nonce.to_string(),
-            authorization_url: location,
-        }
+        started
     }
 
     /// How many flow records (not links) the flows table holds.
@@ -1168,6 +1094,14 @@ impl Harness {
         assert!(!tables.contains(link), "a link token is stored");
         assert!(!logs_text().contains(link), "a link token is logged");
     }
+}
+
+/// A refusal of the link routes: `status`, the error `code`, and no cookie handed out (`case`
+/// names the case in a failure).
+fn assert_link_refused(response: &Response<Body>, status: StatusCode, code: &str, case: &str) {
+    assert_eq!(response.status(), status, "{case}");
+    assert_eq!(error_code(response), code, "{case}");
+    assert!(header(response, "set-cookie").is_none(), "{case}");
 }
 
 fn error_code(response: &Response<Body>) -> String {
@@ -1212,14 +1146,14 @@ async fn a_link_opened_from_the_app_page_connects_its_minter() {
     assert!(!url.as_str().contains(&link));
 
     let query = h.consent(url, ALICE, "allow", &[]).await;
-    let back = h.callback_with(&query, Some(&started.nonce)).await;
+    let back = h.finish(&started, &query).await;
     assert_eq!(location(&back).path(), "/settings");
     assert_eq!(query_param(&location(&back), "tab").as_deref(), Some("cal"));
     assert_eq!(
         query_param(&location(&back), "calsync").as_deref(),
         Some("connected")
     );
-    let grant = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    let grant = h.grant("user-1").await;
     assert_eq!(grant.google_sub, ALICE_SUB);
     h.assert_link_not_stored(&link).await;
     h.assert_no_leaks().await;
@@ -1236,12 +1170,15 @@ async fn minting_needs_an_identity_and_checks_return_to() {
         r#"{"return_to": 42}"#,
     ] {
         let response = h.mint(Some("user-1"), body).await;
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
-        assert_eq!(error_code(&response), "invalid_return_to", "{body}");
+        assert_link_refused(
+            &response,
+            StatusCode::BAD_REQUEST,
+            "invalid_return_to",
+            body,
+        );
     }
     let garbage = h.mint(Some("user-1"), "return_to=x").await;
-    assert_eq!(garbage.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(error_code(&garbage), "invalid_request");
+    assert_link_refused(&garbage, StatusCode::BAD_REQUEST, "invalid_request", "");
     // Nothing refused left a record behind.
     assert_eq!(h.flow_records().await, (0, 0));
     h.assert_no_leaks().await;
@@ -1253,9 +1190,7 @@ async fn a_reused_link_is_invalid_link() {
     let link = h.link_for("user-1").await;
     h.opened(&link).await;
     let again = h.open_link(&link, Some(APP_ORIGIN)).await;
-    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(error_code(&again), "invalid_link");
-    assert!(header(&again, "set-cookie").is_none());
+    assert_link_refused(&again, StatusCode::BAD_REQUEST, "invalid_link", "");
     assert!(
         header(&again, "content-type")
             .unwrap()
@@ -1272,21 +1207,9 @@ async fn a_reused_link_is_invalid_link() {
 async fn an_expired_link_is_invalid_link_and_used_up() {
     let h = Harness::start().await;
     let link = h.link_for("user-1").await;
-    // Still in the table (DynamoDB's TTL deletes late) but past its expiry.
-    let past = chrono::Utc::now().timestamp() - 1;
-    h.dynamodb
-        .update_item()
-        .table_name(h.table("OAuthFlowsTable"))
-        .key("state", AttributeValue::S(calsync::flows::link_key(&link)))
-        .update_expression("SET expires_at = :past")
-        .expression_attribute_values(":past", AttributeValue::N(past.to_string()))
-        .send()
-        .await
-        .unwrap();
+    h.expire_flow_record(&calsync::flows::link_key(&link)).await;
     let response = h.open_link(&link, Some(APP_ORIGIN)).await;
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(error_code(&response), "invalid_link");
-    assert!(header(&response, "set-cookie").is_none());
+    assert_link_refused(&response, StatusCode::BAD_REQUEST, "invalid_link", "");
     assert_eq!(h.flow_records().await, (0, 0));
     h.assert_no_leaks().await;
 }
@@ -1298,9 +1221,7 @@ async fn an_expired_link_is_invalid_link_and_used_up() {
 async fn a_link_opened_from_another_site_never_connects_the_victim() {
     let h = Harness::start().await;
     let attackers_link = h.link_for("attacker").await;
-    let token_calls = h.stats().await["token"]["authorization_code"]
-        .as_u64()
-        .unwrap();
+    let token_calls = h.code_exchanges().await;
 
     for origin in [
         Some("https://evil.example"),
@@ -1310,9 +1231,12 @@ async fn a_link_opened_from_another_site_never_connects_the_victim() {
         None,
     ] {
         let response = h.open_link(&attackers_link, origin).await;
-        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{origin:?}");
-        assert_eq!(error_code(&response), "origin_not_allowed", "{origin:?}");
-        assert!(header(&response, "set-cookie").is_none(), "{origin:?}");
+        assert_link_refused(
+            &response,
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            &format!("{origin:?}"),
+        );
         assert!(header(&response, "location").is_none(), "{origin:?}");
     }
     // A plain navigation (a link in a mail, an <img>, a redirect) is a GET: not a way in either.
@@ -1327,13 +1251,8 @@ async fn a_link_opened_from_another_site_never_connects_the_victim() {
 
     // No flow was started, no cookie handed out, Google never asked, nobody connected.
     assert_eq!(h.flow_records().await, (0, 1));
-    assert_eq!(
-        h.stats().await["token"]["authorization_code"]
-            .as_u64()
-            .unwrap(),
-        token_calls
-    );
-    assert!(h.callback.grants.get("attacker").await.unwrap().is_none());
+    assert_eq!(h.code_exchanges().await, token_calls);
+    assert!(h.grant_of("attacker").await.is_none());
 
     // The refusals did not burn the link: its own app page (the attacker's here) can still open
     // it, which shows the origin is checked before the link is consumed.
@@ -1347,15 +1266,14 @@ async fn the_start_route_still_works_beside_links() {
     let h = Harness::start().await;
     let link = h.link_for("user-2").await;
     // A flow started by GET /oauth/google/start does not consume or disturb a pending link.
-    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    h.connected("user-1", ALICE).await;
     assert_eq!(h.flow_records().await, (0, 1));
     // A link's key is never accepted as a callback state.
     let key = calsync::flows::link_key(&link);
     let forged = h
         .callback_with(&format!("state={key}&code=x"), Some("nonce"))
         .await;
-    assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
-    assert!(body_text(&forged).contains("invalid_state"));
+    assert_refused(&forged, StatusCode::BAD_REQUEST, "invalid_state");
     assert_eq!(h.flow_records().await, (0, 1));
     h.assert_no_leaks().await;
 }
@@ -1366,13 +1284,14 @@ impl Harness {
     /// Whether `user`'s stored refresh token still works at Google (the emulator ends every token
     /// of an account on revoke, as Google does).
     async fn refreshes(&self, user: &str) -> bool {
-        let grant = self.callback.grants.get(user).await.unwrap().unwrap();
-        match self
-            .callback
-            .google
-            .refresh(grant.refresh_token.as_ref().unwrap())
+        let grant = self.grant(user).await;
+        self.refreshes_with(grant.refresh_token.as_ref().unwrap())
             .await
-        {
+    }
+
+    /// Whether Google still refreshes with `refresh_token` (not `invalid_grant`).
+    async fn refreshes_with(&self, refresh_token: &SecretString) -> bool {
+        match self.callback.google.refresh(refresh_token).await {
             Ok(_) => true,
             Err(OAuthError::InvalidGrant) => false,
             Err(other) => panic!("refresh failed otherwise: {other}"),
@@ -1397,38 +1316,32 @@ impl Harness {
 #[tokio::test]
 async fn two_app_users_on_one_account_disconnecting_one_leaves_the_other_syncing() {
     let h = Harness::start().await;
-    assert_eq!(outcome(&h.connect("b1", ALICE).await).0, "connected");
-    assert_eq!(outcome(&h.connect("b2", ALICE).await).0, "connected");
-    let b2_before = h.callback.grants.get("b2").await.unwrap().unwrap();
+    h.connected("b1", ALICE).await;
+    h.connected("b2", ALICE).await;
+    let b2_before = h.grant("b2").await;
 
     assert_eq!(h.disconnect("b1").await, StatusCode::NO_CONTENT);
-    assert!(h.callback.grants.get("b1").await.unwrap().is_none());
+    assert!(h.grant_of("b1").await.is_none());
     assert_eq!(h.revokes().await, 0, "b2 still holds Alice's account");
     assert!(h.refreshes("b2").await);
     assert_eq!(h.status_of("b2").await["status"], "active");
-    assert_eq!(
-        h.callback.grants.get("b2").await.unwrap().unwrap().version,
-        b2_before.version
-    );
+    assert_eq!(h.grant("b2").await.version, b2_before.version);
 
     // The last holder's disconnect revokes: the account's grant ends at Google.
     assert_eq!(h.disconnect("b2").await, StatusCode::NO_CONTENT);
     assert_eq!(h.revokes().await, 1);
-    assert!(matches!(
-        h.callback
-            .google
-            .refresh(b2_before.refresh_token.as_ref().unwrap())
-            .await,
-        Err(OAuthError::InvalidGrant)
-    ));
+    assert!(
+        !h.refreshes_with(b2_before.refresh_token.as_ref().unwrap())
+            .await
+    );
     h.assert_no_leaks().await;
 }
 
 #[tokio::test]
 async fn a_needs_reauth_grant_does_not_keep_an_account_from_being_revoked() {
     let h = Harness::start().await;
-    assert_eq!(outcome(&h.connect("b1", ALICE).await).0, "connected");
-    assert_eq!(outcome(&h.connect("b2", ALICE).await).0, "connected");
+    h.connected("b1", ALICE).await;
+    h.connected("b2", ALICE).await;
     h.callback
         .grants
         .delete_tokens("b1", GrantStatus::NeedsReauth)
@@ -1442,8 +1355,8 @@ async fn a_needs_reauth_grant_does_not_keep_an_account_from_being_revoked() {
 #[tokio::test]
 async fn a_reconnect_with_the_same_account_never_revokes() {
     let h = Harness::start().await;
-    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
-    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    h.connected("user-1", ALICE).await;
+    h.connected("user-1", ALICE).await;
     assert_eq!(h.revokes().await, 0);
     assert!(h.refreshes("user-1").await);
     h.assert_no_leaks().await;
@@ -1452,18 +1365,12 @@ async fn a_reconnect_with_the_same_account_never_revokes() {
 #[tokio::test]
 async fn a_reconnect_with_another_account_revokes_the_old_one_once_the_new_is_stored() {
     let h = Harness::start().await;
-    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
-    let old = h.callback.grants.get("user-1").await.unwrap().unwrap();
-    assert_eq!(outcome(&h.connect("user-1", BOB).await).0, "connected");
+    h.connected("user-1", ALICE).await;
+    let old = h.grant("user-1").await;
+    h.connected("user-1", BOB).await;
     assert_eq!(h.revokes().await, 1);
-    assert!(matches!(
-        h.callback
-            .google
-            .refresh(old.refresh_token.as_ref().unwrap())
-            .await,
-        Err(OAuthError::InvalidGrant)
-    ));
-    let new = h.callback.grants.get("user-1").await.unwrap().unwrap();
+    assert!(!h.refreshes_with(old.refresh_token.as_ref().unwrap()).await);
+    let new = h.grant("user-1").await;
     assert_ne!(new.google_sub, ALICE_SUB);
     assert!(h.refreshes("user-1").await);
     h.assert_no_leaks().await;
@@ -1472,9 +1379,9 @@ async fn a_reconnect_with_another_account_revokes_the_old_one_once_the_new_is_st
 #[tokio::test]
 async fn a_reconnect_away_from_a_shared_account_leaves_it_to_the_other_user() {
     let h = Harness::start().await;
-    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
-    assert_eq!(outcome(&h.connect("user-2", ALICE).await).0, "connected");
-    assert_eq!(outcome(&h.connect("user-1", BOB).await).0, "connected");
+    h.connected("user-1", ALICE).await;
+    h.connected("user-2", ALICE).await;
+    h.connected("user-1", BOB).await;
     assert_eq!(h.revokes().await, 0);
     assert!(h.refreshes("user-2").await);
     assert!(h.refreshes("user-1").await);
@@ -1484,39 +1391,12 @@ async fn a_reconnect_away_from_a_shared_account_leaves_it_to_the_other_user() {
 #[tokio::test]
 async fn an_unreadable_grant_counts_as_needs_reauth_until_the_user_reconnects() {
     let h = Harness::start().await;
-    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
-    // Damage the sealed refresh token, as a corrupted item or a key removed too early would.
-    let key = ("user_id", AttributeValue::S("user-1".into()));
-    let item = h
-        .dynamodb
-        .get_item()
-        .table_name(h.table("GrantsTable"))
-        .key(key.0, key.1.clone())
-        .send()
-        .await
-        .unwrap()
-        .item
-        .unwrap();
-    let mut damaged: Vec<char> = item["refresh_token_sealed"]
-        .as_s()
-        .unwrap()
-        .chars()
-        .collect();
-    let middle = damaged.len() - 12;
-    damaged[middle] = if damaged[middle] == 'A' { 'B' } else { 'A' };
-    h.dynamodb
-        .update_item()
-        .table_name(h.table("GrantsTable"))
-        .key(key.0, key.1)
-        .update_expression("SET refresh_token_sealed = :damaged")
-        .expression_attribute_values(":damaged", AttributeValue::S(damaged.into_iter().collect()))
-        .send()
-        .await
-        .unwrap();
+    h.connected("user-1", ALICE).await;
+    common::damage_sealed_refresh_token(&h.stack, "user-1").await;
 
     // Status says what the user must do (not a 500), and a reconnect overwrites the grant.
     assert_eq!(h.status_of("user-1").await["status"], "needs_reauth");
-    assert_eq!(outcome(&h.connect("user-1", ALICE).await).0, "connected");
+    h.connected("user-1", ALICE).await;
     assert_eq!(h.status_of("user-1").await["status"], "active");
     h.assert_no_leaks().await;
 }

@@ -2,9 +2,8 @@
 //! the events read back from moto's EventBridge through a rule that targets an SQS queue, as an
 //! app would read them. Each stack has its own bus, so the tests of one moto never mix.
 
-use std::{sync::Mutex, time::Duration};
+use std::sync::Mutex;
 
-use aws_lambda_events::event::dynamodb::Event as DynamodbEvent;
 use aws_sdk_dynamodb::types::AttributeValue;
 use calsync::{
     aws::Clients,
@@ -18,7 +17,7 @@ use calsync::{
         handler::{self as resync_handler, ResyncDeps, ResyncEvent},
     },
     store::DynamoFlowStore,
-    sync::{self, handler::SyncDeps},
+    sync::handler::SyncDeps,
 };
 use lambda_http::http::{Method, StatusCode};
 use serde_json::Value;
@@ -32,7 +31,7 @@ use testkit::{
 };
 
 mod common;
-use common::{metric_total, stack_with_config};
+use common::{StreamCursor, metric_total, stack_with_config};
 
 struct Harness {
     stack: TestStack,
@@ -44,8 +43,7 @@ struct Harness {
     tap: EventTap,
     /// Every event read so far, for the leak scan.
     read: Mutex<Vec<Value>>,
-    /// Stream records already handed out.
-    seen: Mutex<usize>,
+    stream: StreamCursor,
 }
 
 impl Harness {
@@ -57,8 +55,7 @@ impl Harness {
             "each stack has its own bus"
         );
         let mut deps = SyncDeps::from_config(&config, &clients, calendar::DEFAULT_TIMEOUT);
-        deps.retry.base = Duration::from_millis(20);
-        deps.retry.cap = Duration::from_millis(200);
+        common::quick_retries(&mut deps.retry);
         let tap = stack.tap_events(SOURCE).await.expect("a tap on the bus");
         Self {
             resync: ResyncDeps::from_config(&config, &clients),
@@ -69,7 +66,7 @@ impl Harness {
             tap,
             stack,
             read: Mutex::new(Vec::new()),
-            seen: Mutex::new(0),
+            stream: StreamCursor::default(),
         }
     }
 
@@ -92,16 +89,35 @@ impl Harness {
         kinds
     }
 
+    /// The events delivered since the last call are one of each of `kinds`, every one for
+    /// `user` with `status` and `reason` (see [`detail`]).
+    async fn assert_only(&self, kinds: &[&str], user: &str, status: &str, reason: Option<&str>) {
+        let events = self.events().await;
+        assert_eq!(events.len(), kinds.len(), "{events:?}");
+        for kind in kinds {
+            detail(only(&events, kind), user, status, reason);
+        }
+    }
+
+    /// A refusal's episode: one Grant Needs Reauth and one Sync Parked for `user`, for `reason`.
+    async fn assert_reauth_and_parked(&self, user: &str, reason: &str) {
+        let kinds = ["Grant Needs Reauth", "Sync Parked"];
+        self.assert_only(&kinds, user, "needs_reauth", Some(reason))
+            .await;
+    }
+
     async fn connect(&self, user: &str, account: &str) {
-        self.stack
-            .connect_through(
-                user,
-                account,
-                async |request| http::start_router(&self.start, request).await,
-                async |request| http::callback_router(&self.callback, request).await,
-            )
+        common::connect(&self.stack, &self.start, &self.callback, user, account).await;
+    }
+
+    /// The account removes the app's access at Google.
+    async fn revoke_at_google(&self, account: &str) {
+        let (status, answer) = self
+            .stack
+            .control_post("revoke", &serde_json::json!({"email": account}))
             .await
-            .expect("connected");
+            .unwrap();
+        assert!(status.is_success(), "{status} {answer}");
     }
 
     async fn disconnect(&self, user: &str) {
@@ -134,32 +150,14 @@ impl Harness {
     /// Hands the stream records written since the last call to `invocations` concurrent
     /// invocations of event-sync (as several shards would), one slice each.
     async fn sync_new_in(&self, invocations: usize) {
-        let all = self
-            .stack
-            .stream_records("EVENTS_TABLE")
-            .await
-            .expect("stream records");
-        let records = {
-            let mut seen = self.seen.lock().unwrap();
-            let new = all[*seen..].to_vec();
-            *seen = all.len();
-            new
-        };
+        let records = self.stream.new_records(&self.stack).await;
         assert!(records.len() >= invocations, "the stream holds new records");
         let per_invocation = records.len().div_ceil(invocations);
-        let batches = records.chunks(per_invocation).map(|batch| async move {
-            let payload: DynamodbEvent =
-                serde_json::from_value(TestStack::stream_event(batch.to_vec()))
-                    .expect("a DynamodbEvent");
-            sync::handle(&self.deps, with_deadline(payload, 60))
-                .await
-                .expect("the handler answers")
-        });
-        for response in futures::future::join_all(batches).await {
-            assert!(
-                response.batch_item_failures.is_empty(),
-                "parking never fails the batch"
-            );
+        let batches = records
+            .chunks(per_invocation)
+            .map(|batch| common::run_event_sync(&self.deps, batch.to_vec()));
+        for failures in futures::future::join_all(batches).await {
+            assert!(failures.is_empty(), "parking never fails the batch");
         }
     }
 
@@ -193,24 +191,15 @@ impl Harness {
 
     /// Refreshes the token endpoint has answered so far.
     async fn refreshes(&self) -> u64 {
-        let stats = self.stack.control_get("stats").await.unwrap();
-        stats["token"]["refresh_token"].as_u64().unwrap()
+        common::refreshes(&self.stack).await
     }
 
     /// No value the emulator issued appears in any event read.
     async fn assert_no_tokens_in_events(&self) {
-        let issued = self.stack.control_get("issued-secrets").await.unwrap();
+        let issued = common::issued_secrets(&self.stack).await;
         let events = serde_json::to_string(&*self.read.lock().unwrap()).unwrap();
-        let values: Vec<&str> = issued["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
-        assert!(values.len() >= 2);
-        for value in values.iter().filter(|v| v.len() >= 8) {
-            assert!(!events.contains(value), "an issued secret is in an event");
-        }
+        assert!(issued.len() >= 2);
+        common::assert_no_secret_in(&issued, &[("an event", &events)]);
         assert!(!events.contains(&self.stack.client_secret));
     }
 }
@@ -226,7 +215,7 @@ fn only<'a>(events: &'a [Value], detail_type: &str) -> &'a Value {
 }
 
 /// The detail of `event`, checked against the schema the README documents.
-fn detail(event: &Value, user: &str, status: &str, reason: Option<&str>) -> Value {
+fn detail(event: &Value, user: &str, status: &str, reason: Option<&str>) {
     assert_eq!(event["source"], SOURCE);
     let detail = event["detail"].clone();
     assert_eq!(detail["user_id"], user);
@@ -252,7 +241,6 @@ fn detail(event: &Value, user: &str, status: &str, reason: Option<&str>) -> Valu
         expected.insert(1, "reason");
     }
     assert_eq!(keys, expected, "no other field, so no token, in {detail}");
-    detail
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,19 +249,12 @@ async fn connect_and_disconnect_emit_one_event_each() {
     assert!(h.events().await.is_empty());
 
     h.connect("u1", ALICE).await;
-    let events = h.events().await;
-    assert_eq!(events.len(), 1, "{events:?}");
-    detail(only(&events, "Grant Connected"), "u1", "active", None);
+    h.assert_only(&["Grant Connected"], "u1", "active", None)
+        .await;
 
     h.disconnect("u1").await;
-    let events = h.events().await;
-    assert_eq!(events.len(), 1, "{events:?}");
-    detail(
-        only(&events, "Grant Disconnected"),
-        "u1",
-        "not_connected",
-        None,
-    );
+    h.assert_only(&["Grant Disconnected"], "u1", "not_connected", None)
+        .await;
 
     // Nothing left to disconnect: no transition, no event.
     h.disconnect("u1").await;
@@ -291,30 +272,12 @@ async fn a_refused_refresh_emits_needs_reauth_and_sync_parked_once_per_episode()
 
     // The user removes the app's access at Google: the next refresh gets invalid_grant, and
     // every change parks, in two invocations running at once.
-    let (status, _) = h
-        .stack
-        .control_post("revoke", &serde_json::json!({"email": ALICE}))
-        .await
-        .unwrap();
-    assert!(status.is_success());
+    h.revoke_at_google(ALICE).await;
     for id in ["p1", "p2", "p3", "p4"] {
         h.put_row(id, "u1", "While revoked").await;
     }
     h.sync_new_in(2).await;
-    let events = h.events().await;
-    assert_eq!(events.len(), 2, "{events:?}");
-    detail(
-        only(&events, "Grant Needs Reauth"),
-        "u1",
-        "needs_reauth",
-        Some("invalid_grant"),
-    );
-    detail(
-        only(&events, "Sync Parked"),
-        "u1",
-        "needs_reauth",
-        Some("invalid_grant"),
-    );
+    h.assert_reauth_and_parked("u1", "invalid_grant").await;
 
     // More changes in later invocations: the same episode, no new event.
     h.put_row("p5", "u1", "Still revoked").await;
@@ -326,10 +289,7 @@ async fn a_refused_refresh_emits_needs_reauth_and_sync_parked_once_per_episode()
     // Connecting again ends the episode; the next refusal starts a new one.
     h.connect("u1", ALICE).await;
     assert_eq!(h.kinds().await, ["Grant Connected"]);
-    h.stack
-        .control_post("revoke", &serde_json::json!({"email": ALICE}))
-        .await
-        .unwrap();
+    h.revoke_at_google(ALICE).await;
     h.put_row("p7", "u1", "Revoked again").await;
     h.put_row("p8", "u1", "Revoked again").await;
     h.sync_new().await;
@@ -342,55 +302,12 @@ async fn an_unreadable_grant_emits_needs_reauth_once_with_its_reason() {
     let h = Harness::start().await;
     h.connect("u1", ALICE).await;
     assert_eq!(h.kinds().await, ["Grant Connected"]);
-    // Damage the sealed refresh token, as a corrupted item or a key removed too early would.
-    let grants = h.stack.table("GrantsTable").to_string();
-    let key = AttributeValue::S("u1".into());
-    let item = h
-        .clients
-        .dynamodb
-        .get_item()
-        .table_name(&grants)
-        .key("user_id", key.clone())
-        .send()
-        .await
-        .unwrap()
-        .item
-        .unwrap();
-    let mut damaged: Vec<char> = item["refresh_token_sealed"]
-        .as_s()
-        .unwrap()
-        .chars()
-        .collect();
-    let middle = damaged.len() - 12;
-    damaged[middle] = if damaged[middle] == 'A' { 'B' } else { 'A' };
-    h.clients
-        .dynamodb
-        .update_item()
-        .table_name(&grants)
-        .key("user_id", key)
-        .update_expression("SET refresh_token_sealed = :damaged")
-        .expression_attribute_values(":damaged", AttributeValue::S(damaged.into_iter().collect()))
-        .send()
-        .await
-        .unwrap();
+    common::damage_sealed_refresh_token(&h.stack, "u1").await;
 
     h.put_row("p1", "u1", "Parked").await;
     h.put_row("p2", "u1", "Parked").await;
     h.sync_new().await;
-    let events = h.events().await;
-    assert_eq!(events.len(), 2, "{events:?}");
-    detail(
-        only(&events, "Grant Needs Reauth"),
-        "u1",
-        "needs_reauth",
-        Some("unreadable_grant"),
-    );
-    detail(
-        only(&events, "Sync Parked"),
-        "u1",
-        "needs_reauth",
-        Some("unreadable_grant"),
-    );
+    h.assert_reauth_and_parked("u1", "unreadable_grant").await;
     h.put_row("p3", "u1", "Parked").await;
     h.sync_new().await;
     assert!(h.events().await.is_empty());
@@ -426,24 +343,20 @@ async fn keep_alive_refreshes_idle_grants_and_reports_a_refused_one_before_anyth
     // Idle again, and the user removed the app's access at Google meanwhile: the keep-alive
     // learns it first, and the app hears Grant Needs Reauth alone (nothing has parked).
     h.age_grant("u1", 40).await;
-    h.stack
-        .control_post("revoke", &serde_json::json!({"email": ALICE}))
-        .await
-        .unwrap();
+    h.revoke_at_google(ALICE).await;
     h.resync_user("u1").await;
     let grant = h.callback.grants.get("u1").await.unwrap().unwrap();
     assert_eq!(grant.status, GrantStatus::NeedsReauth);
     assert!(grant.refresh_token.is_none());
     assert!(metric_total("resync", "KeepAliveRefused", None) >= 1.0);
     assert!(metric_total("resync", "InvalidGrants", None) >= 1.0);
-    let events = h.events().await;
-    assert_eq!(events.len(), 1, "{events:?}");
-    detail(
-        only(&events, "Grant Needs Reauth"),
+    h.assert_only(
+        &["Grant Needs Reauth"],
         "u1",
         "needs_reauth",
         Some("invalid_grant"),
-    );
+    )
+    .await;
     // The next sweep owes nothing; the first change that parks owes Sync Parked alone.
     h.resync_user("u1").await;
     assert!(h.events().await.is_empty());

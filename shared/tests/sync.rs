@@ -5,18 +5,14 @@
 //! The emulator's faults apply to the next calls whatever event they are for, so the tests that
 //! need one event to fail and another to pass order the batch and run it with concurrency 1.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use aws_lambda_events::event::dynamodb::Event as DynamodbEvent;
 use aws_sdk_dynamodb::types::AttributeValue;
 use calsync::{
     aws::Clients,
     calendar,
     config::Config,
-    grants::{GrantStatus, GrantStore},
+    grants::{Grant, GrantStatus, GrantStore},
     http::{self, CallbackDeps, StartDeps},
     mapping::google_event_id,
     resync::{
@@ -25,7 +21,7 @@ use calsync::{
     },
     secrets::SecretsCache,
     store::{DynamoFlowStore, DynamoGrantStore, DynamoSyncStateStore, SqsJobQueue},
-    sync::{self, handler::SyncDeps},
+    sync::handler::SyncDeps,
     sync_state::{SyncState, SyncStateStore, SyncStatus},
 };
 use lambda_http::Body;
@@ -40,7 +36,7 @@ use testkit::{
 };
 
 mod common;
-use common::{capture_logs, metric_total, stack_with_config};
+use common::{StreamCursor, metric_total, stack_with_config};
 
 // ---- the harness ---------------------------------------------------------------------------
 
@@ -53,20 +49,17 @@ struct Harness {
     callback: CallbackDeps<http::Production<ResyncOnConnect<SqsJobQueue>>>,
     resync: ResyncDeps<resync_handler::Production>,
     events_table: String,
-    /// Stream records already handed out.
-    seen: Mutex<usize>,
+    stream: StreamCursor,
 }
 
 impl Harness {
     async fn start() -> Self {
         let (stack, config, clients) = stack_with_config().await;
         let mut deps = SyncDeps::from_config(&config, &clients, calendar::DEFAULT_TIMEOUT);
-        deps.retry.base = Duration::from_millis(20);
-        deps.retry.cap = Duration::from_millis(200);
+        common::quick_retries(&mut deps.retry);
         let queue = SqsJobQueue::new(clients.sqs.clone(), config.resync_queue_url.clone());
         let mut resync = ResyncDeps::from_config(&config, &clients);
-        resync.syncer.retry.base = Duration::from_millis(20);
-        resync.syncer.retry.cap = Duration::from_millis(200);
+        common::quick_retries(&mut resync.syncer.retry);
         Self {
             events_table: stack.table("EVENTS_TABLE").to_string(),
             start: StartDeps::new(config.clone(), &clients),
@@ -76,7 +69,7 @@ impl Harness {
             clients,
             config,
             stack,
-            seen: Mutex::new(0),
+            stream: StreamCursor::default(),
         }
     }
 
@@ -111,56 +104,43 @@ impl Harness {
 
     /// The stream records written since the last call.
     async fn new_records(&self) -> Vec<Value> {
-        let all = self
-            .stack
-            .stream_records("EVENTS_TABLE")
-            .await
-            .expect("stream records");
-        let mut seen = self.seen.lock().unwrap();
-        let new = all[*seen..].to_vec();
-        *seen = all.len();
-        new
+        self.stream.new_records(&self.stack).await
     }
 
     async fn run_with(&self, deps: &SyncDeps, records: Vec<Value>) -> Vec<String> {
-        let payload: DynamodbEvent =
-            serde_json::from_value(TestStack::stream_event(records)).expect("a DynamodbEvent");
-        let response = sync::handle(deps, with_deadline(payload, 60))
-            .await
-            .expect("the handler answers");
-        let answer = serde_json::to_value(&response).unwrap();
-        answer["batchItemFailures"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["itemIdentifier"].as_str().unwrap().to_string())
-            .collect()
+        common::run_event_sync(deps, records).await
     }
 
-    /// Runs the resync queue's jobs as the SQS event source mapping would, until it is empty
-    /// (continuations included); a failed job stays invisible, as SQS keeps it. Returns the
-    /// number of jobs run.
+    /// One receive of up to `max` messages of `url` handed to the resync handler, as the SQS
+    /// event source mapping would; what the handler did not fail is deleted, a failed one stays
+    /// invisible, as SQS keeps it. The number of messages and the handler's answer.
+    async fn deliver(&self, url: &str, max: i32) -> (usize, Value) {
+        let (messages, event) = testkit::queues::receive_event(&self.clients.sqs, url, max)
+            .await
+            .expect("receive");
+        if messages.is_empty() {
+            return (0, Value::Null);
+        }
+        let payload: ResyncEvent = serde_json::from_value(event).expect("an SQS event");
+        let answer = resync_handler::handle(&self.resync, with_deadline(payload, 300))
+            .await
+            .expect("the resync handler answers");
+        let answer = serde_json::to_value(&answer).unwrap();
+        testkit::queues::delete_handled(&self.clients.sqs, url, &messages, &answer)
+            .await
+            .expect("delete");
+        (messages.len(), answer)
+    }
+
+    /// Runs the resync queue's jobs one at a time until it is empty (continuations included).
+    /// Returns the number of jobs run.
     async fn drain_resync(&self) -> usize {
-        let url = &self.config.resync_queue_url;
-        let arn = testkit::queues::arn_of_url(url, testkit::aws::REGION);
         let mut jobs = 0;
         loop {
-            let messages = testkit::queues::receive(&self.clients.sqs, url, 1, 0)
-                .await
-                .expect("receive");
-            if messages.is_empty() {
-                return jobs;
+            match self.deliver(&self.config.resync_queue_url, 1).await {
+                (0, _) => return jobs,
+                (delivered, _) => jobs += delivered,
             }
-            jobs += messages.len();
-            let event = testkit::queues::lambda_event(&messages, &arn, testkit::aws::REGION);
-            let payload: ResyncEvent = serde_json::from_value(event).expect("an SQS event");
-            let answer = resync_handler::handle(&self.resync, with_deadline(payload, 300))
-                .await
-                .expect("the resync handler answers");
-            let answer = serde_json::to_value(&answer).unwrap();
-            testkit::queues::delete_handled(&self.clients.sqs, url, &messages, &answer)
-                .await
-                .expect("delete");
         }
     }
 
@@ -182,6 +162,10 @@ impl Harness {
         .get(event_id)
         .await
         .unwrap()
+    }
+
+    async fn grant(&self, user: &str) -> Grant {
+        self.grants().get(user).await.unwrap().expect("a grant")
     }
 
     fn grants(&self) -> DynamoGrantStore {
@@ -221,22 +205,29 @@ impl Harness {
     }
 
     async fn refreshes(&self) -> u64 {
-        self.stats().await["token"]["refresh_token"]
-            .as_u64()
-            .unwrap()
+        common::refreshes(&self.stack).await
+    }
+
+    /// Every event of `email`'s primary calendar, cancelled ones included.
+    async fn calendar(&self, email: &str) -> Vec<Value> {
+        self.stack.calendar_events(email, "primary").await.unwrap()
     }
 
     /// The Google event of `event_id` in `email`'s calendar, cancelled ones included.
     async fn google(&self, email: &str, calendar_id: &str, event_id: &str) -> Option<Value> {
         let id = google_event_id(event_id);
-        let items = self
-            .control_get(&format!("calendars/{email}/{calendar_id}/events"))
-            .await;
-        items["items"]
-            .as_array()?
-            .iter()
-            .find(|e| e["id"] == id.as_str())
-            .cloned()
+        let events = self
+            .stack
+            .calendar_events(email, calendar_id)
+            .await
+            .unwrap();
+        events.into_iter().find(|e| e["id"] == id.as_str())
+    }
+
+    /// The live (not cancelled) Google event of `event_id` has `summary`; `None`: there is none.
+    async fn assert_live(&self, email: &str, event_id: &str, summary: Option<&str>) {
+        let live = self.live_summary(email, event_id).await;
+        assert_eq!(live.as_deref(), summary, "{event_id} in {email}'s calendar");
     }
 
     /// The summary of the live (not cancelled) Google event, if any.
@@ -260,15 +251,7 @@ impl Harness {
     }
 
     async fn connect_only(&self, user: &str, account: &str) {
-        self.stack
-            .connect_through(
-                user,
-                account,
-                async |request| http::start_router(&self.start, request).await,
-                async |request| http::callback_router(&self.callback, request).await,
-            )
-            .await
-            .expect("connected");
+        common::connect(&self.stack, &self.start, &self.callback, user, account).await;
     }
 
     /// `GET /oauth/google/status` of `user`, through the real handler.
@@ -288,20 +271,11 @@ impl Harness {
 
     /// No value the emulator issued appears in a table or a log line.
     async fn assert_no_leaks(&self) {
-        let values = self.control_get("issued-secrets").await;
+        let issued = common::issued_secrets(&self.stack).await;
+        assert!(issued.len() >= 2);
         let tables = self.stack.dump_tables().await.unwrap();
-        let logs = String::from_utf8_lossy(&capture_logs().lock().unwrap()).into_owned();
-        let values: Vec<&str> = values["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
-        assert!(values.len() >= 2);
-        for value in values.iter().filter(|v| v.len() >= 8) {
-            assert!(!tables.contains(value), "an issued secret is in a table");
-            assert!(!logs.contains(value), "an issued secret is in the logs");
-        }
+        let logs = common::logs_text();
+        common::assert_no_secret_in(&issued, &[("a table", &tables), ("the logs", &logs)]);
     }
 }
 
@@ -377,7 +351,7 @@ async fn insert_modify_unsynced_modify_and_remove() {
 
     h.delete_row("e1").await;
     assert!(h.sync_new().await.is_empty());
-    assert_eq!(h.live_summary(ALICE, "e1").await, None);
+    h.assert_live(ALICE, "e1", None).await;
     let state = h.state("e1").await.unwrap();
     assert_eq!(state.status, SyncStatus::Deleted);
     assert_eq!(state.google_event_id, None);
@@ -392,14 +366,7 @@ async fn remove_of_an_event_google_deleted_and_delete_then_insert() {
     assert!(h.sync_new().await.is_empty());
 
     // The user deletes the event in Google themselves.
-    let token = h
-        .grants()
-        .get("u1")
-        .await
-        .unwrap()
-        .unwrap()
-        .access_token
-        .unwrap();
+    let token = h.grant("u1").await.access_token.unwrap();
     let url = format!(
         "{}calendar/v3/calendars/primary/events/{}",
         h.stack.emulator.base_url,
@@ -425,10 +392,7 @@ async fn remove_of_an_event_google_deleted_and_delete_then_insert() {
     // The app writes the same event id again: Google has it as cancelled; it comes back.
     h.put_row("e2", "u1", "Dentist again", &[]).await;
     assert!(h.sync_new().await.is_empty());
-    assert_eq!(
-        h.live_summary(ALICE, "e2").await.as_deref(),
-        Some("Dentist again")
-    );
+    h.assert_live(ALICE, "e2", Some("Dentist again")).await;
     assert_eq!(h.state("e2").await.unwrap().status, SyncStatus::Synced);
 }
 
@@ -459,14 +423,7 @@ async fn same_batch_twice_makes_one_event_and_409_turns_into_update() {
         h.stats().await["calendar"]["update"].as_u64().unwrap(),
         updates + 1
     );
-    let items = h
-        .control_get(&format!("calendars/{ALICE}/primary/events"))
-        .await;
-    assert_eq!(
-        items["items"].as_array().unwrap().len(),
-        1,
-        "one Google event"
-    );
+    assert_eq!(h.calendar(ALICE).await.len(), 1, "one Google event");
     assert_eq!(h.state("e3").await.unwrap().status, SyncStatus::Synced);
 }
 
@@ -480,7 +437,7 @@ async fn an_older_record_in_a_later_batch_is_skipped() {
     assert_eq!(records.len(), 2);
     assert!(h.run(vec![records[1].clone()]).await.is_empty());
     assert!(h.run(vec![records[0].clone()]).await.is_empty());
-    assert_eq!(h.live_summary(ALICE, "e4").await.as_deref(), Some("Second"));
+    h.assert_live(ALICE, "e4", Some("Second")).await;
     assert_eq!(
         h.state("e4").await.unwrap().last_sequence.unwrap().as_str(),
         seq(&records[1]).trim_start_matches('0')
@@ -498,11 +455,8 @@ async fn an_expired_access_token_is_refreshed_once() {
     h.put_row("e5", "u1", "After expiry", &[]).await;
     assert!(h.sync_new().await.is_empty());
     assert_eq!(h.refreshes().await, before + 1);
-    assert_eq!(
-        h.live_summary(ALICE, "e5").await.as_deref(),
-        Some("After expiry")
-    );
-    let grant = h.grants().get("u1").await.unwrap().unwrap();
+    h.assert_live(ALICE, "e5", Some("After expiry")).await;
+    let grant = h.grant("u1").await;
     assert!(
         grant.refreshed_at.is_some(),
         "the refreshed token is stored"
@@ -526,10 +480,7 @@ async fn twenty_records_of_one_user_with_an_expiring_token_make_one_refresh() {
     }
     assert!(h.sync_new().await.is_empty());
     assert_eq!(h.refreshes().await, before + 1);
-    let items = h
-        .control_get(&format!("calendars/{ALICE}/primary/events"))
-        .await;
-    assert_eq!(items["items"].as_array().unwrap().len(), 20);
+    assert_eq!(h.calendar(ALICE).await.len(), 20);
 
     // Now Google kills that token early: 20 concurrent 401s still make one refresh.
     h.control("expire-access-tokens", json!({"email": ALICE}))
@@ -569,7 +520,7 @@ async fn a_revoked_refresh_token_parks_and_reconnecting_replays() {
         "parking does not fail the batch"
     );
 
-    let grant = h.grants().get("u1").await.unwrap().unwrap();
+    let grant = h.grant("u1").await;
     assert_eq!(grant.status, GrantStatus::NeedsReauth);
     assert!(grant.refresh_token.is_none() && grant.access_token.is_none());
     for id in ["p1", "p2", "p3"] {
@@ -593,15 +544,10 @@ async fn a_revoked_refresh_token_parks_and_reconnecting_replays() {
     assert!(h.sync_new().await.is_empty());
 
     h.connect("u1", ALICE).await;
-    assert_eq!(
-        h.live_summary(ALICE, "p1").await.as_deref(),
-        Some("Kept, edited")
-    );
-    assert_eq!(
-        h.live_summary(ALICE, "p2").await.as_deref(),
-        Some("New while parked, edited")
-    );
-    assert_eq!(h.live_summary(ALICE, "p3").await, None);
+    h.assert_live(ALICE, "p1", Some("Kept, edited")).await;
+    h.assert_live(ALICE, "p2", Some("New while parked, edited"))
+        .await;
+    h.assert_live(ALICE, "p3", None).await;
     assert_eq!(h.state("p1").await.unwrap().status, SyncStatus::Synced);
     assert_eq!(h.state("p3").await.unwrap().status, SyncStatus::Deleted);
     let status = h.status_json("u1").await;
@@ -617,7 +563,7 @@ async fn a_revoked_refresh_token_parks_and_reconnecting_replays() {
     );
 
     h.connect("u2", BOB).await;
-    assert_eq!(h.live_summary(BOB, "q1").await.as_deref(), Some("Bob's"));
+    h.assert_live(BOB, "q1", Some("Bob's")).await;
     h.assert_no_leaks().await;
 }
 
@@ -632,10 +578,7 @@ async fn rate_limits_are_retried() {
     .await;
     h.put_row("r1", "u1", "After 429s", &[]).await;
     assert!(h.sync_new().await.is_empty());
-    assert_eq!(
-        h.live_summary(ALICE, "r1").await.as_deref(),
-        Some("After 429s")
-    );
+    h.assert_live(ALICE, "r1", Some("After 429s")).await;
 
     h.control(
         "faults",
@@ -644,10 +587,7 @@ async fn rate_limits_are_retried() {
     .await;
     h.put_row("r2", "u1", "After 403", &[]).await;
     assert!(h.sync_new().await.is_empty());
-    assert_eq!(
-        h.live_summary(ALICE, "r2").await.as_deref(),
-        Some("After 403")
-    );
+    h.assert_live(ALICE, "r2", Some("After 403")).await;
 
     // What happened shows in event-sync's metrics (EMF lines, checked as EMF by the reader):
     // three refusals, three retries after a wait, two records synced with two good calls.
@@ -688,7 +628,7 @@ async fn a_record_that_keeps_failing_is_reported_and_blocks_only_its_event() {
         None,
         "later records of the event were applied"
     );
-    assert_eq!(h.live_summary(ALICE, "good").await.as_deref(), Some("Good"));
+    h.assert_live(ALICE, "good", Some("Good")).await;
     assert!(h.state("bad").await.is_none());
 
     // Lambda redelivers from the failed record on: now it goes through, in order.
@@ -697,7 +637,7 @@ async fn a_record_that_keeps_failing_is_reported_and_blocks_only_its_event() {
             .await
             .is_empty()
     );
-    assert_eq!(h.live_summary(ALICE, "bad").await.as_deref(), Some("Bad 2"));
+    h.assert_live(ALICE, "bad", Some("Bad 2")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -714,11 +654,8 @@ async fn an_answer_slower_than_the_client_timeout_is_retried() {
     h.put_row("slow", "u1", "Slow", &[]).await;
     let records = h.new_records().await;
     assert!(h.run_with(&deps, records).await.is_empty());
-    assert_eq!(h.live_summary(ALICE, "slow").await.as_deref(), Some("Slow"));
-    let items = h
-        .control_get(&format!("calendars/{ALICE}/primary/events"))
-        .await;
-    assert_eq!(items["items"].as_array().unwrap().len(), 1);
+    h.assert_live(ALICE, "slow", Some("Slow")).await;
+    assert_eq!(h.calendar(ALICE).await.len(), 1);
 
     // Without retries, the same slow answer fails the record: the timeout is what saved it above.
     deps.retry.max_attempts = 1;
@@ -752,30 +689,20 @@ async fn invalid_rows_are_marked_and_do_not_fail_the_batch() {
         .send()
         .await
         .unwrap();
-    h.put_row(
-        "i2",
-        "u1",
-        "Backwards",
-        &[("end", s("2026-12-01T08:00:00+01:00"))],
-    )
-    .await;
-    h.put_row(
-        "i3",
-        "u1",
-        "Nowhere",
-        &[("time_zone", s("Mars/Olympus_Mons"))],
-    )
-    .await;
-    h.put_row(
-        "i4",
-        "u1",
-        "Weekly",
-        &[(
-            "recurrence",
-            AttributeValue::L(vec![s("RRULE:FREQ=WEEKLY")]),
-        )],
-    )
-    .await;
+    for (id, title, invalid) in [
+        ("i2", "Backwards", ("end", s("2026-12-01T08:00:00+01:00"))),
+        ("i3", "Nowhere", ("time_zone", s("Mars/Olympus_Mons"))),
+        (
+            "i4",
+            "Weekly",
+            (
+                "recurrence",
+                AttributeValue::L(vec![s("RRULE:FREQ=WEEKLY")]),
+            ),
+        ),
+    ] {
+        h.put_row(id, "u1", title, &[invalid]).await;
+    }
     h.put_row("ok", "u1", "Fine", &[]).await;
     assert!(h.sync_new().await.is_empty());
     for (id, words) in [
@@ -794,7 +721,7 @@ async fn invalid_rows_are_marked_and_do_not_fail_the_batch() {
         writes + 1,
         "only the valid row reached Google"
     );
-    assert_eq!(h.live_summary(ALICE, "ok").await.as_deref(), Some("Fine"));
+    h.assert_live(ALICE, "ok", Some("Fine")).await;
 
     // A row we accept but Google refuses (400): invalid, with Google's reason.
     let rule = AttributeValue::L(vec![s("RRULE:FREQ=SOMETIMES")]);
@@ -809,7 +736,7 @@ async fn invalid_rows_are_marked_and_do_not_fail_the_batch() {
     let state = h.state("i5").await.unwrap();
     assert_eq!(state.status, SyncStatus::Invalid);
     assert!(state.last_error.unwrap().contains("400"));
-    assert_eq!(h.live_summary(ALICE, "i5").await, None);
+    h.assert_live(ALICE, "i5", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -877,10 +804,7 @@ impl Harness {
 
     /// The ids of the live events in `email`'s primary calendar, and how many there are in all.
     async fn live_ids(&self, email: &str) -> (std::collections::BTreeSet<String>, usize) {
-        let items = self
-            .control_get(&format!("calendars/{email}/primary/events"))
-            .await;
-        let items = items["items"].as_array().unwrap();
+        let items = self.calendar(email).await;
         let live = items
             .iter()
             .filter(|e| e["status"] != "cancelled")
@@ -979,31 +903,19 @@ async fn what_the_stream_gave_up_on_during_an_outage_arrives_through_the_failure
     h.queue(&failure_queue, &failure).await;
 
     // Google is back. The resync function consumes the failure queue: one sweep.
-    let arn = testkit::queues::arn_of_url(&failure_queue, testkit::aws::REGION);
-    let messages = testkit::queues::receive(&h.clients.sqs, &failure_queue, 10, 0)
-        .await
-        .unwrap();
-    assert_eq!(messages.len(), 1);
-    let event = testkit::queues::lambda_event(&messages, &arn, testkit::aws::REGION);
-    let payload = serde_json::from_value(event).unwrap();
-    let answer = resync_handler::handle(&h.resync, with_deadline(payload, 300))
-        .await
-        .unwrap();
-    assert!(answer.batch_item_failures.is_empty());
+    let (delivered, answer) = h.deliver(&failure_queue, 10).await;
+    assert_eq!(delivered, 1);
+    assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
     assert_eq!(
         h.drain_resync().await,
         1,
         "the sweep queued the one connected user"
     );
 
-    assert_eq!(
-        h.live_summary(ALICE, "kept").await.as_deref(),
-        Some("Changed during the outage")
-    );
-    assert_eq!(
-        h.live_summary(ALICE, "new").await.as_deref(),
-        Some("Written during the outage")
-    );
-    assert_eq!(h.live_summary(ALICE, "gone").await, None);
+    h.assert_live(ALICE, "kept", Some("Changed during the outage"))
+        .await;
+    h.assert_live(ALICE, "new", Some("Written during the outage"))
+        .await;
+    h.assert_live(ALICE, "gone", None).await;
     assert_eq!(h.state("gone").await.unwrap().status, SyncStatus::Deleted);
 }

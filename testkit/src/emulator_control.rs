@@ -61,16 +61,39 @@ impl EmulatorControl {
         remove_scopes: &[&str],
     ) -> Result<Url> {
         let (status, body) = self
-            .control_post(
-                "consent",
-                &json!({"authorization_url": authorization_url, "account": account,
-                        "decision": decision, "remove_scopes": remove_scopes}),
-            )
+            .consent_answer(authorization_url, account, decision, remove_scopes)
             .await?;
         ensure!(status.is_success(), "emulator consent: {status} {body}");
         let redirect = body["redirect"]
             .as_str()
             .context("consent gave no redirect")?;
         Ok(Url::parse(redirect)?)
+    }
+
+    /// [`EmulatorControl::consent`]'s call as the emulator answered it, refusals included.
+    pub async fn consent_answer(
+        &self,
+        authorization_url: &str,
+        account: &str,
+        decision: &str,
+        remove_scopes: &[&str],
+    ) -> Result<(reqwest::StatusCode, Value)> {
+        self.control_post(
+            "consent",
+            &json!({"authorization_url": authorization_url, "account": account,
+                    "decision": decision, "remove_scopes": remove_scopes}),
+        )
+        .await
+    }
+
+    /// Every event of `email`'s calendar `calendar_id`, cancelled ones included.
+    pub async fn calendar_events(&self, email: &str, calendar_id: &str) -> Result<Vec<Value>> {
+        let mut answer = self
+            .control_get(&format!("calendars/{email}/{calendar_id}/events"))
+            .await?;
+        match answer["items"].take() {
+            Value::Array(items) => Ok(items),
+            other => anyhow::bail!("the emulator listed {email}'s {calendar_id} as {other}"),
+        }
     }
 }

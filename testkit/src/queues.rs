@@ -56,6 +56,19 @@ pub async fn receive(
     Ok(received.messages.unwrap_or_default())
 }
 
+/// Up to `max` messages of `queue_url` (no waiting) and the event that delivers them to a
+/// function, as the SQS event source mapping would on the local stack's region.
+pub async fn receive_event(
+    client: &Client,
+    queue_url: &str,
+    max: i32,
+) -> Result<(Vec<aws_sdk_sqs::types::Message>, serde_json::Value)> {
+    let messages = receive(client, queue_url, max, 0).await?;
+    let arn = arn_of_url(queue_url, crate::aws::REGION);
+    let event = lambda_event(&messages, &arn, crate::aws::REGION);
+    Ok((messages, event))
+}
+
 /// The event Lambda's SQS event source mapping invokes a function with.
 pub fn lambda_event(
     messages: &[aws_sdk_sqs::types::Message],

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context as _, Result, anyhow, ensure};
 use aws_config::SdkConfig;
+use aws_sdk_dynamodb::types::AttributeValue;
 use lambda_http::{Body, Request, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -282,6 +283,27 @@ impl TestStack {
         Ok(serde_json::to_string_pretty(&Value::Object(dump))?)
     }
 
+    /// The item of `table` (see [`TestStack::table`]) whose key attribute `key` is `value`, read
+    /// consistently.
+    pub async fn item(
+        &self,
+        table: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<HashMap<String, AttributeValue>>> {
+        let table = self.table(table);
+        let answer = aws_sdk_dynamodb::Client::new(&self.sdk)
+            .get_item()
+            .table_name(table)
+            .key(key, AttributeValue::S(value.to_string()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(aws_sdk_dynamodb::Error::from)
+            .with_context(|| format!("reading {key}={value} of {table}"))?;
+        Ok(answer.item)
+    }
+
     /// The records moto's stream holds for `table` (see [`TestStack::table`]), in Lambda's
     /// `DynamodbEvent` record shape.
     pub async fn stream_records(&self, table: &str) -> Result<Vec<Value>> {
@@ -499,4 +521,12 @@ pub fn check_stops_on_bad_configuration(
         );
     }
     Ok(cases.len())
+}
+
+/// [`check_stops_on_bad_configuration`] as a function's test: panics with the failed start, and
+/// unless every variable of `required` and the malformed URL were each checked.
+pub fn assert_stops_on_bad_configuration(binary: &str, required: &[&str]) {
+    let checked = check_stops_on_bad_configuration(Path::new(binary), required)
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    assert_eq!(checked, required.len() + 1, "starts checked of {binary}");
 }

@@ -1,5 +1,7 @@
 //! The test kit against the real parts: moto's server over HTTP and the Google emulator.
 
+use std::collections::HashMap;
+
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::Value;
 use testkit::{TestStack, stack::OAUTH_REDIRECT_URI};
@@ -8,6 +10,7 @@ use testkit::{TestStack, stack::OAUTH_REDIRECT_URI};
 async fn tables_exist_with_the_templates_keys_indexes_streams_and_ttl() {
     let stack = TestStack::start().await.unwrap();
     let dynamodb = aws_sdk_dynamodb::Client::new(&stack.sdk);
+    let mut tables = HashMap::new();
     for (variable, key) in [
         ("EVENTS_TABLE", "event_id"),
         ("GRANTS_TABLE", "user_id"),
@@ -25,38 +28,22 @@ async fn tables_exist_with_the_templates_keys_indexes_streams_and_ttl() {
             .table
             .unwrap();
         assert_eq!(table.key_schema()[0].attribute_name(), key, "{variable}");
+        tables.insert(variable, table);
     }
-    let events = dynamodb
-        .describe_table()
-        .table_name(&stack.env["EVENTS_TABLE"])
-        .send()
-        .await
-        .unwrap()
-        .table
-        .unwrap();
     assert_eq!(
-        events
+        tables["EVENTS_TABLE"]
             .stream_specification()
             .and_then(|s| s.stream_view_type())
             .map(|v| v.as_str()),
         Some("NEW_AND_OLD_IMAGES")
     );
-    assert_eq!(
-        events.global_secondary_indexes()[0].index_name(),
-        Some("by_user")
-    );
-    let sync_state = dynamodb
-        .describe_table()
-        .table_name(&stack.env["SYNC_STATE_TABLE"])
-        .send()
-        .await
-        .unwrap()
-        .table
-        .unwrap();
-    assert_eq!(
-        sync_state.global_secondary_indexes()[0].index_name(),
-        Some("by_user")
-    );
+    for variable in ["EVENTS_TABLE", "SYNC_STATE_TABLE"] {
+        assert_eq!(
+            tables[variable].global_secondary_indexes()[0].index_name(),
+            Some("by_user"),
+            "{variable}"
+        );
+    }
     let ttl = dynamodb
         .describe_time_to_live()
         .table_name(&stack.env["OAUTH_FLOWS_TABLE"])
@@ -166,28 +153,21 @@ async fn the_emulator_knows_the_registered_client() {
             .append_pair("code_challenge_method", "S256");
         url.to_string()
     };
-    let consent = |redirect: &str| {
-        stack
-            .http
-            .post(stack.control("consent"))
-            .json(&serde_json::json!({
-                "authorization_url": authorization_url(redirect),
-                "account": "alice@example.com",
-                "decision": "allow",
-            }))
-            .send()
+    let consent = async |redirect: &str| {
+        let url = authorization_url(redirect);
+        let answer = stack.consent_answer(&url, "alice@example.com", "allow", &[]);
+        answer.await.unwrap()
     };
-    let good = consent(OAUTH_REDIRECT_URI).await.unwrap();
-    assert_eq!(good.status(), 200);
-    let body: Value = good.json().await.unwrap();
+    let (status, body) = consent(OAUTH_REDIRECT_URI).await;
+    assert_eq!(status, 200);
     assert!(
         body["redirect"]
             .as_str()
             .unwrap()
             .starts_with(OAUTH_REDIRECT_URI)
     );
-    let bad = consent("https://evil.example.test/cb").await.unwrap();
-    assert_eq!(bad.status(), 400);
+    let (status, _) = consent("https://evil.example.test/cb").await;
+    assert_eq!(status, 400);
 }
 
 #[tokio::test]

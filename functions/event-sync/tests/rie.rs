@@ -5,7 +5,7 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use calsync::{aws::Clients, config::Config, http, mapping::google_event_id};
-use serde_json::{Value, json};
+use serde_json::json;
 use testkit::{TestStack, rie, rows, stack::ALICE};
 
 /// Connects `user` as `account` through the real start and callback handlers (in process).
@@ -52,26 +52,17 @@ async fn event_sync_binary_under_the_rie_applies_a_real_stream_batch() {
     .unwrap();
     assert_eq!(answer, json!({"batchItemFailures": []}), "{answer}");
 
-    let items: Value = stack
-        .control_get("calendars/alice@example.com/primary/events")
-        .await
-        .unwrap();
-    let event = items["items"]
-        .as_array()
-        .unwrap()
+    let events = stack.calendar_events(ALICE, "primary").await.unwrap();
+    let event = events
         .iter()
         .find(|e| e["id"] == google_event_id("rie-1").as_str())
         .expect("the binary wrote the event");
     assert_eq!(event["start"], json!({"date": "2026-12-24"}));
 
-    let parked = dynamodb
-        .get_item()
-        .table_name(stack.table("SYNC_STATE_TABLE"))
-        .key("event_id", AttributeValue::S("rie-2".into()))
-        .send()
+    let parked = stack
+        .item("SYNC_STATE_TABLE", "event_id", "rie-2")
         .await
         .unwrap()
-        .item
         .expect("a sync state for the unconnected user");
     assert_eq!(parked["status"], AttributeValue::S("not_connected".into()));
 }

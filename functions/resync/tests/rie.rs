@@ -6,7 +6,7 @@ use calsync::{
     aws::Clients, config::Config, http, mapping::google_event_id, resync::ResyncOnConnect,
     store::SqsJobQueue,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use testkit::{TestStack, queues, rie, rows, stack::ALICE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,32 +34,23 @@ async fn resync_binary_under_the_rie_backfills_rows_written_before_the_connect()
         .await
         .expect("connected");
 
-    let url = &config.resync_queue_url;
-    let messages = queues::receive(&clients.sqs, url, 10, 0).await.unwrap();
+    let (messages, event) = queues::receive_event(&clients.sqs, &config.resync_queue_url, 10)
+        .await
+        .unwrap();
     assert_eq!(messages.len(), 1, "the connect queued one job");
-    let event = queues::lambda_event(
-        &messages,
-        &queues::arn_of_url(url, testkit::aws::REGION),
-        testkit::aws::REGION,
-    );
     let binary = env!("CARGO_BIN_EXE_resync").as_ref();
     let answer = rie::invoke_once(&stack.http, binary, &stack.env, &event)
         .await
         .unwrap();
     assert_eq!(answer, json!({"batchItemFailures": []}), "{answer}");
 
-    let items: Value = stack
-        .control_get("calendars/alice@example.com/primary/events")
-        .await
-        .unwrap();
+    let events = stack.calendar_events(ALICE, "primary").await.unwrap();
     for id in ["old-1", "old-2", "old-3"] {
         assert!(
-            items["items"]
-                .as_array()
-                .unwrap()
+            events
                 .iter()
                 .any(|e| e["id"] == google_event_id(id).as_str()),
-            "{id} reached Google: {items}"
+            "{id} reached Google: {events:?}"
         );
     }
 }

@@ -1,13 +1,25 @@
 //! Helpers the `shared` integration tests share: a test stack with the configuration and clients
-//! on it, and the log capture their leak scans read.
+//! on it, the log capture their leak scans read, a connect through the real handlers, and the
+//! Events table's stream handed to event-sync.
+// Each test binary uses its own part of these.
+#![allow(dead_code)]
 
 use std::{
     io::Write,
     sync::{Arc, Mutex, OnceLock},
 };
 
-use calsync::{aws::Clients, config::Config};
-use testkit::TestStack;
+use aws_lambda_events::event::dynamodb::Event as DynamodbEvent;
+use aws_sdk_dynamodb::types::AttributeValue;
+use calsync::{
+    aws::Clients,
+    config::Config,
+    flows::FlowStore,
+    http::{self, CallbackDeps, CallbackPorts, StartDeps},
+    sync::{self, handler::SyncDeps, retry::RetryPolicy},
+};
+use serde_json::Value;
+use testkit::{TestStack, invocation::with_deadline};
 
 static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
 
@@ -96,4 +108,128 @@ pub fn metric_total(function: &str, metric: &str, outcome: Option<&str>) -> f64 
         .filter(|doc| outcome.is_none_or(|o| doc["Outcome"] == o))
         .filter_map(|doc| doc[metric].as_f64())
         .sum()
+}
+
+/// Every line captured so far, as text.
+pub fn logs_text() -> String {
+    String::from_utf8_lossy(&capture_logs().lock().unwrap()).into_owned()
+}
+
+/// Every value the emulator issued or received (tokens, codes, verifiers, the client secret).
+pub async fn issued_secrets(stack: &TestStack) -> Vec<String> {
+    let issued = stack.control_get("issued-secrets").await.unwrap();
+    issued["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Panics where one of `secrets` appears in one of `places` (a name and its text). Only
+/// meaningful values count: the shortest real secrets are far longer than 8 characters.
+pub fn assert_no_secret_in(secrets: &[String], places: &[(&str, &str)]) {
+    for secret in secrets.iter().filter(|s| s.len() >= 8) {
+        for (place, text) in places {
+            assert!(
+                !text.contains(secret.as_str()),
+                "an issued secret appears in {place}"
+            );
+        }
+    }
+}
+
+/// Refresh calls the emulator's token endpoint has answered.
+pub async fn refreshes(stack: &TestStack) -> u64 {
+    let stats = stack.control_get("stats").await.unwrap();
+    stats["token"]["refresh_token"].as_u64().unwrap()
+}
+
+/// Connects `user` to Google as `account` the way a browser does, through the real start and
+/// callback handlers.
+pub async fn connect<F: FlowStore, P: CallbackPorts>(
+    stack: &TestStack,
+    start: &StartDeps<F>,
+    callback: &CallbackDeps<P>,
+    user: &str,
+    account: &str,
+) {
+    stack
+        .connect_through(
+            user,
+            account,
+            async |request| http::start_router(start, request).await,
+            async |request| http::callback_router(callback, request).await,
+        )
+        .await
+        .expect("connected");
+}
+
+/// Flips one character of `user`'s sealed refresh token, as a corrupted item or a key removed
+/// too early would.
+pub async fn damage_sealed_refresh_token(stack: &TestStack, user: &str) {
+    let grants = stack.table("GrantsTable");
+    let item = stack
+        .item(grants, "user_id", user)
+        .await
+        .unwrap()
+        .expect("a grant");
+    let mut damaged: Vec<char> = item["refresh_token_sealed"]
+        .as_s()
+        .unwrap()
+        .chars()
+        .collect();
+    let middle = damaged.len() - 12;
+    damaged[middle] = if damaged[middle] == 'A' { 'B' } else { 'A' };
+    aws_sdk_dynamodb::Client::new(&stack.sdk)
+        .update_item()
+        .table_name(grants)
+        .key("user_id", AttributeValue::S(user.into()))
+        .update_expression("SET refresh_token_sealed = :damaged")
+        .expression_attribute_values(":damaged", AttributeValue::S(damaged.into_iter().collect()))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Backoff short enough for a test (Google's faults are retried in milliseconds).
+pub fn quick_retries(retry: &mut RetryPolicy) {
+    retry.base = std::time::Duration::from_millis(20);
+    retry.cap = std::time::Duration::from_millis(200);
+}
+
+/// Hands out the Events table's stream records once each, in order.
+#[derive(Default)]
+pub struct StreamCursor(Mutex<usize>);
+
+impl StreamCursor {
+    /// The records written since the last call.
+    pub async fn new_records(&self, stack: &TestStack) -> Vec<Value> {
+        let all = stack
+            .stream_records("EVENTS_TABLE")
+            .await
+            .expect("stream records");
+        let mut seen = self.0.lock().unwrap();
+        let new = all[*seen..].to_vec();
+        *seen = all.len();
+        new
+    }
+}
+
+/// event-sync's handler over `records` as one stream batch: the sequence numbers it asks Lambda
+/// to retry (`batchItemFailures`).
+pub async fn run_event_sync(deps: &SyncDeps, records: Vec<Value>) -> Vec<String> {
+    let payload: DynamodbEvent =
+        serde_json::from_value(TestStack::stream_event(records)).expect("a DynamodbEvent");
+    let response = sync::handle(deps, with_deadline(payload, 60))
+        .await
+        .expect("the handler answers");
+    // Read from the answer as Lambda reads it, so the wire names are checked too.
+    let answer = serde_json::to_value(&response).unwrap();
+    answer["batchItemFailures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap().to_string())
+        .collect()
 }
