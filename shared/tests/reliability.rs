@@ -315,3 +315,264 @@ async fn two_then_ten_invocations_on_one_expired_grant_refresh_once() {
 async fn ten_invocations_meeting_401_at_once_refresh_once() {
     race(10, Expiry::AtGoogle).await;
 }
+
+// ---- faults at every dependency --------------------------------------------------------------
+
+fn sequence(record: &Value) -> String {
+    record["dynamodb"]["SequenceNumber"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// What Lambda hands the function again after `failed` came back in `batchItemFailures`: the
+/// batch from the lowest failed record on.
+fn redelivery(records: &[Value], failed: &[String]) -> Vec<Value> {
+    let first = records
+        .iter()
+        .position(|r| failed.contains(&sequence(r)))
+        .expect("a failed record is in the batch");
+    records[first..].to_vec()
+}
+
+impl Harness {
+    /// An invocation one call at a time (so a queued fault meets the call the test means), three
+    /// attempts per call, and a Calendar client that gives up after 300 ms.
+    fn one_at_a_time(&self, clients: &Clients) -> SyncDeps {
+        let mut deps = SyncDeps::from_config(&self.config, clients, Duration::from_millis(300));
+        deps.retry.base = Duration::from_millis(20);
+        deps.retry.cap = Duration::from_millis(100);
+        deps.retry.max_attempts = 3;
+        deps.concurrency = 1;
+        deps
+    }
+
+    async fn fault(&self, target: &str, fault: &Value, count: u32) {
+        let mut body = fault.clone();
+        body["target"] = json!(target);
+        body["count"] = json!(count);
+        self.control("faults", body).await;
+    }
+
+    /// Expires `user`'s access token at Google and on the grant, so the next call refreshes.
+    async fn expire_token(&self, user: &str, email: &str) {
+        self.control("expire-access-tokens", json!({"email": email}))
+            .await;
+        let grants = self.grants();
+        let grant = grants.get(user).await.unwrap().unwrap();
+        grants
+            .save(&calsync::grants::Grant {
+                access_token_expires_at: Some(chrono::Utc::now() - chrono::Duration::minutes(1)),
+                ..grant
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// Calendar faults as Google answers them: a fault that clears within the retries costs
+/// nothing; one that outlasts them fails the record, which its redelivery then applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calendar_errors_rate_limits_and_hangs_lose_nothing() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    let deps = h.one_at_a_time(&Clients::new(&h.stack.sdk));
+    let faults = [
+        json!({"status": 500}),
+        json!({"status": 503}),
+        json!({"status": 429}),
+        json!({"status": 403, "reason": "rateLimitExceeded"}),
+        // Past the client's 300 ms timeout, and an error even when it comes.
+        json!({"status": 503, "delay_ms": 1000}),
+    ];
+    let mut ids = Vec::new();
+    for (i, fault) in faults.iter().enumerate() {
+        ids.extend(h.put_rows(&format!("brief{i}-"), "u1", 1).await);
+        h.fault("calendar", fault, 2).await;
+        assert!(
+            invoke(&deps, h.new_records().await).await.is_empty(),
+            "{fault} twice is retried within the invocation"
+        );
+
+        let outlasting = h.put_rows(&format!("long{i}-"), "u1", 1).await;
+        h.fault("calendar", fault, 3).await;
+        let records = h.new_records().await;
+        let failed = invoke(&deps, records.clone()).await;
+        assert_eq!(failed, vec![sequence(&records[0])], "{fault}");
+        assert!(!h.calendar(ALICE).await.contains_key(&outlasting[0]));
+        assert!(
+            invoke(&deps, redelivery(&records, &failed))
+                .await
+                .is_empty()
+        );
+        ids.extend(outlasting);
+        h.assert_calendar_is(ALICE, &ids).await;
+    }
+    println!(
+        "calendar faults survived: {} kinds, each brief and outlasting the retries",
+        faults.len()
+    );
+}
+
+/// The token endpoint failing or hanging while the user's token needs a refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_errors_and_hangs_lose_nothing() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    let clients = Clients::new(&h.stack.sdk);
+    let mut deps = h.one_at_a_time(&clients);
+    // The token client gives up after 300 ms (10 s in production).
+    deps.refresher = calsync::google_oauth::GoogleOAuth::with_http_client(
+        &h.config,
+        calsync::store::Stores::new(&h.config, &clients).secrets(),
+        calsync::google_oauth::http_client(Duration::from_millis(300)),
+    );
+    let faults = [json!({"status": 500}), json!({"delay_ms": 1000})];
+    let mut ids = Vec::new();
+    for (i, fault) in faults.iter().enumerate() {
+        h.expire_token("u1", ALICE).await;
+        ids.extend(h.put_rows(&format!("brief{i}-"), "u1", 1).await);
+        h.fault("token", fault, 1).await;
+        assert!(
+            invoke(&deps, h.new_records().await).await.is_empty(),
+            "{fault} once is retried within the invocation"
+        );
+
+        h.expire_token("u1", ALICE).await;
+        let outlasting = h.put_rows(&format!("long{i}-"), "u1", 1).await;
+        h.fault("token", fault, 3).await;
+        let records = h.new_records().await;
+        let failed = invoke(&deps, records.clone()).await;
+        assert_eq!(failed, vec![sequence(&records[0])], "{fault}");
+        assert!(
+            invoke(&deps, redelivery(&records, &failed))
+                .await
+                .is_empty()
+        );
+        ids.extend(outlasting);
+        h.assert_calendar_is(ALICE, &ids).await;
+    }
+}
+
+/// DynamoDB throttling, failing, unreachable or silent in the middle of a batch: the records
+/// it cuts off come back in `batchItemFailures`, and their redelivery applies them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_faults_in_the_middle_of_a_batch_lose_nothing() {
+    use testkit::fault_proxy::{Fault, FaultProxy};
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    let proxy = FaultProxy::start(&h.stack.aws_endpoint).await.unwrap();
+    let through_proxy = Clients::new(&testkit::aws::local_sdk_config(&proxy.endpoint).await);
+    let mut ids = Vec::new();
+    for (i, fault) in [
+        Fault::Throttle,
+        Fault::ServerError,
+        Fault::Refuse,
+        Fault::Hang,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // A cold invocation: secrets, the grant, then two calls per record (state read, write).
+        let deps = h.one_at_a_time(&through_proxy);
+        let batch = h.put_rows(&format!("ddb{i}-"), "u1", 5).await;
+        let records = h.new_records().await;
+        proxy.fail_after(9, fault);
+        let failed = invoke(&deps, records.clone()).await;
+        let applied = h.calendar(ALICE).await;
+        let cut_off = batch.iter().filter(|id| !applied.contains_key(*id)).count();
+        println!(
+            "{fault:?} after 9 DynamoDB calls: {} record(s) reported, {cut_off} not in Google yet",
+            failed.len()
+        );
+        assert!(!failed.is_empty(), "{fault:?} failed no record");
+        assert!(
+            cut_off > 0 && cut_off < batch.len(),
+            "{fault:?}: {cut_off} of the batch missing"
+        );
+
+        proxy.set(Fault::Forward);
+        assert!(
+            invoke(&deps, redelivery(&records, &failed))
+                .await
+                .is_empty()
+        );
+        ids.extend(batch);
+        h.assert_calendar_is(ALICE, &ids).await;
+    }
+}
+
+/// Secrets Manager unreachable when an invocation starts cold: every record fails with an error
+/// naming the secret, and once the service is back the same environment applies them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_manager_unreachable_at_cold_start_then_back() {
+    use testkit::fault_proxy::{Fault, FaultProxy};
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    let proxy = FaultProxy::start(&h.stack.aws_endpoint).await.unwrap();
+    let direct = Clients::new(&h.stack.sdk);
+    let clients = Clients {
+        secrets: Clients::new(&testkit::aws::local_sdk_config(&proxy.endpoint).await).secrets,
+        ..direct
+    };
+    let deps = h.one_at_a_time(&clients);
+    let ids = h.put_rows("cold", "u1", 2).await;
+    let records = h.new_records().await;
+    proxy.set(Fault::Refuse);
+    let logs_before = common::capture_logs().lock().unwrap().len();
+    let failed = invoke(&deps, records.clone()).await;
+    assert_eq!(
+        failed.len(),
+        records.len(),
+        "every record is reported: {failed:?}"
+    );
+    let logs = String::from_utf8_lossy(&common::capture_logs().lock().unwrap()[logs_before..])
+        .into_owned();
+    assert!(
+        logs.contains("could not read secret"),
+        "no clear error in the logs"
+    );
+    assert!(h.calendar(ALICE).await.is_empty());
+
+    proxy.set(Fault::Forward);
+    assert!(
+        invoke(&deps, redelivery(&records, &failed))
+            .await
+            .is_empty()
+    );
+    h.assert_calendar_is(ALICE, &ids).await;
+}
+
+/// An invocation killed while Google calls are in flight, and the whole batch delivered again
+/// to a new one: no event twice, none missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_killed_mid_batch_and_redelivered_loses_nothing() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    let ids = h.put_rows("kill", "u1", 6).await;
+    let records = h.new_records().await;
+    // Slow Google answers, so the kill lands between calls and during one.
+    h.fault("calendar", &json!({"delay_ms": 300}), 4).await;
+    let deps = h.one_at_a_time(&Clients::new(&h.stack.sdk));
+    let batch = records.clone();
+    let running = tokio::spawn(async move { invoke(&deps, batch).await });
+    loop {
+        let stats = h.stack.control_get("stats").await.unwrap();
+        if stats["calendar"]["insert"].as_u64().unwrap() >= 3 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    running.abort();
+    assert!(running.await.unwrap_err().is_cancelled());
+    let applied = h.calendar(ALICE).await.len();
+    println!("killed with {applied} of {} events in Google", ids.len());
+    assert!(applied < ids.len());
+
+    assert!(
+        invoke(&h.one_at_a_time(&Clients::new(&h.stack.sdk)), records)
+            .await
+            .is_empty()
+    );
+    h.assert_calendar_is(ALICE, &ids).await;
+}
