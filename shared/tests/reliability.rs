@@ -412,6 +412,17 @@ async fn calendar_errors_rate_limits_and_hangs_lose_nothing() {
         "calendar faults survived: {} kinds, each brief and outlasting the retries",
         faults.len()
     );
+
+    // A 429 with Retry-After: the next try waits what Google asked, not the 20 ms backoff.
+    let asked = h.put_rows("asked", "u1", 1).await;
+    h.fault("calendar", &json!({"status": 429, "retry_after": 1}), 1)
+        .await;
+    let started = std::time::Instant::now();
+    assert!(invoke(&deps, h.new_records().await).await.is_empty());
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(1), "retried after {waited:?}");
+    ids.extend(asked);
+    h.assert_calendar_is(ALICE, &ids).await;
 }
 
 /// The token endpoint failing or hanging while the user's token needs a refresh.
