@@ -16,7 +16,7 @@ use calsync::{
     grants::GrantStore,
     http::{self, CallbackDeps, CallbackPorts, NothingAfterConnect},
     lifecycle::RecordedEvents,
-    mapping::{EventRow, google_event_id},
+    mapping::{EventRow, SYNCED_ATTRIBUTES, google_event_id},
     secrets::SecretsCache,
     store::{InMemoryFlowStore, InMemoryGrantStore, InMemorySyncStateStore},
     sync::batch::group_records,
@@ -113,19 +113,6 @@ fn hostile_attribute(rng: &mut StdRng, depth: u32) -> Value {
     }
 }
 
-const ROW_FIELDS: [&str; 10] = [
-    "event_id",
-    "user_id",
-    "title",
-    "description",
-    "location",
-    "start",
-    "end",
-    "time_zone",
-    "recurrence",
-    "calendar_id",
-];
-
 /// A stream image: a valid row with some attributes replaced, dropped or of another type.
 fn hostile_image(rng: &mut StdRng) -> serde_json::Map<String, Value> {
     let mut image = serde_json::Map::new();
@@ -140,7 +127,8 @@ fn hostile_image(rng: &mut StdRng) -> serde_json::Map<String, Value> {
         image.insert(name.into(), value);
     }
     for _ in 0..rng.gen_range(0..5) {
-        let field = *ROW_FIELDS.choose(rng).unwrap();
+        let fields: Vec<&str> = SYNCED_ATTRIBUTES.into_iter().chain(["event_id"]).collect();
+        let field = *fields.choose(rng).unwrap();
         match rng.gen_range(0..4) {
             0 => {
                 image.remove(field);

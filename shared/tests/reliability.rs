@@ -354,6 +354,41 @@ impl Harness {
         self.control("faults", body).await;
     }
 
+    /// `fault` at `target` (`calendar` or `token`), first `brief` times (cleared within the three
+    /// attempts), then three times (outlasting them), each on a new row of `u1`, whose token is
+    /// expired first when the target is the token endpoint. The first row is applied in its
+    /// invocation; the second is reported, missing from Google, and applied on redelivery.
+    /// Returns the two rows' ids.
+    async fn brief_then_outlasting(
+        &self,
+        deps: &SyncDeps,
+        target: &str,
+        fault: &Value,
+        brief: u32,
+        name: &str,
+    ) -> Vec<String> {
+        let mut ids = Vec::new();
+        for (phase, count) in [("brief", brief), ("long", 3)] {
+            if target == "token" {
+                self.expire_token("u1", ALICE).await;
+            }
+            let row = self.put_rows(&format!("{phase}{name}-"), "u1", 1).await;
+            self.fault(target, fault, count).await;
+            let records = self.new_records().await;
+            let failed = invoke(deps, records.clone()).await;
+            if count == brief {
+                assert!(failed.is_empty(), "{target} {fault} {count}x: {failed:?}");
+            } else {
+                assert_eq!(failed, vec![sequence(&records[0])], "{target} {fault}");
+                assert!(!self.calendar(ALICE).await.contains_key(&row[0]));
+                let redelivered = invoke(deps, redelivery(&records, &failed)).await;
+                assert!(redelivered.is_empty(), "{target} {fault}: {redelivered:?}");
+            }
+            ids.extend(row);
+        }
+        ids
+    }
+
     /// Expires `user`'s access token at Google and on the grant, so the next call refreshes.
     async fn expire_token(&self, user: &str, email: &str) {
         self.control("expire-access-tokens", json!({"email": email}))
@@ -387,25 +422,10 @@ async fn calendar_errors_rate_limits_and_hangs_lose_nothing() {
     ];
     let mut ids = Vec::new();
     for (i, fault) in faults.iter().enumerate() {
-        ids.extend(h.put_rows(&format!("brief{i}-"), "u1", 1).await);
-        h.fault("calendar", fault, 2).await;
-        assert!(
-            invoke(&deps, h.new_records().await).await.is_empty(),
-            "{fault} twice is retried within the invocation"
-        );
-
-        let outlasting = h.put_rows(&format!("long{i}-"), "u1", 1).await;
-        h.fault("calendar", fault, 3).await;
-        let records = h.new_records().await;
-        let failed = invoke(&deps, records.clone()).await;
-        assert_eq!(failed, vec![sequence(&records[0])], "{fault}");
-        assert!(!h.calendar(ALICE).await.contains_key(&outlasting[0]));
-        assert!(
-            invoke(&deps, redelivery(&records, &failed))
-                .await
-                .is_empty()
-        );
-        ids.extend(outlasting);
+        let survived = h
+            .brief_then_outlasting(&deps, "calendar", fault, 2, &i.to_string())
+            .await;
+        ids.extend(survived);
         h.assert_calendar_is(ALICE, &ids).await;
     }
     println!(
@@ -441,26 +461,10 @@ async fn token_endpoint_errors_and_hangs_lose_nothing() {
     let faults = [json!({"status": 500}), json!({"delay_ms": 1000})];
     let mut ids = Vec::new();
     for (i, fault) in faults.iter().enumerate() {
-        h.expire_token("u1", ALICE).await;
-        ids.extend(h.put_rows(&format!("brief{i}-"), "u1", 1).await);
-        h.fault("token", fault, 1).await;
-        assert!(
-            invoke(&deps, h.new_records().await).await.is_empty(),
-            "{fault} once is retried within the invocation"
-        );
-
-        h.expire_token("u1", ALICE).await;
-        let outlasting = h.put_rows(&format!("long{i}-"), "u1", 1).await;
-        h.fault("token", fault, 3).await;
-        let records = h.new_records().await;
-        let failed = invoke(&deps, records.clone()).await;
-        assert_eq!(failed, vec![sequence(&records[0])], "{fault}");
-        assert!(
-            invoke(&deps, redelivery(&records, &failed))
-                .await
-                .is_empty()
-        );
-        ids.extend(outlasting);
+        let survived = h
+            .brief_then_outlasting(&deps, "token", fault, 1, &i.to_string())
+            .await;
+        ids.extend(survived);
         h.assert_calendar_is(ALICE, &ids).await;
     }
 }
