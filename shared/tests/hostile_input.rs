@@ -98,7 +98,7 @@ fn hostile_text(rng: &mut StdRng) -> String {
 /// A DynamoDB attribute value of any type, often not the one expected.
 fn hostile_attribute(rng: &mut StdRng, depth: u32) -> Value {
     match rng.gen_range(0..if depth > 2 { 6 } else { 9 }) {
-        0 | 1 | 2 => json!({"S": hostile_text(rng)}),
+        0..=2 => json!({"S": hostile_text(rng)}),
         3 => {
             let number = *["1", "-0", "1e400", "NaN", "x", ""].choose(rng).unwrap();
             json!({ "N": number })

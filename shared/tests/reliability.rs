@@ -173,9 +173,20 @@ impl Harness {
     }
 
     /// Nothing lost, nothing twice: `email`'s calendar holds each of `ids` once, and nothing else.
+    /// And no token, code or secret the emulator issued is in a table or a log line.
     async fn assert_calendar_is(&self, email: &str, ids: &[String]) {
         let expected: BTreeMap<String, usize> = ids.iter().map(|id| (id.clone(), 1)).collect();
         assert_eq!(self.calendar(email).await, expected);
+        let issued = self.stack.control_get("issued-secrets").await.unwrap();
+        let tables = self.stack.dump_tables().await.unwrap();
+        let logs = String::from_utf8_lossy(&common::capture_logs().lock().unwrap()).into_owned();
+        for secret in issued["values"].as_array().unwrap() {
+            let secret = secret.as_str().unwrap();
+            assert!(
+                secret.len() < 8 || !tables.contains(secret) && !logs.contains(secret),
+                "an issued secret is in a table or the logs"
+            );
+        }
     }
 }
 
