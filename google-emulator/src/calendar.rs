@@ -104,6 +104,8 @@ pub struct ApiError {
     pub message: String,
     pub domain: &'static str,
     pub auth: Option<Box<AuthDetails>>,
+    /// Seconds for a `Retry-After` header (a queued fault's).
+    pub retry_after: Option<u64>,
 }
 
 /// The extra parts of Google's authentication and permission errors.
@@ -124,6 +126,7 @@ impl ApiError {
             message: message.into(),
             domain: "global",
             auth: None,
+            retry_after: None,
         }
     }
 
@@ -246,6 +249,11 @@ impl IntoResponse for ApiError {
             error["status"] = json!(status);
         }
         let mut response = (self.code, axum::Json(json!({ "error": error }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.into());
+        }
         if let Some(value) = auth.www_authenticate
             && let Ok(value) = value.parse()
         {
@@ -302,7 +310,10 @@ async fn admit(
             tokio::time::sleep(std::time::Duration::from_millis(fault.delay_ms)).await;
         }
         if let Some(status) = fault.status {
-            return Err(ApiError::fault(status, fault.reason.as_deref()));
+            return Err(ApiError {
+                retry_after: fault.retry_after,
+                ..ApiError::fault(status, fault.reason.as_deref())
+            });
         }
     }
     let token = headers

@@ -236,6 +236,8 @@ pub struct FaultRequest {
     count: Option<u32>,
     #[serde(default)]
     delay_ms: u64,
+    /// Seconds for a `Retry-After` header on the error answer.
+    retry_after: Option<u64>,
 }
 
 /// `POST __emulator/faults`: queues faults for the next `count` (default 1) matching calls.
@@ -261,6 +263,7 @@ pub async fn add_fault(
         reason: request.reason,
         remaining: count,
         delay_ms: request.delay_ms,
+        retry_after: request.retry_after,
     });
     Json(json!({"queued": count})).into_response()
 }

@@ -109,6 +109,8 @@ pub struct Fault {
     pub reason: Option<String>,
     pub remaining: u32,
     pub delay_ms: u64,
+    /// Seconds for a `Retry-After` header on the error answer.
+    pub retry_after: Option<u64>,
 }
 
 /// What a call must suffer before (or instead of) being served.
@@ -117,6 +119,7 @@ pub struct FaultHit {
     pub status: Option<u16>,
     pub reason: Option<String>,
     pub delay_ms: u64,
+    pub retry_after: Option<u64>,
 }
 
 /// Call counts for `GET __emulator/stats`.
@@ -273,6 +276,7 @@ impl State {
             status: fault.status,
             reason: fault.reason.clone(),
             delay_ms: fault.delay_ms,
+            retry_after: fault.retry_after,
         };
         fault.remaining = fault.remaining.saturating_sub(1);
         if fault.remaining == 0 {
@@ -425,6 +429,7 @@ mod tests {
             reason: None,
             remaining: 2,
             delay_ms: 0,
+            retry_after: None,
         });
         assert!(state.take_fault(FaultTarget::Token).is_none());
         assert_eq!(

@@ -5,7 +5,9 @@
 //! time, so the SDK gets a rustls client on `ring` here. Endpoints come from the standard
 //! `AWS_ENDPOINT_URL*` variables, which is how the local stack points it at moto's server.
 
-use aws_config::{BehaviorVersion, SdkConfig};
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, SdkConfig, timeout::TimeoutConfig};
 use aws_smithy_http_client::{
     Builder,
     tls::{Provider, rustls_provider::CryptoMode},
@@ -32,11 +34,30 @@ pub struct Clients {
     pub eventbridge: aws_sdk_eventbridge::Client,
 }
 
+/// The longest a DynamoDB or Secrets Manager call may take per attempt (the SDK retries it, three
+/// attempts in all). Their answers take milliseconds; without a bound the SDK waits forever, so a
+/// service that stops answering would hold an invocation until Lambda's own timeout.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn bounded(config: &SdkConfig) -> SdkConfig {
+    config
+        .to_builder()
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .build(),
+        )
+        .build()
+}
+
 impl Clients {
     pub fn new(config: &SdkConfig) -> Self {
+        let bounded = bounded(config);
         Self {
-            dynamodb: aws_sdk_dynamodb::Client::new(config),
-            secrets: aws_sdk_secretsmanager::Client::new(config),
+            dynamodb: aws_sdk_dynamodb::Client::new(&bounded),
+            secrets: aws_sdk_secretsmanager::Client::new(&bounded),
             sqs: aws_sdk_sqs::Client::new(config),
             eventbridge: crate::lifecycle::eventbridge::client(config),
         }

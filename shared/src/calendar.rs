@@ -26,13 +26,21 @@ pub enum CalendarError {
     #[error("an event with this id already exists in Google (409)")]
     Conflict,
     #[error("Google rate-limited the call ({status} {reason}); retry with backoff")]
-    RateLimited { status: u16, reason: String },
+    RateLimited {
+        status: u16,
+        reason: String,
+        /// What the answer's `Retry-After` asked for, if it had one.
+        retry_after: Option<Duration>,
+    },
     #[error("Google refused the call (403 {reason}): {message}")]
     Forbidden { reason: String, message: String },
     #[error("Google rejected the event (400): {message}")]
     BadRequest { message: String },
     #[error("Google's Calendar API failed ({status}); retry later")]
-    Server { status: u16 },
+    Server {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
     #[error("Google answered {status} unexpectedly: {message}")]
     Unexpected { status: u16, message: String },
     #[error("the Calendar API did not answer in time; retry later")]
@@ -52,6 +60,26 @@ impl CalendarError {
                 | CalendarError::Network(_)
         )
     }
+
+    /// The least wait the answer asked for before another try (its `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CalendarError::RateLimited { retry_after, .. }
+            | CalendarError::Server { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// A `Retry-After` value: delay seconds, or an HTTP date (RFC 7231 §7.1.3).
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value.trim()).ok()?;
+    (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        .to_std()
+        .ok()
 }
 
 /// The Calendar calls event-sync needs. `event` is Google's Event resource (with its `id`).
@@ -122,8 +150,24 @@ impl CalendarClient {
             if response.status().is_success() {
                 return Ok(());
             }
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
             let body = response.text().await.unwrap_or_default();
-            Err(read_error(status, &body))
+            Err(match read_error(status, &body) {
+                CalendarError::RateLimited { status, reason, .. } => CalendarError::RateLimited {
+                    status,
+                    reason,
+                    retry_after,
+                },
+                CalendarError::Server { status, .. } => CalendarError::Server {
+                    status,
+                    retry_after,
+                },
+                other => other,
+            })
         }
         .await;
         metrics::count(call_metric(&result));
@@ -184,14 +228,25 @@ pub fn read_error(status: u16, body: &str) -> CalendarError {
             "rateLimitExceeded" | "userRateLimitExceeded" | "quotaExceeded"
         ) =>
         {
-            CalendarError::RateLimited { status, reason }
+            CalendarError::RateLimited {
+                status,
+                reason,
+                retry_after: None,
+            }
         }
         403 => CalendarError::Forbidden { reason, message },
         404 => CalendarError::NotFound,
         409 => CalendarError::Conflict,
         410 => CalendarError::Gone,
-        429 => CalendarError::RateLimited { status, reason },
-        500..=599 => CalendarError::Server { status },
+        429 => CalendarError::RateLimited {
+            status,
+            reason,
+            retry_after: None,
+        },
+        500..=599 => CalendarError::Server {
+            status,
+            retry_after: None,
+        },
         _ => CalendarError::Unexpected { status, message },
     }
 }
@@ -286,6 +341,11 @@ mod tests {
         );
         assert!(!read_error(403, &body("forbidden")).is_retryable());
         assert!(read_error(429, "").is_retryable());
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        let soon = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
+        assert!(parse_retry_after(&soon).is_some_and(|d| d > Duration::from_secs(25)));
+        assert_eq!(parse_retry_after("soon"), None);
         assert!(read_error(503, "<html>").is_retryable());
         assert_eq!(read_error(409, ""), CalendarError::Conflict);
         assert_eq!(read_error(410, ""), CalendarError::Gone);

@@ -76,6 +76,28 @@ impl Marker {
     }
 }
 
+/// A short claim on a grant's refresh, so that of several invocations holding the same expired
+/// access token one asks Google and the others wait for its answer on the grant
+/// ([`GrantStore::claim_refresh`]). It lives on the grant item beside the version and dies with
+/// the next full write of the grant (which is how a successful refresh releases it) or at `until`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefreshLease {
+    /// Random per claim: only its holder releases it.
+    pub owner: String,
+    pub until: DateTime<Utc>,
+}
+
+impl RefreshLease {
+    /// A new lease of its own, running for `length` from now.
+    pub fn new(length: chrono::Duration) -> Self {
+        use rand::Rng;
+        Self {
+            owner: format!("{:016x}", rand::thread_rng().r#gen::<u64>()),
+            until: Utc::now() + length,
+        }
+    }
+}
+
 /// A user's Google authorization. `version` is the stored version this value was read at
 /// (0 = not stored yet).
 #[derive(Clone, Debug)]
@@ -180,6 +202,24 @@ pub trait GrantStore: Send + Sync {
         grant: &Grant,
         markers: &[Marker],
     ) -> impl Future<Output = Result<bool, GrantError>> + Send;
+
+    /// Takes `lease` on the refresh of `user_id`'s grant if the stored version is still `version`
+    /// and no unexpired lease is held. Returns whether this call took it; false means another
+    /// writer got there first (re-read the grant: it may already hold a fresh token). Neither
+    /// tokens nor the version change, so the holder's own refreshed write still succeeds.
+    fn claim_refresh(
+        &self,
+        user_id: &str,
+        version: u64,
+        lease: &RefreshLease,
+    ) -> impl Future<Output = Result<bool, GrantError>> + Send;
+
+    /// Gives `lease` up early (its refresh failed), if it is still the one held.
+    fn release_refresh(
+        &self,
+        user_id: &str,
+        lease: &RefreshLease,
+    ) -> impl Future<Output = Result<(), GrantError>> + Send;
 
     /// Removes `grant` entirely (the user disconnected) if the stored version is still
     /// `grant.version`; [`GrantError::Conflict`] otherwise. No grant stored: nothing to do.

@@ -46,6 +46,9 @@ pub enum Metric {
     GoogleCallsUnreachable,
     /// Access tokens refreshed.
     TokenRefreshes,
+    /// Refreshes not made: another invocation held the user's refresh lease and its new token
+    /// was used.
+    TokenRefreshesShared,
     /// Refresh tokens Google refused (`invalid_grant`, `invalid_rapt`): a user must reconnect.
     InvalidGrants,
     /// Refreshes that failed for now (the token endpoint unavailable).
@@ -79,7 +82,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 28] = [
+    pub const ALL: [Metric; 29] = [
         Metric::RecordsSynced,
         Metric::RecordsSkipped,
         Metric::RecordsParked,
@@ -93,6 +96,7 @@ impl Metric {
         Metric::GoogleCallsRejected,
         Metric::GoogleCallsUnreachable,
         Metric::TokenRefreshes,
+        Metric::TokenRefreshesShared,
         Metric::InvalidGrants,
         Metric::TokenRefreshFailures,
         Metric::Retries,
@@ -125,6 +129,7 @@ impl Metric {
             Metric::GoogleCallsRejected => "GoogleCallsRejected",
             Metric::GoogleCallsUnreachable => "GoogleCallsUnreachable",
             Metric::TokenRefreshes => "TokenRefreshes",
+            Metric::TokenRefreshesShared => "TokenRefreshesShared",
             Metric::InvalidGrants => "InvalidGrants",
             Metric::TokenRefreshFailures => "TokenRefreshFailures",
             Metric::Retries => "Retries",

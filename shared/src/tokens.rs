@@ -2,6 +2,11 @@
 //! token, refreshing it when it expires within 5 minutes or after Google answered 401, at most once
 //! per user per batch however many tasks of that user run at the same time.
 //!
+//! Across invocations (separate Lambda environments holding the same expired token) a refresh
+//! first takes a short lease on the grant ([`REFRESH_LEASE`], a compare-and-set on the grant's
+//! version): one invocation asks Google, the others re-read the grant until its new token is
+//! there, and refresh themselves only if the lease runs out first.
+//!
 //! When Google refuses the refresh token (`invalid_grant`, or `invalid_rapt`), the grant is marked
 //! `needs_reauth` with that reason and its token material deleted; the caller then parks that
 //! user's records and, once per user per batch, asks [`GrantAccess::report_owed`] which lifecycle
@@ -19,12 +24,22 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::{
-    grants::{Marker, ReauthReason},
+    grants::{Marker, ReauthReason, RefreshLease},
     metrics::{self, Metric},
 };
 
 /// A token that expires sooner than this is refreshed before use.
 pub const REFRESH_MARGIN: Duration = Duration::minutes(5);
+
+/// How long one invocation's claim on a user's refresh keeps the others waiting: the token
+/// client's timeout ([`crate::google_oauth::REQUEST_TIMEOUT`], 10 s) plus the write of the new
+/// token. A waiting invocation never waits longer than this (and one poll) before it refreshes
+/// itself, so a holder that died or hangs costs the others this much time, not a failure.
+pub const REFRESH_LEASE: Duration = Duration::seconds(12);
+
+/// A waiting invocation re-reads the grant after this, doubling up to [`LEASE_POLL_MAX`].
+const LEASE_POLL_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+const LEASE_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(400);
 
 /// What the token provider needs to know about a user's grant.
 #[derive(Clone, Debug)]
@@ -37,6 +52,8 @@ pub struct GrantTokens {
     /// When Google last accepted the refresh token (the last refresh, or the connect): Google
     /// ends a refresh token unused for six months, so the keep-alive refreshes idle ones.
     pub last_used_at: DateTime<Utc>,
+    /// The stored version this was read at: a refresh lease is claimed only on it.
+    pub version: u64,
 }
 
 /// A fresh access token.
@@ -105,6 +122,22 @@ pub trait GrantAccess: Send + Sync {
         token: &FreshToken,
     ) -> impl Future<Output = Result<(), TokenError>> + Send;
 
+    /// Takes `lease` on the user's refresh if the grant is still at `version` and no other lease
+    /// runs (see [`crate::grants::GrantStore::claim_refresh`]). False: re-read the grant.
+    fn claim_refresh(
+        &self,
+        user_id: &str,
+        version: u64,
+        lease: &RefreshLease,
+    ) -> impl Future<Output = Result<bool, TokenError>> + Send;
+
+    /// Ends `lease` early, after its refresh failed, so the others need not wait it out.
+    fn release_refresh(
+        &self,
+        user_id: &str,
+        lease: &RefreshLease,
+    ) -> impl Future<Output = Result<(), TokenError>> + Send;
+
     /// Marks the grant `needs_reauth` for `reason` and deletes its token material, if it still
     /// holds `refused` (the refresh token Google refused). Returns false when the grant changed
     /// meanwhile (the user reconnected): then nothing is written.
@@ -144,6 +177,9 @@ enum Slot {
         expires_at: Option<DateTime<Utc>>,
         refresh_token: Option<SecretString>,
         refreshed: bool,
+        /// The grant's stored version when read (0 after this invocation's own refresh, which
+        /// never claims again in this batch).
+        version: u64,
     },
     Unusable(TokenError),
 }
@@ -280,12 +316,89 @@ impl<'a, G: GrantAccess, R: TokenRefresher> TokenProvider<'a, G, R> {
             expires_at,
             refresh_token: grant.refresh_token,
             refreshed: false,
+            version: grant.version,
         })
     }
 
+    /// Replaces the slot's token, unless another invocation is refreshing it right now: then
+    /// waits (at most [`REFRESH_LEASE`] and one poll) for the token it stores on the grant.
     async fn refresh(&self, user_id: &str, slot: &mut Slot) -> Result<(), TokenError> {
-        let Slot::Ready { refresh_token, .. } = &*slot else {
+        let Slot::Ready {
+            token: stale,
+            version,
+            ..
+        } = &*slot
+        else {
             return Ok(());
+        };
+        let (stale, mut version) = (stale.clone(), *version);
+        let give_up = tokio::time::Instant::now()
+            + REFRESH_LEASE.to_std().unwrap_or_default()
+            + LEASE_POLL_MAX;
+        let mut poll = LEASE_POLL_FIRST;
+        loop {
+            let lease = RefreshLease::new(REFRESH_LEASE);
+            if self.grants.claim_refresh(user_id, version, &lease).await? {
+                return self.refresh_holding(user_id, slot, &lease).await;
+            }
+            // Another invocation holds the lease, or wrote the grant since it was read: either
+            // way the grant may already hold a token this one can use.
+            *slot = self.load(user_id).await?;
+            let Slot::Ready {
+                token,
+                expires_at,
+                version: read,
+                ..
+            } = &*slot
+            else {
+                return match &*slot {
+                    Slot::Unusable(e) => Err(e.clone()),
+                    _ => Ok(()),
+                };
+            };
+            let fresh = token.expose_secret() != stale.expose_secret()
+                && expires_at.is_some_and(|at| at > Utc::now() + REFRESH_MARGIN);
+            if fresh {
+                tracing::info!(user_id, "using the token another invocation just refreshed");
+                metrics::count(Metric::TokenRefreshesShared);
+                return Ok(());
+            }
+            if *read != version {
+                // The grant moved on without a usable token (a reconnect, a marker): claim anew.
+                version = *read;
+                continue;
+            }
+            if tokio::time::Instant::now() + poll > give_up {
+                return Err(TokenError::Transient(
+                    "another invocation kept the refresh of this grant past its lease".into(),
+                ));
+            }
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(LEASE_POLL_MAX);
+        }
+    }
+
+    /// The refresh itself, under `lease`: a stored token ends the lease (a full write of the
+    /// grant drops it), a failure releases it.
+    async fn refresh_holding(
+        &self,
+        user_id: &str,
+        slot: &mut Slot,
+        lease: &RefreshLease,
+    ) -> Result<(), TokenError> {
+        let outcome = self.refresh_once(user_id, slot).await;
+        if !matches!(outcome, Ok(true))
+            && let Err(error) = self.grants.release_refresh(user_id, lease).await
+        {
+            tracing::warn!(user_id, %error, "could not release the refresh lease; it runs out by itself");
+        }
+        outcome.map(drop)
+    }
+
+    /// Returns whether the new token was stored (which ended the lease).
+    async fn refresh_once(&self, user_id: &str, slot: &mut Slot) -> Result<bool, TokenError> {
+        let Slot::Ready { refresh_token, .. } = &*slot else {
+            return Ok(false);
         };
         let refresh_token = refresh_token.clone().ok_or(TokenError::NeedsReauth)?;
         let refreshed = self.refresher.refresh(&refresh_token).await;
@@ -300,7 +413,8 @@ impl<'a, G: GrantAccess, R: TokenRefresher> TokenProvider<'a, G, R> {
             Ok(fresh) => {
                 // The new token works whether or not it is stored; failing to store it only costs
                 // another refresh in a later batch, so that failure is logged, not returned.
-                if let Err(error) = self.grants.record_refresh(user_id, &fresh).await {
+                let stored = self.grants.record_refresh(user_id, &fresh).await;
+                if let Err(error) = &stored {
                     tracing::warn!(user_id, %error, "could not store the refreshed access token");
                 }
                 *slot = Slot::Ready {
@@ -308,8 +422,9 @@ impl<'a, G: GrantAccess, R: TokenRefresher> TokenProvider<'a, G, R> {
                     expires_at: Some(fresh.expires_at),
                     refresh_token: Some(refresh_token),
                     refreshed: true,
+                    version: 0,
                 };
-                Ok(())
+                Ok(stored.is_ok())
             }
             Err(RefreshError::InvalidGrant(reason)) => {
                 if !self
@@ -351,6 +466,8 @@ pub mod fakes {
         /// Per user: the reason of the needs_reauth episode and the markers reported in it.
         pub episodes: Mutex<HashMap<String, (ReauthReason, Vec<Marker>)>>,
         pub park_reports: AtomicUsize,
+        /// Refresh leases; every write of a user's grant ends the user's.
+        pub leases: crate::store::InMemoryLeases,
     }
 
     impl FakeGrants {
@@ -363,6 +480,7 @@ pub mod fakes {
                     access_token_expires_at: Some(Utc::now() + access_expires_in),
                     refresh_token: Some(SecretString::from(format!("rt-{user_id}"))),
                     last_used_at: Utc::now(),
+                    version: 1,
                 },
             );
             self
@@ -387,7 +505,29 @@ pub mod fakes {
             if let Some(g) = self.grants.lock().unwrap().get_mut(user_id) {
                 g.access_token = Some(token.access_token.clone());
                 g.access_token_expires_at = Some(token.expires_at);
+                g.version += 1;
             }
+            self.leases.end(user_id);
+            Ok(())
+        }
+
+        async fn claim_refresh(
+            &self,
+            user_id: &str,
+            version: u64,
+            lease: &RefreshLease,
+        ) -> Result<bool, TokenError> {
+            let grants = self.grants.lock().unwrap();
+            let stored = grants.get(user_id).map(|g| g.version);
+            Ok(self.leases.claim(user_id, stored, version, lease))
+        }
+
+        async fn release_refresh(
+            &self,
+            user_id: &str,
+            lease: &RefreshLease,
+        ) -> Result<(), TokenError> {
+            self.leases.release(user_id, lease);
             Ok(())
         }
 
@@ -408,6 +548,8 @@ pub mod fakes {
             g.active = false;
             g.access_token = None;
             g.refresh_token = None;
+            g.version += 1;
+            self.leases.end(user_id);
             self.episodes
                 .lock()
                 .unwrap()
@@ -494,7 +636,27 @@ impl<G: crate::grants::GrantStore> GrantAccess for StoredGrants<G> {
             last_used_at: g
                 .refreshed_at
                 .map_or(g.connected_at, |at| at.max(g.connected_at)),
+            version: g.version,
         }))
+    }
+
+    async fn claim_refresh(
+        &self,
+        user_id: &str,
+        version: u64,
+        lease: &RefreshLease,
+    ) -> Result<bool, TokenError> {
+        self.0
+            .claim_refresh(user_id, version, lease)
+            .await
+            .map_err(grant_error)
+    }
+
+    async fn release_refresh(&self, user_id: &str, lease: &RefreshLease) -> Result<(), TokenError> {
+        self.0
+            .release_refresh(user_id, lease)
+            .await
+            .map_err(grant_error)
     }
 
     async fn record_refresh(&self, user_id: &str, token: &FreshToken) -> Result<(), TokenError> {
@@ -688,6 +850,130 @@ mod tests {
         ));
     }
 
+    /// Refreshes like [`FakeRefresher`], each call taking `delay` (a slow token endpoint) and the
+    /// first `failures` calls answering a transient error.
+    struct SlowRefresher {
+        inner: FakeRefresher,
+        delay: std::time::Duration,
+        failures: usize,
+    }
+
+    impl SlowRefresher {
+        fn new(delay_ms: u64, failures: usize) -> Self {
+            Self {
+                inner: FakeRefresher::default(),
+                delay: std::time::Duration::from_millis(delay_ms),
+                failures,
+            }
+        }
+
+        fn calls(&self) -> usize {
+            self.inner.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    impl TokenRefresher for SlowRefresher {
+        async fn refresh(&self, refresh_token: &SecretString) -> Result<FreshToken, RefreshError> {
+            tokio::time::sleep(self.delay).await;
+            let fresh = self.inner.refresh(refresh_token).await;
+            if self.calls() <= self.failures {
+                return Err(RefreshError::Transient(
+                    "503 from the token endpoint".into(),
+                ));
+            }
+            fresh
+        }
+    }
+
+    /// `invocations` providers (each its own cache, as separate Lambda environments have) ask
+    /// for the same user's expiring token at once: one refresh, everyone gets its token.
+    async fn racing_invocations(invocations: usize) {
+        let grants = FakeGrants::default().with_user("u", Duration::minutes(1));
+        let refresher = SlowRefresher::new(100, 0);
+        let providers: Vec<_> = (0..invocations)
+            .map(|_| TokenProvider::new(&grants, &refresher))
+            .collect();
+        let tokens = futures::future::join_all(providers.iter().map(|p| p.access_token("u"))).await;
+        for token in tokens {
+            assert_eq!(token.unwrap().expose_secret(), "at-fresh-1");
+        }
+        assert_eq!(
+            refresher.calls(),
+            1,
+            "one refresh for {invocations} invocations"
+        );
+        assert_eq!(grants.refreshes_recorded.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_invocations_share_one_refresh() {
+        racing_invocations(2).await;
+        racing_invocations(10).await;
+    }
+
+    #[tokio::test]
+    async fn a_lease_whose_holder_died_runs_out_and_the_waiter_refreshes() {
+        let grants = FakeGrants::default().with_user("u", Duration::minutes(1));
+        // An invocation claimed the refresh and was killed before it answered.
+        let dead = RefreshLease {
+            owner: "dead".into(),
+            until: Utc::now() + Duration::milliseconds(300),
+        };
+        assert!(grants.claim_refresh("u", 1, &dead).await.unwrap());
+        let refresher = SlowRefresher::new(0, 0);
+        let tokens = TokenProvider::new(&grants, &refresher);
+        let started = std::time::Instant::now();
+        assert_eq!(
+            tokens.access_token("u").await.unwrap().expose_secret(),
+            "at-fresh-1"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(250),
+            "the waiter did not wait for the lease: {waited:?}"
+        );
+        assert!(
+            waited < std::time::Duration::from_secs(3),
+            "waited {waited:?}"
+        );
+        assert_eq!(refresher.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_releases_the_lease_at_once() {
+        let grants = FakeGrants::default().with_user("u", Duration::minutes(1));
+        let refresher = SlowRefresher::new(0, 1);
+        let first = TokenProvider::new(&grants, &refresher);
+        assert!(matches!(
+            first.access_token("u").await,
+            Err(TokenError::Transient(_))
+        ));
+        // The next invocation need not wait out the 12 s lease.
+        let started = std::time::Instant::now();
+        let second = TokenProvider::new(&grants, &refresher);
+        assert_eq!(
+            second.access_token("u").await.unwrap().expose_secret(),
+            "at-fresh-2"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(refresher.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_sees_the_grant_retired_by_the_holder() {
+        let grants = FakeGrants::default().with_user("u", Duration::minutes(1));
+        let refresher = FakeRefresher::default();
+        refresher.revoked.lock().unwrap().push("rt-u".into());
+        let (a, b) = (
+            TokenProvider::new(&grants, &refresher),
+            TokenProvider::new(&grants, &refresher),
+        );
+        let (a, b) = futures::future::join(a.access_token("u"), b.access_token("u")).await;
+        assert!(matches!(a, Err(TokenError::NeedsReauth)), "{a:?}");
+        assert!(matches!(b, Err(TokenError::NeedsReauth)), "{b:?}");
+        assert_eq!(refresher.calls.load(Ordering::SeqCst), 1);
+    }
+
     mod stored {
         use super::*;
         use crate::{
@@ -742,18 +1028,29 @@ mod tests {
             }
         }
 
-        #[tokio::test]
-        async fn invalid_grant_retires_the_stored_grant() {
+        /// A stored grant holding `rt-old`, and a refresher that refuses it.
+        async fn stored_and_refused(
+            reconnect: bool,
+        ) -> (
+            InMemoryGrantStore,
+            StoredGrants<InMemoryGrantStore>,
+            Refuser,
+        ) {
             let store = InMemoryGrantStore::new();
             store
                 .save(&grant("rt-old", Duration::minutes(1)))
                 .await
                 .unwrap();
-            let grants = StoredGrants(store.clone());
             let refresher = Refuser {
                 store: store.clone(),
-                reconnect: false,
+                reconnect,
             };
+            (store.clone(), StoredGrants(store), refresher)
+        }
+
+        #[tokio::test]
+        async fn invalid_grant_retires_the_stored_grant() {
+            let (store, grants, refresher) = stored_and_refused(false).await;
             let tokens = TokenProvider::new(&grants, &refresher);
             assert!(matches!(
                 tokens.access_token("u").await,
@@ -789,16 +1086,7 @@ mod tests {
 
         #[tokio::test]
         async fn a_reconnect_during_the_refresh_is_not_wiped() {
-            let store = InMemoryGrantStore::new();
-            store
-                .save(&grant("rt-old", Duration::minutes(1)))
-                .await
-                .unwrap();
-            let grants = StoredGrants(store.clone());
-            let refresher = Refuser {
-                store: store.clone(),
-                reconnect: true,
-            };
+            let (store, grants, refresher) = stored_and_refused(true).await;
             let tokens = TokenProvider::new(&grants, &refresher);
             assert!(matches!(
                 tokens.access_token("u").await,

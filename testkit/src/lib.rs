@@ -12,6 +12,7 @@ pub mod aws;
 pub mod ddb_json;
 pub mod emulator_control;
 pub mod eventbridge;
+pub mod fault_proxy;
 pub mod invocation;
 pub mod moto;
 pub mod paths;

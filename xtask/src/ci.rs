@@ -289,12 +289,18 @@ fn prepare_machine(options: &Options) -> tokio::task::JoinHandle<()> {
         };
         if options.browser {
             let found = tokio::task::spawn_blocking(chromium::find_or_install).await;
-            report("Chromium", found.map_err(anyhow::Error::from).and_then(|f| f.map(drop)));
+            report(
+                "Chromium",
+                found.map_err(anyhow::Error::from).and_then(|f| f.map(drop)),
+            );
         }
         if options.sam {
             report("the Docker engine", docker::ensure_engine(&dev).await);
             if std::env::var_os(sam::IMAGE_VARIABLE).is_none_or(|image| image.is_empty()) {
-                report("the Lambda base image", docker::ensure_base_image(&dev).await);
+                report(
+                    "the Lambda base image",
+                    docker::ensure_base_image(&dev).await,
+                );
             }
             report(
                 "the default architecture's Rust target",

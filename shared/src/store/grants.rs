@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Item, SealedTable, page_after, resume_key, unless_condition_failed};
 use crate::{
-    grants::{Grant, GrantError, GrantStatus, GrantStore, Marker, ReauthReason},
+    grants::{Grant, GrantError, GrantStatus, GrantStore, Marker, ReauthReason, RefreshLease},
     secrets::SecretsCache,
     sync_state::{PAGE_SIZE, Page},
     vault::{VaultError, sealed_key_id},
@@ -49,6 +49,11 @@ struct StoredGrant {
     version: u64,
     updated_at: DateTime<Utc>,
 }
+
+/// The refresh lease's attributes ([`GrantStore::claim_refresh`]): not part of [`StoredGrant`], so
+/// every full write (a put of the whole item) drops them.
+const LEASE_UNTIL: &str = "refresh_lease_until";
+const LEASE_OWNER: &str = "refresh_lease_owner";
 
 /// Name of the grants table's index by Google account (see `template.yaml`; keys only).
 pub const BY_GOOGLE_SUB_INDEX: &str = "by_google_sub";
@@ -327,6 +332,57 @@ impl GrantStore for DynamoGrantStore {
             .is_some())
     }
 
+    async fn claim_refresh(
+        &self,
+        user_id: &str,
+        version: u64,
+        lease: &RefreshLease,
+    ) -> Result<bool, GrantError> {
+        let claimed = self
+            .0
+            .table
+            .update(user_id)
+            .update_expression("SET #until = :until, #owner = :owner")
+            .condition_expression(
+                "#version = :read_version AND (attribute_not_exists(#until) OR #until < :now)",
+            )
+            .expression_attribute_names("#version", "version")
+            .expression_attribute_names("#until", LEASE_UNTIL)
+            .expression_attribute_names("#owner", LEASE_OWNER)
+            .expression_attribute_values(":read_version", AttributeValue::N(version.to_string()))
+            .expression_attribute_values(
+                ":until",
+                AttributeValue::N(lease.until.timestamp_millis().to_string()),
+            )
+            .expression_attribute_values(
+                ":now",
+                AttributeValue::N(Utc::now().timestamp_millis().to_string()),
+            )
+            .expression_attribute_values(":owner", AttributeValue::S(lease.owner.clone()))
+            .send()
+            .await;
+        Ok(unless_condition_failed(claimed)
+            .map_err(GrantError::Store)?
+            .is_some())
+    }
+
+    async fn release_refresh(&self, user_id: &str, lease: &RefreshLease) -> Result<(), GrantError> {
+        let released = self
+            .0
+            .table
+            .update(user_id)
+            .update_expression("REMOVE #until, #owner")
+            .condition_expression("#owner = :owner")
+            .expression_attribute_names("#until", LEASE_UNTIL)
+            .expression_attribute_names("#owner", LEASE_OWNER)
+            .expression_attribute_values(":owner", AttributeValue::S(lease.owner.clone()))
+            .send()
+            .await;
+        // A failed condition: the lease already ended (a full write, or another claim after it).
+        unless_condition_failed(released).map_err(GrantError::Store)?;
+        Ok(())
+    }
+
     async fn delete(&self, grant: &Grant) -> Result<(), GrantError> {
         let deleted = self
             .0
@@ -351,6 +407,50 @@ impl GrantStore for DynamoGrantStore {
 #[derive(Default, Clone)]
 pub struct InMemoryGrantStore {
     grants: Arc<Mutex<HashMap<String, Grant>>>,
+    /// A full write drops the user's lease, as the item's put does.
+    leases: Arc<InMemoryLeases>,
+}
+
+/// Refresh leases by user with the rules of [`GrantStore::claim_refresh`], for the fakes.
+#[derive(Default)]
+pub struct InMemoryLeases(Mutex<HashMap<String, RefreshLease>>);
+
+impl InMemoryLeases {
+    /// Takes `lease` if the grant is stored at `version` (`stored`: its version now) and no
+    /// unexpired lease is held.
+    pub fn claim(
+        &self,
+        user_id: &str,
+        stored: Option<u64>,
+        version: u64,
+        lease: &RefreshLease,
+    ) -> bool {
+        let mut leases = self.0.lock().unwrap();
+        let free = leases
+            .get(user_id)
+            .is_none_or(|held| held.until < Utc::now());
+        if stored != Some(version) || !free {
+            return false;
+        }
+        leases.insert(user_id.to_string(), lease.clone());
+        true
+    }
+
+    /// Ends `lease` if it is the one held.
+    pub fn release(&self, user_id: &str, lease: &RefreshLease) {
+        let mut leases = self.0.lock().unwrap();
+        if leases
+            .get(user_id)
+            .is_some_and(|held| held.owner == lease.owner)
+        {
+            leases.remove(user_id);
+        }
+    }
+
+    /// A full write of the grant: whatever lease ran is over.
+    pub fn end(&self, user_id: &str) {
+        self.0.lock().unwrap().remove(user_id);
+    }
 }
 
 impl InMemoryGrantStore {
@@ -403,6 +503,7 @@ impl GrantStore for InMemoryGrantStore {
             ..grant.clone()
         };
         grants.insert(grant.user_id.clone(), saved.clone());
+        self.leases.end(&grant.user_id);
         Ok(saved)
     }
 
@@ -436,6 +537,22 @@ impl GrantStore for InMemoryGrantStore {
             }
         }
         Ok(true)
+    }
+
+    async fn claim_refresh(
+        &self,
+        user_id: &str,
+        version: u64,
+        lease: &RefreshLease,
+    ) -> Result<bool, GrantError> {
+        let grants = self.grants.lock().unwrap();
+        let stored = grants.get(user_id).map(|g| g.version);
+        Ok(self.leases.claim(user_id, stored, version, lease))
+    }
+
+    async fn release_refresh(&self, user_id: &str, lease: &RefreshLease) -> Result<(), GrantError> {
+        self.leases.release(user_id, lease);
+        Ok(())
     }
 
     async fn delete(&self, grant: &Grant) -> Result<(), GrantError> {

@@ -33,7 +33,7 @@ use secrecy::SecretString;
 
 pub use events::{DynamoEvents, InMemoryEvents};
 pub use flows::{DynamoFlowStore, InMemoryFlowStore};
-pub use grants::{DynamoGrantStore, InMemoryGrantStore};
+pub use grants::{DynamoGrantStore, InMemoryGrantStore, InMemoryLeases};
 pub use resync_queue::{InMemoryJobQueue, SqsJobQueue};
 pub use sync_state::{DynamoSyncStateStore, InMemorySyncStateStore};
 

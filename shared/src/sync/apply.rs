@@ -57,6 +57,13 @@ impl Retryable for CallError {
             CallError::Calendar(e) => e.is_retryable(),
         }
     }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            CallError::Token(_) => None,
+            CallError::Calendar(e) => e.retry_after(),
+        }
+    }
 }
 
 impl std::fmt::Display for CallError {

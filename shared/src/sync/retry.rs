@@ -11,6 +11,11 @@ use crate::metrics::{self, Metric};
 /// Errors that say whether another attempt can help.
 pub trait Retryable {
     fn is_retryable(&self) -> bool;
+
+    /// The least wait the failed call's answer asked for (Google's `Retry-After`).
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -88,7 +93,11 @@ impl RetryPolicy {
                     return Err(error);
                 }
                 Err(error) => {
-                    let wait = self.backoff(attempt);
+                    // Never sooner than the answer asked; if that is past the deadline, the
+                    // record fails now and its redelivery comes later anyway.
+                    let wait = self
+                        .backoff(attempt)
+                        .max(error.retry_after().unwrap_or_default());
                     if Instant::now() + wait + self.safety_margin > deadline.0 {
                         tracing::warn!(attempt, %error, "no time left for another attempt");
                         return Err(error);
@@ -138,6 +147,53 @@ mod tests {
             let ceiling = (200u64 << (attempt - 1).min(10)).min(5000);
             assert!(p.backoff(attempt) <= Duration::from_millis(ceiling));
         }
+    }
+
+    /// Retryable, asking for a wait of its own.
+    #[derive(Debug)]
+    struct AskedToWait(Duration);
+    impl Retryable for AskedToWait {
+        fn is_retryable(&self) -> bool {
+            true
+        }
+        fn retry_after(&self) -> Option<Duration> {
+            Some(self.0)
+        }
+    }
+    impl std::fmt::Display for AskedToWait {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "retry after {:?}", self.0)
+        }
+    }
+
+    #[tokio::test]
+    async fn waits_at_least_what_the_answer_asked() {
+        let calls = AtomicU32::new(0);
+        let started = Instant::now();
+        let result: Result<(), AskedToWait> = quick()
+            .run(Deadline::in_(Duration::from_secs(5)), || async {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    Err(AskedToWait(Duration::from_millis(300)))
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+        assert!(result.is_ok());
+        assert!(started.elapsed() >= Duration::from_millis(300));
+
+        // A wait past the deadline: give up at once rather than overrun it.
+        calls.store(0, Ordering::SeqCst);
+        let started = Instant::now();
+        let too_long: Result<(), AskedToWait> = quick()
+            .run(Deadline::in_(Duration::from_secs(1)), || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(AskedToWait(Duration::from_secs(60)))
+            })
+            .await;
+        assert!(too_long.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(started.elapsed() < Duration::from_millis(500));
     }
 
     #[tokio::test]

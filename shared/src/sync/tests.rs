@@ -308,11 +308,13 @@ async fn unsynced_modify_makes_no_call_but_records_the_sequence() {
 #[tokio::test]
 async fn failure_stops_that_event_only_and_names_the_record() {
     let s = connected_syncer();
-    s.calendar
-        .failing
-        .lock()
-        .unwrap()
-        .insert("BAD".into(), CalendarError::Server { status: 500 });
+    s.calendar.failing.lock().unwrap().insert(
+        "BAD".into(),
+        CalendarError::Server {
+            status: 500,
+            retry_after: None,
+        },
+    );
     let failed = sync(
         &s,
         vec![

@@ -151,7 +151,8 @@ fn each_function_may_do_only_what_its_code_does_on_the_tables() {
             "dynamodb:PutItem"
         ]
     );
-    // UpdateItem: the lifecycle events' markers (`GrantStore::mark_reported`); Scan: the sweep.
+    // UpdateItem: the lifecycle events' markers (`GrantStore::mark_reported`) and the refresh
+    // lease (`GrantStore::claim_refresh`); Scan: the sweep.
     assert_eq!(
         grants("EventSyncRole"),
         [

@@ -1,0 +1,604 @@
+//! Reliability under races and faults, end to end: the real handlers against moto's server over
+//! HTTP and the Google emulator, each event-sync invocation built as `functions/event-sync` builds
+//! it (its own clients, secrets cache and token cache, as a separate Lambda environment has).
+//! Every test ends by comparing the Google calendar with the rows: each row's event there once,
+//! nothing else.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use aws_lambda_events::event::dynamodb::Event as DynamodbEvent;
+use aws_sdk_dynamodb::types::AttributeValue;
+use calsync::{
+    aws::Clients,
+    calendar,
+    config::Config,
+    grants::GrantStore,
+    http::{self, CallbackDeps, NothingAfterConnect, StartDeps},
+    secrets::SecretsCache,
+    store::{DynamoFlowStore, DynamoGrantStore},
+    sync::{self, handler::SyncDeps},
+};
+use serde_json::{Value, json};
+use testkit::{TestStack, invocation::with_deadline, rows, stack::ALICE};
+
+mod common;
+use common::{metric_total, stack_with_config};
+
+// ---- the harness ---------------------------------------------------------------------------
+
+struct Harness {
+    stack: TestStack,
+    config: Config,
+    clients: Clients,
+    start: StartDeps<DynamoFlowStore>,
+    callback: CallbackDeps<http::Production<NothingAfterConnect>>,
+    events_table: String,
+    /// Stream records already handed out.
+    seen: Mutex<usize>,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let (stack, config, clients) = stack_with_config().await;
+        Self {
+            events_table: stack.table("EVENTS_TABLE").to_string(),
+            start: StartDeps::new(config.clone(), &clients),
+            callback: CallbackDeps::new(config.clone(), &clients, NothingAfterConnect),
+            clients,
+            config,
+            stack,
+            seen: Mutex::new(0),
+        }
+    }
+
+    /// A new event-sync invocation environment on `clients`: what `main` builds at a cold
+    /// start, with short backoffs so the tests stay quick.
+    fn invocation_on(&self, clients: &Clients) -> SyncDeps {
+        let mut deps = SyncDeps::from_config(&self.config, clients, calendar::DEFAULT_TIMEOUT);
+        deps.retry.base = Duration::from_millis(20);
+        deps.retry.cap = Duration::from_millis(200);
+        deps
+    }
+
+    fn invocation(&self) -> SyncDeps {
+        self.invocation_on(&Clients::new(&self.stack.sdk))
+    }
+
+    async fn connect(&self, user: &str, account: &str) {
+        self.stack
+            .connect_through(
+                user,
+                account,
+                async |request| http::start_router(&self.start, request).await,
+                async |request| http::callback_router(&self.callback, request).await,
+            )
+            .await
+            .expect("connected");
+    }
+
+    /// Writes rows `{prefix}0..{prefix}{count}` of `user`; returns their event ids.
+    async fn put_rows(&self, prefix: &str, user: &str, count: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        for i in 0..count {
+            let id = format!("{prefix}{i}");
+            let row = rows::event_row(&id, user, &format!("Event {i}"));
+            rows::put(&self.clients.dynamodb, &self.events_table, row)
+                .await
+                .expect("put row");
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// The stream records written since the last call.
+    async fn new_records(&self) -> Vec<Value> {
+        let all = self
+            .stack
+            .stream_records("EVENTS_TABLE")
+            .await
+            .expect("stream records");
+        let mut seen = self.seen.lock().unwrap();
+        let new = all[*seen..].to_vec();
+        *seen = all.len();
+        new
+    }
+
+    fn grants(&self) -> DynamoGrantStore {
+        let secrets = Arc::new(SecretsCache::new(
+            self.clients.secrets.clone(),
+            self.config.secrets.clone(),
+        ));
+        DynamoGrantStore::new(
+            self.clients.dynamodb.clone(),
+            self.config.tables.grants.clone(),
+            secrets,
+        )
+    }
+
+    /// The grant item's version as stored (no decryption: a plain read of one attribute).
+    async fn grant_version(&self, user: &str) -> u64 {
+        let item = self
+            .clients
+            .dynamodb
+            .get_item()
+            .table_name(&self.config.tables.grants)
+            .key("user_id", AttributeValue::S(user.into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("read the grant");
+        match item.item().and_then(|i| i.get("version")) {
+            Some(AttributeValue::N(n)) => n.parse().unwrap(),
+            other => panic!("the grant has no version: {other:?}"),
+        }
+    }
+
+    async fn control(&self, path: &str, body: Value) {
+        let (status, answer) = self.stack.control_post(path, &body).await.unwrap();
+        assert!(status.is_success(), "control {path}: {status} {answer}");
+    }
+
+    async fn refreshes(&self) -> u64 {
+        self.stack.control_get("stats").await.unwrap()["token"]["refresh_token"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// The calendar of `email` as `calsync_event_id` to the number of live Google events of it.
+    async fn calendar(&self, email: &str) -> BTreeMap<String, usize> {
+        let events = self
+            .stack
+            .control_get(&format!("calendars/{email}/primary/events"))
+            .await
+            .unwrap();
+        let mut live = BTreeMap::new();
+        for event in events["items"].as_array().unwrap() {
+            if event["status"] == "cancelled" {
+                continue;
+            }
+            let id = event["extendedProperties"]["private"]["calsync_event_id"]
+                .as_str()
+                .expect("every event calsync wrote names its row")
+                .to_string();
+            *live.entry(id).or_insert(0) += 1;
+        }
+        live
+    }
+
+    /// Nothing lost, nothing twice: `email`'s calendar holds each of `ids` once, and nothing else.
+    /// And no token, code or secret the emulator issued is in a table or a log line.
+    async fn assert_calendar_is(&self, email: &str, ids: &[String]) {
+        let expected: BTreeMap<String, usize> = ids.iter().map(|id| (id.clone(), 1)).collect();
+        assert_eq!(self.calendar(email).await, expected);
+        let issued = self.stack.control_get("issued-secrets").await.unwrap();
+        let tables = self.stack.dump_tables().await.unwrap();
+        let logs = String::from_utf8_lossy(&common::capture_logs().lock().unwrap()).into_owned();
+        for secret in issued["values"].as_array().unwrap() {
+            let secret = secret.as_str().unwrap();
+            assert!(
+                secret.len() < 8 || !tables.contains(secret) && !logs.contains(secret),
+                "an issued secret is in a table or the logs"
+            );
+        }
+    }
+}
+
+/// One invocation: the batch as Lambda hands it, with a minute left; the `batchItemFailures`.
+async fn invoke(deps: &SyncDeps, records: Vec<Value>) -> Vec<String> {
+    let payload: DynamodbEvent =
+        serde_json::from_value(TestStack::stream_event(records)).expect("a DynamodbEvent");
+    let response = sync::handle(deps, with_deadline(payload, 60))
+        .await
+        .expect("the handler answers");
+    let answer = serde_json::to_value(&response).unwrap();
+    answer["batchItemFailures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Runs each batch in an invocation of its own, all at once (each on its own task, as Lambda
+/// runs one environment per shard); every invocation's `batchItemFailures`.
+async fn invoke_at_once(invocations: Vec<SyncDeps>, batches: Vec<Vec<Value>>) -> Vec<Vec<String>> {
+    let tasks: Vec<_> = invocations
+        .into_iter()
+        .zip(batches)
+        .map(|(deps, batch)| tokio::spawn(async move { invoke(&deps, batch).await }))
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.expect("an invocation panicked"));
+    }
+    answers
+}
+
+// ---- refresh races ---------------------------------------------------------------------------
+
+/// How the racing invocations find the token expired.
+#[derive(Clone, Copy, Debug)]
+enum Expiry {
+    /// The grant says so (and Google agrees): each refreshes before its first call.
+    Stored,
+    /// Only Google knows: each gets 401 on its first call, then refreshes.
+    AtGoogle,
+}
+
+/// `invocations` event-sync invocations at once, three records each, all holding `u1`'s expired
+/// access token. Returns the number of refreshes Google saw.
+async fn race(invocations: usize, expiry: Expiry) -> u64 {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    let ids = h.put_rows("race", "u1", invocations * 3).await;
+    let records = h.new_records().await;
+    assert_eq!(records.len(), ids.len());
+
+    h.control("expire-access-tokens", json!({"email": ALICE}))
+        .await;
+    if let Expiry::Stored = expiry {
+        let grants = h.grants();
+        let grant = grants.get("u1").await.unwrap().unwrap();
+        grants
+            .save(&calsync::grants::Grant {
+                access_token_expires_at: Some(chrono::Utc::now() - chrono::Duration::minutes(1)),
+                ..grant
+            })
+            .await
+            .unwrap();
+    }
+    let version_before = h.grant_version("u1").await;
+    let refreshes_before = h.refreshes().await;
+
+    // Every write of the grant while they run is watched: its version never goes back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = Arc::new(h);
+    let watcher = tokio::spawn({
+        let (h, stop) = (h.clone(), stop.clone());
+        async move {
+            let mut versions = vec![version_before];
+            while !stop.load(Ordering::SeqCst) {
+                let version = h.grant_version("u1").await;
+                assert!(
+                    version >= *versions.last().unwrap(),
+                    "the grant's version went back: {versions:?} then {version}"
+                );
+                if version != *versions.last().unwrap() {
+                    versions.push(version);
+                }
+                tokio::task::yield_now().await;
+            }
+            versions
+        }
+    });
+
+    let shared_before = metric_total("event-sync", "TokenRefreshesShared", None);
+    let deps: Vec<SyncDeps> = (0..invocations).map(|_| h.invocation()).collect();
+    let batches: Vec<Vec<Value>> = records.chunks(3).map(<[Value]>::to_vec).collect();
+    let answers = invoke_at_once(deps, batches).await;
+    stop.store(true, Ordering::SeqCst);
+    let versions = watcher.await.expect("the version watcher");
+
+    for answer in &answers {
+        assert!(answer.is_empty(), "a record failed: {answers:?}");
+    }
+    let refreshes = h.refreshes().await - refreshes_before;
+    let shared = metric_total("event-sync", "TokenRefreshesShared", None) - shared_before;
+    println!(
+        "refresh race: {invocations} invocations at once, token expired {expiry:?}: \
+         {refreshes} refresh(es) at Google, {shared} invocation(s) used another's token"
+    );
+    // Every refresh that reached Google is stored once, and no write was lost on the way.
+    assert_eq!(
+        h.grant_version("u1").await,
+        version_before + refreshes,
+        "versions seen: {versions:?}"
+    );
+    assert_eq!(refreshes, 1, "the lease lets one invocation refresh");
+    h.assert_calendar_is(ALICE, &ids).await;
+
+    // The stored token is the one Google issued last: a later invocation needs no refresh.
+    let more = h.put_rows("after", "u1", 1).await;
+    assert!(
+        invoke(&h.invocation(), h.new_records().await)
+            .await
+            .is_empty()
+    );
+    assert_eq!(h.refreshes().await - refreshes_before, refreshes);
+    h.assert_calendar_is(ALICE, &[ids, more].concat()).await;
+    refreshes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_then_ten_invocations_on_one_expired_grant_refresh_once() {
+    race(2, Expiry::Stored).await;
+    race(10, Expiry::Stored).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_invocations_meeting_401_at_once_refresh_once() {
+    race(10, Expiry::AtGoogle).await;
+}
+
+// ---- faults at every dependency --------------------------------------------------------------
+
+fn sequence(record: &Value) -> String {
+    record["dynamodb"]["SequenceNumber"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// What Lambda hands the function again after `failed` came back in `batchItemFailures`: the
+/// batch from the lowest failed record on.
+fn redelivery(records: &[Value], failed: &[String]) -> Vec<Value> {
+    let first = records
+        .iter()
+        .position(|r| failed.contains(&sequence(r)))
+        .expect("a failed record is in the batch");
+    records[first..].to_vec()
+}
+
+impl Harness {
+    /// An invocation one call at a time (so a queued fault meets the call the test means), three
+    /// attempts per call, and a Calendar client that gives up after 300 ms.
+    fn one_at_a_time(&self, clients: &Clients) -> SyncDeps {
+        let mut deps = SyncDeps::from_config(&self.config, clients, Duration::from_millis(300));
+        deps.retry.base = Duration::from_millis(20);
+        deps.retry.cap = Duration::from_millis(100);
+        deps.retry.max_attempts = 3;
+        deps.concurrency = 1;
+        deps
+    }
+
+    async fn fault(&self, target: &str, fault: &Value, count: u32) {
+        let mut body = fault.clone();
+        body["target"] = json!(target);
+        body["count"] = json!(count);
+        self.control("faults", body).await;
+    }
+
+    /// `fault` at `target` (`calendar` or `token`), first `brief` times (cleared within the three
+    /// attempts), then three times (outlasting them), each on a new row of `u1`, whose token is
+    /// expired first when the target is the token endpoint. The first row is applied in its
+    /// invocation; the second is reported, missing from Google, and applied on redelivery.
+    /// Returns the two rows' ids.
+    async fn brief_then_outlasting(
+        &self,
+        deps: &SyncDeps,
+        target: &str,
+        fault: &Value,
+        brief: u32,
+        name: &str,
+    ) -> Vec<String> {
+        let mut ids = Vec::new();
+        for (phase, count) in [("brief", brief), ("long", 3)] {
+            if target == "token" {
+                self.expire_token("u1", ALICE).await;
+            }
+            let row = self.put_rows(&format!("{phase}{name}-"), "u1", 1).await;
+            self.fault(target, fault, count).await;
+            let records = self.new_records().await;
+            let failed = invoke(deps, records.clone()).await;
+            if count == brief {
+                assert!(failed.is_empty(), "{target} {fault} {count}x: {failed:?}");
+            } else {
+                assert_eq!(failed, vec![sequence(&records[0])], "{target} {fault}");
+                assert!(!self.calendar(ALICE).await.contains_key(&row[0]));
+                let redelivered = invoke(deps, redelivery(&records, &failed)).await;
+                assert!(redelivered.is_empty(), "{target} {fault}: {redelivered:?}");
+            }
+            ids.extend(row);
+        }
+        ids
+    }
+
+    /// Expires `user`'s access token at Google and on the grant, so the next call refreshes.
+    async fn expire_token(&self, user: &str, email: &str) {
+        self.control("expire-access-tokens", json!({"email": email}))
+            .await;
+        let grants = self.grants();
+        let grant = grants.get(user).await.unwrap().unwrap();
+        grants
+            .save(&calsync::grants::Grant {
+                access_token_expires_at: Some(chrono::Utc::now() - chrono::Duration::minutes(1)),
+                ..grant
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// Calendar faults as Google answers them: a fault that clears within the retries costs
+/// nothing; one that outlasts them fails the record, which its redelivery then applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calendar_errors_rate_limits_and_hangs_lose_nothing() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    let deps = h.one_at_a_time(&Clients::new(&h.stack.sdk));
+    let faults = [
+        json!({"status": 500}),
+        json!({"status": 503}),
+        json!({"status": 429}),
+        json!({"status": 403, "reason": "rateLimitExceeded"}),
+        // Past the client's 300 ms timeout, and an error even when it comes.
+        json!({"status": 503, "delay_ms": 1000}),
+    ];
+    let mut ids = Vec::new();
+    for (i, fault) in faults.iter().enumerate() {
+        let survived = h
+            .brief_then_outlasting(&deps, "calendar", fault, 2, &i.to_string())
+            .await;
+        ids.extend(survived);
+        h.assert_calendar_is(ALICE, &ids).await;
+    }
+    println!(
+        "calendar faults survived: {} kinds, each brief and outlasting the retries",
+        faults.len()
+    );
+
+    // A 429 with Retry-After: the next try waits what Google asked, not the 20 ms backoff.
+    let asked = h.put_rows("asked", "u1", 1).await;
+    h.fault("calendar", &json!({"status": 429, "retry_after": 1}), 1)
+        .await;
+    let started = std::time::Instant::now();
+    assert!(invoke(&deps, h.new_records().await).await.is_empty());
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(1), "retried after {waited:?}");
+    ids.extend(asked);
+    h.assert_calendar_is(ALICE, &ids).await;
+}
+
+/// The token endpoint failing or hanging while the user's token needs a refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_errors_and_hangs_lose_nothing() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    let clients = Clients::new(&h.stack.sdk);
+    let mut deps = h.one_at_a_time(&clients);
+    // The token client gives up after 300 ms (10 s in production).
+    deps.refresher = calsync::google_oauth::GoogleOAuth::with_http_client(
+        &h.config,
+        calsync::store::Stores::new(&h.config, &clients).secrets(),
+        calsync::google_oauth::http_client(Duration::from_millis(300)),
+    );
+    let faults = [json!({"status": 500}), json!({"delay_ms": 1000})];
+    let mut ids = Vec::new();
+    for (i, fault) in faults.iter().enumerate() {
+        let survived = h
+            .brief_then_outlasting(&deps, "token", fault, 1, &i.to_string())
+            .await;
+        ids.extend(survived);
+        h.assert_calendar_is(ALICE, &ids).await;
+    }
+}
+
+/// DynamoDB throttling, failing, unreachable or silent in the middle of a batch: the records
+/// it cuts off come back in `batchItemFailures`, and their redelivery applies them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_faults_in_the_middle_of_a_batch_lose_nothing() {
+    use testkit::fault_proxy::{Fault, FaultProxy};
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    let proxy = FaultProxy::start(&h.stack.aws_endpoint).await.unwrap();
+    let through_proxy = Clients::new(&testkit::aws::local_sdk_config(&proxy.endpoint).await);
+    let mut ids = Vec::new();
+    for (i, fault) in [
+        Fault::Throttle,
+        Fault::ServerError,
+        Fault::Refuse,
+        Fault::Hang,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // A cold invocation: secrets, the grant, then two calls per record (state read, write).
+        let deps = h.one_at_a_time(&through_proxy);
+        let batch = h.put_rows(&format!("ddb{i}-"), "u1", 5).await;
+        let records = h.new_records().await;
+        proxy.fail_after(9, fault);
+        let failed = invoke(&deps, records.clone()).await;
+        let applied = h.calendar(ALICE).await;
+        let cut_off = batch.iter().filter(|id| !applied.contains_key(*id)).count();
+        println!(
+            "{fault:?} after 9 DynamoDB calls: {} record(s) reported, {cut_off} not in Google yet",
+            failed.len()
+        );
+        assert!(!failed.is_empty(), "{fault:?} failed no record");
+        assert!(
+            cut_off > 0 && cut_off < batch.len(),
+            "{fault:?}: {cut_off} of the batch missing"
+        );
+
+        proxy.set(Fault::Forward);
+        assert!(
+            invoke(&deps, redelivery(&records, &failed))
+                .await
+                .is_empty()
+        );
+        ids.extend(batch);
+        h.assert_calendar_is(ALICE, &ids).await;
+    }
+}
+
+/// Secrets Manager unreachable when an invocation starts cold: every record fails with an error
+/// naming the secret, and once the service is back the same environment applies them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_manager_unreachable_at_cold_start_then_back() {
+    use testkit::fault_proxy::{Fault, FaultProxy};
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    let proxy = FaultProxy::start(&h.stack.aws_endpoint).await.unwrap();
+    let direct = Clients::new(&h.stack.sdk);
+    let clients = Clients {
+        secrets: Clients::new(&testkit::aws::local_sdk_config(&proxy.endpoint).await).secrets,
+        ..direct
+    };
+    let deps = h.one_at_a_time(&clients);
+    let ids = h.put_rows("cold", "u1", 2).await;
+    let records = h.new_records().await;
+    proxy.set(Fault::Refuse);
+    let logs_before = common::capture_logs().lock().unwrap().len();
+    let failed = invoke(&deps, records.clone()).await;
+    assert_eq!(
+        failed.len(),
+        records.len(),
+        "every record is reported: {failed:?}"
+    );
+    let logs = String::from_utf8_lossy(&common::capture_logs().lock().unwrap()[logs_before..])
+        .into_owned();
+    assert!(
+        logs.contains("could not read secret"),
+        "no clear error in the logs"
+    );
+    assert!(h.calendar(ALICE).await.is_empty());
+
+    proxy.set(Fault::Forward);
+    assert!(
+        invoke(&deps, redelivery(&records, &failed))
+            .await
+            .is_empty()
+    );
+    h.assert_calendar_is(ALICE, &ids).await;
+}
+
+/// An invocation killed while Google calls are in flight, and the whole batch delivered again
+/// to a new one: no event twice, none missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_killed_mid_batch_and_redelivered_loses_nothing() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    let ids = h.put_rows("kill", "u1", 6).await;
+    let records = h.new_records().await;
+    // Slow Google answers, so the kill lands between calls and during one.
+    h.fault("calendar", &json!({"delay_ms": 300}), 4).await;
+    let deps = h.one_at_a_time(&Clients::new(&h.stack.sdk));
+    let batch = records.clone();
+    let running = tokio::spawn(async move { invoke(&deps, batch).await });
+    loop {
+        let stats = h.stack.control_get("stats").await.unwrap();
+        if stats["calendar"]["insert"].as_u64().unwrap() >= 3 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    running.abort();
+    assert!(running.await.unwrap_err().is_cancelled());
+    let applied = h.calendar(ALICE).await.len();
+    println!("killed with {applied} of {} events in Google", ids.len());
+    assert!(applied < ids.len());
+
+    assert!(
+        invoke(&h.one_at_a_time(&Clients::new(&h.stack.sdk)), records)
+            .await
+            .is_empty()
+    );
+    h.assert_calendar_is(ALICE, &ids).await;
+}
