@@ -5,7 +5,7 @@
 //! The emulator's faults apply to the next calls whatever event they are for, so the tests that
 //! need one event to fail and another to pass order the batch and run it with concurrency 1.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use calsync::{
@@ -19,8 +19,7 @@ use calsync::{
         ResyncOnConnect,
         handler::{self as resync_handler, ResyncDeps, ResyncEvent},
     },
-    secrets::SecretsCache,
-    store::{DynamoFlowStore, DynamoGrantStore, DynamoSyncStateStore, SqsJobQueue},
+    store::{DynamoFlowStore, SqsJobQueue, Stores},
     sync::handler::SyncDeps,
     sync_state::{SyncState, SyncStateStore, SyncStatus},
 };
@@ -154,30 +153,22 @@ impl Harness {
         self.run(records).await
     }
 
+    /// The stores as the functions build them.
+    fn stores(&self) -> Stores {
+        Stores::new(&self.config, &self.clients)
+    }
+
     async fn state(&self, event_id: &str) -> Option<SyncState> {
-        DynamoSyncStateStore::new(
-            self.clients.dynamodb.clone(),
-            self.config.tables.sync_state.clone(),
-        )
-        .get(event_id)
-        .await
-        .unwrap()
+        self.stores().sync_state().get(event_id).await.unwrap()
     }
 
     async fn grant(&self, user: &str) -> Grant {
-        self.grants().get(user).await.unwrap().expect("a grant")
-    }
-
-    fn grants(&self) -> DynamoGrantStore {
-        let secrets = Arc::new(SecretsCache::new(
-            self.clients.secrets.clone(),
-            self.config.secrets.clone(),
-        ));
-        DynamoGrantStore::new(
-            self.clients.dynamodb.clone(),
-            self.config.tables.grants.clone(),
-            secrets,
-        )
+        self.stores()
+            .grants()
+            .get(user)
+            .await
+            .unwrap()
+            .expect("a grant")
     }
 
     // -- Google's side --
