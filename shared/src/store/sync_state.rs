@@ -40,6 +40,8 @@ struct StoredState {
     updated_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     synced_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    leftover_of: Option<String>,
 }
 
 impl From<&SyncState> for StoredState {
@@ -56,6 +58,7 @@ impl From<&SyncState> for StoredState {
             last_error: s.last_error.clone(),
             updated_at: s.updated_at,
             synced_at: s.synced_at,
+            leftover_of: s.leftover_of.clone(),
         }
     }
 }
@@ -80,6 +83,7 @@ impl StoredState {
             last_error: self.last_error,
             updated_at: self.updated_at,
             synced_at: self.synced_at,
+            leftover_of: self.leftover_of,
         })
     }
 }
@@ -169,6 +173,8 @@ struct SummarisedState {
     updated_at: DateTime<Utc>,
     #[serde(default)]
     synced_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    leftover_of: Option<String>,
 }
 
 impl SyncSummaries for DynamoSyncStateStore {
@@ -176,7 +182,7 @@ impl SyncSummaries for DynamoSyncStateStore {
         let mut pages = self
             .0
             .by_user(user_id)
-            .projection_expression("event_id, #s, updated_at, synced_at")
+            .projection_expression("event_id, #s, updated_at, synced_at, leftover_of")
             .expression_attribute_names("#s", "status")
             .into_paginator()
             .items()
@@ -186,7 +192,7 @@ impl SyncSummaries for DynamoSyncStateStore {
             let item = item.map_err(|e| StateError::Store(describe_error(&e)))?;
             let state: SummarisedState = read_item(item)?;
             summary.add(
-                &state.event_id,
+                state.leftover_of.as_deref().unwrap_or(&state.event_id),
                 state.status,
                 state.updated_at,
                 state.synced_at,
@@ -279,6 +285,7 @@ mod tests {
             last_error: None,
             updated_at: Utc::now(),
             synced_at: None,
+            leftover_of: None,
         };
         store.put(&state, &Expected::Absent).await.unwrap();
         assert!(matches!(

@@ -20,7 +20,7 @@ use crate::{
     grants::Marker,
     lifecycle::{self, LifecycleEvent},
     mapping::{EventRow, fingerprint, placement, synced_fields_changed},
-    sync_state::{SyncState, SyncStatus},
+    sync_state::{Expected, StateError, SyncState, SyncStateStore, SyncStatus, leftover_key},
     tokens::{GrantAccess, TokenError},
 };
 
@@ -93,6 +93,8 @@ impl From<CallError> for Refusal {
 const PARKED_REASON: &str =
     "parked until the user connects Google Calendar again; replayed on connect";
 
+const LEFTOVER_REASON: &str = "the event moved to another user or calendar; this copy is deleted once its owner connects Google Calendar again";
+
 fn state(
     event_id: &str,
     previous: Option<&SyncState>,
@@ -118,6 +120,7 @@ fn state(
             SyncStatus::Synced | SyncStatus::Deleted => Some(Utc::now()),
             _ => previous.and_then(|p| p.synced_at),
         },
+        leftover_of: previous.and_then(|p| p.leftover_of.clone()),
     }
 }
 
@@ -340,6 +343,55 @@ impl<P: SyncPorts> Syncer<P> {
         }
     }
 
+    /// Parks the delete of the copy `event_id` left at `old_user`'s calendar (see
+    /// [`leftover_key`]). Not recorded, the copy would be lost track of: the record fails instead.
+    async fn park_leftover(
+        &self,
+        event_id: &str,
+        prev: &SyncState,
+        old_user: &str,
+        google_id: &str,
+        status: SyncStatus,
+    ) -> Result<(), RecordFailure> {
+        let key = leftover_key(event_id, old_user, &prev.calendar_id);
+        let fail = |error: StateError| {
+            RecordFailure(format!(
+                "the event moved, its old copy cannot be deleted now, and parking that delete failed: {error}"
+            ))
+        };
+        let stored = self.states.get(&key).await.map_err(fail)?;
+        if stored.as_ref().is_some_and(|s| s.status.is_parked()) {
+            return Ok(());
+        }
+        let mut leftover = state(
+            &key,
+            None,
+            Some(old_user.to_string()),
+            prev.calendar_id.clone(),
+            Some(google_id.to_string()),
+            status,
+            Some(LEFTOVER_REASON.into()),
+        );
+        leftover.leftover_of = Some(event_id.to_string());
+        leftover.synced_at = prev.synced_at;
+        match self
+            .states
+            .put(&leftover, &Expected::of(stored.as_ref()))
+            .await
+        {
+            // Another invocation parked the same delete meanwhile.
+            Ok(()) | Err(StateError::Conflict { .. }) => {
+                tracing::warn!(
+                    event_id,
+                    user_id = old_user,
+                    "the event moved; deleting its old copy is parked until the old owner's grant works"
+                );
+                Ok(())
+            }
+            Err(error) => Err(fail(error)),
+        }
+    }
+
     async fn apply_upsert(
         &self,
         tokens: &Tokens<'_, P>,
@@ -401,9 +453,14 @@ impl<P: SyncPorts> Syncer<P> {
                 {
                     Ok(()) => {}
                     Err(Refusal::Fail(reason)) => return Err(RecordFailure(reason)),
-                    Err(Refusal::Park(_) | Refusal::Reject(_)) => tracing::warn!(
+                    Err(Refusal::Park(status)) => {
+                        self.park_leftover(event_id, prev, old_user, google_id, status)
+                            .await?
+                    }
+                    Err(Refusal::Reject(error)) => tracing::warn!(
                         event_id,
-                        "the event moved but its copy at the old user/calendar cannot be deleted; it stays there"
+                        %error,
+                        "the event moved but Google refuses to delete its copy at the old user/calendar; it stays there"
                     ),
                 }
             }

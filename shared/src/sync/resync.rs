@@ -225,6 +225,11 @@ impl<P: SyncPorts> Syncer<P> {
         if !state.status.is_parked() && state.google_event_id.is_none() {
             return Ok(());
         }
+        if let Some(event_id) = state.leftover_of.clone() {
+            return self
+                .resync_leftover(tokens, &event_id, state, report, deadline)
+                .await;
+        }
         let row = self.events.current_row(&state.event_id).await?;
         let row_is_here = row
             .as_ref()
@@ -235,6 +240,43 @@ impl<P: SyncPorts> Syncer<P> {
         let event_id = state.event_id.clone();
         let outcome = self
             .resync_event(tokens, &event_id, Some(state), row, deadline)
+            .await;
+        report.count(outcome);
+        Ok(())
+    }
+
+    /// A copy `event_id` left at this user's calendar when it moved away: deleted, unless the
+    /// event has moved back there since (then the copy is the event's own again).
+    async fn resync_leftover(
+        &self,
+        tokens: &Tokens<'_, P>,
+        event_id: &str,
+        leftover: SyncState,
+        report: &mut ResyncReport,
+        deadline: Deadline,
+    ) -> Result<(), ResyncError> {
+        let now = self.states.get(event_id).await?;
+        let moved_back = now.is_some_and(|s| {
+            s.status != SyncStatus::Deleted
+                && s.user_id == leftover.user_id
+                && s.calendar_id == leftover.calendar_id
+        });
+        if moved_back {
+            let mut done = leftover.clone();
+            done.status = SyncStatus::Deleted;
+            done.google_event_id = None;
+            done.last_error = None;
+            done.updated_at = chrono::Utc::now();
+            // Lost to a concurrent resync of the same leftover: it is handled either way.
+            match self.states.put(&done, &Expected::of(Some(&leftover))).await {
+                Ok(()) | Err(StateError::Conflict { .. }) => report.applied += 1,
+                Err(error) => return Err(error.into()),
+            }
+            return Ok(());
+        }
+        let key = leftover.event_id.clone();
+        let outcome = self
+            .resync_event(tokens, &key, Some(leftover), None, deadline)
             .await;
         report.count(outcome);
         Ok(())

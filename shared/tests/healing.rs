@@ -1,0 +1,222 @@
+//! What heals the gaps the stream leaves (issue 12), end to end against moto's server and the
+//! Google emulator over HTTP: a moved event's old copy whose delete waits for its owner's grant.
+//! Users connect through the real start and callback handlers; resync jobs run from the real
+//! queue through the resync handler, as the SQS event source mapping would run them.
+
+use std::time::Duration;
+
+use aws_lambda_events::event::dynamodb::Event as DynamodbEvent;
+use aws_sdk_dynamodb::types::AttributeValue;
+use calsync::{
+    aws::Clients,
+    calendar,
+    config::Config,
+    http::{self, CallbackDeps, StartDeps},
+    mapping::google_event_id,
+    resync::{
+        ResyncOnConnect,
+        handler::{self as resync_handler, ResyncDeps, ResyncEvent},
+    },
+    store::{DynamoFlowStore, SqsJobQueue},
+    sync::{self, handler::SyncDeps},
+};
+use lambda_http::Body;
+use serde_json::{Value, json};
+use testkit::{
+    TestStack,
+    api_gateway::HttpApiEvent,
+    invocation::with_deadline,
+    rows,
+    stack::{ALICE, BOB},
+};
+
+mod common;
+use common::{metric_total, stack_with_config};
+
+struct Stack {
+    stack: TestStack,
+    config: Config,
+    clients: Clients,
+    sync: SyncDeps,
+    start: StartDeps<DynamoFlowStore>,
+    callback: CallbackDeps<http::Production<ResyncOnConnect<SqsJobQueue>>>,
+    resync: ResyncDeps<resync_handler::Production>,
+    /// Stream records already handed to event-sync.
+    seen: usize,
+}
+
+impl Stack {
+    async fn start() -> Self {
+        let (stack, config, clients) = stack_with_config().await;
+        let mut sync = SyncDeps::from_config(&config, &clients, calendar::DEFAULT_TIMEOUT);
+        let mut resync = ResyncDeps::from_config(&config, &clients);
+        for retry in [&mut sync.retry, &mut resync.syncer.retry] {
+            retry.base = Duration::from_millis(20);
+            retry.cap = Duration::from_millis(200);
+        }
+        let queue = SqsJobQueue::new(clients.sqs.clone(), config.resync_queue_url.clone());
+        Self {
+            start: StartDeps::new(config.clone(), &clients),
+            callback: CallbackDeps::new(config.clone(), &clients, ResyncOnConnect(queue)),
+            sync,
+            resync,
+            stack,
+            config,
+            clients,
+            seen: 0,
+        }
+    }
+
+    async fn put_row(&self, event_id: &str, user: &str, title: &str, calendar: Option<&str>) {
+        let mut row = rows::event_row(event_id, user, title);
+        if let Some(calendar) = calendar {
+            row.insert("calendar_id".into(), AttributeValue::S(calendar.into()));
+        }
+        let table = self.stack.table("EVENTS_TABLE");
+        rows::put(&self.clients.dynamodb, table, row)
+            .await
+            .expect("put row");
+    }
+
+    /// Hands the stream's new records to event-sync, as one batch; returns its failures.
+    async fn sync_new(&mut self) -> Vec<Value> {
+        let all = self.stack.stream_records("EVENTS_TABLE").await.unwrap();
+        let records = all[self.seen..].to_vec();
+        self.seen = all.len();
+        assert!(!records.is_empty(), "the stream holds new records");
+        let payload: DynamodbEvent =
+            serde_json::from_value(TestStack::stream_event(records)).unwrap();
+        let answer = sync::handle(&self.sync, with_deadline(payload, 60))
+            .await
+            .expect("event-sync answers");
+        let answer = serde_json::to_value(answer).unwrap();
+        answer["batchItemFailures"].as_array().unwrap().clone()
+    }
+
+    /// Runs the resync queue's jobs one at a time until it is empty; returns how many ran.
+    async fn drain_resync(&self) -> usize {
+        let url = &self.config.resync_queue_url;
+        let arn = testkit::queues::arn_of_url(url, testkit::aws::REGION);
+        let mut jobs = 0;
+        loop {
+            let messages = testkit::queues::receive(&self.clients.sqs, url, 1, 0)
+                .await
+                .unwrap();
+            if messages.is_empty() {
+                return jobs;
+            }
+            jobs += messages.len();
+            let event = testkit::queues::lambda_event(&messages, &arn, testkit::aws::REGION);
+            let payload: ResyncEvent = serde_json::from_value(event).unwrap();
+            let answer = resync_handler::handle(&self.resync, with_deadline(payload, 300))
+                .await
+                .expect("resync answers");
+            let answer = serde_json::to_value(answer).unwrap();
+            assert_eq!(answer["batchItemFailures"], json!([]), "every job succeeds");
+            testkit::queues::delete_handled(&self.clients.sqs, url, &messages, &answer)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Connects `user` as `account` through the real handlers, then runs the resync it queued.
+    async fn connect(&self, user: &str, account: &str) {
+        self.stack
+            .connect_through(
+                user,
+                account,
+                async |request| http::start_router(&self.start, request).await,
+                async |request| http::callback_router(&self.callback, request).await,
+            )
+            .await
+            .expect("connected");
+        assert!(
+            self.drain_resync().await >= 1,
+            "the connect queued a resync"
+        );
+    }
+
+    async fn status(&self, user: &str) -> Value {
+        let request = HttpApiEvent::get("/oauth/google/status")
+            .user(user)
+            .request();
+        match http::callback_router(&self.callback, request).await.body() {
+            Body::Text(text) => serde_json::from_str(text).unwrap(),
+            other => panic!("unexpected body {other:?}"),
+        }
+    }
+
+    async fn control(&self, path: &str, body: Value) {
+        let (status, _) = self.stack.control_post(path, &body).await.unwrap();
+        assert!(status.is_success(), "control {path}: {status}");
+    }
+
+    /// The status of the Google event of `event_id` in `email`'s `calendar` (`cancelled` once
+    /// deleted), if Google ever held it.
+    async fn google_status(&self, email: &str, calendar: &str, event_id: &str) -> Option<String> {
+        let id = google_event_id(event_id);
+        let listed = self
+            .stack
+            .control_get(&format!("calendars/{email}/{calendar}/events"))
+            .await
+            .unwrap();
+        listed["items"]
+            .as_array()?
+            .iter()
+            .find(|e| e["id"] == id.as_str())
+            .map(|e| e["status"].as_str().unwrap().to_string())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_away_from_a_revoked_grant_deletes_the_old_copy_once_its_owner_reconnects() {
+    let mut s = Stack::start().await;
+    s.connect("u1", ALICE).await;
+    s.connect("u2", BOB).await;
+    s.control("calendars", json!({"email": BOB, "calendar_id": "team"}))
+        .await;
+    s.put_row("m1", "u1", "Handover", None).await;
+    s.put_row("stay", "u1", "Stays with Alice", None).await;
+    assert_eq!(s.sync_new().await, Vec::<Value>::new());
+
+    // Alice removes the app's access in her Google account; then her event moves to Bob.
+    s.control("revoke", json!({"email": ALICE})).await;
+    s.put_row("m1", "u2", "Handover", Some("team")).await;
+    assert_eq!(
+        s.sync_new().await,
+        Vec::<Value>::new(),
+        "parking fails nothing"
+    );
+    assert_eq!(
+        s.google_status(BOB, "team", "m1").await.as_deref(),
+        Some("confirmed")
+    );
+    assert_eq!(
+        s.google_status(ALICE, "primary", "m1").await.as_deref(),
+        Some("confirmed"),
+        "Alice's copy cannot be deleted without her grant"
+    );
+    let status = s.status("u1").await;
+    assert_eq!(status["status"], "needs_reauth");
+    assert_eq!(status["parked_changes"], 1, "the delete waits, visibly");
+    assert_eq!(status["last_error"]["event_id"], "m1");
+
+    // Alice reconnects: her resync deletes the copy she no longer owns, and nothing else.
+    s.connect("u1", ALICE).await;
+    assert_eq!(
+        s.google_status(ALICE, "primary", "m1").await.as_deref(),
+        Some("cancelled")
+    );
+    assert_eq!(
+        s.google_status(ALICE, "primary", "stay").await.as_deref(),
+        Some("confirmed")
+    );
+    assert_eq!(
+        s.google_status(BOB, "team", "m1").await.as_deref(),
+        Some("confirmed")
+    );
+    assert!(metric_total("resync", "ResyncApplied", None) >= 1.0);
+    let status = s.status("u1").await;
+    assert_eq!(status["parked_changes"], 0);
+    assert_eq!(status["last_error"], Value::Null);
+}
