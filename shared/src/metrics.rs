@@ -66,6 +66,9 @@ pub enum Metric {
     ResyncContinued,
     /// User jobs a sweep queued.
     SweepUsersQueued,
+    /// Sweeps the on-failure queue's records did not start: a sweep recorded as started after
+    /// their batch arrived covers them.
+    SweepsCovered,
     /// Idle grants the keep-alive refreshed.
     KeepAliveRefreshed,
     /// Idle grants Google refused at the keep-alive.
@@ -79,7 +82,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 28] = [
+    pub const ALL: [Metric; 29] = [
         Metric::RecordsSynced,
         Metric::RecordsSkipped,
         Metric::RecordsParked,
@@ -103,6 +106,7 @@ impl Metric {
         Metric::ResyncFailed,
         Metric::ResyncContinued,
         Metric::SweepUsersQueued,
+        Metric::SweepsCovered,
         Metric::KeepAliveRefreshed,
         Metric::KeepAliveRefused,
         Metric::LifecycleEventsSent,
@@ -135,6 +139,7 @@ impl Metric {
             Metric::ResyncFailed => "ResyncFailed",
             Metric::ResyncContinued => "ResyncContinued",
             Metric::SweepUsersQueued => "SweepUsersQueued",
+            Metric::SweepsCovered => "SweepsCovered",
             Metric::KeepAliveRefreshed => "KeepAliveRefreshed",
             Metric::KeepAliveRefused => "KeepAliveRefused",
             Metric::LifecycleEventsSent => "LifecycleEventsSent",

@@ -78,12 +78,18 @@ impl Stack {
             .expect("put row");
     }
 
-    /// Hands the stream's new records to event-sync, as one batch; returns its failures.
-    async fn sync_new(&mut self) -> Vec<Value> {
+    /// The stream records written since the last call.
+    async fn new_records(&mut self) -> Vec<Value> {
         let all = self.stack.stream_records("EVENTS_TABLE").await.unwrap();
         let records = all[self.seen..].to_vec();
         self.seen = all.len();
         assert!(!records.is_empty(), "the stream holds new records");
+        records
+    }
+
+    /// Hands the stream's new records to event-sync, as one batch; returns its failures.
+    async fn sync_new(&mut self) -> Vec<Value> {
+        let records = self.new_records().await;
         let payload: DynamodbEvent =
             serde_json::from_value(TestStack::stream_event(records)).unwrap();
         let answer = sync::handle(&self.sync, with_deadline(payload, 60))
@@ -117,6 +123,36 @@ impl Stack {
                 .await
                 .unwrap();
         }
+    }
+
+    /// Puts Lambda's on-failure records of these batches on the on-failure queue, runs the
+    /// resync function on them as one invocation, then runs the resync jobs that queued; returns
+    /// how many jobs ran.
+    async fn consume_failures(&self, failures: &[Value]) -> usize {
+        let url = self
+            .config
+            .resync_queue_url
+            .replace("ResyncQueue", "EventSyncFailureQueue");
+        for failure in failures {
+            let sent = self.clients.sqs.send_message().queue_url(&url);
+            sent.message_body(failure.to_string()).send().await.unwrap();
+        }
+        let messages = testkit::queues::receive(&self.clients.sqs, &url, 10, 0)
+            .await
+            .unwrap();
+        assert_eq!(messages.len(), failures.len());
+        let arn = testkit::queues::arn_of_url(&url, testkit::aws::REGION);
+        let event = testkit::queues::lambda_event(&messages, &arn, testkit::aws::REGION);
+        let payload: ResyncEvent = serde_json::from_value(event).unwrap();
+        let answer = resync_handler::handle(&self.resync, with_deadline(payload, 300))
+            .await
+            .expect("resync answers");
+        assert!(answer.batch_item_failures.is_empty());
+        let answer = serde_json::to_value(answer).unwrap();
+        testkit::queues::delete_handled(&self.clients.sqs, &url, &messages, &answer)
+            .await
+            .unwrap();
+        self.drain_resync().await
     }
 
     /// Connects `user` as `account` through the real handlers, then runs the resync it queued.
@@ -219,4 +255,65 @@ async fn a_move_away_from_a_revoked_grant_deletes_the_old_copy_once_its_owner_re
     let status = s.status("u1").await;
     assert_eq!(status["parked_changes"], 0);
     assert_eq!(status["last_error"], Value::Null);
+}
+
+/// Lambda's on-failure record of the batch `records`, arrived at `arrived` (default: as the
+/// stream says).
+fn failure(records: &[Value], arrived: Option<chrono::DateTime<chrono::Utc>>) -> Value {
+    let mut failure = testkit::streams::failure_record(
+        records,
+        testkit::streams::GiveUp::RecordAgeExceeded,
+        11,
+        "shardId-00000001",
+        "arn:aws:dynamodb:eu-west-1:123456789012:table/events/stream/1",
+        "arn:aws:lambda:eu-west-1:123456789012:function:event-sync",
+    );
+    if let Some(at) = arrived {
+        failure["DDBStreamBatchInfo"]["approximateArrivalOfLastRecord"] = json!(at.to_rfc3339());
+    }
+    failure
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_records_arriving_apart_start_one_sweep_while_it_covers_them() {
+    let mut s = Stack::start().await;
+    s.connect("u1", ALICE).await;
+    s.put_row("r1", "u1", "Given up on", None).await;
+    let given_up = s.new_records().await;
+    // The stream gave up on the batch hours after it arrived; its record starts a sweep, which
+    // queues the one connected user.
+    let hours_ago = Some(chrono::Utc::now() - chrono::Duration::hours(6));
+    assert_eq!(
+        s.consume_failures(&[failure(&given_up, hours_ago)]).await,
+        1
+    );
+    assert_eq!(
+        s.google_status(ALICE, "primary", "r1").await.as_deref(),
+        Some("confirmed")
+    );
+
+    // Another shard's record of a batch that arrived before that sweep started, in another
+    // invocation: the sweep covers it, none starts.
+    assert_eq!(
+        s.consume_failures(&[failure(&given_up, hours_ago)]).await,
+        0
+    );
+    assert_eq!(metric_total("resync", "SweepsCovered", None), 1.0);
+
+    // A batch that arrived after the sweep started is not covered: it sweeps again.
+    s.put_row("r2", "u1", "Given up on later", None).await;
+    let later = s.new_records().await;
+    assert_eq!(s.consume_failures(&[failure(&later, None)]).await, 1);
+    assert_eq!(
+        s.google_status(ALICE, "primary", "r2").await.as_deref(),
+        Some("confirmed")
+    );
+    // A record that does not say when its batch arrived always sweeps.
+    let mut unknown = failure(&given_up, None);
+    unknown["DDBStreamBatchInfo"]
+        .as_object_mut()
+        .unwrap()
+        .remove("approximateArrivalOfLastRecord");
+    assert_eq!(s.consume_failures(&[unknown]).await, 1);
+    assert_eq!(metric_total("resync", "SweepsCovered", None), 1.0);
 }

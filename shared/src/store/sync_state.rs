@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 use super::{Item, Table, page_after, unless_condition_failed};
 use crate::{
     aws::describe_error,
+    resync::SweepLog,
     sync_state::{
         Expected, Page, Sequence, StateError, SyncState, SyncStateStore, SyncStatus, SyncSummaries,
         SyncSummary,
@@ -153,6 +154,44 @@ impl SyncStateStore for DynamoSyncStateStore {
     }
 }
 
+/// The key of the [`SweepLog`] item (no `user_id`, so it is in no user's listing or summary).
+const SWEEP_LOG_KEY: &str = "calsync-sweep-log";
+
+/// Fixed-width UTC text, so DynamoDB's text comparison is the time order.
+fn sweep_time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl SweepLog for DynamoSyncStateStore {
+    async fn last_started(&self) -> Result<Option<DateTime<Utc>>, StateError> {
+        let item = self.0.get(SWEEP_LOG_KEY).await.map_err(StateError::Store)?;
+        let Some(AttributeValue::S(text)) = item.as_ref().and_then(|i| i.get("started_at")) else {
+            return Ok(None);
+        };
+        DateTime::parse_from_rfc3339(text)
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .map_err(|e| StateError::Corrupt {
+                event_id: SWEEP_LOG_KEY.into(),
+                reason: e.to_string(),
+            })
+    }
+
+    async fn record(&self, at: DateTime<Utc>) -> Result<(), StateError> {
+        let item = Item::from([
+            ("event_id".into(), AttributeValue::S(SWEEP_LOG_KEY.into())),
+            ("started_at".into(), AttributeValue::S(sweep_time(at))),
+        ]);
+        let request = self
+            .0
+            .put(item)
+            .condition_expression("attribute_not_exists(event_id) OR started_at < :at")
+            .expression_attribute_values(":at", AttributeValue::S(sweep_time(at)));
+        // Refused: a later sweep is recorded already, which covers more.
+        unless_condition_failed(request.send().await).map_err(StateError::Store)?;
+        Ok(())
+    }
+}
+
 /// A stored state (or part of one) read from its item; unreadable, it names its event.
 fn read_item<T: serde::de::DeserializeOwned>(item: Item) -> Result<T, StateError> {
     let event_id = match item.get("event_id") {
@@ -202,10 +241,12 @@ impl SyncSummaries for DynamoSyncStateStore {
     }
 }
 
-/// In-memory [`SyncStateStore`] for unit tests, with the same conditional-write rule.
+/// In-memory [`SyncStateStore`] and [`SweepLog`] for unit tests, with the same conditional-write
+/// rules.
 #[derive(Clone, Default)]
 pub struct InMemorySyncStateStore {
     items: Arc<Mutex<HashMap<String, SyncState>>>,
+    sweep_started: Arc<Mutex<Option<DateTime<Utc>>>>,
 }
 
 impl InMemorySyncStateStore {
@@ -251,6 +292,18 @@ impl SyncStateStore for InMemorySyncStateStore {
         states.sort_by(|a, b| a.event_id.cmp(&b.event_id));
         let items = page_after(states, cursor, |s| &s.event_id);
         Ok(items)
+    }
+}
+
+impl SweepLog for InMemorySyncStateStore {
+    async fn last_started(&self) -> Result<Option<DateTime<Utc>>, StateError> {
+        Ok(*self.sweep_started.lock().await)
+    }
+
+    async fn record(&self, at: DateTime<Utc>) -> Result<(), StateError> {
+        let mut started = self.sweep_started.lock().await;
+        *started = (*started).max(Some(at));
+        Ok(())
     }
 }
 
