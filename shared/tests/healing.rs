@@ -317,3 +317,130 @@ async fn failure_records_arriving_apart_start_one_sweep_while_it_covers_them() {
     assert_eq!(s.consume_failures(&[unknown]).await, 1);
     assert_eq!(metric_total("resync", "SweepsCovered", None), 1.0);
 }
+
+impl Stack {
+    /// The user's Google access token, as the grant holds it, for acting as the user in Google.
+    async fn access_token(&self, user: &str) -> secrecy::SecretString {
+        use calsync::grants::GrantStore;
+        let grants = calsync::store::Stores::new(&self.config, &self.clients).grants();
+        let grant = grants.get(user).await.unwrap().expect("a grant");
+        grant.access_token.expect("an access token")
+    }
+
+    /// The Google event of `event_id` in `email`'s primary calendar, as Google holds it.
+    async fn google_event(&self, email: &str, event_id: &str) -> Value {
+        let id = google_event_id(event_id);
+        let listed = self
+            .stack
+            .control_get(&format!("calendars/{email}/primary/events"))
+            .await
+            .unwrap();
+        let items = listed["items"].as_array().unwrap();
+        items
+            .iter()
+            .find(|e| e["id"] == id.as_str())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Calendar writes Google has served (insert, update, patch, delete).
+    async fn writes(&self) -> u64 {
+        let stats = self.stack.control_get("stats").await.unwrap();
+        ["insert", "update", "patch", "delete"]
+            .iter()
+            .map(|k| stats["calendar"][k].as_u64().unwrap())
+            .sum()
+    }
+
+    /// Queues the daily sweep's job for `user` and runs the resync jobs.
+    async fn resync(&self, user: &str) -> usize {
+        let job = serde_json::to_string(&calsync::resync::Job::user(user)).unwrap();
+        let queue = self
+            .clients
+            .sqs
+            .send_message()
+            .queue_url(&self.config.resync_queue_url);
+        queue.message_body(job).send().await.unwrap();
+        self.drain_resync().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_deletes_orphans_and_restores_what_was_deleted_or_changed_in_google() {
+    use calsync::calendar::{Calendar, CalendarClient};
+    let mut s = Stack::start().await;
+    s.connect("u1", ALICE).await;
+    s.put_row("keep", "u1", "Untouched", None).await;
+    s.put_row("undo", "u1", "Deleted by the user in Google", None)
+        .await;
+    s.put_row("edit", "u1", "Edited by the user in Google", None)
+        .await;
+    assert_eq!(s.sync_new().await, Vec::<Value>::new());
+
+    // Alice acts in Google: deletes one event, retitles another, adds one of her own. And
+    // Google holds a copy calsync wrote of a row that is gone (a delete that never reached it).
+    let google = CalendarClient::new(
+        s.config.google.calendar_api_url.clone(),
+        calendar::DEFAULT_TIMEOUT,
+    );
+    let token = s.access_token("u1").await;
+    let undo = google_event_id("undo");
+    google.delete(&token, "primary", &undo).await.unwrap();
+    let mut edited = s.google_event(ALICE, "edit").await;
+    edited["summary"] = json!("Alice's own title");
+    let edit = google_event_id("edit");
+    google
+        .update(&token, "primary", &edit, &edited)
+        .await
+        .unwrap();
+    let own = json!({
+        "id": "a11ce0000001", "summary": "Alice's own",
+        "start": {"dateTime": "2026-12-01T09:00:00Z"}, "end": {"dateTime": "2026-12-01T10:00:00Z"},
+    });
+    google.insert(&token, "primary", &own).await.unwrap();
+    let mut orphan = s.google_event(ALICE, "keep").await;
+    orphan["id"] = json!(google_event_id("gone"));
+    orphan["extendedProperties"]["private"]["calsync_event_id"] = json!("gone");
+    orphan["summary"] = json!("A row that is gone");
+    for field in [
+        "iCalUID", "etag", "htmlLink", "created", "updated", "sequence",
+    ] {
+        orphan.as_object_mut().unwrap().remove(field);
+    }
+    google.insert(&token, "primary", &orphan).await.unwrap();
+    let keep = s.google_event(ALICE, "keep").await;
+
+    let writes = s.writes().await;
+    assert_eq!(s.resync("u1").await, 1);
+    assert_eq!(s.google_event(ALICE, "gone").await["status"], "cancelled");
+    let undone = s.google_event(ALICE, "undo").await;
+    assert_eq!(
+        (undone["status"].as_str(), undone["summary"].as_str()),
+        (Some("confirmed"), Some("Deleted by the user in Google"))
+    );
+    assert_eq!(
+        s.google_event(ALICE, "edit").await["summary"],
+        "Edited by the user in Google"
+    );
+    // Nothing else is touched: the event in sync keeps its etag, Alice's own event stays.
+    assert_eq!(s.google_event(ALICE, "keep").await, keep);
+    let listed = s
+        .stack
+        .control_get(&format!("calendars/{ALICE}/primary/events"))
+        .await
+        .unwrap();
+    let own = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == "a11ce0000001");
+    assert_eq!(own.unwrap()["status"], "confirmed");
+    assert_eq!(s.writes().await - writes, 3, "one delete and two updates");
+    assert_eq!(metric_total("resync", "ReconcileOrphansDeleted", None), 1.0);
+    assert_eq!(metric_total("resync", "ReconcileRestored", None), 2.0);
+
+    // Healed: the next run writes nothing.
+    let writes = s.writes().await;
+    assert_eq!(s.resync("u1").await, 1);
+    assert_eq!(s.writes().await, writes);
+}

@@ -16,7 +16,7 @@ use super::{
     retry::{Deadline, Retryable},
 };
 use crate::{
-    calendar::{Calendar, CalendarError},
+    calendar::{Calendar, CalendarError, EventPage},
     grants::Marker,
     lifecycle::{self, LifecycleEvent},
     mapping::{EventRow, fingerprint, placement, synced_fields_changed},
@@ -69,7 +69,7 @@ impl std::fmt::Display for CallError {
 }
 
 /// What a failed call means for the change.
-enum Refusal {
+pub(super) enum Refusal {
     /// No usable grant: park with this status.
     Park(SyncStatus),
     /// Retryable trouble outlasted the retries.
@@ -127,16 +127,16 @@ fn state(
 impl<P: SyncPorts> Syncer<P> {
     /// One Google call with the user's token: 401 refreshes once and retries once; retryable
     /// errors are retried by the policy.
-    async fn call<F, Fut>(
+    async fn call<T, F, Fut>(
         &self,
         tokens: &Tokens<'_, P>,
         user_id: &str,
         deadline: Deadline,
         op: F,
-    ) -> Result<(), CallError>
+    ) -> Result<T, CallError>
     where
         F: Fn(SecretString) -> Fut,
-        Fut: Future<Output = Result<(), CalendarError>>,
+        Fut: Future<Output = Result<T, CalendarError>>,
     {
         let op = &op;
         self.retry
@@ -185,6 +185,25 @@ impl<P: SyncPorts> Syncer<P> {
             })
             .await;
         result.map_err(Refusal::from)
+    }
+
+    /// One page of the events calsync wrote to `user_id`'s `calendar_id` (see
+    /// [`Calendar::list_ours`]).
+    pub(super) async fn list_at(
+        &self,
+        tokens: &Tokens<'_, P>,
+        user_id: &str,
+        calendar_id: &str,
+        page_token: Option<&str>,
+        deadline: Deadline,
+    ) -> Result<EventPage, Refusal> {
+        self.call(tokens, user_id, deadline, |token| async move {
+            self.calendar
+                .list_ours(&token, calendar_id, page_token)
+                .await
+        })
+        .await
+        .map_err(Refusal::from)
     }
 
     async fn write_event(
