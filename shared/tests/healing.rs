@@ -33,6 +33,21 @@ use testkit::{
 mod common;
 use common::{metric_total, stack_with_config};
 
+/// event-sync's and resync's dependencies as a cold start builds them (fresh secrets caches),
+/// with short retry delays.
+fn functions(
+    config: &Config,
+    clients: &Clients,
+) -> (SyncDeps, ResyncDeps<resync_handler::Production>) {
+    let mut sync = SyncDeps::from_config(config, clients, calendar::DEFAULT_TIMEOUT);
+    let mut resync = ResyncDeps::from_config(config, clients);
+    for retry in [&mut sync.retry, &mut resync.syncer.retry] {
+        retry.base = Duration::from_millis(20);
+        retry.cap = Duration::from_millis(200);
+    }
+    (sync, resync)
+}
+
 struct Stack {
     stack: TestStack,
     config: Config,
@@ -48,12 +63,7 @@ struct Stack {
 impl Stack {
     async fn start() -> Self {
         let (stack, config, clients) = stack_with_config().await;
-        let mut sync = SyncDeps::from_config(&config, &clients, calendar::DEFAULT_TIMEOUT);
-        let mut resync = ResyncDeps::from_config(&config, &clients);
-        for retry in [&mut sync.retry, &mut resync.syncer.retry] {
-            retry.base = Duration::from_millis(20);
-            retry.cap = Duration::from_millis(200);
-        }
+        let (sync, resync) = functions(&config, &clients);
         let queue = SqsJobQueue::new(clients.sqs.clone(), config.resync_queue_url.clone());
         Self {
             start: StartDeps::new(config.clone(), &clients),
@@ -90,6 +100,11 @@ impl Stack {
     /// Hands the stream's new records to event-sync, as one batch; returns its failures.
     async fn sync_new(&mut self) -> Vec<Value> {
         let records = self.new_records().await;
+        self.sync(records).await
+    }
+
+    /// Hands `records` to event-sync, as one batch; returns its failures.
+    async fn sync(&self, records: Vec<Value>) -> Vec<Value> {
         let payload: DynamodbEvent =
             serde_json::from_value(TestStack::stream_event(records)).unwrap();
         let answer = sync::handle(&self.sync, with_deadline(payload, 60))
@@ -443,4 +458,144 @@ async fn reconciliation_deletes_orphans_and_restores_what_was_deleted_or_changed
     let writes = s.writes().await;
     assert_eq!(s.resync("u1").await, 1);
     assert_eq!(s.writes().await, writes);
+}
+
+impl Stack {
+    /// The token keyring secret, as JSON.
+    async fn keyring(&self) -> Value {
+        let secrets = aws_sdk_secretsmanager::Client::new(&self.stack.sdk);
+        let secret = secrets
+            .get_secret_value()
+            .secret_id(&self.config.secrets.token_keys);
+        let text = secret.send().await.unwrap();
+        serde_json::from_str(text.secret_string().unwrap()).unwrap()
+    }
+
+    async fn put_keyring(&self, keyring: &Value) {
+        let secrets = aws_sdk_secretsmanager::Client::new(&self.stack.sdk);
+        let put = secrets
+            .put_secret_value()
+            .secret_id(&self.config.secrets.token_keys);
+        put.secret_string(keyring.to_string()).send().await.unwrap();
+    }
+
+    /// The resync function invoked with one user job for each of `users`, as the queue's event
+    /// source mapping delivers them; returns the messages it failed.
+    async fn resync_users(&self, users: &[&str]) -> usize {
+        let records: Vec<Value> = users
+            .iter()
+            .map(|user| {
+                let job = serde_json::to_string(&calsync::resync::Job::user(user)).unwrap();
+                json!({"messageId": format!("job-{user}"), "body": job,
+                       "attributes": {}, "messageAttributes": {}})
+            })
+            .collect();
+        let payload: ResyncEvent = serde_json::from_value(json!({ "Records": records })).unwrap();
+        let answer = resync_handler::handle(&self.resync, with_deadline(payload, 300))
+            .await
+            .expect("resync answers");
+        answer.batch_item_failures.len()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_under_load_fails_no_request() {
+    use calsync::grants::{GrantStatus, GrantStore};
+    use futures::future::join_all;
+    let mut s = Stack::start().await;
+    s.connect("u1", ALICE).await;
+    s.connect("u2", BOB).await;
+    let old_key = s.keyring().await["current"].as_str().unwrap().to_string();
+    let sealed_key = |item: &std::collections::HashMap<String, AttributeValue>| {
+        let sealed = item["refresh_token_sealed"].as_s().unwrap();
+        sealed.split('.').nth(1).unwrap().to_string()
+    };
+
+    for i in 0..3 {
+        s.put_row(&format!("b{i}"), "u2", "Bob's, before the rotation", None)
+            .await;
+    }
+    assert_eq!(s.sync_new().await, Vec::<Value>::new());
+
+    // The README's steps, each while both functions' warm instances (`s.sync`, `s.resync`,
+    // whose caches hold the keyring from before) run invocations side by side: two event-sync
+    // batches of Alice's new rows, and two resyncs of Bob (each keeps his grant alive, re-seals
+    // it, and reconciles his rows; separate users, so no invocation loses a race to another and
+    // retries). Every step expires the access tokens, so each invocation refreshes and seals the
+    // new token with the keyring it holds.
+    use base64::Engine;
+    let new_key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let steps = [
+        "add a key",
+        "switch current",
+        "re-seal",
+        "remove the old key",
+    ];
+    for (n, step) in steps.into_iter().enumerate() {
+        let mut keyring = s.keyring().await;
+        match step {
+            "add a key" => keyring["keys"]["k2"] = json!(new_key),
+            "switch current" => keyring["current"] = json!("k2"),
+            "remove the old key" => {
+                keyring["keys"].as_object_mut().unwrap().remove(&old_key);
+            }
+            _ => {}
+        }
+        s.put_keyring(&keyring).await;
+        if step == "re-seal" {
+            // The README's wait: a secrets cache's lifetime after the switch, every instance
+            // holds the keyring whose current key is the new one (here: new instances).
+            (s.sync, s.resync) = functions(&s.config, &s.clients);
+        }
+        for email in [ALICE, BOB] {
+            s.control("expire-access-tokens", json!({"email": email}))
+                .await;
+        }
+        for i in 0..6 {
+            s.put_row(&format!("a{n}{i}"), "u1", step, None).await;
+        }
+        let records = s.new_records().await;
+        let (first, second) = records.split_at(records.len() / 2);
+        let syncs = join_all([s.sync(first.to_vec()), s.sync(second.to_vec())]);
+        let resyncs = join_all([s.resync_users(&["u2"]), s.resync_users(&["u2"])]);
+        let (synced, resynced) = tokio::join!(syncs, resyncs);
+        assert!(synced.iter().all(Vec::is_empty), "{step}: {synced:?}");
+        assert_eq!(resynced, [0, 0], "{step}");
+        if step == "re-seal" {
+            // The step itself: the sweep's resync of every user re-seals each grant under the
+            // current key (Bob's resyncs above did his already).
+            assert_eq!(s.resync_users(&["u1", "u2"]).await, 0);
+        }
+        let ids = (0..6).map(|i| (ALICE, format!("a{n}{i}")));
+        for (email, id) in ids.chain((0..3).map(|i| (BOB, format!("b{i}")))) {
+            assert_eq!(
+                s.google_status(email, "primary", &id).await.as_deref(),
+                Some("confirmed"),
+                "{step}: {id}"
+            );
+        }
+        for user in ["u1", "u2"] {
+            assert_eq!(s.status(user).await["parked_changes"], 0, "{step}");
+        }
+    }
+
+    // Every grant is sealed under the new key, and a cold instance (a fresh keyring without the
+    // old key) opens it as active.
+    let grants = calsync::store::Stores::new(&s.config, &s.clients).grants();
+    for user in ["u1", "u2"] {
+        let item = s
+            .clients
+            .dynamodb
+            .get_item()
+            .table_name(s.stack.table("GrantsTable"))
+            .key("user_id", AttributeValue::S(user.into()))
+            .send()
+            .await
+            .unwrap()
+            .item
+            .unwrap();
+        assert_eq!(sealed_key(&item), "k2");
+        let grant = grants.get(user).await.unwrap().unwrap();
+        assert_eq!(grant.status, GrantStatus::Active);
+    }
 }
