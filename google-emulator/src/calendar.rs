@@ -1,4 +1,4 @@
-//! Calendar v3 events API: insert, get, update, patch, delete (and a plain list), with Google's
+//! Calendar v3 events API: insert, get, update, patch, delete and list, with Google's
 //! authentication, scope, id, time-range, time-zone and recurrence rules and its error bodies.
 //!
 //! Events are stored as JSON objects holding only the fields the discovery document defines for
@@ -6,10 +6,8 @@
 //! event `cancelled` and keeps it: a second delete is 410, a re-insert with its id is 409, and an
 //! update brings it back.
 
-use std::collections::HashMap;
-
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -290,7 +288,7 @@ fn count(world: &mut World, method: Method) {
         Method::Update => stats.update += 1,
         Method::Patch => stats.patch += 1,
         Method::Delete => stats.delete += 1,
-        Method::List => {}
+        Method::List => stats.list += 1,
     }
 }
 
@@ -733,79 +731,126 @@ async fn get_inner(
     Ok(Value::Object(event.clone()))
 }
 
-/// `GET calendars/{calendarId}/events`: every event, cancelled ones only with `showDeleted=true`.
+/// Events a list page holds when `maxResults` is absent, and the most it ever holds (Google's
+/// documented default and cap; a larger `maxResults` gets this many).
+const LIST_DEFAULT: usize = 250;
+const LIST_MAX: usize = 2500;
+
+/// The parameters of `events.list` the emulator serves; the others are ignored.
+struct ListQuery {
+    show_deleted: bool,
+    max_results: usize,
+    /// The id after which the page starts (what `nextPageToken` encodes).
+    after: Option<String>,
+    /// `privateExtendedProperty=name=value` constraints, all of which an event must match.
+    private: Vec<(String, String)>,
+}
+
+impl ListQuery {
+    fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
+        let mut query = ListQuery {
+            show_deleted: false,
+            max_results: LIST_DEFAULT,
+            after: None,
+            private: Vec::new(),
+        };
+        for (key, value) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+            match key.as_ref() {
+                "showDeleted" => query.show_deleted = value == "true",
+                "maxResults" => {
+                    query.max_results = match value.parse::<usize>() {
+                        Ok(n) if n >= 1 => n.min(LIST_MAX),
+                        _ => return Err(ApiError::invalid(format!("Invalid value '{value}'."))),
+                    }
+                }
+                "pageToken" => {
+                    let after = URL_SAFE_NO_PAD
+                        .decode(value.as_bytes())
+                        .ok()
+                        .and_then(|bytes| String::from_utf8(bytes).ok())
+                        .ok_or_else(|| ApiError::invalid("Invalid page token value."))?;
+                    query.after = Some(after);
+                }
+                "privateExtendedProperty" => {
+                    let (name, wanted) = value.split_once('=').ok_or_else(|| {
+                        ApiError::invalid("Invalid extended property constraint.")
+                    })?;
+                    query.private.push((name.to_string(), wanted.to_string()));
+                }
+                _ => {}
+            }
+        }
+        Ok(query)
+    }
+
+    fn matches(&self, event: &Map<String, Value>) -> bool {
+        let visible =
+            self.show_deleted || event.get("status").and_then(Value::as_str) != Some("cancelled");
+        let private = event
+            .get("extendedProperties")
+            .and_then(|p| p.get("private"));
+        visible
+            && self.private.iter().all(|(name, wanted)| {
+                private.and_then(|p| p.get(name)).and_then(Value::as_str) == Some(wanted.as_str())
+            })
+    }
+}
+
+/// `GET calendars/{calendarId}/events`: the matching events in a stable order (by id), a page at
+/// a time, `nextPageToken` while more follow; cancelled ones only with `showDeleted=true`.
 pub async fn list(
     State(shared): State<SharedState>,
     Path(calendar_id): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     let result = async {
         let email = admit(&shared, &headers, Method::List).await?;
+        let query = ListQuery::parse(raw.as_deref())?;
         let world = shared.lock();
         let calendar = world
             .calendar(&email, &calendar_id)
             .ok_or_else(ApiError::not_found)?;
-        let show_deleted = query.get("showDeleted").is_some_and(|v| v == "true");
-        let items: Vec<Value> = calendar
+        let mut matching = calendar
             .events
-            .values()
-            .filter(|e| {
-                show_deleted || e.get("status").and_then(Value::as_str) != Some("cancelled")
-            })
-            .cloned()
-            .map(Value::Object)
+            .iter()
+            .filter(|(id, _)| query.after.as_ref().is_none_or(|after| *id > after))
+            .filter(|(_, event)| query.matches(event));
+        let items: Vec<Value> = matching
+            .by_ref()
+            .take(query.max_results)
+            .map(|(_, event)| Value::Object(event.clone()))
             .collect();
-        Ok(json!({
+        let next = match (matching.next(), items.last()) {
+            (Some(_), Some(last)) => last["id"].as_str().map(|id| URL_SAFE_NO_PAD.encode(id)),
+            _ => None,
+        };
+        let mut page = json!({
             "kind": "calendar#events",
             "summary": email,
             "timeZone": "UTC",
             "accessRole": "owner",
             "items": items,
-        }))
+        });
+        if let Some(token) = next {
+            page["nextPageToken"] = json!(token);
+        }
+        Ok(page)
     }
     .await;
     respond(result)
 }
 
-/// `PUT calendars/{calendarId}/events/{eventId}`: replaces the event (and revives a cancelled one).
-pub async fn update(
+/// `PUT calendars/{calendarId}/events/{eventId}` (update: replaces the event, and revives a
+/// cancelled one) and `PATCH` (`MERGE`: merges the body into the event).
+pub async fn modify_route<const MERGE: bool>(
     State(shared): State<SharedState>,
     Path((calendar_id, event_id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    respond(
-        modify(
-            &shared,
-            &calendar_id,
-            &event_id,
-            &headers,
-            &body,
-            Method::Update,
-        )
-        .await,
-    )
-}
-
-/// `PATCH calendars/{calendarId}/events/{eventId}`: merges the body into the event.
-pub async fn patch(
-    State(shared): State<SharedState>,
-    Path((calendar_id, event_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    respond(
-        modify(
-            &shared,
-            &calendar_id,
-            &event_id,
-            &headers,
-            &body,
-            Method::Patch,
-        )
-        .await,
-    )
+    let method = if MERGE { Method::Patch } else { Method::Update };
+    respond(modify(&shared, &calendar_id, &event_id, &headers, &body, method).await)
 }
 
 async fn modify(

@@ -164,8 +164,8 @@ pub fn router(state: SharedState) -> Router {
         .route(
             "/calendars/{calendar_id}/events/{event_id}",
             get(calendar::get)
-                .put(calendar::update)
-                .patch(calendar::patch)
+                .put(calendar::modify_route::<false>)
+                .patch(calendar::modify_route::<true>)
                 .delete(calendar::delete),
         );
     Router::new()

@@ -143,6 +143,7 @@ pub struct CalendarStats {
     pub patch: u64,
     pub delete: u64,
     pub get: u64,
+    pub list: u64,
 }
 
 /// The accounts every emulator starts with.

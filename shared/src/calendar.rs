@@ -10,7 +10,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use url::Url;
 
-use crate::metrics::{self, Metric};
+use crate::{
+    mapping,
+    metrics::{self, Metric},
+};
 
 /// Timeout of one Calendar API call; a slower answer is a retryable [`CalendarError::Timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -106,7 +109,30 @@ pub trait Calendar: Send + Sync {
         calendar_id: &str,
         event_id: &str,
     ) -> impl Future<Output = Result<(), CalendarError>> + Send;
+
+    /// One page of the events calsync wrote to `calendar_id` (those carrying
+    /// [`crate::mapping::MARKER_PROPERTY`]), cancelled ones included; `page_token` is the previous
+    /// page's [`EventPage::next`]. The default lists none: for fakes of tests that reconcile
+    /// nothing.
+    fn list_ours(
+        &self,
+        _token: &SecretString,
+        _calendar_id: &str,
+        _page_token: Option<&str>,
+    ) -> impl Future<Output = Result<EventPage, CalendarError>> + Send {
+        async { Ok(EventPage::default()) }
+    }
 }
+
+/// One page of the events calsync wrote to a calendar (`events.list`), and the token of the next.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventPage {
+    pub items: Vec<Value>,
+    pub next: Option<String>,
+}
+
+/// Events a listing page asks for (Google's default page).
+pub const LIST_PAGE_SIZE: &str = "250";
 
 /// HTTP adapter of [`Calendar`]: one reqwest client (connection pool) per cold start, no redirects.
 #[derive(Clone, Debug)]
@@ -144,19 +170,28 @@ impl CalendarClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<(), CalendarError> {
+        self.send_reading(request).await.map(drop)
+    }
+
+    /// Sends `request`; its answer's body on success.
+    async fn send_reading(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<String, CalendarError> {
         let result = async {
             let response = request.send().await.map_err(transport_error)?;
             let status = response.status().as_u16();
-            if response.status().is_success() {
-                return Ok(());
-            }
+            let success = response.status().is_success();
             let retry_after = response
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
-            let body = response.text().await.unwrap_or_default();
-            Err(match read_error(status, &body) {
+            let body = response.text().await;
+            if success {
+                return body.map_err(transport_error);
+            }
+            Err(match read_error(status, &body.unwrap_or_default()) {
                 CalendarError::RateLimited { status, reason, .. } => CalendarError::RateLimited {
                     status,
                     reason,
@@ -176,9 +211,9 @@ impl CalendarClient {
 }
 
 /// The metric one Calendar call's outcome counts in.
-fn call_metric(result: &Result<(), CalendarError>) -> Metric {
+fn call_metric<T>(result: &Result<T, CalendarError>) -> Metric {
     match result {
-        Ok(()) => Metric::GoogleCallsOk,
+        Ok(_) => Metric::GoogleCallsOk,
         Err(CalendarError::Unauthorized) => Metric::GoogleCallsUnauthorized,
         Err(CalendarError::RateLimited { .. }) => Metric::GoogleCallsRateLimited,
         Err(CalendarError::Server { .. }) => Metric::GoogleCallsServerError,
@@ -294,6 +329,37 @@ impl Calendar for CalendarClient {
         let url = self.events_url(calendar_id, Some(event_id));
         self.send(self.http.delete(url).bearer_auth(token.expose_secret()))
             .await
+    }
+
+    async fn list_ours(
+        &self,
+        token: &SecretString,
+        calendar_id: &str,
+        page_token: Option<&str>,
+    ) -> Result<EventPage, CalendarError> {
+        let mut url = self.events_url(calendar_id, None);
+        {
+            let marker = format!("{}={}", mapping::MARKER_PROPERTY, mapping::MARKER_VALUE);
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("privateExtendedProperty", &marker)
+                .append_pair("showDeleted", "true")
+                .append_pair("maxResults", LIST_PAGE_SIZE);
+            if let Some(page_token) = page_token {
+                query.append_pair("pageToken", page_token);
+            }
+        }
+        let body = self
+            .send_reading(self.http.get(url).bearer_auth(token.expose_secret()))
+            .await?;
+        let page: Value = serde_json::from_str(&body).map_err(|e| CalendarError::Unexpected {
+            status: 200,
+            message: format!("events.list answered something that is not JSON: {e}"),
+        })?;
+        Ok(EventPage {
+            items: page["items"].as_array().cloned().unwrap_or_default(),
+            next: page["nextPageToken"].as_str().map(str::to_string),
+        })
     }
 }
 

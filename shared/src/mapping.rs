@@ -18,6 +18,12 @@ pub const DEFAULT_CALENDAR_ID: &str = "primary";
 /// The private extended property that ties a Google event back to the app's row.
 pub const EVENT_ID_PROPERTY: &str = "calsync_event_id";
 
+/// A private extended property every event calsync writes carries, with a constant value: Google's
+/// `events.list` filters only by `privateExtendedProperty=name=value`, so this is how the
+/// reconciliation lists calsync's events (and only them) in a calendar.
+pub const MARKER_PROPERTY: &str = "calsync";
+pub const MARKER_VALUE: &str = "1";
+
 /// Attributes whose change must reach Google; every other attribute of a row is ignored.
 pub const SYNCED_ATTRIBUTES: [&str; 9] = [
     "user_id",
@@ -129,9 +135,12 @@ pub fn synced_fields_changed(old: &serde_dynamo::Item, new: &serde_dynamo::Item)
 /// A digest of the row's [`SYNCED_ATTRIBUTES`]: equal for two images exactly when
 /// [`synced_fields_changed`] says nothing changed, so a stored fingerprint tells a resync whether
 /// Google already holds this version of the row. (Built from the values' debug text: a new
-/// library version may change it, which costs one harmless re-apply per row.)
+/// library version may change it, which costs one harmless re-apply per row.) The leading version
+/// changes whenever what calsync writes for a row changes: every row is then applied once more
+/// (events written before [`MARKER_PROPERTY`] get it so).
 pub fn fingerprint(image: &serde_dynamo::Item) -> String {
     let mut hash = Sha256::new();
+    hash.update(b"v2;");
     for name in SYNCED_ATTRIBUTES {
         hash.update(format!("{name}={:?};", image.get(name)).as_bytes());
     }
@@ -264,7 +273,10 @@ impl EventRow {
             "start": start,
             "end": end,
             "status": "confirmed",
-            "extendedProperties": {"private": {EVENT_ID_PROPERTY: self.event_id}},
+            "extendedProperties": {"private": {
+                EVENT_ID_PROPERTY: self.event_id,
+                MARKER_PROPERTY: MARKER_VALUE,
+            }},
         });
         if let Some(description) = &self.description {
             event["description"] = json!(description);
@@ -277,6 +289,37 @@ impl EventRow {
         }
         event
     }
+}
+
+/// Whether the copy Google `held` differs from the event calsync would write (`wanted`, from
+/// [`EventRow::to_google_event`]) in what the row decides: someone changed it in Google. Times
+/// compare as instants, since Google may give a `dateTime` back in another offset.
+pub fn google_copy_differs(held: &Value, wanted: &Value) -> bool {
+    let text = |event: &Value, field: &str| {
+        event[field]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let moment = |event: &Value, field: &str| {
+        let at = &event[field];
+        let instant = at["dateTime"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+        (
+            instant,
+            at["date"].as_str().map(str::to_string),
+            at["timeZone"].as_str().map(str::to_string),
+        )
+    };
+    let recurrence = |event: &Value| event["recurrence"].as_array().cloned().unwrap_or_default();
+    ["summary", "description", "location", "status"]
+        .iter()
+        .any(|f| text(held, f) != text(wanted, f))
+        || ["start", "end"]
+            .iter()
+            .any(|f| moment(held, f) != moment(wanted, f))
+        || recurrence(held) != recurrence(wanted)
 }
 
 /// The Google event id of the app's `event_id`: lowercase base32hex (`[0-9a-v]`, which Google
@@ -452,6 +495,40 @@ mod tests {
             &old,
             &with(&[("calendar_id", "work@example.com")])
         ));
+    }
+
+    #[test]
+    fn google_copies_differ_only_in_what_the_row_decides() {
+        let wanted = EventRow::from_image("e", &with(&[("description", "Notes")]))
+            .unwrap()
+            .to_google_event();
+        // Google's additions and another offset for the same instants are no change.
+        let mut held = wanted.clone();
+        held["etag"] = json!("\"3\"");
+        held["start"]["dateTime"] = json!(
+            DateTime::parse_from_rfc3339(wanted["start"]["dateTime"].as_str().unwrap())
+                .unwrap()
+                .with_timezone(&FixedOffset::east_opt(3600).unwrap())
+                .to_rfc3339()
+        );
+        assert!(!google_copy_differs(&held, &wanted));
+        assert_eq!(
+            wanted["extendedProperties"]["private"][MARKER_PROPERTY],
+            MARKER_VALUE
+        );
+        for (field, value) in [
+            ("summary", json!("Retitled in Google")),
+            ("description", Value::Null),
+            ("status", json!("cancelled")),
+            ("recurrence", json!(["RRULE:FREQ=DAILY"])),
+        ] {
+            let mut changed = held.clone();
+            changed[field] = value;
+            assert!(google_copy_differs(&changed, &wanted), "{field}");
+        }
+        let mut moved = held.clone();
+        moved["end"]["dateTime"] = json!("2030-01-01T00:00:00Z");
+        assert!(google_copy_differs(&moved, &wanted));
     }
 
     #[test]

@@ -69,6 +69,13 @@ pub enum Metric {
     ResyncContinued,
     /// User jobs a sweep queued.
     SweepUsersQueued,
+    /// Copies in Google whose row is gone or elsewhere, deleted by the reconciliation.
+    ReconcileOrphansDeleted,
+    /// Copies deleted or changed in Google while calsync's state said synced, written again.
+    ReconcileRestored,
+    /// Sweeps the on-failure queue's records did not start: a sweep recorded as started after
+    /// their batch arrived covers them.
+    SweepsCovered,
     /// Idle grants the keep-alive refreshed.
     KeepAliveRefreshed,
     /// Idle grants Google refused at the keep-alive.
@@ -82,7 +89,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 29] = [
+    pub const ALL: [Metric; 32] = [
         Metric::RecordsSynced,
         Metric::RecordsSkipped,
         Metric::RecordsParked,
@@ -107,6 +114,9 @@ impl Metric {
         Metric::ResyncFailed,
         Metric::ResyncContinued,
         Metric::SweepUsersQueued,
+        Metric::SweepsCovered,
+        Metric::ReconcileOrphansDeleted,
+        Metric::ReconcileRestored,
         Metric::KeepAliveRefreshed,
         Metric::KeepAliveRefused,
         Metric::LifecycleEventsSent,
@@ -140,6 +150,9 @@ impl Metric {
             Metric::ResyncFailed => "ResyncFailed",
             Metric::ResyncContinued => "ResyncContinued",
             Metric::SweepUsersQueued => "SweepUsersQueued",
+            Metric::SweepsCovered => "SweepsCovered",
+            Metric::ReconcileOrphansDeleted => "ReconcileOrphansDeleted",
+            Metric::ReconcileRestored => "ReconcileRestored",
             Metric::KeepAliveRefreshed => "KeepAliveRefreshed",
             Metric::KeepAliveRefused => "KeepAliveRefused",
             Metric::LifecycleEventsSent => "LifecycleEventsSent",

@@ -15,9 +15,10 @@ pub mod handler;
 
 use std::future::Future;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::sync::resync::UserResync;
+use crate::{sync::resync::UserResync, sync_state::StateError};
 
 /// One message of the resync queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +44,20 @@ pub struct QueueError(pub String);
 /// Where jobs go ([`crate::store::SqsJobQueue`]).
 pub trait JobQueue: Send + Sync {
     fn send(&self, jobs: &[Job]) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// When the latest sweep started that has queued every connected user (its continuation, if it
+/// ran short of time, durably on the queue). A sweep reads every user's rows after it starts, so
+/// it covers every change written to the Events table before then: the on-failure queue's
+/// records of batches that arrived in the stream before it need no sweep of their own
+/// ([`crate::store::DynamoSyncStateStore`] keeps it on one item of the sync-state table).
+pub trait SweepLog: Send + Sync {
+    fn last_started(
+        &self,
+    ) -> impl Future<Output = Result<Option<DateTime<Utc>>, StateError>> + Send;
+
+    /// Records a sweep that started at `at`, unless a later one is recorded already.
+    fn record(&self, at: DateTime<Utc>) -> impl Future<Output = Result<(), StateError>> + Send;
 }
 
 /// How many times a connect tries to queue its user's resync.

@@ -114,6 +114,26 @@ pub struct SyncState {
     /// When a change of this event last reached Google (kept while later changes park or fail):
     /// the status route's `last_synced_at`.
     pub synced_at: Option<DateTime<Utc>>,
+    /// Set on a [`leftover_key`] state: the app event whose copy this is.
+    pub leftover_of: Option<String>,
+}
+
+impl SyncState {
+    /// The app event this state is about (a leftover's is the event it was a copy of).
+    pub fn app_event_id(&self) -> &str {
+        self.leftover_of.as_deref().unwrap_or(&self.event_id)
+    }
+}
+
+/// The key of the state of a *leftover*: a copy an event left at `user_id`'s `calendar_id` when
+/// it moved to another user or calendar while that user's grant was unusable, so the copy could
+/// not be deleted then. The delete is parked on a state of its own, owned by the old owner: their
+/// resync (after a reconnect, or the sweep) finds it among their states and applies it, and their
+/// status counts it as parked. Hashed (bounded length whatever the ids) and prefixed, so it reads
+/// as what it is; no row has it, so the resync sees a leftover's row as gone and deletes.
+pub fn leftover_key(event_id: &str, user_id: &str, calendar_id: &str) -> String {
+    let place = crate::mapping::google_event_id(&format!("{event_id}\0{user_id}\0{calendar_id}"));
+    format!("calsync-leftover:{place}")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +227,7 @@ impl SyncSummary {
     /// Folds one of the user's states into the summary.
     pub fn add_state(&mut self, state: &SyncState) {
         let (status, updated_at, synced_at) = (state.status, state.updated_at, state.synced_at);
-        self.add(&state.event_id, status, updated_at, synced_at);
+        self.add(state.app_event_id(), status, updated_at, synced_at);
     }
 
     /// Folds one state of the user into the summary (`synced_at` as stored; states written

@@ -4,17 +4,18 @@
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use chrono::{DateTime, Utc};
 use lambda_runtime::{Error, LambdaEvent};
 use serde::Deserialize;
 
-use super::{Job, JobQueue};
+use super::{Job, JobQueue, SweepLog};
 use crate::{
     aws::Clients,
     calendar,
     config::Config,
     grants::GrantStore,
     metrics::{self, Metric},
-    store::{DynamoGrantStore, SqsJobQueue, Stores},
+    store::{DynamoGrantStore, DynamoSyncStateStore, SqsJobQueue, Stores},
     sync::{
         SyncPorts, Syncer, handler::Production as SyncProduction, keep_alive::KeepAlive,
         resync::Phase, retry::Deadline,
@@ -49,12 +50,14 @@ pub trait ResyncPorts {
     type Sync: SyncPorts;
     type Grants: GrantStore;
     type Queue: JobQueue;
+    type Sweeps: SweepLog;
 }
 
 pub struct ResyncDeps<P: ResyncPorts> {
     pub syncer: Syncer<P::Sync>,
     pub grants: P::Grants,
     pub queue: P::Queue,
+    pub sweeps: P::Sweeps,
     /// A grant idle this long is refreshed by its user's resync (`KEEPALIVE_DAYS`).
     pub keep_alive_after: chrono::Duration,
 }
@@ -66,15 +69,18 @@ impl ResyncPorts for Production {
     type Sync = SyncProduction;
     type Grants = DynamoGrantStore;
     type Queue = SqsJobQueue;
+    type Sweeps = DynamoSyncStateStore;
 }
 
 impl ResyncDeps<Production> {
     /// Builds the clients once per cold start.
     pub fn from_config(config: &Config, clients: &Clients) -> Self {
+        let stores = Stores::new(config, clients);
         Self {
             syncer: Syncer::from_config(config, clients, calendar::DEFAULT_TIMEOUT),
-            grants: Stores::new(config, clients).grants(),
+            grants: stores.grants(),
             queue: SqsJobQueue::new(clients.sqs.clone(), config.resync_queue_url.clone()),
+            sweeps: stores.sync_state(),
             keep_alive_after: chrono::Duration::days(config.keepalive_days as i64),
         }
     }
@@ -113,7 +119,7 @@ async fn handle_event<P: ResyncPorts>(
     match event.payload {
         ResyncEvent::Schedule { .. } => {
             tracing::info!("scheduled sweep");
-            deps.run(Job::Sweep { cursor: None }, deadline).await?;
+            deps.sweep_now(deadline).await?;
         }
         ResyncEvent::Queue(sqs) => {
             let mut fail = |id: &str, error: &dyn std::fmt::Display| {
@@ -122,8 +128,9 @@ async fn handle_event<P: ResyncPorts>(
                 failure.item_identifier = id.to_string();
                 response.batch_item_failures.push(failure);
             };
-            // Failure records arriving together start one sweep between them.
-            let mut gave_up = Vec::new();
+            // Failure records arriving together start one sweep between them, and none if a
+            // sweep started since their batches arrived.
+            let (mut gave_up, mut arrivals) = (Vec::new(), Vec::new());
             for message in &sqs.records {
                 let id = message.message_id.as_deref().unwrap_or_default();
                 match Message::read(message) {
@@ -135,14 +142,21 @@ async fn handle_event<P: ResyncPorts>(
                     Ok(Message::StreamFailure(batch)) => {
                         tracing::warn!(%batch, "the stream gave up on records");
                         gave_up.push(id);
+                        arrivals.push(last_arrival(&batch));
                     }
                     Err(error) => fail(id, &error),
                 }
             }
-            if !gave_up.is_empty() {
+            if !gave_up.is_empty() && deps.swept_since(&arrivals).await {
+                tracing::info!(
+                    records = gave_up.len(),
+                    "a sweep started after these batches arrived covers them; no new sweep"
+                );
+                metrics::count(Metric::SweepsCovered);
+            } else if !gave_up.is_empty() {
                 // Whatever those records changed is healed by resyncing every connected user
                 // from the current rows.
-                if let Err(error) = deps.run(Job::Sweep { cursor: None }, deadline).await {
+                if let Err(error) = deps.sweep_now(deadline).await {
                     gave_up.iter().for_each(|id| fail(id, &error));
                 }
             }
@@ -170,7 +184,45 @@ impl Message {
     }
 }
 
+/// When the last record of a failed batch reached the stream (Lambda's
+/// `approximateArrivalOfLastRecord`), if the failure record says.
+fn last_arrival(batch: &serde_json::Value) -> Option<DateTime<Utc>> {
+    let text = batch["approximateArrivalOfLastRecord"].as_str()?;
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
 impl<P: ResyncPorts> ResyncDeps<P> {
+    /// Starts a sweep, and records it once every user is queued or the rest durably continued.
+    async fn sweep_now(&self, deadline: Deadline) -> Result<(), MessageError> {
+        let started = Utc::now();
+        self.run(Job::Sweep { cursor: None }, deadline).await?;
+        if let Err(error) = self.sweeps.record(started).await {
+            tracing::warn!(%error, "cannot record the sweep; a failure record arriving later may start another");
+        }
+        Ok(())
+    }
+
+    /// Whether a recorded sweep started after the last record of every one of these failed
+    /// batches arrived (a batch whose arrival is unknown needs a sweep). The stream's arrival
+    /// times are rounded down to the second, hence the second added.
+    async fn swept_since(&self, arrivals: &[Option<DateTime<Utc>>]) -> bool {
+        let Some(latest) = arrivals.iter().copied().collect::<Option<Vec<_>>>() else {
+            return false;
+        };
+        let Some(latest) = latest.into_iter().max() else {
+            return false;
+        };
+        match self.sweeps.last_started().await {
+            Ok(started) => started.is_some_and(|s| latest + chrono::Duration::seconds(1) <= s),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read when the last sweep started; sweeping");
+                false
+            }
+        }
+    }
+
     /// Runs a job until done or out of time; then queues its continuation.
     async fn run(&self, job: Job, deadline: Deadline) -> Result<(), MessageError> {
         let rest = match job {

@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 use super::{Item, Table, page_after, unless_condition_failed};
 use crate::{
     aws::describe_error,
+    resync::SweepLog,
     sync_state::{
         Expected, Page, Sequence, StateError, SyncState, SyncStateStore, SyncStatus, SyncSummaries,
         SyncSummary,
@@ -40,6 +41,8 @@ struct StoredState {
     updated_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     synced_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    leftover_of: Option<String>,
 }
 
 impl From<&SyncState> for StoredState {
@@ -56,6 +59,7 @@ impl From<&SyncState> for StoredState {
             last_error: s.last_error.clone(),
             updated_at: s.updated_at,
             synced_at: s.synced_at,
+            leftover_of: s.leftover_of.clone(),
         }
     }
 }
@@ -80,6 +84,7 @@ impl StoredState {
             last_error: self.last_error,
             updated_at: self.updated_at,
             synced_at: self.synced_at,
+            leftover_of: self.leftover_of,
         })
     }
 }
@@ -149,6 +154,44 @@ impl SyncStateStore for DynamoSyncStateStore {
     }
 }
 
+/// The key of the [`SweepLog`] item (no `user_id`, so it is in no user's listing or summary).
+const SWEEP_LOG_KEY: &str = "calsync-sweep-log";
+
+/// Fixed-width UTC text, so DynamoDB's text comparison is the time order.
+fn sweep_time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl SweepLog for DynamoSyncStateStore {
+    async fn last_started(&self) -> Result<Option<DateTime<Utc>>, StateError> {
+        let item = self.0.get(SWEEP_LOG_KEY).await.map_err(StateError::Store)?;
+        let Some(AttributeValue::S(text)) = item.as_ref().and_then(|i| i.get("started_at")) else {
+            return Ok(None);
+        };
+        DateTime::parse_from_rfc3339(text)
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .map_err(|e| StateError::Corrupt {
+                event_id: SWEEP_LOG_KEY.into(),
+                reason: e.to_string(),
+            })
+    }
+
+    async fn record(&self, at: DateTime<Utc>) -> Result<(), StateError> {
+        let item = Item::from([
+            ("event_id".into(), AttributeValue::S(SWEEP_LOG_KEY.into())),
+            ("started_at".into(), AttributeValue::S(sweep_time(at))),
+        ]);
+        let request = self
+            .0
+            .put(item)
+            .condition_expression("attribute_not_exists(event_id) OR started_at < :at")
+            .expression_attribute_values(":at", AttributeValue::S(sweep_time(at)));
+        // Refused: a later sweep is recorded already, which covers more.
+        unless_condition_failed(request.send().await).map_err(StateError::Store)?;
+        Ok(())
+    }
+}
+
 /// A stored state (or part of one) read from its item; unreadable, it names its event.
 fn read_item<T: serde::de::DeserializeOwned>(item: Item) -> Result<T, StateError> {
     let event_id = match item.get("event_id") {
@@ -169,6 +212,8 @@ struct SummarisedState {
     updated_at: DateTime<Utc>,
     #[serde(default)]
     synced_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    leftover_of: Option<String>,
 }
 
 impl SyncSummaries for DynamoSyncStateStore {
@@ -176,7 +221,7 @@ impl SyncSummaries for DynamoSyncStateStore {
         let mut pages = self
             .0
             .by_user(user_id)
-            .projection_expression("event_id, #s, updated_at, synced_at")
+            .projection_expression("event_id, #s, updated_at, synced_at, leftover_of")
             .expression_attribute_names("#s", "status")
             .into_paginator()
             .items()
@@ -186,7 +231,7 @@ impl SyncSummaries for DynamoSyncStateStore {
             let item = item.map_err(|e| StateError::Store(describe_error(&e)))?;
             let state: SummarisedState = read_item(item)?;
             summary.add(
-                &state.event_id,
+                state.leftover_of.as_deref().unwrap_or(&state.event_id),
                 state.status,
                 state.updated_at,
                 state.synced_at,
@@ -196,10 +241,12 @@ impl SyncSummaries for DynamoSyncStateStore {
     }
 }
 
-/// In-memory [`SyncStateStore`] for unit tests, with the same conditional-write rule.
+/// In-memory [`SyncStateStore`] and [`SweepLog`] for unit tests, with the same conditional-write
+/// rules.
 #[derive(Clone, Default)]
 pub struct InMemorySyncStateStore {
     items: Arc<Mutex<HashMap<String, SyncState>>>,
+    sweep_started: Arc<Mutex<Option<DateTime<Utc>>>>,
 }
 
 impl InMemorySyncStateStore {
@@ -248,6 +295,18 @@ impl SyncStateStore for InMemorySyncStateStore {
     }
 }
 
+impl SweepLog for InMemorySyncStateStore {
+    async fn last_started(&self) -> Result<Option<DateTime<Utc>>, StateError> {
+        Ok(*self.sweep_started.lock().await)
+    }
+
+    async fn record(&self, at: DateTime<Utc>) -> Result<(), StateError> {
+        let mut started = self.sweep_started.lock().await;
+        *started = (*started).max(Some(at));
+        Ok(())
+    }
+}
+
 impl SyncSummaries for InMemorySyncStateStore {
     async fn summary(&self, user_id: &str) -> Result<SyncSummary, StateError> {
         let mut summary = SyncSummary::default();
@@ -279,6 +338,7 @@ mod tests {
             last_error: None,
             updated_at: Utc::now(),
             synced_at: None,
+            leftover_of: None,
         };
         store.put(&state, &Expected::Absent).await.unwrap();
         assert!(matches!(

@@ -16,11 +16,11 @@ use super::{
     retry::{Deadline, Retryable},
 };
 use crate::{
-    calendar::{Calendar, CalendarError},
+    calendar::{Calendar, CalendarError, EventPage},
     grants::Marker,
     lifecycle::{self, LifecycleEvent},
     mapping::{EventRow, fingerprint, placement, synced_fields_changed},
-    sync_state::{SyncState, SyncStatus},
+    sync_state::{Expected, StateError, SyncState, SyncStateStore, SyncStatus, leftover_key},
     tokens::{GrantAccess, TokenError},
 };
 
@@ -76,7 +76,7 @@ impl std::fmt::Display for CallError {
 }
 
 /// What a failed call means for the change.
-enum Refusal {
+pub(super) enum Refusal {
     /// No usable grant: park with this status.
     Park(SyncStatus),
     /// Retryable trouble outlasted the retries.
@@ -99,6 +99,8 @@ impl From<CallError> for Refusal {
 
 const PARKED_REASON: &str =
     "parked until the user connects Google Calendar again; replayed on connect";
+
+const LEFTOVER_REASON: &str = "the event moved to another user or calendar; this copy is deleted once its owner connects Google Calendar again";
 
 fn state(
     event_id: &str,
@@ -125,22 +127,23 @@ fn state(
             SyncStatus::Synced | SyncStatus::Deleted => Some(Utc::now()),
             _ => previous.and_then(|p| p.synced_at),
         },
+        leftover_of: previous.and_then(|p| p.leftover_of.clone()),
     }
 }
 
 impl<P: SyncPorts> Syncer<P> {
     /// One Google call with the user's token: 401 refreshes once and retries once; retryable
     /// errors are retried by the policy.
-    async fn call<F, Fut>(
+    async fn call<T, F, Fut>(
         &self,
         tokens: &Tokens<'_, P>,
         user_id: &str,
         deadline: Deadline,
         op: F,
-    ) -> Result<(), CallError>
+    ) -> Result<T, CallError>
     where
         F: Fn(SecretString) -> Fut,
-        Fut: Future<Output = Result<(), CalendarError>>,
+        Fut: Future<Output = Result<T, CalendarError>>,
     {
         let op = &op;
         self.retry
@@ -189,6 +192,25 @@ impl<P: SyncPorts> Syncer<P> {
             })
             .await;
         result.map_err(Refusal::from)
+    }
+
+    /// One page of the events calsync wrote to `user_id`'s `calendar_id` (see
+    /// [`Calendar::list_ours`]).
+    pub(super) async fn list_at(
+        &self,
+        tokens: &Tokens<'_, P>,
+        user_id: &str,
+        calendar_id: &str,
+        page_token: Option<&str>,
+        deadline: Deadline,
+    ) -> Result<EventPage, Refusal> {
+        self.call(tokens, user_id, deadline, |token| async move {
+            self.calendar
+                .list_ours(&token, calendar_id, page_token)
+                .await
+        })
+        .await
+        .map_err(Refusal::from)
     }
 
     async fn write_event(
@@ -347,6 +369,55 @@ impl<P: SyncPorts> Syncer<P> {
         }
     }
 
+    /// Parks the delete of the copy `event_id` left at `old_user`'s calendar (see
+    /// [`leftover_key`]). Not recorded, the copy would be lost track of: the record fails instead.
+    async fn park_leftover(
+        &self,
+        event_id: &str,
+        prev: &SyncState,
+        old_user: &str,
+        google_id: &str,
+        status: SyncStatus,
+    ) -> Result<(), RecordFailure> {
+        let key = leftover_key(event_id, old_user, &prev.calendar_id);
+        let fail = |error: StateError| {
+            RecordFailure(format!(
+                "the event moved, its old copy cannot be deleted now, and parking that delete failed: {error}"
+            ))
+        };
+        let stored = self.states.get(&key).await.map_err(fail)?;
+        if stored.as_ref().is_some_and(|s| s.status.is_parked()) {
+            return Ok(());
+        }
+        let mut leftover = state(
+            &key,
+            None,
+            Some(old_user.to_string()),
+            prev.calendar_id.clone(),
+            Some(google_id.to_string()),
+            status,
+            Some(LEFTOVER_REASON.into()),
+        );
+        leftover.leftover_of = Some(event_id.to_string());
+        leftover.synced_at = prev.synced_at;
+        match self
+            .states
+            .put(&leftover, &Expected::of(stored.as_ref()))
+            .await
+        {
+            // Another invocation parked the same delete meanwhile.
+            Ok(()) | Err(StateError::Conflict { .. }) => {
+                tracing::warn!(
+                    event_id,
+                    user_id = old_user,
+                    "the event moved; deleting its old copy is parked until the old owner's grant works"
+                );
+                Ok(())
+            }
+            Err(error) => Err(fail(error)),
+        }
+    }
+
     async fn apply_upsert(
         &self,
         tokens: &Tokens<'_, P>,
@@ -408,9 +479,14 @@ impl<P: SyncPorts> Syncer<P> {
                 {
                     Ok(()) => {}
                     Err(Refusal::Fail(reason)) => return Err(RecordFailure(reason)),
-                    Err(Refusal::Park(_) | Refusal::Reject(_)) => tracing::warn!(
+                    Err(Refusal::Park(status)) => {
+                        self.park_leftover(event_id, prev, old_user, google_id, status)
+                            .await?
+                    }
+                    Err(Refusal::Reject(error)) => tracing::warn!(
                         event_id,
-                        "the event moved but its copy at the old user/calendar cannot be deleted; it stays there"
+                        %error,
+                        "the event moved but Google refuses to delete its copy at the old user/calendar; it stays there"
                     ),
                 }
             }

@@ -16,13 +16,20 @@
 //! the state and the row and applies them again from the copy it wrote, so it can neither
 //! resurrect a deleted row nor undo a newer change.
 
-use std::future::Future;
+use std::{collections::BTreeSet, future::Future, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::{SyncPorts, Syncer, Tokens, apply::Change, retry::Deadline};
+use super::{
+    SyncPorts, Syncer, Tokens,
+    apply::{Change, Refusal},
+    retry::Deadline,
+};
 use crate::{
-    mapping::{fingerprint, placement},
+    mapping::{
+        DEFAULT_CALENDAR_ID, EVENT_ID_PROPERTY, EventRow, fingerprint, google_copy_differs,
+        google_event_id, placement,
+    },
     metrics::{self, Metric},
     sync_state::{Expected, Page, StateError, SyncState, SyncStateStore, SyncStatus},
     tokens::TokenProvider,
@@ -59,6 +66,9 @@ pub trait EventsSource: Send + Sync {
 pub enum Phase {
     States,
     Rows,
+    /// Reconciliation against Google: calsync's events listed in each calendar the user's states
+    /// and rows name, orphans deleted, copies deleted or changed in Google written again.
+    Google,
 }
 
 /// A user's resync, or where one stopped: what a queued job carries.
@@ -66,9 +76,14 @@ pub enum Phase {
 pub struct UserResync {
     pub user_id: String,
     pub phase: Phase,
-    /// The page to start at (`None`: the phase's first).
+    /// The page to start at (`None`: the phase's first); in the `google` phase, Google's page
+    /// token in the first of `calendars`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+    /// The calendars the states and rows phases met (and `primary`): the `google` phase lists
+    /// each, the first one now.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub calendars: BTreeSet<String>,
 }
 
 impl UserResync {
@@ -77,6 +92,7 @@ impl UserResync {
             user_id: user_id.to_string(),
             phase: Phase::States,
             cursor: None,
+            calendars: BTreeSet::new(),
         }
     }
 }
@@ -92,6 +108,10 @@ pub struct ResyncReport {
     pub still_parked: usize,
     /// Failed for now (Google or a store unavailable); the next resync tries again.
     pub failed: usize,
+    /// Copies in Google whose row is gone or elsewhere, deleted by the reconciliation.
+    pub orphans_deleted: usize,
+    /// Copies deleted or changed in Google while their state said synced, written again.
+    pub restored: usize,
 }
 
 enum Outcome {
@@ -108,6 +128,8 @@ impl ResyncReport {
             (Metric::ResyncInSync, self.in_sync),
             (Metric::ResyncParked, self.still_parked),
             (Metric::ResyncFailed, self.failed),
+            (Metric::ReconcileOrphansDeleted, self.orphans_deleted),
+            (Metric::ReconcileRestored, self.restored),
         ] {
             if value > 0 {
                 metrics::add(metric, value as f64);
@@ -126,6 +148,35 @@ impl ResyncReport {
 
 /// How often one event is re-applied after losing its state write to a stream record.
 const RACE_ATTEMPTS: usize = 3;
+
+/// The least time between two Google calls of one user's reconciliation: 300 a minute, half of
+/// Google's default per-user quota (600 a minute), leaving the rest to the stream.
+const RECONCILE_CALL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Spaces a reconciliation's Google calls [`RECONCILE_CALL_INTERVAL`] apart.
+#[derive(Default)]
+struct Pace(Option<tokio::time::Instant>);
+
+impl Pace {
+    async fn wait(&mut self) {
+        if let Some(next) = self.0 {
+            tokio::time::sleep_until(next).await;
+        }
+        self.0 = Some(tokio::time::Instant::now() + RECONCILE_CALL_INTERVAL);
+    }
+}
+
+/// How a listed page of the `google` phase ended.
+enum Listed {
+    /// More pages follow, from this token.
+    More(String),
+    /// The calendar is done (or cannot be listed).
+    Done,
+    /// Out of time mid-page: the page is redone.
+    OutOfTime,
+    /// The user's grant is unusable or Google unavailable: the next resync reconciles.
+    Stop,
+}
 
 /// `fresh` (the state stored now) corrected by what Google holds after our apply wrote `ours`:
 /// if our write left a copy the stored state does not point at, the copy must be the one the
@@ -165,6 +216,7 @@ impl<P: SyncPorts> Syncer<P> {
     ) -> Result<(ResyncReport, Option<UserResync>), ResyncError> {
         let tokens = TokenProvider::new(&self.grants, &self.refresher);
         let mut report = ResyncReport::default();
+        let mut pace = Pace::default();
         loop {
             if self.out_of_time(deadline) {
                 return Ok((report, Some(job)));
@@ -175,6 +227,8 @@ impl<P: SyncPorts> Syncer<P> {
                         .states
                         .of_user(&job.user_id, job.cursor.as_deref())
                         .await?;
+                    job.calendars
+                        .extend(page.items.iter().map(|s| s.calendar_id.clone()));
                     for state in page.items {
                         if self.out_of_time(deadline) {
                             return Ok((report, Some(job)));
@@ -189,6 +243,8 @@ impl<P: SyncPorts> Syncer<P> {
                         .events
                         .rows_of_user(&job.user_id, job.cursor.as_deref())
                         .await?;
+                    job.calendars
+                        .extend(page.items.iter().map(|(_, row)| placement(row).calendar_id));
                     for (event_id, image) in page.items {
                         if self.out_of_time(deadline) {
                             return Ok((report, Some(job)));
@@ -198,6 +254,37 @@ impl<P: SyncPorts> Syncer<P> {
                     }
                     page.next
                 }
+                Phase::Google => {
+                    let Some(calendar) = job.calendars.first().cloned() else {
+                        tracing::info!(user_id = job.user_id, ?report, "resync done");
+                        return Ok((report, None));
+                    };
+                    let cursor = job.cursor.clone();
+                    let listed = self
+                        .reconcile_page(
+                            &tokens,
+                            &job.user_id,
+                            &calendar,
+                            cursor,
+                            &mut pace,
+                            &mut report,
+                            deadline,
+                        )
+                        .await?;
+                    match listed {
+                        Listed::More(next) => job.cursor = Some(next),
+                        Listed::Done => {
+                            job.calendars.remove(&calendar);
+                            job.cursor = None;
+                        }
+                        Listed::OutOfTime => return Ok((report, Some(job))),
+                        Listed::Stop => {
+                            tracing::info!(user_id = job.user_id, ?report, "resync done");
+                            return Ok((report, None));
+                        }
+                    }
+                    continue;
+                }
             };
             match (next, job.phase) {
                 (Some(cursor), _) => job.cursor = Some(cursor),
@@ -205,9 +292,10 @@ impl<P: SyncPorts> Syncer<P> {
                     job.phase = Phase::Rows;
                     job.cursor = None;
                 }
-                (None, Phase::Rows) => {
-                    tracing::info!(user_id = job.user_id, ?report, "resync done");
-                    return Ok((report, None));
+                (None, _) => {
+                    job.phase = Phase::Google;
+                    job.cursor = None;
+                    job.calendars.insert(DEFAULT_CALENDAR_ID.to_string());
                 }
             }
         }
@@ -225,6 +313,11 @@ impl<P: SyncPorts> Syncer<P> {
         if !state.status.is_parked() && state.google_event_id.is_none() {
             return Ok(());
         }
+        if let Some(event_id) = state.leftover_of.clone() {
+            return self
+                .resync_leftover(tokens, &event_id, state, report, deadline)
+                .await;
+        }
         let row = self.events.current_row(&state.event_id).await?;
         let row_is_here = row
             .as_ref()
@@ -233,8 +326,47 @@ impl<P: SyncPorts> Syncer<P> {
             return Ok(()); // the rows phase compares it
         }
         let event_id = state.event_id.clone();
+        let expected = Expected::of(Some(&state));
         let outcome = self
-            .resync_event(tokens, &event_id, Some(state), row, deadline)
+            .resync_event(tokens, &event_id, expected, Some(state), row, deadline)
+            .await;
+        report.count(outcome);
+        Ok(())
+    }
+
+    /// A copy `event_id` left at this user's calendar when it moved away: deleted, unless the
+    /// event has moved back there since (then the copy is the event's own again).
+    async fn resync_leftover(
+        &self,
+        tokens: &Tokens<'_, P>,
+        event_id: &str,
+        leftover: SyncState,
+        report: &mut ResyncReport,
+        deadline: Deadline,
+    ) -> Result<(), ResyncError> {
+        let now = self.states.get(event_id).await?;
+        let moved_back = now.is_some_and(|s| {
+            s.status != SyncStatus::Deleted
+                && s.user_id == leftover.user_id
+                && s.calendar_id == leftover.calendar_id
+        });
+        if moved_back {
+            let mut done = leftover.clone();
+            done.status = SyncStatus::Deleted;
+            done.google_event_id = None;
+            done.last_error = None;
+            done.updated_at = chrono::Utc::now();
+            // Lost to a concurrent resync of the same leftover: it is handled either way.
+            match self.states.put(&done, &Expected::of(Some(&leftover))).await {
+                Ok(()) | Err(StateError::Conflict { .. }) => report.applied += 1,
+                Err(error) => return Err(error.into()),
+            }
+            return Ok(());
+        }
+        let key = leftover.event_id.clone();
+        let expected = Expected::of(Some(&leftover));
+        let outcome = self
+            .resync_event(tokens, &key, expected, Some(leftover), None, deadline)
             .await;
         report.count(outcome);
         Ok(())
@@ -260,19 +392,166 @@ impl<P: SyncPorts> Syncer<P> {
         }
         // The index lags the table: apply what the row says now.
         let row = self.events.current_row(event_id).await?;
+        let expected = Expected::of(state.as_ref());
         let outcome = self
-            .resync_event(tokens, event_id, state, row, deadline)
+            .resync_event(tokens, event_id, expected, state, row, deadline)
             .await;
         report.count(outcome);
         Ok(())
     }
 
-    /// Applies `row` (`None`: deleted) over `previous`, conditionally; after losing the state
-    /// write to a stream record, again from what Google holds now.
+    /// Lists one page of calsync's events in `calendar` and heals what differs from the rows.
+    #[allow(clippy::too_many_arguments)]
+    async fn reconcile_page(
+        &self,
+        tokens: &Tokens<'_, P>,
+        user_id: &str,
+        calendar: &str,
+        cursor: Option<String>,
+        pace: &mut Pace,
+        report: &mut ResyncReport,
+        deadline: Deadline,
+    ) -> Result<Listed, ResyncError> {
+        pace.wait().await;
+        let page = match self
+            .list_at(tokens, user_id, calendar, cursor.as_deref(), deadline)
+            .await
+        {
+            Ok(page) => page,
+            Err(Refusal::Park(_)) => return Ok(Listed::Stop),
+            Err(Refusal::Fail(reason)) => {
+                tracing::warn!(
+                    user_id,
+                    calendar,
+                    reason,
+                    "cannot list calsync's events now; the next resync reconciles"
+                );
+                report.failed += 1;
+                return Ok(Listed::Stop);
+            }
+            Err(Refusal::Reject(error)) => {
+                tracing::warn!(user_id, calendar, %error, "Google refuses to list this calendar; not reconciled");
+                return Ok(Listed::Done);
+            }
+        };
+        let before = (report.orphans_deleted, report.restored);
+        for held in &page.items {
+            if self.out_of_time(deadline) {
+                return Ok(Listed::OutOfTime);
+            }
+            self.reconcile_event(tokens, user_id, calendar, held, pace, report, deadline)
+                .await?;
+        }
+        let (orphans, restored) = (
+            report.orphans_deleted - before.0,
+            report.restored - before.1,
+        );
+        if orphans + restored > 0 {
+            tracing::info!(
+                user_id,
+                calendar,
+                orphans_deleted = orphans,
+                restored,
+                "reconciliation healed Google"
+            );
+        }
+        Ok(page.next.map_or(Listed::Done, Listed::More))
+    }
+
+    /// One event calsync wrote to `user_id`'s `calendar`, as Google holds it: deleted if its
+    /// row is gone or elsewhere; written again if its state says Google holds the row but Google
+    /// holds it cancelled or changed.
+    #[allow(clippy::too_many_arguments)]
+    async fn reconcile_event(
+        &self,
+        tokens: &Tokens<'_, P>,
+        user_id: &str,
+        calendar: &str,
+        held: &serde_json::Value,
+        pace: &mut Pace,
+        report: &mut ResyncReport,
+        deadline: Deadline,
+    ) -> Result<(), ResyncError> {
+        let Some(event_id) = held["extendedProperties"]["private"][EVENT_ID_PROPERTY].as_str()
+        else {
+            return Ok(());
+        };
+        let google_id = google_event_id(event_id);
+        if held["id"].as_str() != Some(google_id.as_str()) {
+            return Ok(()); // not a copy calsync placed under this event's id
+        }
+        let cancelled = held["status"] == "cancelled";
+        let row = self.events.current_row(event_id).await?;
+        let row_here = row.as_ref().is_some_and(|image| {
+            let place = placement(image);
+            place.user_id.as_deref() == Some(user_id) && place.calendar_id == calendar
+        });
+        let stored = self.states.get(event_id).await?;
+        let expected = Expected::of(stored.as_ref());
+        if !row_here {
+            if cancelled {
+                return Ok(());
+            }
+            // Applied from a state pointing at this copy, so the apply deletes it (and writes
+            // the row where it is now, if anywhere).
+            let here = SyncState {
+                event_id: event_id.to_string(),
+                user_id: Some(user_id.to_string()),
+                calendar_id: calendar.to_string(),
+                google_event_id: Some(google_id),
+                status: SyncStatus::Synced,
+                last_sequence: stored.as_ref().and_then(|s| s.last_sequence.clone()),
+                fingerprint: None,
+                last_error: None,
+                updated_at: chrono::Utc::now(),
+                synced_at: stored.as_ref().and_then(|s| s.synced_at),
+                leftover_of: None,
+            };
+            let previous = holding_our_copy(stored, &here);
+            pace.wait().await;
+            match self
+                .resync_event(tokens, event_id, expected, previous, row, deadline)
+                .await
+            {
+                Outcome::Applied => report.orphans_deleted += 1,
+                outcome => report.count(outcome),
+            }
+            return Ok(());
+        }
+        let synced_here = stored.as_ref().is_some_and(|s| {
+            s.status == SyncStatus::Synced
+                && s.user_id.as_deref() == Some(user_id)
+                && s.calendar_id == calendar
+                && s.google_event_id.is_some()
+        });
+        let image = row.as_ref().expect("the row is here");
+        let changed = || {
+            EventRow::from_image(event_id, image)
+                .is_ok_and(|wanted| google_copy_differs(held, &wanted.to_google_event()))
+        };
+        // Rows whose state is anything else are the rows phase's.
+        if !synced_here || !(cancelled || changed()) {
+            return Ok(());
+        }
+        pace.wait().await;
+        match self
+            .resync_event(tokens, event_id, expected, stored, row, deadline)
+            .await
+        {
+            Outcome::Applied => report.restored += 1,
+            outcome => report.count(outcome),
+        }
+        Ok(())
+    }
+
+    /// Applies `row` (`None`: deleted) over `previous`, writing the state if the stored one is
+    /// still `expected`; after losing that write to a stream record, again from what Google
+    /// holds now.
     async fn resync_event(
         &self,
         tokens: &Tokens<'_, P>,
         event_id: &str,
+        mut expected: Expected,
         mut previous: Option<SyncState>,
         mut row: Option<serde_dynamo::Item>,
         deadline: Deadline,
@@ -295,7 +574,6 @@ impl<P: SyncPorts> Syncer<P> {
                     return Outcome::Failed;
                 }
             };
-            let expected = Expected::of(previous.as_ref());
             match self.states.put(&next, &expected).await {
                 Ok(()) if next.status.is_parked() => return Outcome::Parked,
                 Ok(()) => return Outcome::Applied,
@@ -304,20 +582,21 @@ impl<P: SyncPorts> Syncer<P> {
                         event_id,
                         "a stream record changed the event during the resync; applying again"
                     );
-                    let fresh = match self.states.get(event_id).await {
-                        Ok(fresh) => fresh,
+                    let reread = async {
+                        let fresh = self.states.get(event_id).await?;
+                        Ok::<_, ResyncError>((fresh, self.events.current_row(event_id).await?))
+                    };
+                    let fresh = match reread.await {
+                        Ok((fresh, now)) => {
+                            row = now;
+                            fresh
+                        }
                         Err(error) => {
-                            tracing::warn!(event_id, %error, "resync cannot re-read the state");
+                            tracing::warn!(event_id, %error, "resync cannot re-read the state and the row");
                             return Outcome::Failed;
                         }
                     };
-                    row = match self.events.current_row(event_id).await {
-                        Ok(row) => row,
-                        Err(error) => {
-                            tracing::warn!(event_id, %error, "resync cannot re-read the row");
-                            return Outcome::Failed;
-                        }
-                    };
+                    expected = Expected::of(fresh.as_ref());
                     previous = holding_our_copy(fresh, &next);
                 }
                 Err(error) => {

@@ -416,6 +416,7 @@ impl Calendar for RemoveRacingInsert {
                 last_error: None,
                 updated_at: chrono::Utc::now(),
                 synced_at: Some(chrono::Utc::now()),
+                leftover_of: None,
             };
             let before = self.states.get(self.racing).await.unwrap();
             self.states
@@ -762,4 +763,129 @@ async fn a_refused_keep_alive_reports_needs_reauth_alone_then_parking_adds_sync_
         s.lifecycle.kinds(),
         [Kind::GrantNeedsReauth, Kind::SyncParked]
     );
+}
+
+fn at(event_id: &str, user: &str, calendar: &str) -> Value {
+    let mut row = image(event_id, user, "A");
+    row["calendar_id"] = json!({"S": calendar});
+    row
+}
+
+#[tokio::test]
+async fn a_move_away_from_an_unusable_grant_parks_the_old_copys_delete_until_reconnect() {
+    use crate::sync_state::{SyncSummaries, leftover_key};
+    let s = syncer(
+        FakeGrants::default()
+            .with_user("u1", chrono::Duration::hours(1))
+            .with_user("u2", chrono::Duration::hours(1)),
+    );
+    let failed = s
+        .sync_batch(
+            vec![
+                record("INSERT", "1", "e1", Some(at("e1", "u1", "cal-a")), None),
+                record("INSERT", "2", "e2", Some(at("e2", "u1", "cal-a")), None),
+            ],
+            deadline(),
+        )
+        .await;
+    assert!(failed.is_empty());
+    // u1's grant stops working (revoked at Google: the grant turned needs_reauth).
+    {
+        let mut grants = s.grants.grants.lock().unwrap();
+        let u1 = grants.get_mut("u1").unwrap();
+        (u1.active, u1.refresh_token, u1.access_token) = (false, None, None);
+    }
+    // e1 moves to u2 for good; e2 moves to u2 and back to u1 before u1 reconnects.
+    let failed = s
+        .sync_batch(
+            vec![
+                record(
+                    "MODIFY",
+                    "3",
+                    "e1",
+                    Some(at("e1", "u2", "cal-b")),
+                    Some(at("e1", "u1", "cal-a")),
+                ),
+                record(
+                    "MODIFY",
+                    "4",
+                    "e2",
+                    Some(at("e2", "u2", "cal-b")),
+                    Some(at("e2", "u1", "cal-a")),
+                ),
+                record(
+                    "MODIFY",
+                    "5",
+                    "e2",
+                    Some(at("e2", "u1", "cal-a")),
+                    Some(at("e2", "u2", "cal-b")),
+                ),
+            ],
+            deadline(),
+        )
+        .await;
+    assert!(failed.is_empty());
+    assert!(s.calendar.summary("cal-b", &gid("e1")).is_some());
+    assert!(
+        s.calendar.summary("cal-a", &gid("e1")).is_some(),
+        "u1's copy cannot be deleted yet"
+    );
+    let states = s.states.snapshot().await;
+    let leftover = &states[&leftover_key("e1", "u1", "cal-a")];
+    assert_eq!(
+        (
+            leftover.status,
+            leftover.user_id.as_deref(),
+            leftover.leftover_of.as_deref()
+        ),
+        (SyncStatus::NeedsReauth, Some("u1"), Some("e1"))
+    );
+    assert_eq!(
+        leftover.google_event_id.as_deref(),
+        Some(gid("e1").as_str())
+    );
+    // Parked for u1: e1's delete, e2's move back (its write at u1), e2's leftover.
+    let summary = s.states.summary("u1").await.unwrap();
+    assert_eq!(summary.parked, 3);
+
+    // u1 reconnects; their resync applies the parked delete and keeps e2, which lives there again.
+    let s = Syncer {
+        grants: FakeGrants::default()
+            .with_user("u1", chrono::Duration::hours(1))
+            .with_user("u2", chrono::Duration::hours(1)),
+        ..s
+    };
+    s.events.set("e1", Some(item(at("e1", "u2", "cal-b"))));
+    s.events.set("e2", Some(item(at("e2", "u1", "cal-a"))));
+    let (report, rest) = s
+        .resync_user(UserResync::from_start("u1"), deadline())
+        .await
+        .unwrap();
+    assert_eq!((report.failed, report.still_parked, rest), (0, 0, None));
+    assert_eq!(s.calendar.summary("cal-a", &gid("e1")), None);
+    assert!(
+        s.calendar.summary("cal-b", &gid("e1")).is_some(),
+        "u2's copy stays"
+    );
+    assert!(
+        s.calendar.summary("cal-a", &gid("e2")).is_some(),
+        "e2 moved back: kept"
+    );
+    assert_eq!(s.calendar.summary("cal-b", &gid("e2")), None);
+    let states = s.states.snapshot().await;
+    for key in [
+        leftover_key("e1", "u1", "cal-a"),
+        leftover_key("e2", "u1", "cal-a"),
+    ] {
+        assert_eq!(states[&key].status, SyncStatus::Deleted);
+        assert_eq!(states[&key].google_event_id, None);
+    }
+    assert_eq!(s.states.summary("u1").await.unwrap().parked, 0);
+
+    // Nothing is left to do: a second resync calls Google for nothing.
+    let calls = s.calendar.calls.load(Ordering::SeqCst);
+    s.resync_user(UserResync::from_start("u1"), deadline())
+        .await
+        .unwrap();
+    assert_eq!(s.calendar.calls.load(Ordering::SeqCst), calls);
 }
