@@ -3,9 +3,6 @@
 //! Users connect through the real start and callback handlers; resync jobs run from the real
 //! queue through the resync handler, as the SQS event source mapping would run them.
 
-use std::time::Duration;
-
-use aws_lambda_events::event::dynamodb::Event as DynamodbEvent;
 use aws_sdk_dynamodb::types::AttributeValue;
 use calsync::{
     aws::Clients,
@@ -18,7 +15,7 @@ use calsync::{
         handler::{self as resync_handler, ResyncDeps, ResyncEvent},
     },
     store::{DynamoFlowStore, SqsJobQueue},
-    sync::{self, handler::SyncDeps},
+    sync::handler::SyncDeps,
 };
 use lambda_http::Body;
 use serde_json::{Value, json};
@@ -31,7 +28,7 @@ use testkit::{
 };
 
 mod common;
-use common::{metric_total, stack_with_config};
+use common::{metric_total, quick_retries, stack_with_config};
 
 /// event-sync's and resync's dependencies as a cold start builds them (fresh secrets caches),
 /// with short retry delays.
@@ -42,8 +39,7 @@ fn functions(
     let mut sync = SyncDeps::from_config(config, clients, calendar::DEFAULT_TIMEOUT);
     let mut resync = ResyncDeps::from_config(config, clients);
     for retry in [&mut sync.retry, &mut resync.syncer.retry] {
-        retry.base = Duration::from_millis(20);
-        retry.cap = Duration::from_millis(200);
+        quick_retries(retry);
     }
     (sync, resync)
 }
@@ -98,46 +94,24 @@ impl Stack {
     }
 
     /// Hands the stream's new records to event-sync, as one batch; returns its failures.
-    async fn sync_new(&mut self) -> Vec<Value> {
+    async fn sync_new(&mut self) -> Vec<String> {
         let records = self.new_records().await;
         self.sync(records).await
     }
 
     /// Hands `records` to event-sync, as one batch; returns its failures.
-    async fn sync(&self, records: Vec<Value>) -> Vec<Value> {
-        let payload: DynamodbEvent =
-            serde_json::from_value(TestStack::stream_event(records)).unwrap();
-        let answer = sync::handle(&self.sync, with_deadline(payload, 60))
-            .await
-            .expect("event-sync answers");
-        let answer = serde_json::to_value(answer).unwrap();
-        answer["batchItemFailures"].as_array().unwrap().clone()
+    async fn sync(&self, records: Vec<Value>) -> Vec<String> {
+        common::run_event_sync(&self.sync, records).await
     }
 
     /// Runs the resync queue's jobs one at a time until it is empty; returns how many ran.
     async fn drain_resync(&self) -> usize {
-        let url = &self.config.resync_queue_url;
-        let arn = testkit::queues::arn_of_url(url, testkit::aws::REGION);
-        let mut jobs = 0;
-        loop {
-            let messages = testkit::queues::receive(&self.clients.sqs, url, 1, 0)
-                .await
-                .unwrap();
-            if messages.is_empty() {
-                return jobs;
-            }
-            jobs += messages.len();
-            let event = testkit::queues::lambda_event(&messages, &arn, testkit::aws::REGION);
-            let payload: ResyncEvent = serde_json::from_value(event).unwrap();
-            let answer = resync_handler::handle(&self.resync, with_deadline(payload, 300))
-                .await
-                .expect("resync answers");
-            let answer = serde_json::to_value(answer).unwrap();
-            assert_eq!(answer["batchItemFailures"], json!([]), "every job succeeds");
-            testkit::queues::delete_handled(&self.clients.sqs, url, &messages, &answer)
-                .await
-                .unwrap();
-        }
+        common::drain_resync(
+            &self.resync,
+            &self.clients.sqs,
+            &self.config.resync_queue_url,
+        )
+        .await
     }
 
     /// Puts Lambda's on-failure records of these batches on the on-failure queue, runs the
@@ -172,15 +146,7 @@ impl Stack {
 
     /// Connects `user` as `account` through the real handlers, then runs the resync it queued.
     async fn connect(&self, user: &str, account: &str) {
-        self.stack
-            .connect_through(
-                user,
-                account,
-                async |request| http::start_router(&self.start, request).await,
-                async |request| http::callback_router(&self.callback, request).await,
-            )
-            .await
-            .expect("connected");
+        common::connect(&self.stack, &self.start, &self.callback, user, account).await;
         assert!(
             self.drain_resync().await >= 1,
             "the connect queued a resync"
@@ -228,14 +194,14 @@ async fn a_move_away_from_a_revoked_grant_deletes_the_old_copy_once_its_owner_re
         .await;
     s.put_row("m1", "u1", "Handover", None).await;
     s.put_row("stay", "u1", "Stays with Alice", None).await;
-    assert_eq!(s.sync_new().await, Vec::<Value>::new());
+    assert_eq!(s.sync_new().await, Vec::<String>::new());
 
     // Alice removes the app's access in her Google account; then her event moves to Bob.
     s.control("revoke", json!({"email": ALICE})).await;
     s.put_row("m1", "u2", "Handover", Some("team")).await;
     assert_eq!(
         s.sync_new().await,
-        Vec::<Value>::new(),
+        Vec::<String>::new(),
         "parking fails nothing"
     );
     assert_eq!(
@@ -390,7 +356,7 @@ async fn reconciliation_deletes_orphans_and_restores_what_was_deleted_or_changed
         .await;
     s.put_row("edit", "u1", "Edited by the user in Google", None)
         .await;
-    assert_eq!(s.sync_new().await, Vec::<Value>::new());
+    assert_eq!(s.sync_new().await, Vec::<String>::new());
 
     // Alice acts in Google: deletes one event, retitles another, adds one of her own. And
     // Google holds a copy calsync wrote of a row that is gone (a delete that never reached it).
@@ -515,7 +481,7 @@ async fn key_rotation_under_load_fails_no_request() {
         s.put_row(&format!("b{i}"), "u2", "Bob's, before the rotation", None)
             .await;
     }
-    assert_eq!(s.sync_new().await, Vec::<Value>::new());
+    assert_eq!(s.sync_new().await, Vec::<String>::new());
 
     // The README's steps, each while both functions' warm instances (`s.sync`, `s.resync`,
     // whose caches hold the keyring from before) run invocations side by side: two event-sync

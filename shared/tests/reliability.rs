@@ -7,13 +7,12 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
 
-use aws_lambda_events::event::dynamodb::Event as DynamodbEvent;
 use aws_sdk_dynamodb::types::AttributeValue;
 use calsync::{
     aws::Clients,
@@ -21,15 +20,17 @@ use calsync::{
     config::Config,
     grants::GrantStore,
     http::{self, CallbackDeps, NothingAfterConnect, StartDeps},
-    secrets::SecretsCache,
-    store::{DynamoFlowStore, DynamoGrantStore},
-    sync::{self, handler::SyncDeps},
+    store::{DynamoFlowStore, DynamoGrantStore, Stores},
+    sync::handler::SyncDeps,
 };
 use serde_json::{Value, json};
-use testkit::{TestStack, invocation::with_deadline, rows, stack::ALICE};
+use testkit::{TestStack, rows, stack::ALICE};
 
 mod common;
-use common::{metric_total, stack_with_config};
+use common::{
+    StreamCursor, assert_no_secret_in, issued_secrets, logs_text, metric_total, quick_retries,
+    run_event_sync, stack_with_config,
+};
 
 // ---- the harness ---------------------------------------------------------------------------
 
@@ -40,8 +41,7 @@ struct Harness {
     start: StartDeps<DynamoFlowStore>,
     callback: CallbackDeps<http::Production<NothingAfterConnect>>,
     events_table: String,
-    /// Stream records already handed out.
-    seen: Mutex<usize>,
+    stream: StreamCursor,
 }
 
 impl Harness {
@@ -54,7 +54,7 @@ impl Harness {
             clients,
             config,
             stack,
-            seen: Mutex::new(0),
+            stream: StreamCursor::default(),
         }
     }
 
@@ -62,8 +62,7 @@ impl Harness {
     /// start, with short backoffs so the tests stay quick.
     fn invocation_on(&self, clients: &Clients) -> SyncDeps {
         let mut deps = SyncDeps::from_config(&self.config, clients, calendar::DEFAULT_TIMEOUT);
-        deps.retry.base = Duration::from_millis(20);
-        deps.retry.cap = Duration::from_millis(200);
+        quick_retries(&mut deps.retry);
         deps
     }
 
@@ -72,15 +71,7 @@ impl Harness {
     }
 
     async fn connect(&self, user: &str, account: &str) {
-        self.stack
-            .connect_through(
-                user,
-                account,
-                async |request| http::start_router(&self.start, request).await,
-                async |request| http::callback_router(&self.callback, request).await,
-            )
-            .await
-            .expect("connected");
+        common::connect(&self.stack, &self.start, &self.callback, user, account).await;
     }
 
     /// Writes rows `{prefix}0..{prefix}{count}` of `user`; returns their event ids.
@@ -99,27 +90,11 @@ impl Harness {
 
     /// The stream records written since the last call.
     async fn new_records(&self) -> Vec<Value> {
-        let all = self
-            .stack
-            .stream_records("EVENTS_TABLE")
-            .await
-            .expect("stream records");
-        let mut seen = self.seen.lock().unwrap();
-        let new = all[*seen..].to_vec();
-        *seen = all.len();
-        new
+        self.stream.new_records(&self.stack).await
     }
 
     fn grants(&self) -> DynamoGrantStore {
-        let secrets = Arc::new(SecretsCache::new(
-            self.clients.secrets.clone(),
-            self.config.secrets.clone(),
-        ));
-        DynamoGrantStore::new(
-            self.clients.dynamodb.clone(),
-            self.config.tables.grants.clone(),
-            secrets,
-        )
+        Stores::new(&self.config, &self.clients).grants()
     }
 
     /// The grant item's version as stored (no decryption: a plain read of one attribute).
@@ -146,9 +121,7 @@ impl Harness {
     }
 
     async fn refreshes(&self) -> u64 {
-        self.stack.control_get("stats").await.unwrap()["token"]["refresh_token"]
-            .as_u64()
-            .unwrap()
+        common::refreshes(&self.stack).await
     }
 
     /// The calendar of `email` as `calsync_event_id` to the number of live Google events of it.
@@ -177,33 +150,12 @@ impl Harness {
     async fn assert_calendar_is(&self, email: &str, ids: &[String]) {
         let expected: BTreeMap<String, usize> = ids.iter().map(|id| (id.clone(), 1)).collect();
         assert_eq!(self.calendar(email).await, expected);
-        let issued = self.stack.control_get("issued-secrets").await.unwrap();
         let tables = self.stack.dump_tables().await.unwrap();
-        let logs = String::from_utf8_lossy(&common::capture_logs().lock().unwrap()).into_owned();
-        for secret in issued["values"].as_array().unwrap() {
-            let secret = secret.as_str().unwrap();
-            assert!(
-                secret.len() < 8 || !tables.contains(secret) && !logs.contains(secret),
-                "an issued secret is in a table or the logs"
-            );
-        }
+        assert_no_secret_in(
+            &issued_secrets(&self.stack).await,
+            &[("a table", &tables), ("the logs", &logs_text())],
+        );
     }
-}
-
-/// One invocation: the batch as Lambda hands it, with a minute left; the `batchItemFailures`.
-async fn invoke(deps: &SyncDeps, records: Vec<Value>) -> Vec<String> {
-    let payload: DynamodbEvent =
-        serde_json::from_value(TestStack::stream_event(records)).expect("a DynamodbEvent");
-    let response = sync::handle(deps, with_deadline(payload, 60))
-        .await
-        .expect("the handler answers");
-    let answer = serde_json::to_value(&response).unwrap();
-    answer["batchItemFailures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["itemIdentifier"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// Runs each batch in an invocation of its own, all at once (each on its own task, as Lambda
@@ -212,7 +164,7 @@ async fn invoke_at_once(invocations: Vec<SyncDeps>, batches: Vec<Vec<Value>>) ->
     let tasks: Vec<_> = invocations
         .into_iter()
         .zip(batches)
-        .map(|(deps, batch)| tokio::spawn(async move { invoke(&deps, batch).await }))
+        .map(|(deps, batch)| tokio::spawn(async move { run_event_sync(&deps, batch).await }))
         .collect();
     let mut answers = Vec::new();
     for task in tasks {
@@ -307,7 +259,7 @@ async fn race(invocations: usize, expiry: Expiry) -> u64 {
     // The stored token is the one Google issued last: a later invocation needs no refresh.
     let more = h.put_rows("after", "u1", 1).await;
     assert!(
-        invoke(&h.invocation(), h.new_records().await)
+        run_event_sync(&h.invocation(), h.new_records().await)
             .await
             .is_empty()
     );
@@ -351,7 +303,7 @@ impl Harness {
     /// attempts per call, and a Calendar client that gives up after 300 ms.
     fn one_at_a_time(&self, clients: &Clients) -> SyncDeps {
         let mut deps = SyncDeps::from_config(&self.config, clients, Duration::from_millis(300));
-        deps.retry.base = Duration::from_millis(20);
+        quick_retries(&mut deps.retry);
         deps.retry.cap = Duration::from_millis(100);
         deps.retry.max_attempts = 3;
         deps.concurrency = 1;
@@ -386,13 +338,13 @@ impl Harness {
             let row = self.put_rows(&format!("{phase}{name}-"), "u1", 1).await;
             self.fault(target, fault, count).await;
             let records = self.new_records().await;
-            let failed = invoke(deps, records.clone()).await;
+            let failed = run_event_sync(deps, records.clone()).await;
             if count == brief {
                 assert!(failed.is_empty(), "{target} {fault} {count}x: {failed:?}");
             } else {
                 assert_eq!(failed, vec![sequence(&records[0])], "{target} {fault}");
                 assert!(!self.calendar(ALICE).await.contains_key(&row[0]));
-                let redelivered = invoke(deps, redelivery(&records, &failed)).await;
+                let redelivered = run_event_sync(deps, redelivery(&records, &failed)).await;
                 assert!(redelivered.is_empty(), "{target} {fault}: {redelivered:?}");
             }
             ids.extend(row);
@@ -449,7 +401,11 @@ async fn calendar_errors_rate_limits_and_hangs_lose_nothing() {
     h.fault("calendar", &json!({"status": 429, "retry_after": 1}), 1)
         .await;
     let started = std::time::Instant::now();
-    assert!(invoke(&deps, h.new_records().await).await.is_empty());
+    assert!(
+        run_event_sync(&deps, h.new_records().await)
+            .await
+            .is_empty()
+    );
     let waited = started.elapsed();
     assert!(waited >= Duration::from_secs(1), "retried after {waited:?}");
     ids.extend(asked);
@@ -504,7 +460,7 @@ async fn dynamodb_faults_in_the_middle_of_a_batch_lose_nothing() {
         let batch = h.put_rows(&format!("ddb{i}-"), "u1", 5).await;
         let records = h.new_records().await;
         proxy.fail_after(9, fault);
-        let failed = invoke(&deps, records.clone()).await;
+        let failed = run_event_sync(&deps, records.clone()).await;
         let applied = h.calendar(ALICE).await;
         let cut_off = batch.iter().filter(|id| !applied.contains_key(*id)).count();
         println!(
@@ -519,7 +475,7 @@ async fn dynamodb_faults_in_the_middle_of_a_batch_lose_nothing() {
 
         proxy.set(Fault::Forward);
         assert!(
-            invoke(&deps, redelivery(&records, &failed))
+            run_event_sync(&deps, redelivery(&records, &failed))
                 .await
                 .is_empty()
         );
@@ -546,7 +502,7 @@ async fn secrets_manager_unreachable_at_cold_start_then_back() {
     let records = h.new_records().await;
     proxy.set(Fault::Refuse);
     let logs_before = common::capture_logs().lock().unwrap().len();
-    let failed = invoke(&deps, records.clone()).await;
+    let failed = run_event_sync(&deps, records.clone()).await;
     assert_eq!(
         failed.len(),
         records.len(),
@@ -562,7 +518,7 @@ async fn secrets_manager_unreachable_at_cold_start_then_back() {
 
     proxy.set(Fault::Forward);
     assert!(
-        invoke(&deps, redelivery(&records, &failed))
+        run_event_sync(&deps, redelivery(&records, &failed))
             .await
             .is_empty()
     );
@@ -581,7 +537,7 @@ async fn a_function_killed_mid_batch_and_redelivered_loses_nothing() {
     h.fault("calendar", &json!({"delay_ms": 300}), 4).await;
     let deps = h.one_at_a_time(&Clients::new(&h.stack.sdk));
     let batch = records.clone();
-    let running = tokio::spawn(async move { invoke(&deps, batch).await });
+    let running = tokio::spawn(async move { run_event_sync(&deps, batch).await });
     loop {
         let stats = h.stack.control_get("stats").await.unwrap();
         if stats["calendar"]["insert"].as_u64().unwrap() >= 3 {
@@ -596,7 +552,7 @@ async fn a_function_killed_mid_batch_and_redelivered_loses_nothing() {
     assert!(applied < ids.len());
 
     assert!(
-        invoke(&h.one_at_a_time(&Clients::new(&h.stack.sdk)), records)
+        run_event_sync(&h.one_at_a_time(&Clients::new(&h.stack.sdk)), records)
             .await
             .is_empty()
     );

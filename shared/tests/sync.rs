@@ -17,7 +17,7 @@ use calsync::{
     mapping::google_event_id,
     resync::{
         ResyncOnConnect,
-        handler::{self as resync_handler, ResyncDeps, ResyncEvent},
+        handler::{self as resync_handler, ResyncDeps},
     },
     store::{DynamoFlowStore, SqsJobQueue, Stores},
     sync::handler::SyncDeps,
@@ -29,7 +29,6 @@ use serde_json::{Value, json};
 use testkit::{
     TestStack,
     api_gateway::HttpApiEvent,
-    invocation::with_deadline,
     rows,
     stack::{ALICE, BOB},
 };
@@ -110,37 +109,17 @@ impl Harness {
         common::run_event_sync(deps, records).await
     }
 
-    /// One receive of up to `max` messages of `url` handed to the resync handler, as the SQS
-    /// event source mapping would; what the handler did not fail is deleted, a failed one stays
-    /// invisible, as SQS keeps it. The number of messages and the handler's answer.
     async fn deliver(&self, url: &str, max: i32) -> (usize, Value) {
-        let (messages, event) = testkit::queues::receive_event(&self.clients.sqs, url, max)
-            .await
-            .expect("receive");
-        if messages.is_empty() {
-            return (0, Value::Null);
-        }
-        let payload: ResyncEvent = serde_json::from_value(event).expect("an SQS event");
-        let answer = resync_handler::handle(&self.resync, with_deadline(payload, 300))
-            .await
-            .expect("the resync handler answers");
-        let answer = serde_json::to_value(&answer).unwrap();
-        testkit::queues::delete_handled(&self.clients.sqs, url, &messages, &answer)
-            .await
-            .expect("delete");
-        (messages.len(), answer)
+        common::deliver_to_resync(&self.resync, &self.clients.sqs, url, max).await
     }
 
-    /// Runs the resync queue's jobs one at a time until it is empty (continuations included).
-    /// Returns the number of jobs run.
     async fn drain_resync(&self) -> usize {
-        let mut jobs = 0;
-        loop {
-            match self.deliver(&self.config.resync_queue_url, 1).await {
-                (0, _) => return jobs,
-                (delivered, _) => jobs += delivered,
-            }
-        }
+        common::drain_resync(
+            &self.resync,
+            &self.clients.sqs,
+            &self.config.resync_queue_url,
+        )
+        .await
     }
 
     async fn run(&self, records: Vec<Value>) -> Vec<String> {

@@ -16,6 +16,7 @@ use calsync::{
     config::Config,
     flows::FlowStore,
     http::{self, CallbackDeps, CallbackPorts, StartDeps},
+    resync::handler::{self as resync_handler, ResyncDeps, ResyncEvent},
     sync::{self, handler::SyncDeps, retry::RetryPolicy},
 };
 use serde_json::Value;
@@ -232,4 +233,52 @@ pub async fn run_event_sync(deps: &SyncDeps, records: Vec<Value>) -> Vec<String>
         .iter()
         .map(|f| f["itemIdentifier"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// The resync function over up to `max` messages of the queue at `url`, as Lambda's SQS mapping
+/// hands them over (the ones it answered for deleted): how many it got, and its answer.
+pub async fn deliver_to_resync(
+    resync: &ResyncDeps<resync_handler::Production>,
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    max: i32,
+) -> (usize, Value) {
+    let (messages, event) = testkit::queues::receive_event(sqs, url, max)
+        .await
+        .expect("receive");
+    if messages.is_empty() {
+        return (0, Value::Null);
+    }
+    let payload: ResyncEvent = serde_json::from_value(event).expect("an SQS event");
+    let answer = resync_handler::handle(resync, with_deadline(payload, 300))
+        .await
+        .expect("the resync handler answers");
+    let answer = serde_json::to_value(&answer).unwrap();
+    testkit::queues::delete_handled(sqs, url, &messages, &answer)
+        .await
+        .expect("delete");
+    (messages.len(), answer)
+}
+
+/// Runs the resync queue's jobs one at a time until it is empty (continuations included), each
+/// of which must succeed; returns how many ran.
+pub async fn drain_resync(
+    resync: &ResyncDeps<resync_handler::Production>,
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+) -> usize {
+    let mut jobs = 0;
+    loop {
+        match deliver_to_resync(resync, sqs, url, 1).await {
+            (0, _) => return jobs,
+            (delivered, answer) => {
+                assert_eq!(
+                    answer["batchItemFailures"],
+                    serde_json::json!([]),
+                    "a job failed"
+                );
+                jobs += delivered;
+            }
+        }
+    }
 }
