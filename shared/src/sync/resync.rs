@@ -436,7 +436,8 @@ impl<P: SyncPorts> Syncer<P> {
         };
         let before = (report.orphans_deleted, report.restored);
         for held in &page.items {
-            if self.out_of_time(deadline) {
+            // Room for a paced call: never start one the deadline cuts short.
+            if self.out_of_time(Deadline(deadline.0 - RECONCILE_CALL_INTERVAL)) {
                 return Ok(Listed::OutOfTime);
             }
             self.reconcile_event(tokens, user_id, calendar, held, pace, report, deadline)
