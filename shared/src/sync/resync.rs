@@ -158,6 +158,13 @@ const RECONCILE_CALL_INTERVAL: Duration = Duration::from_millis(200);
 struct Pace(Option<tokio::time::Instant>);
 
 impl Pace {
+    /// How long the next call would wait for its slot.
+    fn wait_left(&self) -> Duration {
+        self.0.map_or(Duration::ZERO, |next| {
+            next - tokio::time::Instant::now().min(next)
+        })
+    }
+
     async fn wait(&mut self) {
         if let Some(next) = self.0 {
             tokio::time::sleep_until(next).await;
@@ -412,6 +419,9 @@ impl<P: SyncPorts> Syncer<P> {
         report: &mut ResyncReport,
         deadline: Deadline,
     ) -> Result<Listed, ResyncError> {
+        if self.no_time_for_a_paced_call(pace, deadline) {
+            return Ok(Listed::OutOfTime);
+        }
         pace.wait().await;
         let page = match self
             .list_at(tokens, user_id, calendar, cursor.as_deref(), deadline)
@@ -436,12 +446,15 @@ impl<P: SyncPorts> Syncer<P> {
         };
         let before = (report.orphans_deleted, report.restored);
         for held in &page.items {
-            // Room for a paced call: never start one the deadline cuts short.
-            if self.out_of_time(Deadline(deadline.0 - RECONCILE_CALL_INTERVAL)) {
+            if self.out_of_time(deadline) {
                 return Ok(Listed::OutOfTime);
             }
-            self.reconcile_event(tokens, user_id, calendar, held, pace, report, deadline)
+            let healed = self
+                .reconcile_event(tokens, user_id, calendar, held, pace, report, deadline)
                 .await?;
+            if !healed {
+                return Ok(Listed::OutOfTime);
+            }
         }
         let (orphans, restored) = (
             report.orphans_deleted - before.0,
@@ -459,9 +472,15 @@ impl<P: SyncPorts> Syncer<P> {
         Ok(page.next.map_or(Listed::Done, Listed::More))
     }
 
+    /// Whether waiting for the next paced slot and then calling would run past the deadline: the
+    /// call is left to the next invocation (which starts with a free slot, so it progresses).
+    fn no_time_for_a_paced_call(&self, pace: &Pace, deadline: Deadline) -> bool {
+        self.out_of_time(Deadline(deadline.0 - pace.wait_left()))
+    }
+
     /// One event calsync wrote to `user_id`'s `calendar`, as Google holds it: deleted if its
     /// row is gone or elsewhere; written again if its state says Google holds the row but Google
-    /// holds it cancelled or changed.
+    /// holds it cancelled or changed. `false`: it needs a call there is no time left for.
     #[allow(clippy::too_many_arguments)]
     async fn reconcile_event(
         &self,
@@ -472,14 +491,14 @@ impl<P: SyncPorts> Syncer<P> {
         pace: &mut Pace,
         report: &mut ResyncReport,
         deadline: Deadline,
-    ) -> Result<(), ResyncError> {
+    ) -> Result<bool, ResyncError> {
         let Some(event_id) = held["extendedProperties"]["private"][EVENT_ID_PROPERTY].as_str()
         else {
-            return Ok(());
+            return Ok(true);
         };
         let google_id = google_event_id(event_id);
         if held["id"].as_str() != Some(google_id.as_str()) {
-            return Ok(()); // not a copy calsync placed under this event's id
+            return Ok(true); // not a copy calsync placed under this event's id
         }
         let cancelled = held["status"] == "cancelled";
         let row = self.events.current_row(event_id).await?;
@@ -491,7 +510,10 @@ impl<P: SyncPorts> Syncer<P> {
         let expected = Expected::of(stored.as_ref());
         if !row_here {
             if cancelled {
-                return Ok(());
+                return Ok(true);
+            }
+            if self.no_time_for_a_paced_call(pace, deadline) {
+                return Ok(false);
             }
             // Applied from a state pointing at this copy, so the apply deletes it (and writes
             // the row where it is now, if anywhere).
@@ -517,7 +539,7 @@ impl<P: SyncPorts> Syncer<P> {
                 Outcome::Applied => report.orphans_deleted += 1,
                 outcome => report.count(outcome),
             }
-            return Ok(());
+            return Ok(true);
         }
         let synced_here = stored.as_ref().is_some_and(|s| {
             s.status == SyncStatus::Synced
@@ -532,7 +554,10 @@ impl<P: SyncPorts> Syncer<P> {
         };
         // Rows whose state is anything else are the rows phase's.
         if !synced_here || !(cancelled || changed()) {
-            return Ok(());
+            return Ok(true);
+        }
+        if self.no_time_for_a_paced_call(pace, deadline) {
+            return Ok(false);
         }
         pace.wait().await;
         match self
@@ -542,7 +567,7 @@ impl<P: SyncPorts> Syncer<P> {
             Outcome::Applied => report.restored += 1,
             outcome => report.count(outcome),
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Applies `row` (`None`: deleted) over `previous`, writing the state if the stored one is
