@@ -332,13 +332,26 @@ impl<P: SyncPorts> Syncer<P> {
         if row_is_here && !state.status.is_parked() {
             return Ok(()); // the rows phase compares it
         }
-        let event_id = state.event_id.clone();
+        self.apply_over_state(tokens, state, row, report, deadline)
+            .await;
+        Ok(())
+    }
+
+    /// Applies `row` over the stored `state` (see [`Self::resync_event`]) and counts the outcome.
+    async fn apply_over_state(
+        &self,
+        tokens: &Tokens<'_, P>,
+        state: SyncState,
+        row: Option<serde_dynamo::Item>,
+        report: &mut ResyncReport,
+        deadline: Deadline,
+    ) {
+        let key = state.event_id.clone();
         let expected = Expected::of(Some(&state));
         let outcome = self
-            .resync_event(tokens, &event_id, expected, Some(state), row, deadline)
+            .resync_event(tokens, &key, expected, Some(state), row, deadline)
             .await;
         report.count(outcome);
-        Ok(())
     }
 
     /// A copy `event_id` left at this user's calendar when it moved away: deleted, unless the
@@ -370,12 +383,8 @@ impl<P: SyncPorts> Syncer<P> {
             }
             return Ok(());
         }
-        let key = leftover.event_id.clone();
-        let expected = Expected::of(Some(&leftover));
-        let outcome = self
-            .resync_event(tokens, &key, expected, Some(leftover), None, deadline)
+        self.apply_over_state(tokens, leftover, None, report, deadline)
             .await;
-        report.count(outcome);
         Ok(())
     }
 
