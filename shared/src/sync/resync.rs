@@ -158,6 +158,13 @@ const RECONCILE_CALL_INTERVAL: Duration = Duration::from_millis(200);
 struct Pace(Option<tokio::time::Instant>);
 
 impl Pace {
+    /// How long the next call would wait for its slot.
+    fn wait_left(&self) -> Duration {
+        self.0.map_or(Duration::ZERO, |next| {
+            next - tokio::time::Instant::now().min(next)
+        })
+    }
+
     async fn wait(&mut self) {
         if let Some(next) = self.0 {
             tokio::time::sleep_until(next).await;
@@ -325,13 +332,26 @@ impl<P: SyncPorts> Syncer<P> {
         if row_is_here && !state.status.is_parked() {
             return Ok(()); // the rows phase compares it
         }
-        let event_id = state.event_id.clone();
+        self.apply_over_state(tokens, state, row, report, deadline)
+            .await;
+        Ok(())
+    }
+
+    /// Applies `row` over the stored `state` (see [`Self::resync_event`]) and counts the outcome.
+    async fn apply_over_state(
+        &self,
+        tokens: &Tokens<'_, P>,
+        state: SyncState,
+        row: Option<serde_dynamo::Item>,
+        report: &mut ResyncReport,
+        deadline: Deadline,
+    ) {
+        let key = state.event_id.clone();
         let expected = Expected::of(Some(&state));
         let outcome = self
-            .resync_event(tokens, &event_id, expected, Some(state), row, deadline)
+            .resync_event(tokens, &key, expected, Some(state), row, deadline)
             .await;
         report.count(outcome);
-        Ok(())
     }
 
     /// A copy `event_id` left at this user's calendar when it moved away: deleted, unless the
@@ -363,12 +383,8 @@ impl<P: SyncPorts> Syncer<P> {
             }
             return Ok(());
         }
-        let key = leftover.event_id.clone();
-        let expected = Expected::of(Some(&leftover));
-        let outcome = self
-            .resync_event(tokens, &key, expected, Some(leftover), None, deadline)
+        self.apply_over_state(tokens, leftover, None, report, deadline)
             .await;
-        report.count(outcome);
         Ok(())
     }
 
@@ -412,6 +428,9 @@ impl<P: SyncPorts> Syncer<P> {
         report: &mut ResyncReport,
         deadline: Deadline,
     ) -> Result<Listed, ResyncError> {
+        if self.no_time_for_a_paced_call(pace, deadline) {
+            return Ok(Listed::OutOfTime);
+        }
         pace.wait().await;
         let page = match self
             .list_at(tokens, user_id, calendar, cursor.as_deref(), deadline)
@@ -439,8 +458,12 @@ impl<P: SyncPorts> Syncer<P> {
             if self.out_of_time(deadline) {
                 return Ok(Listed::OutOfTime);
             }
-            self.reconcile_event(tokens, user_id, calendar, held, pace, report, deadline)
+            let healed = self
+                .reconcile_event(tokens, user_id, calendar, held, pace, report, deadline)
                 .await?;
+            if !healed {
+                return Ok(Listed::OutOfTime);
+            }
         }
         let (orphans, restored) = (
             report.orphans_deleted - before.0,
@@ -458,9 +481,15 @@ impl<P: SyncPorts> Syncer<P> {
         Ok(page.next.map_or(Listed::Done, Listed::More))
     }
 
+    /// Whether waiting for the next paced slot and then calling would run past the deadline: the
+    /// call is left to the next invocation (which starts with a free slot, so it progresses).
+    fn no_time_for_a_paced_call(&self, pace: &Pace, deadline: Deadline) -> bool {
+        self.out_of_time(Deadline(deadline.0 - pace.wait_left()))
+    }
+
     /// One event calsync wrote to `user_id`'s `calendar`, as Google holds it: deleted if its
     /// row is gone or elsewhere; written again if its state says Google holds the row but Google
-    /// holds it cancelled or changed.
+    /// holds it cancelled or changed. `false`: it needs a call there is no time left for.
     #[allow(clippy::too_many_arguments)]
     async fn reconcile_event(
         &self,
@@ -471,14 +500,14 @@ impl<P: SyncPorts> Syncer<P> {
         pace: &mut Pace,
         report: &mut ResyncReport,
         deadline: Deadline,
-    ) -> Result<(), ResyncError> {
+    ) -> Result<bool, ResyncError> {
         let Some(event_id) = held["extendedProperties"]["private"][EVENT_ID_PROPERTY].as_str()
         else {
-            return Ok(());
+            return Ok(true);
         };
         let google_id = google_event_id(event_id);
         if held["id"].as_str() != Some(google_id.as_str()) {
-            return Ok(()); // not a copy calsync placed under this event's id
+            return Ok(true); // not a copy calsync placed under this event's id
         }
         let cancelled = held["status"] == "cancelled";
         let row = self.events.current_row(event_id).await?;
@@ -490,7 +519,10 @@ impl<P: SyncPorts> Syncer<P> {
         let expected = Expected::of(stored.as_ref());
         if !row_here {
             if cancelled {
-                return Ok(());
+                return Ok(true);
+            }
+            if self.no_time_for_a_paced_call(pace, deadline) {
+                return Ok(false);
             }
             // Applied from a state pointing at this copy, so the apply deletes it (and writes
             // the row where it is now, if anywhere).
@@ -516,7 +548,7 @@ impl<P: SyncPorts> Syncer<P> {
                 Outcome::Applied => report.orphans_deleted += 1,
                 outcome => report.count(outcome),
             }
-            return Ok(());
+            return Ok(true);
         }
         let synced_here = stored.as_ref().is_some_and(|s| {
             s.status == SyncStatus::Synced
@@ -531,7 +563,10 @@ impl<P: SyncPorts> Syncer<P> {
         };
         // Rows whose state is anything else are the rows phase's.
         if !synced_here || !(cancelled || changed()) {
-            return Ok(());
+            return Ok(true);
+        }
+        if self.no_time_for_a_paced_call(pace, deadline) {
+            return Ok(false);
         }
         pace.wait().await;
         match self
@@ -541,7 +576,7 @@ impl<P: SyncPorts> Syncer<P> {
             Outcome::Applied => report.restored += 1,
             outcome => report.count(outcome),
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Applies `row` (`None`: deleted) over `previous`, writing the state if the stored one is

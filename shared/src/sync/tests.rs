@@ -120,6 +120,32 @@ impl Calendar for FakeCalendar {
             None => Err(CalendarError::Gone),
         }
     }
+
+    /// Two marked events a page, by id; the token is the last id of the page.
+    async fn list_ours(
+        &self,
+        _: &SecretString,
+        calendar_id: &str,
+        page_token: Option<&str>,
+    ) -> Result<crate::calendar::EventPage, CalendarError> {
+        use crate::mapping::{MARKER_PROPERTY, MARKER_VALUE};
+        let events = self.events.lock().unwrap();
+        let mut ours: Vec<(&String, &Value)> = events
+            .iter()
+            .filter(|((calendar, id), event)| {
+                calendar == calendar_id
+                    && page_token.is_none_or(|after| id.as_str() > after)
+                    && event["extendedProperties"]["private"][MARKER_PROPERTY] == MARKER_VALUE
+            })
+            .map(|((_, id), event)| (id, event))
+            .collect();
+        ours.sort_by_key(|(id, _)| id.as_str());
+        let page: Vec<_> = ours.iter().take(2).collect();
+        Ok(crate::calendar::EventPage {
+            items: page.iter().map(|(_, e)| (*e).clone()).collect(),
+            next: (ours.len() > 2).then(|| page[1].0.clone()),
+        })
+    }
 }
 
 /// Fakes of every port, with the calendar `C`.
@@ -888,4 +914,60 @@ async fn a_move_away_from_an_unusable_grant_parks_the_old_copys_delete_until_rec
         .await
         .unwrap();
     assert_eq!(s.calendar.calls.load(Ordering::SeqCst), calls);
+}
+
+#[tokio::test]
+async fn reconciliation_pages_resumes_and_deletes_only_orphans() {
+    let s = syncer(FakeGrants::default().with_user("u1", chrono::Duration::hours(1)));
+    for id in ["r0", "r1", "r2"] {
+        s.events.set(id, Some(item(image(id, "u1", id))));
+    }
+    let (report, rest) = s
+        .resync_user(UserResync::from_start("u1"), deadline())
+        .await
+        .unwrap();
+    assert_eq!((report.applied, report.orphans_deleted, rest), (3, 0, None));
+    // Google holds copies of rows that are gone (deletes that never reached it).
+    for i in 0..5 {
+        let gone = format!("gone{i}");
+        let mut copy = s.calendar.events.lock().unwrap()[&("primary".into(), gid("r0"))].clone();
+        copy["id"] = json!(gid(&gone));
+        copy["extendedProperties"]["private"]["calsync_event_id"] = json!(gone);
+        let key = ("primary".to_string(), gid(&gone));
+        s.calendar.events.lock().unwrap().insert(key, copy);
+    }
+    // Each invocation has time for about one paced call: the listing resumes where it stopped.
+    let mut job = Some(UserResync::from_start("u1"));
+    let (mut invocations, mut deleted) = (0, 0);
+    while let Some(next) = job {
+        invocations += 1;
+        assert!(invocations < 100, "the reconciliation makes no progress");
+        let (report, rest) = s
+            .resync_user(next, Deadline::in_(Duration::from_millis(350)))
+            .await
+            .unwrap();
+        deleted += report.orphans_deleted;
+        job = rest;
+    }
+    assert!(
+        invocations > 1,
+        "one invocation did everything; the test proves nothing"
+    );
+    assert_eq!(deleted, 5, "every orphan deleted exactly once");
+    let mut left: Vec<_> = s
+        .calendar
+        .events
+        .lock()
+        .unwrap()
+        .keys()
+        .map(|k| k.1.clone())
+        .collect();
+    left.sort();
+    let mut rows: Vec<_> = ["r0", "r1", "r2"].iter().map(|id| gid(id)).collect();
+    rows.sort();
+    assert_eq!(left, rows, "the rows' copies stay");
+    assert_eq!(
+        s.states.snapshot().await["gone3"].status,
+        SyncStatus::Deleted
+    );
 }
