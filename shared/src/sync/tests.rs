@@ -14,7 +14,12 @@ use aws_lambda_events::event::dynamodb::EventRecord;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use super::{SyncPorts, Syncer, resync::UserResync, retry::Deadline, retry::RetryPolicy};
+use super::{
+    SyncPorts, Syncer,
+    resync::{ResyncReport, UserResync},
+    retry::Deadline,
+    retry::RetryPolicy,
+};
 use crate::{
     calendar::{Calendar, CalendarError},
     lifecycle::{Kind, RecordedEvents},
@@ -236,6 +241,29 @@ fn connected_syncer() -> TestSyncer {
 /// `records` as one batch, with the time a real invocation has; the records that failed.
 async fn sync(s: &TestSyncer, records: Vec<EventRecord>) -> Vec<String> {
     s.sync_batch(records, deadline()).await
+}
+
+/// `user`'s resync run to the end in invocations of `slice` each, every one continuing the job
+/// the last one queued (at most `most` of them, and more than one): each invocation's report.
+async fn resync_in_slices(
+    s: &TestSyncer,
+    user: &str,
+    slice: Duration,
+    most: usize,
+) -> Vec<ResyncReport> {
+    let mut job = Some(UserResync::from_start(user));
+    let mut reports = Vec::new();
+    while let Some(next) = job {
+        assert!(reports.len() < most, "the resync makes no progress");
+        let (report, rest) = s.resync_user(next, Deadline::in_(slice)).await.unwrap();
+        reports.push(report);
+        job = rest;
+    }
+    assert!(
+        reports.len() > 1,
+        "one invocation did everything; the test proves nothing"
+    );
+    reports
 }
 
 fn deadline() -> Deadline {
@@ -526,23 +554,8 @@ async fn a_resync_out_of_time_hands_back_where_to_resume_and_redoes_nothing() {
         s.events.set(&id, Some(item(image(&id, "u1", &id))));
     }
     // Each invocation has time for a few dozen of the rows at most.
-    let mut job = Some(UserResync::from_start("u1"));
-    let mut invocations = 0;
-    let mut applied = 0;
-    while let Some(next) = job {
-        invocations += 1;
-        assert!(invocations < 1000, "the resync makes no progress");
-        let (report, rest) = s
-            .resync_user(next, Deadline::in_(Duration::from_millis(30)))
-            .await
-            .unwrap();
-        applied += report.applied;
-        job = rest;
-    }
-    assert!(
-        invocations > 1,
-        "one invocation did everything; the test proves nothing"
-    );
+    let reports = resync_in_slices(&s, "u1", Duration::from_millis(30), 1000).await;
+    let applied: usize = reports.iter().map(|r| r.applied).sum();
     assert_eq!(applied, rows, "every row applied exactly once");
     assert_eq!(s.calendar.events.lock().unwrap().len(), rows);
 }
@@ -937,22 +950,8 @@ async fn reconciliation_pages_resumes_and_deletes_only_orphans() {
         s.calendar.events.lock().unwrap().insert(key, copy);
     }
     // Each invocation has time for about one paced call: the listing resumes where it stopped.
-    let mut job = Some(UserResync::from_start("u1"));
-    let (mut invocations, mut deleted) = (0, 0);
-    while let Some(next) = job {
-        invocations += 1;
-        assert!(invocations < 100, "the reconciliation makes no progress");
-        let (report, rest) = s
-            .resync_user(next, Deadline::in_(Duration::from_millis(350)))
-            .await
-            .unwrap();
-        deleted += report.orphans_deleted;
-        job = rest;
-    }
-    assert!(
-        invocations > 1,
-        "one invocation did everything; the test proves nothing"
-    );
+    let reports = resync_in_slices(&s, "u1", Duration::from_millis(350), 100).await;
+    let deleted: usize = reports.iter().map(|r| r.orphans_deleted).sum();
     assert_eq!(deleted, 5, "every orphan deleted exactly once");
     let mut left: Vec<_> = s
         .calendar
