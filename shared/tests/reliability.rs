@@ -24,7 +24,12 @@ use calsync::{
     sync::handler::SyncDeps,
 };
 use serde_json::{Value, json};
-use testkit::{TestStack, rows, stack::ALICE};
+use testkit::{
+    TestStack,
+    fault_proxy::{Fault, FaultProxy},
+    rows,
+    stack::ALICE,
+};
 
 mod common;
 use common::{
@@ -56,6 +61,20 @@ impl Harness {
             stack,
             stream: StreamCursor::default(),
         }
+    }
+
+    /// A stack where u1 has connected as Alice.
+    async fn with_alice() -> Self {
+        let h = Self::start().await;
+        h.connect("u1", ALICE).await;
+        h
+    }
+
+    /// A fault proxy in front of moto's server, and the AWS clients that go through it.
+    async fn fault_proxy(&self) -> (FaultProxy, Clients) {
+        let proxy = FaultProxy::start(&self.stack.aws_endpoint).await.unwrap();
+        let through_proxy = Clients::new(&testkit::aws::local_sdk_config(&proxy.endpoint).await);
+        (proxy, through_proxy)
     }
 
     /// A new event-sync invocation environment on `clients`: what `main` builds at a cold
@@ -187,8 +206,7 @@ enum Expiry {
 /// `invocations` event-sync invocations at once, three records each, all holding `u1`'s expired
 /// access token. Returns the number of refreshes Google saw.
 async fn race(invocations: usize, expiry: Expiry) -> u64 {
-    let h = Harness::start().await;
-    h.connect("u1", ALICE).await;
+    let h = Harness::with_alice().await;
     let ids = h.put_rows("race", "u1", invocations * 3).await;
     let records = h.new_records().await;
     assert_eq!(records.len(), ids.len());
@@ -372,8 +390,7 @@ impl Harness {
 /// nothing; one that outlasts them fails the record, which its redelivery then applies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calendar_errors_rate_limits_and_hangs_lose_nothing() {
-    let h = Harness::start().await;
-    h.connect("u1", ALICE).await;
+    let h = Harness::with_alice().await;
     let deps = h.one_at_a_time(&Clients::new(&h.stack.sdk));
     let faults = [
         json!({"status": 500}),
@@ -415,8 +432,7 @@ async fn calendar_errors_rate_limits_and_hangs_lose_nothing() {
 /// The token endpoint failing or hanging while the user's token needs a refresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_endpoint_errors_and_hangs_lose_nothing() {
-    let h = Harness::start().await;
-    h.connect("u1", ALICE).await;
+    let h = Harness::with_alice().await;
     let clients = Clients::new(&h.stack.sdk);
     let mut deps = h.one_at_a_time(&clients);
     // The token client gives up after 300 ms (10 s in production).
@@ -440,11 +456,8 @@ async fn token_endpoint_errors_and_hangs_lose_nothing() {
 /// it cuts off come back in `batchItemFailures`, and their redelivery applies them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_faults_in_the_middle_of_a_batch_lose_nothing() {
-    use testkit::fault_proxy::{Fault, FaultProxy};
-    let h = Harness::start().await;
-    h.connect("u1", ALICE).await;
-    let proxy = FaultProxy::start(&h.stack.aws_endpoint).await.unwrap();
-    let through_proxy = Clients::new(&testkit::aws::local_sdk_config(&proxy.endpoint).await);
+    let h = Harness::with_alice().await;
+    let (proxy, through_proxy) = h.fault_proxy().await;
     let mut ids = Vec::new();
     for (i, fault) in [
         Fault::Throttle,
@@ -488,14 +501,11 @@ async fn dynamodb_faults_in_the_middle_of_a_batch_lose_nothing() {
 /// naming the secret, and once the service is back the same environment applies them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_manager_unreachable_at_cold_start_then_back() {
-    use testkit::fault_proxy::{Fault, FaultProxy};
-    let h = Harness::start().await;
-    h.connect("u1", ALICE).await;
-    let proxy = FaultProxy::start(&h.stack.aws_endpoint).await.unwrap();
-    let direct = Clients::new(&h.stack.sdk);
+    let h = Harness::with_alice().await;
+    let (proxy, through_proxy) = h.fault_proxy().await;
     let clients = Clients {
-        secrets: Clients::new(&testkit::aws::local_sdk_config(&proxy.endpoint).await).secrets,
-        ..direct
+        secrets: through_proxy.secrets,
+        ..Clients::new(&h.stack.sdk)
     };
     let deps = h.one_at_a_time(&clients);
     let ids = h.put_rows("cold", "u1", 2).await;
@@ -529,8 +539,7 @@ async fn secrets_manager_unreachable_at_cold_start_then_back() {
 /// to a new one: no event twice, none missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_killed_mid_batch_and_redelivered_loses_nothing() {
-    let h = Harness::start().await;
-    h.connect("u1", ALICE).await;
+    let h = Harness::with_alice().await;
     let ids = h.put_rows("kill", "u1", 6).await;
     let records = h.new_records().await;
     // Slow Google answers, so the kill lands between calls and during one.
