@@ -264,6 +264,11 @@ fn scopes_of(answer: &GoogleTokenResponse) -> Option<Vec<String>> {
 }
 
 impl GoogleOAuth {
+    /// The secrets cache it shares with the grant store (the client secret and the keyring).
+    pub fn secrets(&self) -> &SecretsCache {
+        &self.secrets
+    }
+
     pub fn new(config: &Config, secrets: Arc<SecretsCache>) -> Self {
         Self::with_http_client(config, secrets, http_client(REQUEST_TIMEOUT))
     }

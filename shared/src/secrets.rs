@@ -153,6 +153,14 @@ impl SecretsCache {
         }
     }
 
+    /// Both secrets, fetched now (a cold start does this during init, where Lambda gives the
+    /// function a full CPU and a failure is one clear error instead of one per record).
+    pub async fn fetch_all(&self) -> Result<(), SecretsError> {
+        self.google_client().await?;
+        self.keyring().await?;
+        Ok(())
+    }
+
     pub async fn google_client(&self) -> Result<Arc<GoogleClient>, SecretsError> {
         self.cached(&self.google_client, |backend| async move {
             let (id, text) = fetch(backend, |ids| &ids.google_client).await?;

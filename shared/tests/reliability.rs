@@ -507,6 +507,24 @@ async fn secrets_manager_unreachable_at_cold_start_then_back() {
         secrets: through_proxy.secrets,
         ..Clients::new(&h.stack.sdk)
     };
+    proxy.set(Fault::Refuse);
+    // As main starts: the secrets are read during init, and their absence is the one error.
+    let cold = SyncDeps::cold_start(&h.config, &clients, calendar::DEFAULT_TIMEOUT).await;
+    let error = cold
+        .err()
+        .expect("a cold start without Secrets Manager fails")
+        .to_string();
+    assert!(error.contains("could not read secret"), "{error}");
+    proxy.set(Fault::Forward);
+    assert!(
+        SyncDeps::cold_start(&h.config, &clients, calendar::DEFAULT_TIMEOUT)
+            .await
+            .is_ok(),
+        "the next cold start reads them"
+    );
+
+    // An environment built while it was unreachable (or whose cached secrets expire while it
+    // is): each record fails with the reason, and the redelivery applies them.
     let deps = h.one_at_a_time(&clients);
     let ids = h.put_rows("cold", "u1", 2).await;
     let records = h.new_records().await;

@@ -9,7 +9,8 @@ async fn main() -> Result<(), Error> {
     telemetry::init();
     let config = config::load_or_exit("event-sync");
     let clients = Clients::from_env().await;
-    let deps = sync::handler::SyncDeps::from_config(&config, &clients, calendar::DEFAULT_TIMEOUT);
+    let deps =
+        sync::handler::SyncDeps::cold_start(&config, &clients, calendar::DEFAULT_TIMEOUT).await?;
     let deps = &deps;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<DynamodbEvent>| async move { sync::handle(deps, event).await },

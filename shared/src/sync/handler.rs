@@ -69,6 +69,23 @@ impl SyncPorts for Production {
 pub type SyncDeps = Syncer<Production>;
 
 impl Syncer<Production> {
+    /// A cold start: the clients built once (`calendar_timeout` is the Calendar client's) and
+    /// both secrets read during init. Where Secrets Manager cannot give them, this is the
+    /// invocation's one error (logged once, naming the secret): Lambda fails the invocation,
+    /// retries the batch, and the next cold start reads them again.
+    pub async fn cold_start(
+        config: &Config,
+        clients: &Clients,
+        calendar_timeout: Duration,
+    ) -> Result<Self, crate::secrets::SecretsError> {
+        let deps = Self::from_config(config, clients, calendar_timeout);
+        if let Err(error) = deps.refresher.secrets().fetch_all().await {
+            tracing::error!(%error, "cold start: the secrets cannot be read; this invocation fails");
+            return Err(error);
+        }
+        Ok(deps)
+    }
+
     /// Builds the clients once per cold start (`calendar_timeout` is the Calendar client's).
     pub fn from_config(config: &Config, clients: &Clients, calendar_timeout: Duration) -> Self {
         let stores = Stores::new(config, clients);
