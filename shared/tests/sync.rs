@@ -857,13 +857,19 @@ async fn what_the_stream_gave_up_on_during_an_outage_arrives_through_the_failure
     let records = h.new_records().await;
     assert_eq!(h.run_with(&outage, records.clone()).await.len(), 3);
 
-    // Lambda gives up and records the batch on the on-failure queue; the stream moves on.
+    // Lambda gives up and records the batch (the real stream's shard and sequence range) on the
+    // on-failure queue; the stream moves on.
+    let stream_arn = records[0]["eventSourceARN"].as_str().unwrap().to_string();
+    let shards = testkit::streams::Streams::new(&h.stack.aws_endpoint)
+        .shard_ids(&stream_arn)
+        .await
+        .unwrap();
     let failure = testkit::streams::failure_record(
         &records,
         testkit::streams::GiveUp::RecordAgeExceeded,
         11,
-        "shardId-00000001",
-        "arn:aws:dynamodb:eu-west-1:123456789012:table/events/stream/1",
+        &shards[0],
+        &stream_arn,
         "arn:aws:lambda:eu-west-1:123456789012:function:event-sync",
     );
     let failure_queue = h
@@ -872,14 +878,18 @@ async fn what_the_stream_gave_up_on_during_an_outage_arrives_through_the_failure
         .replace("ResyncQueue", "EventSyncFailureQueue");
     h.queue(&failure_queue, &failure).await;
 
-    // Google is back. The resync function consumes the failure queue: one sweep.
+    // Another user, connected, whose rows the range does not name: the redrive leaves them be.
+    h.connect("u2", BOB).await;
+
+    // Google is back. The resync function consumes the failure queue: the range is still in the
+    // stream's retention, so it is read again and only the user it names is resynced (no sweep).
     let (delivered, answer) = h.deliver(&failure_queue, 10).await;
     assert_eq!(delivered, 1);
     assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
     assert_eq!(
         h.drain_resync().await,
         1,
-        "the sweep queued the one connected user"
+        "one job: the user the range names (a sweep would have queued both users)"
     );
 
     h.assert_live(ALICE, "kept", Some("Changed during the outage"))
