@@ -176,9 +176,16 @@ pub async fn redrive(
     let jobs: Vec<Job> = users.iter().map(|user| Job::user(user)).collect();
     for chunk in jobs.chunks(handler::SEND_BATCH) {
         queue.send(chunk).await?;
-        crate::metrics::add(crate::metrics::Metric::RedriveUsersQueued, chunk.len() as f64);
+        crate::metrics::add(
+            crate::metrics::Metric::RedriveUsersQueued,
+            chunk.len() as f64,
+        );
     }
-    tracing::info!(?range, users = jobs.len(), "the stream range read again; its users' resyncs queued");
+    tracing::info!(
+        ?range,
+        users = jobs.len(),
+        "the stream range read again; its users' resyncs queued"
+    );
     Ok(Redrive::Queued(jobs.len()))
 }
 
@@ -217,7 +224,9 @@ mod tests {
         ranges.put(ARN, "shardId-1", "1000", &["after"]);
         ranges.put(ARN, "shardId-2", "500", &["other shard"]);
         let queue = InMemoryJobQueue::new();
-        let done = redrive(&ranges, &queue, "Events", &batch(ARN)).await.unwrap();
+        let done = redrive(&ranges, &queue, "Events", &batch(ARN))
+            .await
+            .unwrap();
         assert_eq!(done, Redrive::Queued(3));
         assert_eq!(users(queue.take()), ["u1", "u2", "u3"]);
     }
@@ -228,15 +237,21 @@ mod tests {
         ranges.put(ARN, "shardId-1", "500", &["u1"]);
         ranges.trim();
         let queue = InMemoryJobQueue::new();
-        let done = redrive(&ranges, &queue, "Events", &batch(ARN)).await.unwrap();
+        let done = redrive(&ranges, &queue, "Events", &batch(ARN))
+            .await
+            .unwrap();
         assert_eq!(done, Redrive::Sweep);
 
         let readable = InMemoryStreamRange::new();
         let other = ARN.replace("table/Events/", "table/Other/");
         readable.put(&other, "shardId-1", "500", &["u1"]);
-        let done = redrive(&readable, &queue, "Events", &batch(&other)).await.unwrap();
+        let done = redrive(&readable, &queue, "Events", &batch(&other))
+            .await
+            .unwrap();
         assert_eq!(done, Redrive::Sweep);
-        let done = redrive(&readable, &queue, "Events", &json!({"shardId": "x"})).await.unwrap();
+        let done = redrive(&readable, &queue, "Events", &json!({"shardId": "x"}))
+            .await
+            .unwrap();
         assert_eq!(done, Redrive::Sweep);
         assert!(queue.take().is_empty());
     }

@@ -98,9 +98,12 @@ impl StreamRange for DynamoStreamRange {
 
 /// Stream records in memory: per stream and shard, the users each record names by sequence
 /// number; `trim` makes every range unreadable, as the stream's retention does.
+/// Per (stream ARN, shard id): each record's sequence number and the users it names.
+type Shards = BTreeMap<(String, String), Vec<(String, Vec<String>)>>;
+
 #[derive(Clone, Debug, Default)]
 pub struct InMemoryStreamRange {
-    records: Arc<Mutex<BTreeMap<(String, String), Vec<(String, Vec<String>)>>>>,
+    records: Arc<Mutex<Shards>>,
     trimmed: Arc<Mutex<bool>>,
 }
 
