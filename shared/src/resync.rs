@@ -4,8 +4,9 @@
 //! - [`Job::User`]: resync one user ([`crate::sync::resync`]); queued by every connect, by the
 //!   sweep, and by a job that ran out of time (carrying where it stopped).
 //! - [`Job::Sweep`]: queue a user job for every active grant, a page at a time; started by the
-//!   daily schedule and whenever Lambda gave up on stream records (the on-failure queue's
-//!   messages), continued by itself when it runs out of time.
+//!   daily schedule and whenever Lambda gave up on stream records that cannot be read again
+//!   ([`redrive`] queues the named users' jobs instead while the range is in the stream's
+//!   retention), continued by itself when it runs out of time.
 //!
 //! Every job is idempotent (a resync skips what Google already holds), so SQS's at-least-once
 //! delivery, a crash halfway and a redelivery are all harmless. A job that keeps failing lands in
