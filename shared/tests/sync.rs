@@ -899,3 +899,39 @@ async fn what_the_stream_gave_up_on_during_an_outage_arrives_through_the_failure
     h.assert_live(ALICE, "gone", None).await;
     assert_eq!(h.state("gone").await.unwrap().status, SyncStatus::Deleted);
 }
+
+/// A range DynamoDB Streams will not hand out again (here a shard it does not have; past the
+/// 24 h retention it is `TrimmedDataAccessException`, which moto never answers) is swept: every
+/// connected user is resynced, and the change arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_range_the_stream_cannot_read_again_is_swept() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    h.connect("u2", BOB).await;
+    h.put_row("lost", "u1", "Given up on", &[]).await;
+    let records = h.new_records().await;
+    let stream_arn = records[0]["eventSourceARN"].as_str().unwrap().to_string();
+    let failure = testkit::streams::failure_record(
+        &records,
+        testkit::streams::GiveUp::RecordAgeExceeded,
+        11,
+        "shardId-00000000000000000000-gone",
+        &stream_arn,
+        "arn:aws:lambda:eu-west-1:123456789012:function:event-sync",
+    );
+    let failure_queue = h
+        .config
+        .resync_queue_url
+        .replace("ResyncQueue", "EventSyncFailureQueue");
+    h.queue(&failure_queue, &failure).await;
+
+    let (delivered, answer) = h.deliver(&failure_queue, 10).await;
+    assert_eq!(delivered, 1);
+    assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
+    assert_eq!(
+        h.drain_resync().await,
+        2,
+        "the sweep queued both connected users"
+    );
+    h.assert_live(ALICE, "lost", Some("Given up on")).await;
+}
