@@ -30,6 +30,8 @@ pub struct Clients {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
     pub sqs: aws_sdk_sqs::Client,
+    /// The Events stream, read again by the resync when Lambda gave up on a range of it.
+    pub dynamodb_streams: aws_sdk_dynamodbstreams::Client,
     /// Tuned for best-effort lifecycle events (`lifecycle::eventbridge::client`).
     pub eventbridge: aws_sdk_eventbridge::Client,
 }
@@ -59,6 +61,7 @@ impl Clients {
             dynamodb: aws_sdk_dynamodb::Client::new(&bounded),
             secrets: aws_sdk_secretsmanager::Client::new(&bounded),
             sqs: aws_sdk_sqs::Client::new(config),
+            dynamodb_streams: aws_sdk_dynamodbstreams::Client::new(&bounded),
             eventbridge: crate::lifecycle::eventbridge::client(config),
         }
     }

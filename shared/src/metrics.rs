@@ -69,6 +69,8 @@ pub enum Metric {
     ResyncContinued,
     /// User jobs a sweep queued.
     SweepUsersQueued,
+    /// User jobs queued for the users named in a stream range Lambda gave up on (the redrive).
+    RedriveUsersQueued,
     /// Copies in Google whose row is gone or elsewhere, deleted by the reconciliation.
     ReconcileOrphansDeleted,
     /// Copies deleted or changed in Google while calsync's state said synced, written again.
@@ -89,7 +91,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 32] = [
+    pub const ALL: [Metric; 33] = [
         Metric::RecordsSynced,
         Metric::RecordsSkipped,
         Metric::RecordsParked,
@@ -114,6 +116,7 @@ impl Metric {
         Metric::ResyncFailed,
         Metric::ResyncContinued,
         Metric::SweepUsersQueued,
+        Metric::RedriveUsersQueued,
         Metric::SweepsCovered,
         Metric::ReconcileOrphansDeleted,
         Metric::ReconcileRestored,
@@ -150,6 +153,7 @@ impl Metric {
             Metric::ResyncFailed => "ResyncFailed",
             Metric::ResyncContinued => "ResyncContinued",
             Metric::SweepUsersQueued => "SweepUsersQueued",
+            Metric::RedriveUsersQueued => "RedriveUsersQueued",
             Metric::SweepsCovered => "SweepsCovered",
             Metric::ReconcileOrphansDeleted => "ReconcileOrphansDeleted",
             Metric::ReconcileRestored => "ReconcileRestored",

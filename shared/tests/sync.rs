@@ -798,6 +798,39 @@ impl Harness {
             .await
             .expect("send");
     }
+
+    /// Lambda gives up on `records` (one batch of the real stream, in `shard_id`, or the stream's
+    /// one shard): its on-failure record goes on the failure queue, whose URL is returned.
+    async fn give_up(&self, records: &[Value], shard_id: Option<&str>) -> String {
+        let stream_arn = records[0]["eventSourceARN"].as_str().unwrap().to_string();
+        let shards = testkit::streams::Streams::new(&self.stack.aws_endpoint)
+            .shard_ids(&stream_arn)
+            .await
+            .unwrap();
+        let failure = testkit::streams::failure_record(
+            records,
+            testkit::streams::GiveUp::RecordAgeExceeded,
+            11,
+            shard_id.unwrap_or(&shards[0]),
+            &stream_arn,
+            "arn:aws:lambda:eu-west-1:123456789012:function:event-sync",
+        );
+        let failure_queue = self
+            .config
+            .resync_queue_url
+            .replace("ResyncQueue", "EventSyncFailureQueue");
+        self.queue(&failure_queue, &failure).await;
+        failure_queue
+    }
+
+    /// The resync function consumes the one failure record on `url`, then the jobs it queued;
+    /// returns how many jobs ran.
+    async fn consume_failure(&self, url: &str) -> usize {
+        let (delivered, answer) = self.deliver(url, 10).await;
+        assert_eq!(delivered, 1);
+        assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
+        self.drain_resync().await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -857,29 +890,19 @@ async fn what_the_stream_gave_up_on_during_an_outage_arrives_through_the_failure
     let records = h.new_records().await;
     assert_eq!(h.run_with(&outage, records.clone()).await.len(), 3);
 
-    // Lambda gives up and records the batch on the on-failure queue; the stream moves on.
-    let failure = testkit::streams::failure_record(
-        &records,
-        testkit::streams::GiveUp::RecordAgeExceeded,
-        11,
-        "shardId-00000001",
-        "arn:aws:dynamodb:eu-west-1:123456789012:table/events/stream/1",
-        "arn:aws:lambda:eu-west-1:123456789012:function:event-sync",
-    );
-    let failure_queue = h
-        .config
-        .resync_queue_url
-        .replace("ResyncQueue", "EventSyncFailureQueue");
-    h.queue(&failure_queue, &failure).await;
+    // Lambda gives up and records the batch (the real stream's shard and sequence range) on the
+    // on-failure queue; the stream moves on.
+    let failure_queue = h.give_up(&records, None).await;
 
-    // Google is back. The resync function consumes the failure queue: one sweep.
-    let (delivered, answer) = h.deliver(&failure_queue, 10).await;
-    assert_eq!(delivered, 1);
-    assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
+    // Another user, connected, whose rows the range does not name: the redrive leaves them be.
+    h.connect("u2", BOB).await;
+
+    // Google is back. The resync function consumes the failure queue: the range is still in the
+    // stream's retention, so it is read again and only the user it names is resynced (no sweep).
     assert_eq!(
-        h.drain_resync().await,
+        h.consume_failure(&failure_queue).await,
         1,
-        "the sweep queued the one connected user"
+        "one job: the user the range names (a sweep would have queued both users)"
     );
 
     h.assert_live(ALICE, "kept", Some("Changed during the outage"))
@@ -888,4 +911,26 @@ async fn what_the_stream_gave_up_on_during_an_outage_arrives_through_the_failure
         .await;
     h.assert_live(ALICE, "gone", None).await;
     assert_eq!(h.state("gone").await.unwrap().status, SyncStatus::Deleted);
+}
+
+/// A range DynamoDB Streams will not hand out again (here a shard it does not have; past the
+/// 24 h retention it is `TrimmedDataAccessException`, which moto never answers) is swept: every
+/// connected user is resynced, and the change arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_range_the_stream_cannot_read_again_is_swept() {
+    let h = Harness::start().await;
+    h.connect("u1", ALICE).await;
+    h.connect("u2", BOB).await;
+    h.put_row("lost", "u1", "Given up on", &[]).await;
+    let records = h.new_records().await;
+    let failure_queue = h
+        .give_up(&records, Some("shardId-00000000000000000000-gone"))
+        .await;
+
+    assert_eq!(
+        h.consume_failure(&failure_queue).await,
+        2,
+        "the sweep queued both connected users"
+    );
+    h.assert_live(ALICE, "lost", Some("Given up on")).await;
 }

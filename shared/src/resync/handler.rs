@@ -8,14 +8,14 @@ use chrono::{DateTime, Utc};
 use lambda_runtime::{Error, LambdaEvent};
 use serde::Deserialize;
 
-use super::{Job, JobQueue, SweepLog};
+use super::{Job, JobQueue, Redrive, StreamRange, SweepLog};
 use crate::{
     aws::Clients,
     calendar,
     config::Config,
     grants::GrantStore,
     metrics::{self, Metric},
-    store::{DynamoGrantStore, DynamoSyncStateStore, SqsJobQueue, Stores},
+    store::{DynamoGrantStore, DynamoStreamRange, DynamoSyncStateStore, SqsJobQueue, Stores},
     sync::{
         SyncPorts, Syncer, handler::Production as SyncProduction, keep_alive::KeepAlive,
         resync::Phase, retry::Deadline,
@@ -26,7 +26,7 @@ use crate::{
 const NO_DEADLINE_FALLBACK: Duration = Duration::from_secs(60);
 
 /// User jobs a sweep queues per SQS call (SQS's batch limit).
-const SEND_BATCH: usize = 10;
+pub(crate) const SEND_BATCH: usize = 10;
 
 /// What the function is invoked with.
 #[derive(Debug, Deserialize)]
@@ -45,12 +45,14 @@ struct StreamFailure {
     batch: serde_json::Value,
 }
 
-/// The ports a resync talks to: the sync's, the grants (for the sweep) and the queue.
+/// The ports a resync talks to: the sync's, the grants (for the sweep), the queue, and the
+/// Events stream (to read again a range Lambda gave up on).
 pub trait ResyncPorts {
     type Sync: SyncPorts;
     type Grants: GrantStore;
     type Queue: JobQueue;
     type Sweeps: SweepLog;
+    type Ranges: StreamRange;
 }
 
 pub struct ResyncDeps<P: ResyncPorts> {
@@ -58,6 +60,9 @@ pub struct ResyncDeps<P: ResyncPorts> {
     pub grants: P::Grants,
     pub queue: P::Queue,
     pub sweeps: P::Sweeps,
+    pub ranges: P::Ranges,
+    /// The Events table: a failure record naming another table's stream is not read.
+    pub events_table: String,
     /// A grant idle this long is refreshed by its user's resync (`KEEPALIVE_DAYS`).
     pub keep_alive_after: chrono::Duration,
 }
@@ -70,6 +75,7 @@ impl ResyncPorts for Production {
     type Grants = DynamoGrantStore;
     type Queue = SqsJobQueue;
     type Sweeps = DynamoSyncStateStore;
+    type Ranges = DynamoStreamRange;
 }
 
 impl ResyncDeps<Production> {
@@ -81,6 +87,8 @@ impl ResyncDeps<Production> {
             grants: stores.grants(),
             queue: SqsJobQueue::new(clients.sqs.clone(), config.resync_queue_url.clone()),
             sweeps: stores.sync_state(),
+            ranges: DynamoStreamRange::new(clients.dynamodb_streams.clone()),
+            events_table: config.tables.events.clone(),
             keep_alive_after: chrono::Duration::days(config.keepalive_days as i64),
         }
     }
@@ -128,8 +136,9 @@ async fn handle_event<P: ResyncPorts>(
                 failure.item_identifier = id.to_string();
                 response.batch_item_failures.push(failure);
             };
-            // Failure records arriving together start one sweep between them, and none if a
-            // sweep started since their batches arrived.
+            // A failure record's range still in the stream's retention is read again and its
+            // users' resyncs queued. The others arriving together start one sweep between them,
+            // and none if a sweep started since their batches arrived.
             let (mut gave_up, mut arrivals) = (Vec::new(), Vec::new());
             for message in &sqs.records {
                 let id = message.message_id.as_deref().unwrap_or_default();
@@ -141,8 +150,16 @@ async fn handle_event<P: ResyncPorts>(
                     }
                     Ok(Message::StreamFailure(batch)) => {
                         tracing::warn!(%batch, "the stream gave up on records");
-                        gave_up.push(id);
-                        arrivals.push(last_arrival(&batch));
+                        match super::redrive(&deps.ranges, &deps.queue, &deps.events_table, &batch)
+                            .await
+                        {
+                            Ok(Redrive::Queued(_)) => {}
+                            Ok(Redrive::Sweep) => {
+                                gave_up.push(id);
+                                arrivals.push(last_arrival(&batch));
+                            }
+                            Err(error) => fail(id, &error),
+                        }
                     }
                     Err(error) => fail(id, &error),
                 }

@@ -8,6 +8,8 @@
 //! - [`events`]: the app's Events table, read only ([`crate::sync::resync::EventsSource`]).
 //! - [`resync_queue`]: the SQS queue of resync jobs ([`crate::resync::JobQueue`]), the one
 //!   store here that is not a table.
+//! - [`stream_range`]: the Events table's stream, read again by shard and sequence range
+//!   ([`crate::resync::StreamRange`]).
 //!
 //! The adapters share [`Table`] (a table keyed on one string attribute, read consistently) and,
 //! for the tables holding secrets, [`SealedTable`] (values bound to the table and the user).
@@ -16,6 +18,7 @@ mod events;
 mod flows;
 mod grants;
 mod resync_queue;
+mod stream_range;
 mod sync_state;
 
 use std::{collections::HashMap, sync::Arc};
@@ -35,6 +38,7 @@ pub use events::{DynamoEvents, InMemoryEvents};
 pub use flows::{DynamoFlowStore, InMemoryFlowStore};
 pub use grants::{DynamoGrantStore, InMemoryGrantStore, InMemoryLeases};
 pub use resync_queue::{InMemoryJobQueue, SqsJobQueue};
+pub use stream_range::{DynamoStreamRange, InMemoryStreamRange};
 pub use sync_state::{DynamoSyncStateStore, InMemorySyncStateStore};
 
 use crate::{

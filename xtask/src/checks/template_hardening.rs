@@ -118,11 +118,22 @@ fn no_statement_has_a_wildcard_unless_aws_requires_one() {
 }
 
 /// The actions `role` allows on a resource `!GetAtt`'d (or `!Ref`'d) from `resource`.
+/// A statement's resources, both branches of an `!If` included.
+fn resources(value: &Value) -> Vec<&Value> {
+    one_or_many(value)
+        .into_iter()
+        .flat_map(|r| match &r["Fn::If"] {
+            Value::Array(parts) if parts.len() == 3 => parts[1..].iter().collect(),
+            _ => vec![r],
+        })
+        .collect()
+}
+
 fn actions_on(root: &Value, role: &str, resource: &str) -> Vec<String> {
     let mut actions: Vec<String> = statements(&root["Resources"][role])
         .into_iter()
         .filter(|s| {
-            one_or_many(&s["Resource"])
+            resources(&s["Resource"])
                 .iter()
                 .any(|r| get_att(r) == Some(resource) || r["Ref"] == resource)
         })
@@ -180,7 +191,24 @@ fn each_function_may_do_only_what_its_code_does_on_the_tables() {
     }
     assert!(grants("OAuthStartRole").is_empty() && states("OAuthStartRole").is_empty());
     // Only the resync reads the app's rows; event-sync sees them only in its stream.
-    assert!(actions_on(&root, "EventSyncRole", "EventsTable").is_empty());
+    let events = |role| actions_on(&root, role, "EventsTable");
+    let existing_stream = |role| actions_on(&root, role, "ExistingEventsStreamArn");
+    // The stream: its mapping reads it with event-sync's role; the resync reads again a range
+    // Lambda gave up on (GetShardIterator at its start, GetRecords), and describes nothing.
+    let mapping = [
+        "dynamodb:DescribeStream",
+        "dynamodb:GetRecords",
+        "dynamodb:GetShardIterator",
+    ];
+    assert_eq!(events("EventSyncRole"), mapping);
+    assert_eq!(existing_stream("EventSyncRole"), mapping);
+    let redrive = ["dynamodb:GetRecords", "dynamodb:GetShardIterator"];
+    // GetItem: the table itself (its Query is on the index, a `!Sub`).
+    let resync_table = ["dynamodb:GetItem"];
+    let mut resync_on_events = [&redrive[..], &resync_table[..]].concat();
+    resync_on_events.sort();
+    assert_eq!(events("ResyncRole"), resync_on_events);
+    assert_eq!(existing_stream("ResyncRole"), redrive);
 }
 
 #[test]
