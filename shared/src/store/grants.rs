@@ -87,18 +87,25 @@ impl DynamoGrantStore {
     pub fn new(client: Client, table: String, secrets: Arc<SecretsCache>) -> Self {
         Self(SealedTable::new(client, table, "user_id", secrets))
     }
+
+    /// The grant item of `user_id` as stored (tokens still sealed), read consistently.
+    async fn stored(&self, user_id: &str) -> Result<Option<StoredGrant>, GrantError> {
+        let Some(item) = self.0.table.get(user_id).await.map_err(GrantError::Store)? else {
+            return Ok(None);
+        };
+        let stored = serde_dynamo::from_item(item).map_err(|e| GrantError::Corrupt {
+            user_id: user_id.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(stored))
+    }
 }
 
 impl GrantStore for DynamoGrantStore {
     async fn reseal(&self, user_id: &str) -> Result<bool, GrantError> {
-        let Some(item) = self.0.table.get(user_id).await.map_err(GrantError::Store)? else {
+        let Some(stored) = self.stored(user_id).await? else {
             return Ok(false);
         };
-        let stored: StoredGrant =
-            serde_dynamo::from_item(item).map_err(|e| GrantError::Corrupt {
-                user_id: user_id.to_string(),
-                reason: e.to_string(),
-            })?;
         let vault = self.0.vault().await?;
         let on_old_key = [&stored.access_token_sealed, &stored.refresh_token_sealed]
             .into_iter()
@@ -174,14 +181,9 @@ impl GrantStore for DynamoGrantStore {
     }
 
     async fn get(&self, user_id: &str) -> Result<Option<Grant>, GrantError> {
-        let Some(item) = self.0.table.get(user_id).await.map_err(GrantError::Store)? else {
+        let Some(stored) = self.stored(user_id).await? else {
             return Ok(None);
         };
-        let stored: StoredGrant =
-            serde_dynamo::from_item(item).map_err(|e| GrantError::Corrupt {
-                user_id: user_id.to_string(),
-                reason: e.to_string(),
-            })?;
         let sealed: Vec<&str> = [&stored.access_token_sealed, &stored.refresh_token_sealed]
             .into_iter()
             .flatten()
