@@ -82,6 +82,9 @@ pub enum Metric {
     KeepAliveRefreshed,
     /// Idle grants Google refused at the keep-alive.
     KeepAliveRefused,
+    /// Grants a resync found sealed under an old key and sealed again under the current one: a
+    /// sweep's sum is how many grants still used an old key when it ran.
+    GrantsResealed,
     /// Lifecycle events EventBridge accepted.
     LifecycleEventsSent,
     /// Lifecycle events given up on after their retries (best effort).
@@ -91,7 +94,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 33] = [
+    pub const ALL: [Metric; 34] = [
         Metric::RecordsSynced,
         Metric::RecordsSkipped,
         Metric::RecordsParked,
@@ -122,6 +125,7 @@ impl Metric {
         Metric::ReconcileRestored,
         Metric::KeepAliveRefreshed,
         Metric::KeepAliveRefused,
+        Metric::GrantsResealed,
         Metric::LifecycleEventsSent,
         Metric::LifecycleEventsDropped,
         Metric::Connects,
@@ -159,6 +163,7 @@ impl Metric {
             Metric::ReconcileRestored => "ReconcileRestored",
             Metric::KeepAliveRefreshed => "KeepAliveRefreshed",
             Metric::KeepAliveRefused => "KeepAliveRefused",
+            Metric::GrantsResealed => "GrantsResealed",
             Metric::LifecycleEventsSent => "LifecycleEventsSent",
             Metric::LifecycleEventsDropped => "LifecycleEventsDropped",
             Metric::Connects => "Connects",

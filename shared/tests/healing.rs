@@ -564,4 +564,13 @@ async fn key_rotation_under_load_fails_no_request() {
         let grant = grants.get(user).await.unwrap().unwrap();
         assert_eq!(grant.status, GrantStatus::Active);
     }
+    // Each re-seal the resyncs made is counted, as an operator reads it off the dashboard.
+    let resealed = common::logs_text()
+        .matches("grant re-sealed under the current key")
+        .count();
+    assert!(resealed >= 1, "no resync re-sealed a grant");
+    assert_eq!(
+        metric_total("resync", "GrantsResealed", None),
+        resealed as f64
+    );
 }

@@ -258,10 +258,13 @@ impl<P: ResyncPorts> ResyncDeps<P> {
                         KeepAlive::NotDue | KeepAlive::Inactive | KeepAlive::Failed(_) => {}
                     }
                     match self.grants.reseal(&user.user_id).await {
-                        Ok(true) => tracing::info!(
-                            user_id = user.user_id,
-                            "grant re-sealed under the current key"
-                        ),
+                        Ok(true) => {
+                            metrics::count(Metric::GrantsResealed);
+                            tracing::info!(
+                                user_id = user.user_id,
+                                "grant re-sealed under the current key"
+                            )
+                        }
                         Ok(false) => {}
                         Err(error) => {
                             tracing::warn!(user_id = user.user_id, %error, "cannot re-seal the grant now; the next sweep tries again")
