@@ -96,11 +96,11 @@ impl StreamRange for DynamoStreamRange {
     }
 }
 
-/// Stream records in memory: per stream and shard, the users each record names by sequence
-/// number; `trim` makes every range unreadable, as the stream's retention does.
 /// Per (stream ARN, shard id): each record's sequence number and the users it names.
 type Shards = BTreeMap<(String, String), Vec<(String, Vec<String>)>>;
 
+/// Stream records in memory: per stream and shard, the users each record names by sequence
+/// number; `trim` makes every range unreadable, as the stream's retention does.
 #[derive(Clone, Debug, Default)]
 pub struct InMemoryStreamRange {
     records: Arc<Mutex<Shards>>,
