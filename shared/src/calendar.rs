@@ -139,18 +139,24 @@ pub const LIST_PAGE_SIZE: &str = "250";
 pub struct CalendarClient {
     http: reqwest::Client,
     base: Url,
+    /// Per call, so the client can be the one the OAuth client uses too.
+    timeout: Duration,
 }
 
 impl CalendarClient {
     /// `base` is `GOOGLE_CALENDAR_API_URL` (for example `https://www.googleapis.com/calendar/v3`).
     pub fn new(base: Url, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("a reqwest client with rustls and no proxies builds");
-        Self { http, base }
+        Self::with_http_client(base, crate::google_oauth::http_client(timeout), timeout)
+    }
+
+    /// Over `http` ([`crate::google_oauth::http_client`]), shared with the OAuth client: one
+    /// TLS configuration and one pool of connections to Google per container.
+    pub fn with_http_client(base: Url, http: reqwest::Client, timeout: Duration) -> Self {
+        Self {
+            http,
+            base,
+            timeout,
+        }
     }
 
     fn events_url(&self, calendar_id: &str, event_id: Option<&str>) -> Url {
@@ -179,7 +185,11 @@ impl CalendarClient {
         request: reqwest::RequestBuilder,
     ) -> Result<String, CalendarError> {
         let result = async {
-            let response = request.send().await.map_err(transport_error)?;
+            let response = request
+                .timeout(self.timeout)
+                .send()
+                .await
+                .map_err(transport_error)?;
             let status = response.status().as_u16();
             let success = response.status().is_success();
             let retry_after = response

@@ -161,6 +161,15 @@ impl SecretsCache {
         Ok(())
     }
 
+    /// [`Self::fetch_all`] during a function's init (every function does): a failure is logged
+    /// once, naming the secret, and fails the init, so Lambda reports the invocation's one error
+    /// and the next cold start tries again.
+    pub async fn read_at_init(&self) -> Result<(), SecretsError> {
+        self.fetch_all().await.inspect_err(|error| {
+            tracing::error!(%error, "cold start: the secrets cannot be read; this invocation fails");
+        })
+    }
+
     pub async fn google_client(&self) -> Result<Arc<GoogleClient>, SecretsError> {
         self.cached(&self.google_client, |backend| async move {
             let (id, text) = fetch(backend, |ids| &ids.google_client).await?;

@@ -5,6 +5,7 @@
 //!   concurrently, and names the records that must be retried.
 //! - [`apply`]: what one change (upsert or remove) does to Google and to the sync state.
 //! - [`retry`]: backoff with jitter inside the invocation's remaining time.
+//! - [`pacing`]: each user's and the container's rate of Google calls, kept up front.
 //! - [`resync`]: applies a user's current rows (and parked changes) wherever Google lacks them.
 //! - [`keep_alive`]: refreshes a grant nobody used for a while, before Google ends it.
 //! - [`handler`]: the Lambda entry point and the production wiring ([`handler::SyncDeps`]).
@@ -15,6 +16,7 @@ pub mod apply;
 pub mod batch;
 pub mod handler;
 pub mod keep_alive;
+pub mod pacing;
 pub mod resync;
 pub mod retry;
 
@@ -57,6 +59,8 @@ pub struct Syncer<P: SyncPorts> {
     pub events: P::Events,
     pub lifecycle: P::Lifecycle,
     pub retry: RetryPolicy,
+    /// The container's rates of Google calls, per user and in all.
+    pub pacer: pacing::Pacer,
     /// Event groups applied at the same time (`SYNC_CONCURRENCY`).
     pub concurrency: usize,
 }

@@ -6,7 +6,7 @@
 //! are decimal strings of varying length; [`Sequence`] compares them as numbers and stores a
 //! zero-padded copy (`sequence_order`) that DynamoDB can compare as text.
 
-use std::{cmp::Ordering, future::Future};
+use std::{cmp::Ordering, collections::HashMap, future::Future};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -173,6 +173,16 @@ pub trait SyncStateStore: Send + Sync {
         event_id: &str,
     ) -> impl Future<Output = Result<Option<SyncState>, StateError>> + Send;
 
+    /// The states of `event_ids` (distinct), read as consistently as [`Self::get`] but in as few
+    /// requests as the store allows (DynamoDB: one per [`BATCH_READ_LIMIT`] keys): a stream batch
+    /// reads the states of all its events at once. A key with no state is absent from the map;
+    /// one whose item is unreadable maps to its own error, so it fails only its own event. The
+    /// outer error is the read itself failing.
+    fn get_many(
+        &self,
+        event_ids: &[&str],
+    ) -> impl Future<Output = Result<Found, StateError>> + Send;
+
     /// Writes `state` if the stored state still matches `expected`, else [`StateError::Conflict`].
     fn put(
         &self,
@@ -188,6 +198,12 @@ pub trait SyncStateStore: Send + Sync {
         cursor: Option<&str>,
     ) -> impl Future<Output = Result<Page<SyncState>, StateError>> + Send;
 }
+
+/// What [`SyncStateStore::get_many`] found, by event id.
+pub type Found = HashMap<String, Result<SyncState, StateError>>;
+
+/// Keys per `BatchGetItem` request (DynamoDB's limit).
+pub const BATCH_READ_LIMIT: usize = 100;
 
 /// One page of a listing, and where the next one starts (`None`: this was the last). The cursor
 /// is opaque text (a table's own resume key) that a queued job can carry.

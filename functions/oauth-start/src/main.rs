@@ -10,7 +10,7 @@ async fn main() -> Result<(), Error> {
     telemetry::init();
     let config = config::load_or_exit("oauth-start");
     let clients = Clients::from_env().await;
-    let deps = Arc::new(http::StartDeps::new(config, &clients));
+    let deps = Arc::new(http::StartDeps::cold_start(config, &clients).await?);
     lambda_http::run(service_fn(move |request: Request| {
         let deps = deps.clone();
         async move { Ok::<_, Error>(http::start_router(&deps, request).await) }

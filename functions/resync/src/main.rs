@@ -14,7 +14,7 @@ async fn main() -> Result<(), Error> {
     telemetry::init();
     let config = config::load_or_exit("resync");
     let clients = Clients::from_env().await;
-    let deps = ResyncDeps::from_config(&config, &clients);
+    let deps = ResyncDeps::cold_start(&config, &clients).await?;
     let deps = &deps;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<ResyncEvent>| async move { handler::handle(deps, event).await },

@@ -24,6 +24,7 @@ use crate::{
     google_oauth::GoogleOAuth,
     grants::GrantStore,
     lifecycle::{LifecycleEvents, eventbridge::EventBridgeEvents},
+    secrets::SecretsError,
     store::{DynamoFlowStore, DynamoGrantStore, DynamoSyncStateStore, Stores},
     sync_state::SyncSummaries,
 };
@@ -87,6 +88,14 @@ pub struct CallbackDeps<P: CallbackPorts> {
 }
 
 impl StartDeps<DynamoFlowStore> {
+    /// A cold start: [`Self::new`], and both secrets read during init (see
+    /// [`crate::secrets::SecretsCache::read_at_init`]).
+    pub async fn cold_start(config: Config, clients: &Clients) -> Result<Self, SecretsError> {
+        let deps = Self::new(config, clients);
+        deps.google.secrets().read_at_init().await?;
+        Ok(deps)
+    }
+
     /// The production wiring: DynamoDB and Secrets Manager clients, Google's endpoints.
     pub fn new(config: Config, clients: &Clients) -> Self {
         let stores = Stores::new(&config, clients);
@@ -99,6 +108,18 @@ impl StartDeps<DynamoFlowStore> {
 }
 
 impl<A: AfterConnect> CallbackDeps<Production<A>> {
+    /// A cold start: [`Self::new`], and both secrets read during init (see
+    /// [`crate::secrets::SecretsCache::read_at_init`]).
+    pub async fn cold_start(
+        config: Config,
+        clients: &Clients,
+        after_connect: A,
+    ) -> Result<Self, SecretsError> {
+        let deps = Self::new(config, clients, after_connect);
+        deps.google.secrets().read_at_init().await?;
+        Ok(deps)
+    }
+
     /// The production wiring, with `after_connect` run after each successful connect.
     pub fn new(config: Config, clients: &Clients, after_connect: A) -> Self {
         let stores = Stores::new(&config, clients);

@@ -18,7 +18,7 @@ use crate::{
     store::{DynamoGrantStore, DynamoStreamRange, DynamoSyncStateStore, SqsJobQueue, Stores},
     sync::{
         SyncPorts, Syncer, handler::Production as SyncProduction, keep_alive::KeepAlive,
-        resync::Phase, retry::Deadline,
+        pacing::PacingLimits, resync::Phase, retry::Deadline,
     },
 };
 
@@ -79,11 +79,28 @@ impl ResyncPorts for Production {
 }
 
 impl ResyncDeps<Production> {
-    /// Builds the clients once per cold start.
+    /// A cold start: [`Self::from_config`], and both secrets read during init (see
+    /// [`crate::secrets::SecretsCache::read_at_init`]).
+    pub async fn cold_start(
+        config: &Config,
+        clients: &Clients,
+    ) -> Result<Self, crate::secrets::SecretsError> {
+        let deps = Self::from_config(config, clients);
+        deps.syncer.refresher.secrets().read_at_init().await?;
+        Ok(deps)
+    }
+
+    /// Builds the clients once per cold start, over one secrets cache.
     pub fn from_config(config: &Config, clients: &Clients) -> Self {
         let stores = Stores::new(config, clients);
         Self {
-            syncer: Syncer::from_config(config, clients, calendar::DEFAULT_TIMEOUT),
+            syncer: Syncer::over(
+                config,
+                clients,
+                &stores,
+                calendar::DEFAULT_TIMEOUT,
+                PacingLimits::RESYNC,
+            ),
             grants: stores.grants(),
             queue: SqsJobQueue::new(clients.sqs.clone(), config.resync_queue_url.clone()),
             sweeps: stores.sync_state(),

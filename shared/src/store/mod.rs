@@ -30,7 +30,7 @@ use aws_sdk_dynamodb::{
         query::builders::QueryFluentBuilder, scan::builders::ScanFluentBuilder,
         update_item::builders::UpdateItemFluentBuilder,
     },
-    types::AttributeValue,
+    types::{AttributeValue, KeysAndAttributes},
 };
 use secrecy::SecretString;
 
@@ -45,7 +45,7 @@ use crate::{
     aws::{Clients, describe_error},
     config::{Config, Tables},
     secrets::{SecretsCache, SecretsError},
-    sync_state::{PAGE_SIZE, Page},
+    sync_state::{BATCH_READ_LIMIT, PAGE_SIZE, Page},
     vault::{Vault, VaultError},
 };
 
@@ -140,6 +140,11 @@ pub fn page_after<T>(items: Vec<T>, cursor: Option<&str>, key: impl Fn(&T) -> &s
     Page { items: rest, next }
 }
 
+/// `BatchGetItem` requests per batch read before unprocessed keys fail it, and the first wait
+/// between them (doubling): about 0.75 s in all, the order of the SDK's own retries.
+const UNPROCESSED_ATTEMPTS: u32 = 5;
+const UNPROCESSED_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// One item as the SDK holds it.
 type Item = HashMap<String, AttributeValue>;
 
@@ -177,6 +182,55 @@ impl Table {
             .await
             .map(|answer| answer.item)
             .map_err(|e| describe_error(&e))
+    }
+
+    /// The items under `keys` (at most [`BATCH_READ_LIMIT`], distinct), in one `BatchGetItem`
+    /// read strongly consistent like [`Self::get`], in no particular order. Keys DynamoDB leaves
+    /// unprocessed (throttling, its 16 MB answer limit) are asked again after a backoff, a few
+    /// times; keys still left then make the whole read fail, like a throttled `GetItem` would.
+    pub async fn get_many(&self, keys: &[&str]) -> Result<Vec<Item>, String> {
+        debug_assert!(keys.len() <= BATCH_READ_LIMIT);
+        let mut items = Vec::with_capacity(keys.len());
+        let mut pending: Vec<Item> = keys
+            .iter()
+            .map(|k| Item::from([(self.key.to_string(), Self::key_value(k))]))
+            .collect();
+        let mut backoff = UNPROCESSED_BACKOFF;
+        for attempt in 1..=UNPROCESSED_ATTEMPTS {
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(pending))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let answer = self
+                .client
+                .batch_get_item()
+                .request_items(&self.name, request)
+                .send()
+                .await
+                .map_err(|e| describe_error(&e))?;
+            if let Some(found) = answer.responses.and_then(|mut r| r.remove(&self.name)) {
+                items.extend(found);
+            }
+            pending = answer
+                .unprocessed_keys
+                .and_then(|mut u| u.remove(&self.name))
+                .map(|k| k.keys)
+                .unwrap_or_default();
+            if pending.is_empty() {
+                return Ok(items);
+            }
+            if attempt < UNPROCESSED_ATTEMPTS {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+        }
+        Err(format!(
+            "DynamoDB left {} of {} keys of table {} unprocessed after {UNPROCESSED_ATTEMPTS} batch reads (throttled); retry later",
+            pending.len(),
+            keys.len(),
+            self.name
+        ))
     }
 
     pub fn put(&self, item: Item) -> PutItemFluentBuilder {

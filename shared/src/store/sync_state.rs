@@ -13,7 +13,7 @@ use crate::{
     aws::describe_error,
     resync::SweepLog,
     sync_state::{
-        Expected, Page, Sequence, StateError, SyncState, SyncStateStore, SyncStatus, SyncSummaries,
+        BATCH_READ_LIMIT, Expected, Found, Page, Sequence, StateError, SyncState, SyncStateStore, SyncStatus, SyncSummaries,
         SyncSummary,
     },
 };
@@ -107,6 +107,19 @@ impl SyncStateStore for DynamoSyncStateStore {
     async fn get(&self, event_id: &str) -> Result<Option<SyncState>, StateError> {
         let item = self.0.get(event_id).await.map_err(StateError::Store)?;
         item.map(Self::decode).transpose()
+    }
+
+    async fn get_many(&self, event_ids: &[&str]) -> Result<Found, StateError> {
+        let mut found = Found::with_capacity(event_ids.len());
+        for keys in event_ids.chunks(BATCH_READ_LIMIT) {
+            for item in self.0.get_many(keys).await.map_err(StateError::Store)? {
+                let Some(AttributeValue::S(event_id)) = item.get("event_id") else {
+                    continue;
+                };
+                found.insert(event_id.clone(), Self::decode(item));
+            }
+        }
+        Ok(found)
     }
 
     async fn put(&self, state: &SyncState, expected: &Expected) -> Result<(), StateError> {
@@ -242,11 +255,12 @@ impl SyncSummaries for DynamoSyncStateStore {
 }
 
 /// In-memory [`SyncStateStore`] and [`SweepLog`] for unit tests, with the same conditional-write
-/// rules.
+/// rules, counting requests as DynamoDB would get them.
 #[derive(Clone, Default)]
 pub struct InMemorySyncStateStore {
     items: Arc<Mutex<HashMap<String, SyncState>>>,
     sweep_started: Arc<Mutex<Option<DateTime<Utc>>>>,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl InMemorySyncStateStore {
@@ -257,14 +271,36 @@ impl InMemorySyncStateStore {
     pub async fn snapshot(&self) -> HashMap<String, SyncState> {
         self.items.lock().await.clone()
     }
+
+    /// Requests so far: one per `get` and `put`, one per [`BATCH_READ_LIMIT`] keys of
+    /// `get_many`.
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn count(&self, requests: usize) {
+        self.requests
+            .fetch_add(requests, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl SyncStateStore for InMemorySyncStateStore {
     async fn get(&self, event_id: &str) -> Result<Option<SyncState>, StateError> {
+        self.count(1);
         Ok(self.items.lock().await.get(event_id).cloned())
     }
 
+    async fn get_many(&self, event_ids: &[&str]) -> Result<Found, StateError> {
+        self.count(event_ids.len().div_ceil(BATCH_READ_LIMIT));
+        let items = self.items.lock().await;
+        Ok(event_ids
+            .iter()
+            .filter_map(|id| Some((id.to_string(), Ok(items.get(*id)?.clone()))))
+            .collect())
+    }
+
     async fn put(&self, state: &SyncState, expected: &Expected) -> Result<(), StateError> {
+        self.count(1);
         let mut items = self.items.lock().await;
         let current = Expected::of(items.get(&state.event_id));
         if &current != expected {

@@ -10,9 +10,11 @@ use std::future::Future;
 
 use chrono::Utc;
 use secrecy::SecretString;
+use tokio::time::Instant;
 
 use super::{
     SyncPorts, Syncer, Tokens,
+    pacing::PacedOut,
     retry::{Deadline, Retryable},
 };
 use crate::{
@@ -48,6 +50,7 @@ pub struct RecordFailure(pub String);
 enum CallError {
     Token(TokenError),
     Calendar(CalendarError),
+    Paced(PacedOut),
 }
 
 impl Retryable for CallError {
@@ -55,12 +58,13 @@ impl Retryable for CallError {
         match self {
             CallError::Token(e) => matches!(e, TokenError::Transient(_) | TokenError::Store(_)),
             CallError::Calendar(e) => e.is_retryable(),
+            CallError::Paced(_) => false,
         }
     }
 
     fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
-            CallError::Token(_) => None,
+            CallError::Token(_) | CallError::Paced(_) => None,
             CallError::Calendar(e) => e.retry_after(),
         }
     }
@@ -71,6 +75,7 @@ impl std::fmt::Display for CallError {
         match self {
             CallError::Token(e) => e.fmt(f),
             CallError::Calendar(e) => e.fmt(f),
+            CallError::Paced(e) => e.fmt(f),
         }
     }
 }
@@ -93,6 +98,7 @@ impl From<CallError> for Refusal {
             CallError::Token(e) => Refusal::Fail(e.to_string()),
             CallError::Calendar(e) if e.is_retryable() => Refusal::Fail(e.to_string()),
             CallError::Calendar(e) => Refusal::Reject(e),
+            CallError::Paced(e) => Refusal::Fail(e.to_string()),
         }
     }
 }
@@ -132,8 +138,8 @@ fn state(
 }
 
 impl<P: SyncPorts> Syncer<P> {
-    /// One Google call with the user's token: 401 refreshes once and retries once; retryable
-    /// errors are retried by the policy.
+    /// One Google call with the user's token, each attempt in its slot of the user's pace: 401
+    /// refreshes once and retries once; retryable errors are retried by the policy.
     async fn call<T, F, Fut>(
         &self,
         tokens: &Tokens<'_, P>,
@@ -146,18 +152,31 @@ impl<P: SyncPorts> Syncer<P> {
         Fut: Future<Output = Result<T, CalendarError>>,
     {
         let op = &op;
+        // A slot later than this leaves no time for the call itself and the state write; one
+        // free now is always taken, as the retry policy always makes a first attempt.
+        let latest = (deadline.0.checked_sub(self.retry.safety_margin))
+            .unwrap_or(deadline.0)
+            .max(Instant::now());
+        let pace = || async move {
+            self.pacer
+                .admit(user_id, latest)
+                .await
+                .map_err(CallError::Paced)
+        };
         self.retry
             .run(deadline, move || async move {
                 let token = tokens
                     .access_token(user_id)
                     .await
                     .map_err(CallError::Token)?;
+                pace().await?;
                 match op(token.clone()).await {
                     Err(CalendarError::Unauthorized) => {
                         let fresh = tokens
                             .after_unauthorized(user_id, &token)
                             .await
                             .map_err(CallError::Token)?;
+                        pace().await?;
                         op(fresh).await.map_err(|e| match e {
                             CalendarError::Unauthorized => {
                                 CallError::Token(TokenError::StillUnauthorized)

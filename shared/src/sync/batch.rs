@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     metrics::{self, Metric},
-    sync_state::{Expected, Sequence, SyncStateStore, SyncStatus},
+    sync_state::{Expected, Sequence, StateError, SyncState, SyncStateStore, SyncStatus},
     tokens::TokenProvider,
 };
 
@@ -111,6 +111,10 @@ pub fn group_records(records: Vec<EventRecord>) -> (Vec<Group>, Vec<PoisonRecord
     (groups, poison)
 }
 
+/// Times one record is applied again after losing its state write to another writer (a resync,
+/// or a batch read older than the stored state), before it fails for its redelivery.
+const RACE_RETRIES: usize = 1;
+
 impl<P: SyncPorts> Syncer<P> {
     /// Applies a batch; returns the `SequenceNumber`s to report in `batchItemFailures`.
     pub async fn sync_batch(&self, records: Vec<EventRecord>, deadline: Deadline) -> Vec<String> {
@@ -119,10 +123,11 @@ impl<P: SyncPorts> Syncer<P> {
             tracing::error!(error = %p, "skipping a stream record that cannot be applied");
             metrics::count(Metric::RecordsPoison);
         }
+        let read = self.read_states(&groups).await;
         let tokens = TokenProvider::new(&self.grants, &self.refresher);
         let tokens = &tokens;
-        let mut failures: Vec<(Sequence, String)> = futures::stream::iter(groups)
-            .map(|group| async move { self.sync_group(tokens, group, deadline).await })
+        let mut failures: Vec<(Sequence, String)> = futures::stream::iter(groups.into_iter().zip(read))
+            .map(|(group, state)| async move { self.sync_group(tokens, group, state, deadline).await })
             .buffer_unordered(self.concurrency.max(1))
             .filter_map(|failed| async move { failed })
             .collect()
@@ -131,16 +136,34 @@ impl<P: SyncPorts> Syncer<P> {
         failures.into_iter().map(|(_, text)| text).collect()
     }
 
-    /// Applies one event's records in order; returns the record that failed, if one did.
+    /// Each group's stored state, read for the whole batch at once ([`SyncStateStore::get_many`]):
+    /// the conditional write after each record still guards against whatever changes it since.
+    async fn read_states(&self, groups: &[Group]) -> Vec<Result<Option<SyncState>, StateError>> {
+        let ids: Vec<&str> = groups.iter().map(|g| g.event_id.as_str()).collect();
+        match self.states.get_many(&ids).await {
+            Ok(mut found) => ids
+                .iter()
+                .map(|id| found.remove(*id).transpose())
+                .collect(),
+            Err(error) => {
+                let text = error.to_string();
+                ids.iter().map(|_| Err(StateError::Store(text.clone()))).collect()
+            }
+        }
+    }
+
+    /// Applies one event's records in order, from its stored state `read`; returns the record
+    /// that failed, if one did.
     async fn sync_group(
         &self,
         tokens: &Tokens<'_, P>,
         group: Group,
+        read: Result<Option<SyncState>, StateError>,
         deadline: Deadline,
     ) -> Option<(Sequence, String)> {
         let event_id = group.event_id.as_str();
         let first = group.changes.first()?;
-        let mut current = match self.states.get(event_id).await {
+        let mut current = match read {
             Ok(state) => state,
             Err(error) => {
                 tracing::error!(event_id, %error, "cannot read the sync state");
@@ -149,68 +172,88 @@ impl<P: SyncPorts> Syncer<P> {
             }
         };
         for change in &group.changes {
-            let last = current.as_ref().and_then(|s| s.last_sequence.as_ref());
-            if last.is_some_and(|last| &change.sequence <= last) {
-                tracing::info!(
-                    event_id,
-                    sequence = change.sequence_text,
-                    "already applied; skipped"
-                );
-                metrics::count(Metric::RecordsSkipped);
-                continue;
-            }
-            let applied = match change.kind {
-                Kind::Remove => Change::Remove {
-                    old_image: Some(&change.old_image),
-                },
-                Kind::Insert => Change::Upsert {
-                    image: &change.new_image,
-                    old_image: None,
-                },
-                Kind::Modify => Change::Upsert {
-                    image: &change.new_image,
-                    old_image: Some(&change.old_image),
-                },
-            };
-            let result = self
-                .apply(tokens, event_id, current.as_ref(), applied, deadline)
-                .await;
-            let mut next = match result {
-                Ok(next) => next,
-                Err(RecordFailure(reason)) => {
+            let mut races = 0;
+            loop {
+                let last = current.as_ref().and_then(|s| s.last_sequence.as_ref());
+                if last.is_some_and(|last| &change.sequence <= last) {
+                    tracing::info!(
+                        event_id,
+                        sequence = change.sequence_text,
+                        "already applied; skipped"
+                    );
+                    metrics::count(Metric::RecordsSkipped);
+                    break;
+                }
+                let fail = |reason: &dyn std::fmt::Display| {
                     tracing::warn!(
                         event_id,
                         sequence = change.sequence_text,
-                        reason,
+                        %reason,
                         "record failed; Lambda will retry it"
                     );
                     metrics::count(Metric::RecordsFailed);
-                    return Some((change.sequence.clone(), change.sequence_text.clone()));
+                    Some((change.sequence.clone(), change.sequence_text.clone()))
+                };
+                let mut next = match self
+                    .apply(tokens, event_id, current.as_ref(), change.as_change(), deadline)
+                    .await
+                {
+                    Ok(next) => next,
+                    Err(RecordFailure(reason)) => return fail(&reason),
+                };
+                next.last_sequence = Some(change.sequence.clone());
+                match self
+                    .states
+                    .put(&next, &Expected::of(current.as_ref()))
+                    .await
+                {
+                    Ok(()) => {}
+                    // Someone else wrote the state since it was read: apply the record again
+                    // from what is stored now (or skip it if that writer applied it already).
+                    Err(StateError::Conflict { .. }) if races < RACE_RETRIES => {
+                        races += 1;
+                        match self.states.get(event_id).await {
+                            Ok(stored) => current = stored,
+                            Err(error) => return fail(&error),
+                        }
+                        continue;
+                    }
+                    Err(error) => return fail(&error),
                 }
-            };
-            next.last_sequence = Some(change.sequence.clone());
-            if let Err(error) = self
-                .states
-                .put(&next, &Expected::of(current.as_ref()))
-                .await
-            {
-                tracing::warn!(event_id, sequence = change.sequence_text, %error, "cannot store the sync state; Lambda will retry the record");
-                metrics::count(Metric::RecordsFailed);
-                return Some((change.sequence.clone(), change.sequence_text.clone()));
+                tracing::info!(
+                    event_id,
+                    sequence = change.sequence_text,
+                    status = next.status.as_str(),
+                    "applied"
+                );
+                metrics::count(match next.status {
+                    SyncStatus::Synced | SyncStatus::Deleted => Metric::RecordsSynced,
+                    SyncStatus::NeedsReauth | SyncStatus::NotConnected => Metric::RecordsParked,
+                    SyncStatus::Invalid => Metric::RecordsInvalid,
+                });
+                current = Some(next);
+                break;
             }
-            tracing::info!(
-                event_id,
-                sequence = change.sequence_text,
-                status = next.status.as_str(),
-                "applied"
-            );
-            metrics::count(match next.status {
-                SyncStatus::Synced | SyncStatus::Deleted => Metric::RecordsSynced,
-                SyncStatus::NeedsReauth | SyncStatus::NotConnected => Metric::RecordsParked,
-                SyncStatus::Invalid => Metric::RecordsInvalid,
-            });
-            current = Some(next);
         }
         None
+    }
+}
+
+impl StreamChange {
+    /// What the record asks of Google.
+    fn as_change(&self) -> Change<'_> {
+        match self.kind {
+            Kind::Remove => Change::Remove {
+                old_image: Some(&self.old_image),
+            },
+            Kind::Insert => Change::Upsert {
+                image: &self.new_image,
+                old_image: None,
+            },
+            Kind::Modify => Change::Upsert {
+                image: &self.new_image,
+                old_image: Some(&self.old_image),
+            },
+        }
     }
 }

@@ -8,12 +8,16 @@ use aws_lambda_events::event::{
 };
 use lambda_runtime::{Error, LambdaEvent};
 
-use super::{SyncPorts, Syncer, retry::Deadline};
+use super::{
+    SyncPorts, Syncer,
+    pacing::{Pacer, PacingLimits},
+    retry::Deadline,
+};
 use crate::{
     aws::Clients,
     calendar::CalendarClient,
     config::Config,
-    google_oauth::GoogleOAuth,
+    google_oauth::{GoogleOAuth, REQUEST_TIMEOUT, http_client},
     lifecycle::eventbridge::EventBridgeEvents,
     store::{DynamoEvents, DynamoGrantStore, DynamoSyncStateStore, Stores},
     tokens::StoredGrants,
@@ -79,18 +83,29 @@ impl Syncer<Production> {
         calendar_timeout: Duration,
     ) -> Result<Self, crate::secrets::SecretsError> {
         let deps = Self::from_config(config, clients, calendar_timeout);
-        if let Err(error) = deps.refresher.secrets().fetch_all().await {
-            tracing::error!(%error, "cold start: the secrets cannot be read; this invocation fails");
-            return Err(error);
-        }
+        deps.refresher.secrets().read_at_init().await?;
         Ok(deps)
     }
 
     /// Builds the clients once per cold start (`calendar_timeout` is the Calendar client's).
     pub fn from_config(config: &Config, clients: &Clients, calendar_timeout: Duration) -> Self {
         let stores = Stores::new(config, clients);
+        Self::over(config, clients, &stores, calendar_timeout, PacingLimits::STREAM)
+    }
+
+    /// Over a function's `stores` (and so its one secrets cache), with one HTTP client for both
+    /// of Google's APIs, keeping to `pacing`.
+    pub fn over(
+        config: &Config,
+        clients: &Clients,
+        stores: &Stores,
+        calendar_timeout: Duration,
+        pacing: PacingLimits,
+    ) -> Self {
+        let google = http_client(REQUEST_TIMEOUT);
+        let calendar_api = config.google.calendar_api_url.clone();
         Syncer {
-            calendar: CalendarClient::new(config.google.calendar_api_url.clone(), calendar_timeout),
+            calendar: CalendarClient::with_http_client(calendar_api, google.clone(), calendar_timeout),
             states: stores.sync_state(),
             grants: StoredGrants(stores.grants()),
             events: stores.events(),
@@ -98,11 +113,12 @@ impl Syncer<Production> {
                 clients.eventbridge.clone(),
                 config.event_bus_name.clone(),
             ),
-            refresher: GoogleOAuth::new(config, stores.secrets()),
+            refresher: GoogleOAuth::with_http_client(config, stores.secrets(), google),
             retry: super::retry::RetryPolicy {
                 safety_margin: calendar_timeout + Duration::from_secs(2),
                 ..Default::default()
             },
+            pacer: Pacer::new(pacing),
             concurrency: config.sync_concurrency,
         }
     }

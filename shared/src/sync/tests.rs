@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::{
     SyncPorts, Syncer,
+    pacing::{Pacer, PacingLimits, Rate},
     resync::{ResyncReport, UserResync},
     retry::Deadline,
     retry::RetryPolicy,
@@ -181,9 +182,23 @@ fn syncer(grants: FakeGrants) -> TestSyncer {
             max_attempts: 3,
             safety_margin: Duration::from_millis(1),
         },
+        // Google's own limits would make these tests wait; the pacing tests set theirs.
+        pacer: Pacer::new(UNHURRIED),
         concurrency: 4,
     }
 }
+
+/// Rates no test here reaches.
+const UNHURRIED: PacingLimits = PacingLimits {
+    per_user: Rate {
+        per_minute: 600_000,
+        burst: 10_000,
+    },
+    per_container: Rate {
+        per_minute: 600_000,
+        burst: 10_000,
+    },
+};
 
 fn image(event_id: &str, user: &str, title: &str) -> Value {
     json!({
@@ -518,6 +533,7 @@ async fn a_remove_racing_a_resync_leaves_no_copy_in_google() {
         events: plain.events,
         lifecycle: plain.lifecycle,
         retry: plain.retry,
+        pacer: plain.pacer,
         concurrency: plain.concurrency,
     };
     s.events.set("e5", Some(item(image("e5", "u1", "Racing"))));
@@ -665,6 +681,7 @@ async fn events_run_concurrently_up_to_the_limit() {
         events: InMemoryEvents::new(),
         lifecycle: RecordedEvents::new(),
         retry: RetryPolicy::default(),
+        pacer: Pacer::new(UNHURRIED),
         concurrency: 3,
     };
     let open_gate = async {
@@ -969,4 +986,112 @@ async fn reconciliation_pages_resumes_and_deletes_only_orphans() {
         s.states.snapshot().await["gone3"].status,
         SyncStatus::Deleted
     );
+}
+
+#[tokio::test]
+async fn a_batch_reads_its_states_in_one_request_per_hundred_events() {
+    let s = connected_syncer();
+    let inserts: Vec<_> = (0..150)
+        .map(|i| insert(&format!("{}", i + 1), &format!("k{i}"), "u1", "A"))
+        .collect();
+    assert!(sync(&s, inserts).await.is_empty());
+    // Two reads (100 + 50 keys) and one conditional write per record.
+    assert_eq!(s.states.requests(), 2 + 150);
+
+    // A batch of changes to 100 known events: one read, one write each.
+    let before = s.states.requests();
+    let modifies: Vec<_> = (0..100)
+        .map(|i| modify(&format!("{}", i + 1000), &format!("k{i}"), "u1", "B", "A"))
+        .collect();
+    assert!(sync(&s, modifies.clone()).await.is_empty());
+    let per_record = (s.states.requests() - before) as f64 / 100.0;
+    assert!(per_record <= 1.1, "{per_record} DynamoDB calls per record");
+    assert_eq!(s.calendar.primary_title("k99").as_deref(), Some("B"));
+
+    // Redelivered: one read for the batch, and nothing else.
+    let (before, calls) = (s.states.requests(), s.calendar.calls.load(Ordering::SeqCst));
+    assert!(sync(&s, modifies).await.is_empty());
+    assert_eq!(s.states.requests() - before, 1);
+    assert_eq!(s.calendar.calls.load(Ordering::SeqCst), calls);
+}
+
+#[tokio::test]
+async fn a_state_written_after_the_batch_read_is_read_again_and_the_record_applied_on_it() {
+    // While the INSERT of e5 is in Google, another writer stores e5's state (at an older
+    // sequence): the batch's read is stale, its conditional write loses.
+    let plain = connected_syncer();
+    let s: Syncer<Fakes<RemoveRacingInsert>> = Syncer {
+        calendar: RemoveRacingInsert {
+            inner: FakeCalendar::default(),
+            racing: "e5",
+            states: plain.states.clone(),
+            events: plain.events.clone(),
+            raced: Default::default(),
+        },
+        states: plain.states,
+        grants: plain.grants,
+        refresher: plain.refresher,
+        events: plain.events,
+        lifecycle: plain.lifecycle,
+        retry: plain.retry,
+        pacer: plain.pacer,
+        concurrency: plain.concurrency,
+    };
+    let failed = s
+        .sync_batch(vec![insert("7", "e5", "u1", "Racing")], deadline())
+        .await;
+    assert!(s.calendar.raced.load(Ordering::SeqCst), "the race happened");
+    assert!(failed.is_empty(), "{failed:?}");
+    let state = &s.states.snapshot().await["e5"];
+    assert_eq!(
+        (state.status, state.last_sequence.as_ref().map(|q| q.as_str())),
+        (SyncStatus::Synced, Some("7"))
+    );
+    assert_eq!(s.calendar.inner.primary_title("e5").as_deref(), Some("Racing"));
+    // The batch read, the other writer's read and write, the lost write, the one item read
+    // again, the write.
+    assert_eq!(s.states.requests(), 6);
+}
+
+#[tokio::test]
+async fn a_users_burst_is_paced_and_what_misses_the_deadline_comes_back_to_lambda() {
+    let mut s = syncer(
+        FakeGrants::default()
+            .with_user("u1", chrono::Duration::hours(1))
+            .with_user("u2", chrono::Duration::hours(1)),
+    );
+    // 3 at once, then one every 100 ms.
+    s.pacer = Pacer::new(PacingLimits {
+        per_user: Rate {
+            per_minute: 600,
+            burst: 3,
+        },
+        ..UNHURRIED
+    });
+    let mut records: Vec<_> = (0..12)
+        .map(|i| insert(&format!("{}", i + 1), &format!("b{i:02}"), "u1", "burst"))
+        .collect();
+    records.push(insert("100", "other", "u2", "calm"));
+    let failed = s
+        .sync_batch(records, Deadline::in_(Duration::from_millis(450)))
+        .await;
+
+    let states = s.states.snapshot().await;
+    let applied: Vec<_> = (0..12)
+        .map(|i| format!("b{i:02}"))
+        .filter(|id| states.get(id).is_some_and(|st| st.status == SyncStatus::Synced))
+        .collect();
+    // The burst, then at most one a 100 ms before the deadline.
+    assert!(
+        (3..=7).contains(&applied.len()),
+        "{} of u1's records applied",
+        applied.len()
+    );
+    // Every other record of u1 is named for Lambda to deliver again; none is lost.
+    assert_eq!(failed.len(), 12 - applied.len(), "{failed:?}");
+    for sequence in &failed {
+        let id = format!("b{:02}", sequence.parse::<usize>().unwrap() - 1);
+        assert!(!states.contains_key(&id), "{id} failed but has a state");
+    }
+    assert_eq!(s.calendar.primary_title("other").as_deref(), Some("calm"));
 }
