@@ -468,22 +468,23 @@ async fn dynamodb_faults_in_the_middle_of_a_batch_lose_nothing() {
     .into_iter()
     .enumerate()
     {
-        // A cold invocation: secrets, the grant, then two calls per record (state read, write).
+        // A cold invocation: the batch's one state read, the grant and the secrets, then one
+        // state write per record: the fault begins at the third record's write.
         let deps = h.one_at_a_time(&through_proxy);
         let batch = h.put_rows(&format!("ddb{i}-"), "u1", 5).await;
         let records = h.new_records().await;
-        proxy.fail_after(9, fault);
+        proxy.fail_after(6, fault);
         let failed = run_event_sync(&deps, records.clone()).await;
         let applied = h.calendar(ALICE).await;
         let cut_off = batch.iter().filter(|id| !applied.contains_key(*id)).count();
         println!(
-            "{fault:?} after 9 DynamoDB calls: {} record(s) reported, {cut_off} not in Google yet",
+            "{fault:?} after 6 DynamoDB calls: {} record(s) reported, {cut_off} not in Google yet",
             failed.len()
         );
-        assert!(!failed.is_empty(), "{fault:?} failed no record");
         assert!(
-            cut_off > 0 && cut_off < batch.len(),
-            "{fault:?}: {cut_off} of the batch missing"
+            !failed.is_empty() && failed.len() < batch.len(),
+            "{fault:?}: {} of the batch reported",
+            failed.len()
         );
 
         proxy.set(Fault::Forward);

@@ -146,7 +146,10 @@ impl<P: SyncPorts> Syncer<P> {
                 .map(|id| found.remove(*id).transpose())
                 .collect(),
             Err(error) => {
-                let text = error.to_string();
+                let text = match error {
+                    StateError::Store(text) => text,
+                    other => other.to_string(),
+                };
                 ids.iter().map(|_| Err(StateError::Store(text.clone()))).collect()
             }
         }

@@ -102,7 +102,8 @@ impl RetryPolicy {
                         tracing::warn!(attempt, %error, "no time left for another attempt");
                         return Err(error);
                     }
-                    tracing::info!(attempt, %error, wait_ms = wait.as_millis() as u64, "retrying");
+                    // Debug: the record's one INFO line is its outcome; `Retries` counts these.
+                    tracing::debug!(attempt, %error, wait_ms = wait.as_millis() as u64, "retrying");
                     metrics::count(Metric::Retries);
                     metrics::add(Metric::BackoffTime, wait.as_secs_f64() * 1000.0);
                     tokio::time::sleep(wait).await;
