@@ -12,9 +12,8 @@ async fn main() -> Result<(), Error> {
     let clients = Clients::from_env().await;
     // A successful connect queues the user's resync (backfill and parked changes).
     let queue = SqsJobQueue::new(clients.sqs.clone(), config.resync_queue_url.clone());
-    let deps = Arc::new(
-        http::CallbackDeps::cold_start(config, &clients, ResyncOnConnect(queue)).await?,
-    );
+    let deps =
+        Arc::new(http::CallbackDeps::cold_start(config, &clients, ResyncOnConnect(queue)).await?);
     lambda_http::run(service_fn(move |request: Request| {
         let deps = deps.clone();
         async move { Ok::<_, Error>(http::callback_router(&deps, request).await) }

@@ -13,8 +13,8 @@ use crate::{
     aws::describe_error,
     resync::SweepLog,
     sync_state::{
-        BATCH_READ_LIMIT, Expected, Found, Page, Sequence, StateError, SyncState, SyncStateStore, SyncStatus, SyncSummaries,
-        SyncSummary,
+        BATCH_READ_LIMIT, Expected, Found, Page, Sequence, StateError, SyncState, SyncStateStore,
+        SyncStatus, SyncSummaries, SyncSummary,
     },
 };
 

@@ -126,12 +126,15 @@ impl<P: SyncPorts> Syncer<P> {
         let read = self.read_states(&groups).await;
         let tokens = TokenProvider::new(&self.grants, &self.refresher);
         let tokens = &tokens;
-        let mut failures: Vec<(Sequence, String)> = futures::stream::iter(groups.into_iter().zip(read))
-            .map(|(group, state)| async move { self.sync_group(tokens, group, state, deadline).await })
-            .buffer_unordered(self.concurrency.max(1))
-            .filter_map(|failed| async move { failed })
-            .collect()
-            .await;
+        let mut failures: Vec<(Sequence, String)> =
+            futures::stream::iter(groups.into_iter().zip(read))
+                .map(|(group, state)| async move {
+                    self.sync_group(tokens, group, state, deadline).await
+                })
+                .buffer_unordered(self.concurrency.max(1))
+                .filter_map(|failed| async move { failed })
+                .collect()
+                .await;
         failures.sort();
         failures.into_iter().map(|(_, text)| text).collect()
     }
@@ -141,16 +144,15 @@ impl<P: SyncPorts> Syncer<P> {
     async fn read_states(&self, groups: &[Group]) -> Vec<Result<Option<SyncState>, StateError>> {
         let ids: Vec<&str> = groups.iter().map(|g| g.event_id.as_str()).collect();
         match self.states.get_many(&ids).await {
-            Ok(mut found) => ids
-                .iter()
-                .map(|id| found.remove(*id).transpose())
-                .collect(),
+            Ok(mut found) => ids.iter().map(|id| found.remove(*id).transpose()).collect(),
             Err(error) => {
                 let text = match error {
                     StateError::Store(text) => text,
                     other => other.to_string(),
                 };
-                ids.iter().map(|_| Err(StateError::Store(text.clone()))).collect()
+                ids.iter()
+                    .map(|_| Err(StateError::Store(text.clone())))
+                    .collect()
             }
         }
     }
@@ -198,7 +200,13 @@ impl<P: SyncPorts> Syncer<P> {
                     Some((change.sequence.clone(), change.sequence_text.clone()))
                 };
                 let mut next = match self
-                    .apply(tokens, event_id, current.as_ref(), change.as_change(), deadline)
+                    .apply(
+                        tokens,
+                        event_id,
+                        current.as_ref(),
+                        change.as_change(),
+                        deadline,
+                    )
                     .await
                 {
                     Ok(next) => next,

@@ -90,7 +90,13 @@ impl Syncer<Production> {
     /// Builds the clients once per cold start (`calendar_timeout` is the Calendar client's).
     pub fn from_config(config: &Config, clients: &Clients, calendar_timeout: Duration) -> Self {
         let stores = Stores::new(config, clients);
-        Self::over(config, clients, &stores, calendar_timeout, PacingLimits::STREAM)
+        Self::over(
+            config,
+            clients,
+            &stores,
+            calendar_timeout,
+            PacingLimits::STREAM,
+        )
     }
 
     /// Over a function's `stores` (and so its one secrets cache), with one HTTP client for both
@@ -105,7 +111,11 @@ impl Syncer<Production> {
         let google = http_client(REQUEST_TIMEOUT);
         let calendar_api = config.google.calendar_api_url.clone();
         Syncer {
-            calendar: CalendarClient::with_http_client(calendar_api, google.clone(), calendar_timeout),
+            calendar: CalendarClient::with_http_client(
+                calendar_api,
+                google.clone(),
+                calendar_timeout,
+            ),
             states: stores.sync_state(),
             grants: StoredGrants(stores.grants()),
             events: stores.events(),

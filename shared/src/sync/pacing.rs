@@ -215,7 +215,12 @@ mod tests {
         let got = slots(&pacer, "u", 1000, now);
         let window = Duration::from_secs(60);
         let most = (0..got.len())
-            .map(|i| got[i..].iter().take_while(|t| **t < got[i] + window).count())
+            .map(|i| {
+                got[i..]
+                    .iter()
+                    .take_while(|t| **t < got[i] + window)
+                    .count()
+            })
             .max()
             .unwrap();
         assert!(
@@ -247,7 +252,11 @@ mod tests {
         let latest = now + Duration::from_millis(50);
         let refused = pacer.reserve("u", now, latest).unwrap_err();
         assert_eq!(refused.wait, Duration::from_millis(100));
-        assert!(refused.to_string().contains("Lambda delivers the record again"));
+        assert!(
+            refused
+                .to_string()
+                .contains("Lambda delivers the record again")
+        );
         // Nothing was taken: the next call with time enough gets that same slot.
         let far = now + Duration::from_secs(1);
         assert_eq!(
@@ -279,8 +288,8 @@ mod tests {
         let invocations = root["Parameters"]["EventSyncReservedConcurrency"]["Default"]
             .as_u64()
             .unwrap() as u32;
-        let jobs = root["Resources"]["ResyncFunction"]["Properties"]["Events"]["Jobs"]
-            ["Properties"]["ScalingConfig"]["MaximumConcurrency"]
+        let jobs = root["Resources"]["ResyncFunction"]["Properties"]["Events"]["Jobs"]["Properties"]
+            ["ScalingConfig"]["MaximumConcurrency"]
             .as_u64()
             .unwrap() as u32;
         let stream = invocations * PacingLimits::STREAM.per_container.window_bound();

@@ -1044,10 +1044,16 @@ async fn a_state_written_after_the_batch_read_is_read_again_and_the_record_appli
     assert!(failed.is_empty(), "{failed:?}");
     let state = &s.states.snapshot().await["e5"];
     assert_eq!(
-        (state.status, state.last_sequence.as_ref().map(|q| q.as_str())),
+        (
+            state.status,
+            state.last_sequence.as_ref().map(|q| q.as_str())
+        ),
         (SyncStatus::Synced, Some("7"))
     );
-    assert_eq!(s.calendar.inner.primary_title("e5").as_deref(), Some("Racing"));
+    assert_eq!(
+        s.calendar.inner.primary_title("e5").as_deref(),
+        Some("Racing")
+    );
     // The batch read, the other writer's read and write, the lost write, the one item read
     // again, the write.
     assert_eq!(s.states.requests(), 6);
@@ -1079,7 +1085,11 @@ async fn a_users_burst_is_paced_and_what_misses_the_deadline_comes_back_to_lambd
     let states = s.states.snapshot().await;
     let applied: Vec<_> = (0..12)
         .map(|i| format!("b{i:02}"))
-        .filter(|id| states.get(id).is_some_and(|st| st.status == SyncStatus::Synced))
+        .filter(|id| {
+            states
+                .get(id)
+                .is_some_and(|st| st.status == SyncStatus::Synced)
+        })
         .collect();
     // The burst, then at most one a 100 ms before the deadline.
     assert!(

@@ -199,6 +199,21 @@ pub fn quick_retries(retry: &mut RetryPolicy) {
     retry.cap = std::time::Duration::from_millis(200);
 }
 
+/// Rates far above Google's, for resyncs of thousands of rows against the emulator, which has
+/// no quota: at Google's pace they would take minutes to test what the rows do, not the pacing
+/// (which has tests of its own).
+pub const EMULATOR_PACE: calsync::sync::pacing::PacingLimits = {
+    use calsync::sync::pacing::{PacingLimits, Rate};
+    let rate = Rate {
+        per_minute: 60_000,
+        burst: 100,
+    };
+    PacingLimits {
+        per_user: rate,
+        per_container: rate,
+    }
+};
+
 /// Hands out the Events table's stream records once each, in order.
 #[derive(Default)]
 pub struct StreamCursor(Mutex<usize>);
