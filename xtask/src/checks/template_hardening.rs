@@ -181,14 +181,19 @@ fn each_function_may_do_only_what_its_code_does_on_the_tables() {
             "dynamodb:UpdateItem"
         ]
     );
-    // Sync states are written whole, conditionally.
-    for role in ["EventSyncRole", "ResyncRole"] {
-        assert_eq!(
-            states(role),
-            ["dynamodb:GetItem", "dynamodb:PutItem"],
-            "{role}"
-        );
-    }
+    // Sync states are written whole, conditionally; a stream batch reads its states at once.
+    assert_eq!(
+        states("EventSyncRole"),
+        [
+            "dynamodb:BatchGetItem",
+            "dynamodb:GetItem",
+            "dynamodb:PutItem"
+        ]
+    );
+    assert_eq!(
+        states("ResyncRole"),
+        ["dynamodb:GetItem", "dynamodb:PutItem"]
+    );
     assert!(grants("OAuthStartRole").is_empty() && states("OAuthStartRole").is_empty());
     // Only the resync reads the app's rows; event-sync sees them only in its stream.
     let events = |role| actions_on(&root, role, "EventsTable");
