@@ -111,6 +111,9 @@ pub fn group_records(records: Vec<EventRecord>) -> (Vec<Group>, Vec<PoisonRecord
     (groups, poison)
 }
 
+/// DynamoDB's limit on a partition key.
+const MAX_KEY_BYTES: usize = 2048;
+
 /// Times one record is applied again after losing its state write to another writer (a resync,
 /// or a batch read older than the stored state), before it fails for its redelivery.
 const RACE_RETRIES: usize = 1;
@@ -142,9 +145,22 @@ impl<P: SyncPorts> Syncer<P> {
     /// Each group's stored state, read for the whole batch at once ([`SyncStateStore::get_many`]):
     /// the conditional write after each record still guards against whatever changes it since.
     async fn read_states(&self, groups: &[Group]) -> Vec<Result<Option<SyncState>, StateError>> {
+        // A key DynamoDB cannot hold (only a hand-made event has one) would fail the whole read.
+        let storable = |id: &str| id.len() <= MAX_KEY_BYTES;
         let ids: Vec<&str> = groups.iter().map(|g| g.event_id.as_str()).collect();
-        match self.states.get_many(&ids).await {
-            Ok(mut found) => ids.iter().map(|id| found.remove(*id).transpose()).collect(),
+        let asked: Vec<&str> = ids.iter().copied().filter(|id| storable(id)).collect();
+        match self.states.get_many(&asked).await {
+            Ok(mut found) => ids
+                .iter()
+                .map(|id| {
+                    if storable(id) {
+                        return found.remove(*id).transpose();
+                    }
+                    Err(StateError::Store(format!(
+                        "the event_id is longer than DynamoDB's {MAX_KEY_BYTES}-byte key limit, so it has no sync state; the record cannot be applied"
+                    )))
+                })
+                .collect(),
             Err(error) => {
                 let text = match error {
                     StateError::Store(text) => text,

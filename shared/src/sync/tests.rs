@@ -1107,3 +1107,24 @@ async fn a_users_burst_is_paced_and_what_misses_the_deadline_comes_back_to_lambd
     }
     assert_eq!(s.calendar.primary_title("other").as_deref(), Some("calm"));
 }
+
+#[tokio::test]
+async fn an_event_id_no_table_can_hold_fails_alone() {
+    let s = connected_syncer();
+    let long = "x".repeat(2049);
+    let failed = sync(
+        &s,
+        vec![
+            insert("1", &long, "u1", "A"),
+            insert("2", "fine", "u1", "B"),
+        ],
+    )
+    .await;
+    assert_eq!(failed, vec!["1".to_string()]);
+    assert_eq!(s.calendar.primary_title("fine").as_deref(), Some("B"));
+    assert_eq!(
+        s.calendar.primary_title(&long),
+        None,
+        "no Google call for it"
+    );
+}
