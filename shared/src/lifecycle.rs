@@ -51,6 +51,8 @@ pub enum Kind {
     GrantDisconnected,
     #[serde(rename = "Sync Parked")]
     SyncParked,
+    #[serde(rename = "Calendar Recreated")]
+    CalendarRecreated,
 }
 
 impl Kind {
@@ -61,13 +63,14 @@ impl Kind {
             Kind::GrantNeedsReauth => "Grant Needs Reauth",
             Kind::GrantDisconnected => "Grant Disconnected",
             Kind::SyncParked => "Sync Parked",
+            Kind::CalendarRecreated => "Calendar Recreated",
         }
     }
 
     /// The connection status after the event, as `GET /oauth/google/status` names it.
     pub fn status(self) -> &'static str {
         match self {
-            Kind::GrantConnected => "active",
+            Kind::GrantConnected | Kind::CalendarRecreated => "active",
             Kind::GrantNeedsReauth | Kind::SyncParked => "needs_reauth",
             Kind::GrantDisconnected => "not_connected",
         }
@@ -87,6 +90,9 @@ pub struct Detail {
     /// Why the grant needs reauth (`Grant Needs Reauth`, `Sync Parked`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<ReauthReason>,
+    /// The new calendar's id (`Calendar Recreated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calendar_id: Option<String>,
 }
 
 /// One lifecycle event.
@@ -114,6 +120,7 @@ impl LifecycleEvent {
                 time: time.to_rfc3339_opts(SecondsFormat::Millis, true),
                 status: kind.status().to_string(),
                 reason,
+                calendar_id: None,
             },
         }
     }
@@ -128,6 +135,18 @@ impl LifecycleEvent {
 
     pub fn disconnected(user_id: &str, google_email: Option<&str>) -> Self {
         Self::new(Kind::GrantDisconnected, user_id, google_email, None)
+    }
+
+    /// The user deleted calsync's calendar in Google; calsync made `calendar_id` in its place
+    /// and writes every current row there again.
+    pub fn calendar_recreated(
+        user_id: &str,
+        google_email: Option<&str>,
+        calendar_id: &str,
+    ) -> Self {
+        let mut event = Self::new(Kind::CalendarRecreated, user_id, google_email, None);
+        event.detail.calendar_id = Some(calendar_id.to_string());
+        event
     }
 
     pub fn sync_parked(

@@ -15,7 +15,8 @@ use crate::{
     config::Config,
     google_oauth::GoogleOAuth,
     lifecycle::eventbridge::EventBridgeEvents,
-    store::{DynamoEvents, DynamoGrantStore, DynamoSyncStateStore, Stores},
+    resync::ResyncOnConnect,
+    store::{DynamoEvents, DynamoGrantStore, DynamoSyncStateStore, SqsJobQueue, Stores},
     tokens::StoredGrants,
 };
 
@@ -63,6 +64,7 @@ impl SyncPorts for Production {
     type Refresher = GoogleOAuth;
     type Events = DynamoEvents;
     type Lifecycle = EventBridgeEvents;
+    type Backfill = ResyncOnConnect<SqsJobQueue>;
 }
 
 /// The production wiring.
@@ -104,6 +106,11 @@ impl Syncer<Production> {
                 ..Default::default()
             },
             concurrency: config.sync_concurrency,
+            app_calendar: config.calendar.dedicated().map(str::to_string),
+            backfill: ResyncOnConnect(SqsJobQueue::new(
+                clients.sqs.clone(),
+                config.resync_queue_url.clone(),
+            )),
         }
     }
 }

@@ -162,6 +162,7 @@ impl<C: Calendar> SyncPorts for Fakes<C> {
     type Grants = FakeGrants;
     type Refresher = FakeRefresher;
     type Events = InMemoryEvents;
+    type Backfill = crate::http::NothingAfterConnect;
     type Lifecycle = RecordedEvents;
 }
 
@@ -182,6 +183,8 @@ fn syncer(grants: FakeGrants) -> TestSyncer {
             safety_margin: Duration::from_millis(1),
         },
         concurrency: 4,
+        app_calendar: None,
+        backfill: crate::http::NothingAfterConnect,
     }
 }
 
@@ -519,6 +522,8 @@ async fn a_remove_racing_a_resync_leaves_no_copy_in_google() {
         lifecycle: plain.lifecycle,
         retry: plain.retry,
         concurrency: plain.concurrency,
+        app_calendar: None,
+        backfill: crate::http::NothingAfterConnect,
     };
     s.events.set("e5", Some(item(image("e5", "u1", "Racing"))));
     s.events.set("e6", Some(item(image("e6", "u1", "Calm"))));
@@ -666,6 +671,8 @@ async fn events_run_concurrently_up_to_the_limit() {
         lifecycle: RecordedEvents::new(),
         retry: RetryPolicy::default(),
         concurrency: 3,
+        app_calendar: None,
+        backfill: crate::http::NothingAfterConnect,
     };
     let open_gate = async {
         // Every event that may start reaches the calendar in the batch's first poll, so once 3
