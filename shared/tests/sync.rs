@@ -1063,3 +1063,28 @@ async fn racing_connects_of_one_user_keep_one_calendar() {
     assert_eq!(h.stats().await["calendar"]["calendars_insert"], 2);
     assert_eq!(h.app_calendars(ALICE).await, [kept]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_may_delete_the_calendar_on_disconnect() {
+    let h = Harness::start_with(&[
+        ("CalendarMode", "dedicated"),
+        ("CalendarName", APP_CALENDAR),
+        ("DeleteCalendarOnDisconnect", "true"),
+    ])
+    .await;
+    h.connect("u1", ALICE).await;
+    h.put_row("e1", "u1", "Planning", &[]).await;
+    assert!(h.sync_new().await.is_empty());
+    assert_eq!(h.app_calendars(ALICE).await.len(), 1);
+    let gone = http::callback_router(
+        &h.callback,
+        HttpApiEvent::new(lambda_http::http::Method::DELETE, "/oauth/google/connection")
+            .user("u1")
+            .request(),
+    )
+    .await;
+    assert_eq!(gone.status(), 204);
+    assert!(h.app_calendars(ALICE).await.is_empty());
+    assert_eq!(h.stats().await["calendar"]["calendars_delete"], 1);
+    h.assert_no_leaks().await;
+}
