@@ -1,9 +1,10 @@
 //! Lifecycle events: what calsync tells the app about a user's connection, on EventBridge.
 //!
-//! Four events, all with source [`SOURCE`]: `Grant Connected` (the callback stored a grant),
+//! Five events, all with source [`SOURCE`]: `Grant Connected` (the callback stored a grant),
 //! `Grant Needs Reauth` (Google refused the refresh token, or the stored tokens cannot be opened),
-//! `Grant Disconnected` (the user disconnected) and `Sync Parked` (the first change of a user whose
-//! grant needs reauth was parked; once per episode, see `grants::Grant::parked_reported_at`). The
+//! `Grant Disconnected` (the user disconnected), `Sync Parked` (the first change of a user whose
+//! grant needs reauth was parked; once per episode, see `grants::Grant::parked_reported_at`) and
+//! `Calendar Recreated` (the user deleted the dedicated calendar; calsync made another). The
 //! detail ([`Detail`]) names the user, the Google account, the time and the status; never a token.
 //!
 //! Emitting is best effort: [`emit`] tries the [`LifecycleEvents`] port a few times within a short
@@ -40,7 +41,7 @@ pub const BUDGET: Duration = Duration::from_secs(2);
 /// The pause before the first retry; doubled for the next.
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
 
-/// The four events (their `detail-type`).
+/// The five events (their `detail-type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     #[serde(rename = "Grant Connected")]

@@ -59,7 +59,11 @@ impl Harness {
 
     /// A stack in `CALENDAR_MODE=dedicated`, its calendar named [`APP_CALENDAR`].
     async fn dedicated() -> Self {
-        Self::start_with(&[("CalendarMode", "dedicated"), ("CalendarName", APP_CALENDAR)]).await
+        Self::start_with(&[
+            ("CalendarMode", "dedicated"),
+            ("CalendarName", APP_CALENDAR),
+        ])
+        .await
     }
 
     async fn start_with(parameters: &[(&str, &str)]) -> Self {
@@ -982,20 +986,33 @@ async fn dedicated_mode_writes_only_to_the_calendar_it_made_and_a_reconnect_keep
     h.connect("u1", ALICE).await;
     let grant = h.grant("u1").await;
     let app_scope = "https://www.googleapis.com/auth/calendar.app.created";
-    assert!(grant.scopes.iter().any(|s| s == app_scope), "{:?}", grant.scopes);
+    assert!(
+        grant.scopes.iter().any(|s| s == app_scope),
+        "{:?}",
+        grant.scopes
+    );
     assert!(!grant.scopes.iter().any(|s| s.contains("events")));
     let calendar = grant.calendar.expect("the connect made the calendar").id;
     assert_eq!(h.app_calendars(ALICE).await, [calendar.clone()]);
 
     h.put_row("e1", "u1", "Planning", &[]).await;
-    h.put_row("e2", "u1", "Elsewhere", &[("calendar_id", s("work"))]).await;
+    h.put_row("e2", "u1", "Elsewhere", &[("calendar_id", s("work"))])
+        .await;
     assert!(h.sync_new().await.is_empty());
     assert_eq!(h.live_in(ALICE, &calendar).await, ["Planning"]);
-    assert!(h.calendar(ALICE).await.is_empty(), "nothing in the primary calendar");
+    assert!(
+        h.calendar(ALICE).await.is_empty(),
+        "nothing in the primary calendar"
+    );
     // A row naming a calendar of its own is refused, visibly.
     let refused = h.state("e2").await.unwrap();
     assert_eq!(refused.status, SyncStatus::Invalid);
-    assert!(refused.last_error.unwrap().contains("calendar_id must be empty"));
+    assert!(
+        refused
+            .last_error
+            .unwrap()
+            .contains("calendar_id must be empty")
+    );
 
     // Connecting again (the same Google account) keeps the calendar and makes none.
     h.connect("u1", ALICE).await;
@@ -1006,9 +1023,12 @@ async fn dedicated_mode_writes_only_to_the_calendar_it_made_and_a_reconnect_keep
     // Disconnecting leaves the calendar to the user (DeleteCalendarOnDisconnect is false).
     let gone = http::callback_router(
         &h.callback,
-        HttpApiEvent::new(lambda_http::http::Method::DELETE, "/oauth/google/connection")
-            .user("u1")
-            .request(),
+        HttpApiEvent::new(
+            lambda_http::http::Method::DELETE,
+            "/oauth/google/connection",
+        )
+        .user("u1")
+        .request(),
     )
     .await;
     assert_eq!(gone.status(), 204);
@@ -1038,7 +1058,10 @@ async fn a_calendar_the_user_deleted_is_made_once_more_and_every_row_comes_back(
     assert_eq!(h.app_calendars(ALICE).await, [second.clone()]);
     assert_eq!(h.live_in(ALICE, &second).await, ["One v2"]);
     // The resync it queued brings every other current row back.
-    assert!(h.drain_resync().await >= 1, "the recreation queued a resync");
+    assert!(
+        h.drain_resync().await >= 1,
+        "the recreation queued a resync"
+    );
     assert_eq!(h.live_in(ALICE, &second).await, ["One v2", "Three", "Two"]);
     assert_eq!(h.stats().await["calendar"]["calendars_insert"], 2);
     let events = tap.drain().await.unwrap();
@@ -1078,9 +1101,12 @@ async fn a_deployment_may_delete_the_calendar_on_disconnect() {
     assert_eq!(h.app_calendars(ALICE).await.len(), 1);
     let gone = http::callback_router(
         &h.callback,
-        HttpApiEvent::new(lambda_http::http::Method::DELETE, "/oauth/google/connection")
-            .user("u1")
-            .request(),
+        HttpApiEvent::new(
+            lambda_http::http::Method::DELETE,
+            "/oauth/google/connection",
+        )
+        .user("u1")
+        .request(),
     )
     .await;
     assert_eq!(gone.status(), 204);

@@ -97,7 +97,9 @@ impl<P: SyncPorts> Syncer<P> {
         let slot = tokens.calendar_slot(user_id);
         let mut slot = slot.lock().await;
         let calendar = self.known(tokens, user_id, &mut slot).await?;
-        Ok(calendar.is_some_and(|c| state.synced_at.is_none_or(|at| at < c.created_at)))
+        // Only a synced copy was in Google; an invalid row's state stays as it is.
+        let synced = state.status == crate::sync_state::SyncStatus::Synced;
+        Ok(synced && calendar.is_some_and(|c| state.synced_at.is_none_or(|at| at < c.created_at)))
     }
 
     async fn known(
