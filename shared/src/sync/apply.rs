@@ -181,7 +181,7 @@ impl<P: SyncPorts> Syncer<P> {
         deadline: Deadline,
     ) -> Result<(), Refusal> {
         let Some(calendar_id) = self
-            .google_calendar(tokens, user_id, calendar_id, deadline)
+            .google_calendar(tokens, user_id, calendar_id, false, deadline)
             .await?
         else {
             return Ok(()); // no such calendar: nothing there to delete
@@ -213,7 +213,7 @@ impl<P: SyncPorts> Syncer<P> {
         deadline: Deadline,
     ) -> Result<EventPage, Refusal> {
         let Some(calendar_id) = self
-            .google_calendar(tokens, user_id, calendar_id, deadline)
+            .google_calendar(tokens, user_id, calendar_id, false, deadline)
             .await?
         else {
             return Ok(EventPage::default());
@@ -239,7 +239,7 @@ impl<P: SyncPorts> Syncer<P> {
     ) -> Result<(), Refusal> {
         let user = row.user_id.as_str();
         let place = self
-            .google_calendar(tokens, user, &row.calendar_id, deadline)
+            .google_calendar(tokens, user, &row.calendar_id, true, deadline)
             .await?;
         let Some(calendar) = place else {
             return Err(Refusal::Reject(CalendarError::NotFound));
