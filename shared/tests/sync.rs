@@ -993,7 +993,10 @@ async fn dedicated_mode_writes_only_to_the_calendar_it_made_and_a_reconnect_keep
     );
     assert!(!grant.scopes.iter().any(|s| s.contains("events")));
     let calendar = grant.calendar.expect("the connect made the calendar").id;
-    assert_eq!(h.app_calendars(ALICE).await, [calendar.clone()]);
+    assert_eq!(
+        h.app_calendars(ALICE).await,
+        std::slice::from_ref(&calendar)
+    );
 
     h.put_row("e1", "u1", "Planning", &[]).await;
     h.put_row("e2", "u1", "Elsewhere", &[("calendar_id", s("work"))])
@@ -1017,7 +1020,10 @@ async fn dedicated_mode_writes_only_to_the_calendar_it_made_and_a_reconnect_keep
     // Connecting again (the same Google account) keeps the calendar and makes none.
     h.connect("u1", ALICE).await;
     assert_eq!(h.grant("u1").await.calendar.unwrap().id, calendar);
-    assert_eq!(h.app_calendars(ALICE).await, [calendar.clone()]);
+    assert_eq!(
+        h.app_calendars(ALICE).await,
+        std::slice::from_ref(&calendar)
+    );
     let status = h.status_json("u1").await;
     assert_eq!(status["calendar"]["id"], calendar.as_str());
     // Disconnecting leaves the calendar to the user (DeleteCalendarOnDisconnect is false).
@@ -1055,7 +1061,7 @@ async fn a_calendar_the_user_deleted_is_made_once_more_and_every_row_comes_back(
     assert!(h.sync_new().await.is_empty());
     let second = h.grant("u1").await.calendar.unwrap().id;
     assert_ne!(second, first);
-    assert_eq!(h.app_calendars(ALICE).await, [second.clone()]);
+    assert_eq!(h.app_calendars(ALICE).await, std::slice::from_ref(&second));
     assert_eq!(h.live_in(ALICE, &second).await, ["One v2"]);
     // The resync it queued brings every other current row back.
     assert!(

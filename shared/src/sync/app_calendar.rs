@@ -33,12 +33,14 @@ impl<P: SyncPorts> Syncer<P> {
     }
 
     /// Where the row calendar `calendar_id` of `user_id` is in Google: itself, or in dedicated
-    /// mode the user's calendar (made now if the grant names none); `None`: nowhere.
+    /// mode the user's calendar (made now if the grant names none and `make`: for a write, not a
+    /// delete or a listing); `None`: nowhere.
     pub(super) async fn google_calendar(
         &self,
         tokens: &Tokens<'_, P>,
         user_id: &str,
         calendar_id: &str,
+        make: bool,
         deadline: Deadline,
     ) -> Result<Option<String>, Refusal> {
         if self.app_calendar.is_none() {
@@ -51,10 +53,11 @@ impl<P: SyncPorts> Syncer<P> {
         let mut slot = slot.lock().await;
         match self.known(tokens, user_id, &mut slot).await? {
             Some(calendar) => Ok(Some(calendar.id)),
-            None => {
+            None if make => {
                 self.remake(tokens, user_id, None, &mut slot, deadline)
                     .await
             }
+            None => Ok(None),
         }
     }
 
