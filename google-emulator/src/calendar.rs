@@ -15,7 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use serde_json::{Map, Value, json};
 
-use crate::state::{FaultTarget, SharedState, State as World, random_event_id};
+use crate::state::{FaultTarget, SharedState, State as World, random_calendar_id, random_event_id};
 
 /// Top-level Event fields of Calendar v3 (from the discovery document; calsync's
 /// `shared/tests/sync_mapping.rs` checks the list against it). Anything else in a request body is
@@ -86,6 +86,21 @@ const WRITE_SCOPES: &[&str] = &[
     "https://www.googleapis.com/auth/calendar",
     "https://www.googleapis.com/auth/calendar.events",
     "https://www.googleapis.com/auth/calendar.events.owned",
+];
+
+/// "Make secondary Google calendars, and see, create, change, and delete events on them": a
+/// token with only this scope reaches the calendars its client made, nothing else.
+pub const APP_CREATED_SCOPE: &str = "https://www.googleapis.com/auth/calendar.app.created";
+
+/// Scopes that let `calendars.insert` and `calendars.delete` touch any calendar of the account.
+const CALENDARS_WRITE_SCOPES: &[&str] = &[
+    "https://www.googleapis.com/auth/calendar",
+    "https://www.googleapis.com/auth/calendar.calendars",
+];
+
+const CALENDARS_READ_SCOPES: &[&str] = &[
+    "https://www.googleapis.com/auth/calendar.readonly",
+    "https://www.googleapis.com/auth/calendar.calendars.readonly",
 ];
 
 const READ_SCOPES: &[&str] = &[
@@ -272,11 +287,20 @@ enum Method {
     Update,
     Patch,
     Delete,
+    CalendarsInsert,
+    CalendarsGet,
+    CalendarsDelete,
 }
 
 impl Method {
-    fn writes(self) -> bool {
-        !matches!(self, Method::Get | Method::List)
+    /// The broad scopes that allow the method on any calendar of the account.
+    fn broad_scopes(self) -> &'static [&'static [&'static str]] {
+        match self {
+            Method::Get | Method::List => &[WRITE_SCOPES, READ_SCOPES],
+            Method::Insert | Method::Update | Method::Patch | Method::Delete => &[WRITE_SCOPES],
+            Method::CalendarsInsert | Method::CalendarsDelete => &[CALENDARS_WRITE_SCOPES],
+            Method::CalendarsGet => &[CALENDARS_WRITE_SCOPES, CALENDARS_READ_SCOPES],
+        }
     }
 }
 
@@ -289,14 +313,32 @@ fn count(world: &mut World, method: Method) {
         Method::Patch => stats.patch += 1,
         Method::Delete => stats.delete += 1,
         Method::List => stats.list += 1,
+        Method::CalendarsInsert => stats.calendars_insert += 1,
+        Method::CalendarsGet => stats.calendars_get += 1,
+        Method::CalendarsDelete => stats.calendars_delete += 1,
     }
 }
 
-/// Counts the call, serves a queued fault, then authenticates: returns the account's email.
+/// The request's access token.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Counts the call, serves a queued fault, then authenticates and checks the token's scopes for
+/// `method` on `calendar_id` (`None`: a new calendar): returns the account's email.
 async fn admit(
     shared: &SharedState,
     headers: &HeaderMap,
     method: Method,
+    calendar_id: Option<&str>,
 ) -> Result<String, ApiError> {
     let fault = {
         let mut world = shared.lock();
@@ -314,30 +356,26 @@ async fn admit(
             });
         }
     }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(ApiError::missing_credentials)?;
+    let token = bearer(headers).ok_or_else(ApiError::missing_credentials)?;
     let world = shared.lock();
     let grant = world
         .grant_for_access_token(token)
         .ok_or_else(ApiError::invalid_credentials)?;
-    let allowed: &[&[&str]] = if method.writes() {
-        &[WRITE_SCOPES]
-    } else {
-        &[WRITE_SCOPES, READ_SCOPES]
-    };
-    let permitted = grant
-        .scopes
-        .iter()
-        .any(|s| allowed.iter().any(|set| set.contains(&s.as_str())));
-    if !permitted {
+    let broad = grant.scopes.iter().any(|s| {
+        method
+            .broad_scopes()
+            .iter()
+            .any(|set| set.contains(&s.as_str()))
+    });
+    // `calendar.app.created` reaches calendars its client made; an unknown id is let through to
+    // the method's own 404 (a calendar the user deleted reads as gone, not as forbidden).
+    let app_created = grant.scopes.iter().any(|s| s == APP_CREATED_SCOPE)
+        && calendar_id.is_none_or(|id| {
+            world
+                .calendar(&grant.email, id)
+                .is_none_or(|c| c.created_by.as_deref() == Some(grant.client_id.as_str()))
+        });
+    if !broad && !app_created {
         return Err(ApiError::insufficient_scopes());
     }
     Ok(grant.email.clone())
@@ -674,7 +712,7 @@ async fn insert_inner(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Value, ApiError> {
-    let email = admit(shared, headers, Method::Insert).await?;
+    let email = admit(shared, headers, Method::Insert, Some(calendar_id)).await?;
     let mut world = shared.lock();
     if world.calendar(&email, calendar_id).is_none() {
         return Err(ApiError::not_found());
@@ -719,7 +757,7 @@ async fn get_inner(
     event_id: &str,
     headers: &HeaderMap,
 ) -> Result<Value, ApiError> {
-    let email = admit(shared, headers, Method::Get).await?;
+    let email = admit(shared, headers, Method::Get, Some(calendar_id)).await?;
     let world = shared.lock();
     let calendar = world
         .calendar(&email, calendar_id)
@@ -805,7 +843,7 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let email = admit(&shared, &headers, Method::List).await?;
+        let email = admit(&shared, &headers, Method::List, Some(&calendar_id)).await?;
         let query = ListQuery::parse(raw.as_deref())?;
         let world = shared.lock();
         let calendar = world
@@ -861,7 +899,7 @@ async fn modify(
     body: &[u8],
     method: Method,
 ) -> Result<Value, ApiError> {
-    let email = admit(shared, headers, method).await?;
+    let email = admit(shared, headers, method, Some(calendar_id)).await?;
     let mut world = shared.lock();
     let previous = world
         .calendar(&email, calendar_id)
@@ -902,7 +940,7 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let email = admit(&shared, &headers, Method::Delete).await?;
+        let email = admit(&shared, &headers, Method::Delete, Some(&calendar_id)).await?;
         let mut world = shared.lock();
         let now = timestamp(world.now());
         let etag = world.next_etag();
@@ -923,6 +961,104 @@ pub async fn delete(
         event.insert("status".into(), json!("cancelled"));
         event.insert("updated".into(), json!(now));
         event.insert("etag".into(), json!(etag));
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// The Calendar resource Google answers for a secondary calendar.
+fn calendar_resource(id: &str, calendar: &crate::state::Calendar) -> Value {
+    json!({
+        "kind": "calendar#calendar",
+        "etag": format!("\"{}\"", id.len()),
+        "id": id,
+        "summary": calendar.summary.clone().unwrap_or_default(),
+        "timeZone": "UTC",
+        "conferenceProperties": {"allowedConferenceSolutionTypes": ["hangoutsMeet"]},
+    })
+}
+
+/// `POST calendars`: makes a secondary calendar owned by the token's account; `summary` (the
+/// title) is required.
+pub async fn calendars_insert(
+    State(shared): State<SharedState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let email = admit(&shared, &headers, Method::CalendarsInsert, None).await?;
+        let body = parse_body(&body)?;
+        let summary = body
+            .get("summary")
+            .and_then(Value::as_str)
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| ApiError::bad_request("required", "Missing title."))?;
+        let mut world = shared.lock();
+        let client_id = bearer(&headers)
+            .and_then(|token| world.grant_for_access_token(token))
+            .map(|grant| grant.client_id.clone());
+        let id = random_calendar_id();
+        let calendar = crate::state::Calendar {
+            summary: Some(summary.to_owned()),
+            created_by: client_id,
+            ..Default::default()
+        };
+        let resource = calendar_resource(&id, &calendar);
+        world.calendars.insert((email, id), calendar);
+        Ok(resource)
+    }
+    .await;
+    respond(result)
+}
+
+/// `GET calendars/{calendarId}`: a secondary calendar's resource (404 when unknown or deleted).
+pub async fn calendars_get(
+    State(shared): State<SharedState>,
+    Path(calendar_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let email = admit(&shared, &headers, Method::CalendarsGet, Some(&calendar_id)).await?;
+        let world = shared.lock();
+        let calendar = world
+            .calendar(&email, &calendar_id)
+            .ok_or_else(ApiError::not_found)?;
+        Ok(calendar_resource(&calendar_id, calendar))
+    }
+    .await;
+    respond(result)
+}
+
+/// `DELETE calendars/{calendarId}`: removes a secondary calendar and its events (204); the
+/// primary calendar cannot be deleted (Google's answer: clear it instead).
+pub async fn calendars_delete(
+    State(shared): State<SharedState>,
+    Path(calendar_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let email = admit(
+            &shared,
+            &headers,
+            Method::CalendarsDelete,
+            Some(&calendar_id),
+        )
+        .await?;
+        let mut world = shared.lock();
+        if calendar_id == "primary" || calendar_id == email {
+            return Err(ApiError::bad_request(
+                "cannotDeletePrimaryCalendar",
+                "The primary calendar cannot be deleted.",
+            ));
+        }
+        world
+            .calendars
+            .remove(&(email, calendar_id.clone()))
+            .ok_or_else(ApiError::not_found)?;
         Ok(())
     }
     .await;

@@ -317,6 +317,42 @@ pub async fn calendar_events(
     }
 }
 
+/// `GET __emulator/calendars/{email}`: the account's calendars, `{"items": [{"id", "summary",
+/// "created_by"}]}` (the primary one has the account's email as id).
+pub async fn account_calendars(
+    State(shared): State<SharedState>,
+    Path(email): Path<String>,
+) -> Response {
+    let world = shared.lock();
+    let items: Vec<Value> = world
+        .calendars
+        .iter()
+        .filter(|((owner, _), _)| *owner == email)
+        .map(|((_, id), c)| json!({"id": id, "summary": c.summary, "created_by": c.created_by}))
+        .collect();
+    Json(json!({"items": items})).into_response()
+}
+
+/// `DELETE __emulator/calendars/{email}/{calendarId}`: the user deletes a secondary calendar in
+/// Google's own interface (no token, no scope).
+pub async fn delete_calendar(
+    State(shared): State<SharedState>,
+    Path((email, calendar_id)): Path<(String, String)>,
+) -> Response {
+    let mut world = shared.lock();
+    if calendar_id == email || calendar_id == "primary" {
+        return bad_request("invalid_request", "the primary calendar cannot be deleted");
+    }
+    match world.calendars.remove(&(email, calendar_id)) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "not_found", "error_description": "no such calendar"})),
+        )
+            .into_response(),
+    }
+}
+
 /// `GET __emulator/stats`.
 pub async fn stats(State(shared): State<SharedState>) -> Response {
     Json(json!(shared.lock().stats)).into_response()

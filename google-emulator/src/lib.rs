@@ -17,7 +17,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use url::Url;
@@ -149,6 +149,11 @@ pub fn router(state: SharedState) -> Router {
         .route("/revoke", post(control::revoke_account))
         .route("/faults", post(control::add_fault))
         .route("/calendars", post(control::add_calendar))
+        .route("/calendars/{email}", get(control::account_calendars))
+        .route(
+            "/calendars/{email}/{calendar_id}",
+            delete(control::delete_calendar),
+        )
         .route(
             "/calendars/{email}/{calendar_id}/events",
             get(control::calendar_events),
@@ -157,6 +162,11 @@ pub fn router(state: SharedState) -> Router {
         .route("/issued-secrets", get(control::issued_secrets))
         .route("/reset", post(control::reset));
     let calendar = Router::new()
+        .route("/calendars", post(calendar::calendars_insert))
+        .route(
+            "/calendars/{calendar_id}",
+            get(calendar::calendars_get).delete(calendar::calendars_delete),
+        )
         .route(
             "/calendars/{calendar_id}/events",
             post(calendar::insert).get(calendar::list),

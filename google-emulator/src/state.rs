@@ -90,6 +90,11 @@ pub struct AccessToken {
 #[derive(Debug, Clone, Default)]
 pub struct Calendar {
     pub events: BTreeMap<String, Map<String, Value>>,
+    /// The title given to `calendars.insert` (`None` for primary and control-made calendars).
+    pub summary: Option<String>,
+    /// The OAuth client whose token made it with `calendars.insert`: what a token holding only
+    /// `calendar.app.created` may touch.
+    pub created_by: Option<String>,
 }
 
 /// Which endpoint family a queued fault applies to.
@@ -144,6 +149,10 @@ pub struct CalendarStats {
     pub delete: u64,
     pub get: u64,
     pub list: u64,
+    /// `calendars.insert`, `calendars.get` and `calendars.delete` (the Calendar resource).
+    pub calendars_insert: u64,
+    pub calendars_get: u64,
+    pub calendars_delete: u64,
 }
 
 /// The accounts every emulator starts with.
@@ -391,6 +400,11 @@ impl State {
         let micros = self.now().timestamp_micros().max(0) as u64;
         format!("\"{}\"", micros.saturating_mul(10) + self.etag_counter % 10)
     }
+}
+
+/// A secondary calendar's id, shaped like Google's.
+pub fn random_calendar_id() -> String {
+    format!("{}@group.calendar.google.com", random_event_id())
 }
 
 /// A random string of ASCII letters, digits, `-` and `_` like Google's opaque tokens.

@@ -623,3 +623,194 @@ async fn a_body_that_is_not_json_is_a_parse_error() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(google_error(&body).1, "parseError");
 }
+
+const APP_CREATED: &str = "https://www.googleapis.com/auth/calendar.app.created";
+
+/// Alice's token holding only `calendar.app.created` (and the sign-in scopes).
+async fn app_created_token(h: &Harness) -> String {
+    let url = h.auth_url(&[("scope", &format!("openid email {APP_CREATED}"))]);
+    h.connect_with(&url, ALICE).await.access_token
+}
+
+fn assert_insufficient_scopes(status: StatusCode, body: &Value, what: &str) {
+    assert_eq!(status, StatusCode::FORBIDDEN, "{what}: {body}");
+    assert_eq!(
+        google_error(body),
+        (
+            403,
+            "insufficientPermissions".into(),
+            "Request had insufficient authentication scopes.".into()
+        ),
+        "{what}"
+    );
+}
+
+#[tokio::test]
+async fn calendars_insert_get_and_delete_a_secondary_calendar() {
+    let h = Harness::start().await;
+    let token = app_created_token(&h).await;
+    let (status, _, made) = h
+        .calendar(
+            Method::POST,
+            "calendars",
+            Some(&token),
+            Some(json!({"summary": "Acme events"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{made}");
+    assert_eq!(made["kind"], "calendar#calendar");
+    assert_eq!(made["summary"], "Acme events");
+    let id = made["id"].as_str().unwrap();
+    assert!(id.ends_with("@group.calendar.google.com"), "{id}");
+    let (status, _, got) = h
+        .calendar(Method::GET, &format!("calendars/{id}"), Some(&token), None)
+        .await;
+    assert_eq!((status, &got["id"]), (StatusCode::OK, &made["id"]));
+    // Events go into it with the same token.
+    let (status, _, event) = h
+        .calendar(
+            Method::POST,
+            &format!("calendars/{id}/events"),
+            Some(&token),
+            Some(timed_event("appcal0001")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{event}");
+    let listed = h.control.calendars(ALICE).await.unwrap();
+    assert!(listed.iter().any(|c| c["id"] == id), "{listed:?}");
+    let (status, _, _) = h
+        .calendar(
+            Method::DELETE,
+            &format!("calendars/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Gone: the calendar, and every call on its events, is 404.
+    let (status, _, body) = h
+        .calendar(Method::GET, &format!("calendars/{id}"), Some(&token), None)
+        .await;
+    assert_not_found(status, &body, "get after delete");
+    let (status, _, body) = h
+        .calendar(
+            Method::POST,
+            &format!("calendars/{id}/events"),
+            Some(&token),
+            Some(timed_event("appcal0002")),
+        )
+        .await;
+    assert_not_found(status, &body, "insert into a deleted calendar");
+    let stats = h.stats().await;
+    assert_eq!(
+        (
+            &stats["calendar"]["calendars_insert"],
+            &stats["calendar"]["calendars_get"],
+            &stats["calendar"]["calendars_delete"]
+        ),
+        (&json!(1), &json!(2), &json!(1))
+    );
+}
+
+#[tokio::test]
+async fn calendars_insert_needs_a_title() {
+    let h = Harness::start().await;
+    let token = app_created_token(&h).await;
+    let (status, _, body) = h
+        .calendar(Method::POST, "calendars", Some(&token), Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(google_error(&body).1, "required");
+}
+
+#[tokio::test]
+async fn app_created_reaches_only_the_calendars_its_client_made() {
+    let h = Harness::start().await;
+    let token = app_created_token(&h).await;
+    // The primary calendar, read or written, by name or by id.
+    for path in [
+        "calendars/primary/events",
+        &format!("calendars/{ALICE}/events"),
+    ] {
+        let (status, _, body) = h
+            .calendar(
+                Method::POST,
+                path,
+                Some(&token),
+                Some(timed_event("prim0001")),
+            )
+            .await;
+        assert_insufficient_scopes(status, &body, path);
+        let (status, _, body) = h.calendar(Method::GET, path, Some(&token), None).await;
+        assert_insufficient_scopes(status, &body, path);
+    }
+    let (status, _, body) = h
+        .calendar(Method::GET, "calendars/primary", Some(&token), None)
+        .await;
+    assert_insufficient_scopes(status, &body, "calendars.get primary");
+    // A secondary calendar the user made themselves (not through this client).
+    h.control_ok(
+        "calendars",
+        json!({"email": ALICE, "calendar_id": "family@group.calendar.google.com"}),
+    )
+    .await;
+    let path = "calendars/family@group.calendar.google.com";
+    let (status, _, body) = h
+        .calendar(
+            Method::POST,
+            &format!("{path}/events"),
+            Some(&token),
+            Some(timed_event("fam00001")),
+        )
+        .await;
+    assert_insufficient_scopes(status, &body, "insert into the user's own calendar");
+    let (status, _, body) = h.calendar(Method::DELETE, path, Some(&token), None).await;
+    assert_insufficient_scopes(status, &body, "delete the user's own calendar");
+    // A token with only events.owned cannot make calendars.
+    let url = h.auth_url(&[
+        (
+            "scope",
+            "openid https://www.googleapis.com/auth/calendar.events.owned",
+        ),
+        ("include_granted_scopes", ""),
+    ]);
+    let owned = h.connect_with(&url, ALICE).await.access_token;
+    let (status, _, body) = h
+        .calendar(
+            Method::POST,
+            "calendars",
+            Some(&owned),
+            Some(json!({"summary": "x"})),
+        )
+        .await;
+    assert_insufficient_scopes(status, &body, "calendars.insert with events.owned");
+    assert!(
+        h.stored(ALICE).await.is_empty(),
+        "nothing reached the primary calendar"
+    );
+}
+
+#[tokio::test]
+async fn the_user_deleting_the_calendar_in_google_makes_its_calls_404() {
+    let h = Harness::start().await;
+    let token = app_created_token(&h).await;
+    let (_, _, made) = h
+        .calendar(
+            Method::POST,
+            "calendars",
+            Some(&token),
+            Some(json!({"summary": "Acme events"})),
+        )
+        .await;
+    let id = made["id"].as_str().unwrap();
+    h.control.delete_calendar(ALICE, id).await.unwrap();
+    let (status, _, body) = h
+        .calendar(
+            Method::PUT,
+            &format!("calendars/{id}/events/appcal0003"),
+            Some(&token),
+            Some(timed_event("appcal0003")),
+        )
+        .await;
+    assert_not_found(status, &body, "update in a calendar the user deleted");
+}

@@ -198,7 +198,8 @@ async fn stats_count_each_kind_of_call() {
     assert_eq!(
         h.stats().await,
         json!({"token": {"authorization_code": 1, "refresh_token": 1}, "revoke": 1,
-               "calendar": {"insert": 1, "update": 1, "patch": 1, "delete": 1, "get": 1, "list": 0}})
+               "calendar": {"insert": 1, "update": 1, "patch": 1, "delete": 1, "get": 1, "list": 0,
+                            "calendars_insert": 0, "calendars_get": 0, "calendars_delete": 0}})
     );
 }
 

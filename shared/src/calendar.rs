@@ -122,6 +122,31 @@ pub trait Calendar: Send + Sync {
     ) -> impl Future<Output = Result<EventPage, CalendarError>> + Send {
         async { Ok(EventPage::default()) }
     }
+
+    /// Makes a secondary calendar titled `summary` (`calendars.insert`) and returns its id. The
+    /// default refuses: for fakes of tests that never make one.
+    fn create_calendar(
+        &self,
+        _token: &SecretString,
+        _summary: &str,
+    ) -> impl Future<Output = Result<String, CalendarError>> + Send {
+        async {
+            Err(CalendarError::Unexpected {
+                status: 501,
+                message: "this calendar makes no calendars".into(),
+            })
+        }
+    }
+
+    /// Deletes a secondary calendar and its events (`calendars.delete`); 404 and 410 count as
+    /// done.
+    fn delete_calendar(
+        &self,
+        _token: &SecretString,
+        _calendar_id: &str,
+    ) -> impl Future<Output = Result<(), CalendarError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// One page of the events calsync wrote to a calendar (`events.list`), and the token of the next.
@@ -157,6 +182,21 @@ impl CalendarClient {
             base,
             timeout,
         }
+    }
+
+    /// `calendars` or `calendars/{calendar_id}`.
+    fn calendar_url(&self, calendar_id: Option<&str>) -> Url {
+        let mut url = self.base.clone();
+        {
+            let mut segments = url
+                .path_segments_mut()
+                .expect("the Calendar API URL is an http(s) URL");
+            segments.pop_if_empty().push("calendars");
+            if let Some(id) = calendar_id {
+                segments.push(id);
+            }
+        }
+        url
     }
 
     fn events_url(&self, calendar_id: &str, event_id: Option<&str>) -> Url {
@@ -370,6 +410,46 @@ impl Calendar for CalendarClient {
             items: page["items"].as_array().cloned().unwrap_or_default(),
             next: page["nextPageToken"].as_str().map(str::to_string),
         })
+    }
+
+    async fn create_calendar(
+        &self,
+        token: &SecretString,
+        summary: &str,
+    ) -> Result<String, CalendarError> {
+        let body = serde_json::json!({ "summary": summary });
+        let answer = self
+            .send_reading(
+                self.http
+                    .post(self.calendar_url(None))
+                    .bearer_auth(token.expose_secret())
+                    .json(&body),
+            )
+            .await?;
+        let made: Value = serde_json::from_str(&answer).unwrap_or(Value::Null);
+        made["id"]
+            .as_str()
+            .filter(|id| !id.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| CalendarError::Unexpected {
+                status: 200,
+                message: "calendars.insert answered without an id".into(),
+            })
+    }
+
+    async fn delete_calendar(
+        &self,
+        token: &SecretString,
+        calendar_id: &str,
+    ) -> Result<(), CalendarError> {
+        let url = self.calendar_url(Some(calendar_id));
+        match self
+            .send(self.http.delete(url).bearer_auth(token.expose_secret()))
+            .await
+        {
+            Err(CalendarError::NotFound | CalendarError::Gone) => Ok(()),
+            other => other,
+        }
     }
 }
 

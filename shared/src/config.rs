@@ -12,8 +12,16 @@ pub const DEFAULT_GOOGLE_AUTH_URL: &str = "https://accounts.google.com/o/oauth2/
 pub const DEFAULT_GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 pub const DEFAULT_GOOGLE_REVOKE_URL: &str = "https://oauth2.googleapis.com/revoke";
 pub const DEFAULT_GOOGLE_CALENDAR_API_URL: &str = "https://www.googleapis.com/calendar/v3";
+/// The scopes of `CALENDAR_MODE=primary`: events on the calendars the user owns.
 pub const DEFAULT_GOOGLE_SCOPES: &str =
     "openid email https://www.googleapis.com/auth/calendar.events.owned";
+/// The scopes of `CALENDAR_MODE=dedicated`: the calendars calsync makes, nothing else.
+pub const DEDICATED_GOOGLE_SCOPES: &str =
+    "openid email https://www.googleapis.com/auth/calendar.app.created";
+/// The scope that lets calsync make a calendar of its own and write only there.
+pub const APP_CREATED_SCOPE: &str = "https://www.googleapis.com/auth/calendar.app.created";
+/// The title of the dedicated calendar unless `CALENDAR_NAME` says otherwise.
+pub const DEFAULT_CALENDAR_NAME: &str = "calsync";
 pub const DEFAULT_SYNC_CONCURRENCY: usize = 8;
 /// Days a grant may go without a refresh before the keep-alive refreshes it (`KEEPALIVE_DAYS`).
 pub const DEFAULT_KEEPALIVE_DAYS: usize = 30;
@@ -248,6 +256,80 @@ impl GoogleEndpoints {
     }
 }
 
+/// Which calendar calsync writes the rows to (`CALENDAR_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CalendarMode {
+    /// The user's primary calendar (or the row's `calendar_id`), with `calendar.events.owned`.
+    Primary,
+    /// A secondary calendar calsync makes for the user on the first connect, with
+    /// `calendar.app.created`: calsync can touch nothing else of the user's.
+    Dedicated,
+}
+
+/// Where rows go in Google (`CALENDAR_MODE`, `CALENDAR_NAME`, `DELETE_CALENDAR_ON_DISCONNECT`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CalendarSettings {
+    pub mode: CalendarMode,
+    /// The dedicated calendar's title, as the user sees it in Google Calendar.
+    pub name: String,
+    /// A disconnect also deletes the dedicated calendar (it is the user's to keep otherwise).
+    pub delete_on_disconnect: bool,
+}
+
+impl CalendarSettings {
+    fn read<S: Source + ?Sized>(r: &Reader<'_, S>) -> Result<Self, ConfigError> {
+        let mode = match r.optional("CALENDAR_MODE", "primary").as_str() {
+            "primary" => CalendarMode::Primary,
+            "dedicated" => CalendarMode::Dedicated,
+            other => {
+                return Err(ConfigError::Malformed {
+                    name: "CALENDAR_MODE",
+                    reason: format!("expected primary or dedicated, got {other:?}"),
+                });
+            }
+        };
+        let name = r.optional("CALENDAR_NAME", DEFAULT_CALENDAR_NAME);
+        // Google's limit on a calendar's title is not documented; keep it to what a list shows.
+        if name.chars().count() > 100 || name.chars().any(char::is_control) {
+            return Err(ConfigError::Malformed {
+                name: "CALENDAR_NAME",
+                reason: "at most 100 characters, no control characters".into(),
+            });
+        }
+        let delete_on_disconnect = match r
+            .optional("DELETE_CALENDAR_ON_DISCONNECT", "false")
+            .as_str()
+        {
+            "false" => false,
+            "true" => true,
+            other => {
+                return Err(ConfigError::Malformed {
+                    name: "DELETE_CALENDAR_ON_DISCONNECT",
+                    reason: format!("expected true or false, got {other:?}"),
+                });
+            }
+        };
+        Ok(Self {
+            mode,
+            name,
+            delete_on_disconnect,
+        })
+    }
+
+    /// The calendar calsync makes for each user, if this deployment has one.
+    pub fn dedicated(&self) -> Option<&str> {
+        (self.mode == CalendarMode::Dedicated).then_some(self.name.as_str())
+    }
+
+    /// The scopes asked for when `GOOGLE_SCOPES` is unset.
+    fn default_scopes(&self) -> &'static str {
+        match self.mode {
+            CalendarMode::Primary => DEFAULT_GOOGLE_SCOPES,
+            CalendarMode::Dedicated => DEDICATED_GOOGLE_SCOPES,
+        }
+    }
+}
+
 /// The OAuth settings the start and callback routes share.
 #[derive(Debug, Clone)]
 pub struct OAuthSettings {
@@ -258,7 +340,21 @@ pub struct OAuthSettings {
 }
 
 impl OAuthSettings {
-    fn read<S: Source + ?Sized>(r: &Reader<'_, S>) -> Result<Self, ConfigError> {
+    fn read<S: Source + ?Sized>(
+        r: &Reader<'_, S>,
+        calendar: &CalendarSettings,
+    ) -> Result<Self, ConfigError> {
+        let scopes = r.words("GOOGLE_SCOPES", calendar.default_scopes());
+        if calendar.mode == CalendarMode::Dedicated
+            && !scopes.iter().any(|s| s == APP_CREATED_SCOPE)
+        {
+            return Err(ConfigError::Malformed {
+                name: "GOOGLE_SCOPES",
+                reason: format!(
+                    "CALENDAR_MODE=dedicated needs {APP_CREATED_SCOPE}; leave GOOGLE_SCOPES empty to get the mode's scopes"
+                ),
+            });
+        }
         Ok(Self {
             redirect_uri: r.required_url(
                 "OAUTH_REDIRECT_URI",
@@ -272,7 +368,7 @@ impl OAuthSettings {
                 "DEFAULT_RETURN_URL",
                 "set it to the app page to return to when no return_to is given",
             )?,
-            scopes: r.words("GOOGLE_SCOPES", DEFAULT_GOOGLE_SCOPES),
+            scopes,
         })
     }
 }
@@ -285,6 +381,7 @@ pub struct Config {
     pub secrets: SecretIds,
     pub google: GoogleEndpoints,
     pub oauth: OAuthSettings,
+    pub calendar: CalendarSettings,
     pub sync_concurrency: usize,
     /// The SQS queue of resync jobs ([`crate::resync`]).
     pub resync_queue_url: String,
@@ -301,11 +398,13 @@ impl Config {
 
     pub fn from_source<S: Source + ?Sized>(source: &S) -> Result<Self, ConfigError> {
         let r = Reader(source);
+        let calendar = CalendarSettings::read(&r)?;
         Ok(Self {
             tables: Tables::read(&r)?,
             secrets: SecretIds::read(&r)?,
             google: GoogleEndpoints::read(&r)?,
-            oauth: OAuthSettings::read(&r)?,
+            oauth: OAuthSettings::read(&r, &calendar)?,
+            calendar,
             sync_concurrency: r.positive("SYNC_CONCURRENCY", DEFAULT_SYNC_CONCURRENCY)?,
             resync_queue_url: r.required(
                 "RESYNC_QUEUE_URL",
@@ -436,6 +535,31 @@ mod tests {
     }
 
     #[test]
+    fn the_calendar_mode_chooses_the_scopes() {
+        let primary = Config::from_source(&full()).unwrap();
+        assert_eq!(primary.calendar.mode, CalendarMode::Primary);
+        assert_eq!(primary.calendar.dedicated(), None);
+        assert_eq!(primary.oauth.scopes.join(" "), DEFAULT_GOOGLE_SCOPES);
+        let env = test_variables(&[("CALENDAR_MODE", "dedicated"), ("CALENDAR_NAME", "Acme")]);
+        let dedicated = Config::from_source(&env).unwrap();
+        assert_eq!(dedicated.calendar.dedicated(), Some("Acme"));
+        assert!(!dedicated.calendar.delete_on_disconnect);
+        assert_eq!(dedicated.oauth.scopes.join(" "), DEDICATED_GOOGLE_SCOPES);
+        // Scopes that cannot reach the calendar of a dedicated deployment are refused at start.
+        let env = test_variables(&[
+            ("CALENDAR_MODE", "dedicated"),
+            ("GOOGLE_SCOPES", DEFAULT_GOOGLE_SCOPES),
+        ]);
+        assert!(matches!(
+            Config::from_source(&env),
+            Err(ConfigError::Malformed {
+                name: "GOOGLE_SCOPES",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn blank_counts_as_missing() {
         let mut env = full();
         env.insert("GRANTS_TABLE".into(), "  ".into());
@@ -461,6 +585,9 @@ mod tests {
             ("KEEPALIVE_DAYS", "0"),
             ("KEEPALIVE_DAYS", "180"),
             ("KEEPALIVE_DAYS", "a month"),
+            ("CALENDAR_MODE", "secondary"),
+            ("DELETE_CALENDAR_ON_DISCONNECT", "yes"),
+            ("CALENDAR_NAME", "two\nlines"),
         ];
         for (name, value) in cases {
             let mut env = full();

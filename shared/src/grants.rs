@@ -98,6 +98,15 @@ impl RefreshLease {
     }
 }
 
+/// The calendar calsync made for the user (`CALENDAR_MODE=dedicated`) and when: every copy
+/// synced before `created_at` lived in an earlier calendar (one the user deleted), so a resync
+/// writes it again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppCalendar {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+}
+
 /// A user's Google authorization. `version` is the stored version this value was read at
 /// (0 = not stored yet).
 #[derive(Clone, Debug)]
@@ -119,6 +128,8 @@ pub struct Grant {
     pub needs_reauth_reported_at: Option<DateTime<Utc>>,
     /// When `Sync Parked` was sent for this episode.
     pub parked_reported_at: Option<DateTime<Utc>>,
+    /// The dedicated calendar, in that mode (kept across reconnects of the same Google account).
+    pub calendar: Option<AppCalendar>,
     pub version: u64,
 }
 
@@ -293,6 +304,7 @@ pub(crate) mod tests {
             reauth_reason: None,
             needs_reauth_reported_at: None,
             parked_reported_at: None,
+            calendar: None,
             version: 0,
         }
     }

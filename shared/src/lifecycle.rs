@@ -1,9 +1,10 @@
 //! Lifecycle events: what calsync tells the app about a user's connection, on EventBridge.
 //!
-//! Four events, all with source [`SOURCE`]: `Grant Connected` (the callback stored a grant),
+//! Five events, all with source [`SOURCE`]: `Grant Connected` (the callback stored a grant),
 //! `Grant Needs Reauth` (Google refused the refresh token, or the stored tokens cannot be opened),
-//! `Grant Disconnected` (the user disconnected) and `Sync Parked` (the first change of a user whose
-//! grant needs reauth was parked; once per episode, see `grants::Grant::parked_reported_at`). The
+//! `Grant Disconnected` (the user disconnected), `Sync Parked` (the first change of a user whose
+//! grant needs reauth was parked; once per episode, see `grants::Grant::parked_reported_at`) and
+//! `Calendar Recreated` (the user deleted the dedicated calendar; calsync made another). The
 //! detail ([`Detail`]) names the user, the Google account, the time and the status; never a token.
 //!
 //! Emitting is best effort: [`emit`] tries the [`LifecycleEvents`] port a few times within a short
@@ -40,7 +41,7 @@ pub const BUDGET: Duration = Duration::from_secs(2);
 /// The pause before the first retry; doubled for the next.
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
 
-/// The four events (their `detail-type`).
+/// The five events (their `detail-type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     #[serde(rename = "Grant Connected")]
@@ -51,6 +52,8 @@ pub enum Kind {
     GrantDisconnected,
     #[serde(rename = "Sync Parked")]
     SyncParked,
+    #[serde(rename = "Calendar Recreated")]
+    CalendarRecreated,
 }
 
 impl Kind {
@@ -61,13 +64,14 @@ impl Kind {
             Kind::GrantNeedsReauth => "Grant Needs Reauth",
             Kind::GrantDisconnected => "Grant Disconnected",
             Kind::SyncParked => "Sync Parked",
+            Kind::CalendarRecreated => "Calendar Recreated",
         }
     }
 
     /// The connection status after the event, as `GET /oauth/google/status` names it.
     pub fn status(self) -> &'static str {
         match self {
-            Kind::GrantConnected => "active",
+            Kind::GrantConnected | Kind::CalendarRecreated => "active",
             Kind::GrantNeedsReauth | Kind::SyncParked => "needs_reauth",
             Kind::GrantDisconnected => "not_connected",
         }
@@ -87,6 +91,9 @@ pub struct Detail {
     /// Why the grant needs reauth (`Grant Needs Reauth`, `Sync Parked`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<ReauthReason>,
+    /// The new calendar's id (`Calendar Recreated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calendar_id: Option<String>,
 }
 
 /// One lifecycle event.
@@ -114,6 +121,7 @@ impl LifecycleEvent {
                 time: time.to_rfc3339_opts(SecondsFormat::Millis, true),
                 status: kind.status().to_string(),
                 reason,
+                calendar_id: None,
             },
         }
     }
@@ -128,6 +136,18 @@ impl LifecycleEvent {
 
     pub fn disconnected(user_id: &str, google_email: Option<&str>) -> Self {
         Self::new(Kind::GrantDisconnected, user_id, google_email, None)
+    }
+
+    /// The user deleted calsync's calendar in Google; calsync made `calendar_id` in its place
+    /// and writes every current row there again.
+    pub fn calendar_recreated(
+        user_id: &str,
+        google_email: Option<&str>,
+        calendar_id: &str,
+    ) -> Self {
+        let mut event = Self::new(Kind::CalendarRecreated, user_id, google_email, None);
+        event.detail.calendar_id = Some(calendar_id.to_string());
+        event
     }
 
     pub fn sync_parked(

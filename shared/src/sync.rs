@@ -12,6 +12,7 @@
 //!
 //! The README's "How sync works" section explains the semantics for users.
 
+pub mod app_calendar;
 pub mod apply;
 pub mod batch;
 pub mod handler;
@@ -26,6 +27,7 @@ use retry::RetryPolicy;
 
 use crate::{
     calendar::Calendar,
+    http::AfterConnect,
     lifecycle::LifecycleEvents,
     sync_state::SyncStateStore,
     tokens::{GrantAccess, TokenProvider, TokenRefresher},
@@ -44,8 +46,10 @@ pub trait SyncPorts {
     type Refresher: TokenRefresher;
     /// The app's Events table, read by the resync only.
     type Events: EventsSource;
-    /// Where `Grant Needs Reauth` and `Sync Parked` go.
+    /// Where `Grant Needs Reauth`, `Sync Parked` and `Calendar Recreated` go.
     type Lifecycle: LifecycleEvents;
+    /// Hands a user to the resync (a calendar made anew must get every row again).
+    type Backfill: AfterConnect;
 }
 
 /// Everything syncing needs: the Calendar API, the sync-state store, the user's grants, the
@@ -63,6 +67,10 @@ pub struct Syncer<P: SyncPorts> {
     pub pacer: pacing::Pacer,
     /// Event groups applied at the same time (`SYNC_CONCURRENCY`).
     pub concurrency: usize,
+    /// The dedicated calendar's title (`CALENDAR_MODE=dedicated`); `None`: rows go to the
+    /// calendar they name.
+    pub app_calendar: Option<String>,
+    pub backfill: P::Backfill,
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::{
-    grants::{Marker, ReauthReason, RefreshLease},
+    grants::{AppCalendar, Marker, ReauthReason, RefreshLease},
     metrics::{self, Metric},
 };
 
@@ -54,6 +54,10 @@ pub struct GrantTokens {
     pub last_used_at: DateTime<Utc>,
     /// The stored version this was read at: a refresh lease is claimed only on it.
     pub version: u64,
+    /// The dedicated calendar (`CALENDAR_MODE=dedicated`).
+    pub calendar: Option<AppCalendar>,
+    /// For the lifecycle events this grant's calendar causes.
+    pub google_email: Option<String>,
 }
 
 /// A fresh access token.
@@ -158,6 +162,29 @@ pub trait GrantAccess: Send + Sync {
         user_id: &str,
         markers: &[Marker],
     ) -> impl Future<Output = Result<Option<ParkReport>, TokenError>> + Send;
+
+    /// Records `made` as the user's dedicated calendar if the grant still names `gone` (`None`:
+    /// no calendar), and returns the calendar the grant names afterwards: `made`, or the one
+    /// another invocation recorded first (then `made` is not needed).
+    fn replace_calendar(
+        &self,
+        user_id: &str,
+        gone: Option<&str>,
+        made: &AppCalendar,
+    ) -> impl Future<Output = Result<AppCalendar, TokenError>> + Send;
+}
+
+/// What a batch knows of a user's dedicated calendar: read with the grant once, replaced when
+/// the user deleted it. A recreation holds the lock, so one batch makes at most one per user.
+#[derive(Default)]
+pub enum CalendarSlot {
+    #[default]
+    Unknown,
+    Known {
+        calendar: Option<AppCalendar>,
+        /// This batch already made one in place of a deleted one: it makes no other.
+        remade: bool,
+    },
 }
 
 /// Exchanges a refresh token for a new access token.
@@ -192,6 +219,7 @@ pub struct TokenProvider<'a, G, R> {
     users: Mutex<HashMap<String, Arc<AsyncMutex<Slot>>>>,
     /// Users whose parking this batch already reported (one grant read per user per batch).
     parked: Mutex<HashSet<String>>,
+    calendars: Mutex<HashMap<String, Arc<AsyncMutex<CalendarSlot>>>>,
 }
 
 impl<'a, G: GrantAccess, R: TokenRefresher> TokenProvider<'a, G, R> {
@@ -201,7 +229,23 @@ impl<'a, G: GrantAccess, R: TokenRefresher> TokenProvider<'a, G, R> {
             refresher,
             users: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashSet::new()),
+            calendars: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The grants this provider reads.
+    pub fn grants(&self) -> &'a G {
+        self.grants
+    }
+
+    /// What this batch knows of `user_id`'s dedicated calendar (see [`CalendarSlot`]).
+    pub fn calendar_slot(&self, user_id: &str) -> Arc<AsyncMutex<CalendarSlot>> {
+        self.calendars
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(user_id.to_string())
+            .or_default()
+            .clone()
     }
 
     /// True the first time it is asked about `user_id` in this batch: only then does a parked
@@ -481,6 +525,8 @@ pub mod fakes {
                     refresh_token: Some(SecretString::from(format!("rt-{user_id}"))),
                     last_used_at: Utc::now(),
                     version: 1,
+                    calendar: None,
+                    google_email: None,
                 },
             );
             self
@@ -494,6 +540,24 @@ pub mod fakes {
     impl GrantAccess for FakeGrants {
         async fn load(&self, user_id: &str) -> Result<Option<GrantTokens>, TokenError> {
             Ok(self.grants.lock().unwrap().get(user_id).cloned())
+        }
+
+        async fn replace_calendar(
+            &self,
+            user_id: &str,
+            gone: Option<&str>,
+            made: &AppCalendar,
+        ) -> Result<AppCalendar, TokenError> {
+            let mut grants = self.grants.lock().unwrap();
+            let grant = grants.get_mut(user_id).ok_or(TokenError::NotConnected)?;
+            match &grant.calendar {
+                Some(held) if Some(held.id.as_str()) != gone => Ok(held.clone()),
+                _ => {
+                    grant.calendar = Some(made.clone());
+                    grant.version += 1;
+                    Ok(made.clone())
+                }
+            }
         }
 
         async fn record_refresh(
@@ -637,7 +701,35 @@ impl<G: crate::grants::GrantStore> GrantAccess for StoredGrants<G> {
                 .refreshed_at
                 .map_or(g.connected_at, |at| at.max(g.connected_at)),
             version: g.version,
+            calendar: g.calendar,
+            google_email: g.google_email,
         }))
+    }
+
+    async fn replace_calendar(
+        &self,
+        user_id: &str,
+        gone: Option<&str>,
+        made: &AppCalendar,
+    ) -> Result<AppCalendar, TokenError> {
+        for _ in 0..SAVE_ATTEMPTS {
+            let Some(mut grant) = self.0.get(user_id).await.map_err(grant_error)? else {
+                return Err(TokenError::NotConnected);
+            };
+            match &grant.calendar {
+                Some(held) if Some(held.id.as_str()) != gone => return Ok(held.clone()),
+                _ => {}
+            }
+            grant.calendar = Some(made.clone());
+            match self.0.save(&grant).await {
+                Ok(_) => return Ok(made.clone()),
+                Err(crate::grants::GrantError::Conflict { .. }) => continue,
+                Err(e) => return Err(grant_error(e)),
+            }
+        }
+        Err(TokenError::Store(format!(
+            "the grant of user {user_id:?} kept changing while recording its calendar"
+        )))
     }
 
     async fn claim_refresh(
@@ -996,6 +1088,7 @@ mod tests {
                 reauth_reason: None,
                 needs_reauth_reported_at: None,
                 parked_reported_at: None,
+                calendar: None,
                 version: 0,
             }
         }

@@ -739,7 +739,7 @@ async fn status_summarises_the_sync_and_delete_revokes() {
     assert_eq!(
         empty,
         json!({"connected": false, "status": "not_connected", "google_email": null,
-               "scopes": [], "connected_at": null, "parked_changes": 0,
+               "scopes": [], "connected_at": null, "calendar": null, "parked_changes": 0,
                "last_synced_at": null, "last_error": null})
     );
     h.connected("user-1", ALICE).await;

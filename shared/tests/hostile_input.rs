@@ -375,6 +375,10 @@ async fn callback_deps() -> CallbackDeps<Fakes> {
     ));
     CallbackDeps {
         google: GoogleOAuth::new(&config, secrets),
+        calendar: calsync::calendar::CalendarClient::new(
+            config.google.calendar_api_url.clone(),
+            calsync::calendar::DEFAULT_TIMEOUT,
+        ),
         config,
         grants: InMemoryGrantStore::new(),
         lifecycle: RecordedEvents::default(),

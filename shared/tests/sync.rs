@@ -34,7 +34,9 @@ use testkit::{
 };
 
 mod common;
-use common::{StreamCursor, metric_total, stack_with_config};
+use common::{StreamCursor, metric_total};
+
+const APP_CALENDAR: &str = "Acme events";
 
 // ---- the harness ---------------------------------------------------------------------------
 
@@ -52,7 +54,20 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
-        let (stack, config, clients) = stack_with_config().await;
+        Self::start_with(&[]).await
+    }
+
+    /// A stack in `CALENDAR_MODE=dedicated`, its calendar named [`APP_CALENDAR`].
+    async fn dedicated() -> Self {
+        Self::start_with(&[
+            ("CalendarMode", "dedicated"),
+            ("CalendarName", APP_CALENDAR),
+        ])
+        .await
+    }
+
+    async fn start_with(parameters: &[(&str, &str)]) -> Self {
+        let (stack, config, clients) = common::stack_with_parameters(parameters).await;
         let mut deps = SyncDeps::from_config(&config, &clients, calendar::DEFAULT_TIMEOUT);
         common::quick_retries(&mut deps.retry);
         let queue = SqsJobQueue::new(clients.sqs.clone(), config.resync_queue_url.clone());
@@ -935,4 +950,175 @@ async fn a_failure_range_the_stream_cannot_read_again_is_swept() {
         "the sweep queued both connected users"
     );
     h.assert_live(ALICE, "lost", Some("Given up on")).await;
+}
+
+// ---- CALENDAR_MODE=dedicated (issue 16) ----------------------------------------------------
+
+impl Harness {
+    /// The calendars calsync made in `email`'s account (their ids), in no particular order.
+    async fn app_calendars(&self, email: &str) -> Vec<String> {
+        let calendars = self.stack.google.calendars(email).await.unwrap();
+        calendars
+            .iter()
+            .filter(|c| c["summary"] == APP_CALENDAR)
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The live summaries of `email`'s calendar `calendar_id`, sorted.
+    async fn live_in(&self, email: &str, calendar_id: &str) -> Vec<String> {
+        let events = self
+            .stack
+            .calendar_events(email, calendar_id)
+            .await
+            .unwrap();
+        let mut live: Vec<String> = events
+            .iter()
+            .filter(|e| e["status"] != "cancelled")
+            .map(|e| e["summary"].as_str().unwrap().to_string())
+            .collect();
+        live.sort();
+        live
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedicated_mode_writes_only_to_the_calendar_it_made_and_a_reconnect_keeps_it() {
+    let h = Harness::dedicated().await;
+    h.connect("u1", ALICE).await;
+    let grant = h.grant("u1").await;
+    let app_scope = "https://www.googleapis.com/auth/calendar.app.created";
+    assert!(
+        grant.scopes.iter().any(|s| s == app_scope),
+        "{:?}",
+        grant.scopes
+    );
+    assert!(!grant.scopes.iter().any(|s| s.contains("events")));
+    let calendar = grant.calendar.expect("the connect made the calendar").id;
+    assert_eq!(
+        h.app_calendars(ALICE).await,
+        std::slice::from_ref(&calendar)
+    );
+
+    h.put_row("e1", "u1", "Planning", &[]).await;
+    h.put_row("e2", "u1", "Elsewhere", &[("calendar_id", s("work"))])
+        .await;
+    assert!(h.sync_new().await.is_empty());
+    assert_eq!(h.live_in(ALICE, &calendar).await, ["Planning"]);
+    assert!(
+        h.calendar(ALICE).await.is_empty(),
+        "nothing in the primary calendar"
+    );
+    // A row naming a calendar of its own is refused, visibly.
+    let refused = h.state("e2").await.unwrap();
+    assert_eq!(refused.status, SyncStatus::Invalid);
+    assert!(
+        refused
+            .last_error
+            .unwrap()
+            .contains("calendar_id must be empty")
+    );
+
+    // Connecting again (the same Google account) keeps the calendar and makes none.
+    h.connect("u1", ALICE).await;
+    assert_eq!(h.grant("u1").await.calendar.unwrap().id, calendar);
+    assert_eq!(
+        h.app_calendars(ALICE).await,
+        std::slice::from_ref(&calendar)
+    );
+    let status = h.status_json("u1").await;
+    assert_eq!(status["calendar"]["id"], calendar.as_str());
+    // Disconnecting leaves the calendar to the user (DeleteCalendarOnDisconnect is false).
+    let gone = http::callback_router(
+        &h.callback,
+        HttpApiEvent::new(
+            lambda_http::http::Method::DELETE,
+            "/oauth/google/connection",
+        )
+        .user("u1")
+        .request(),
+    )
+    .await;
+    assert_eq!(gone.status(), 204);
+    assert_eq!(h.live_in(ALICE, &calendar).await, ["Planning"]);
+    assert_eq!(h.stats().await["calendar"]["calendars_insert"], 1);
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calendar_the_user_deleted_is_made_once_more_and_every_row_comes_back() {
+    let h = Harness::dedicated().await;
+    let tap = h.stack.tap_events("calsync").await.expect("a tap");
+    h.connect("u1", ALICE).await;
+    for (id, title) in [("e1", "One"), ("e2", "Two"), ("e3", "Three")] {
+        h.put_row(id, "u1", title, &[]).await;
+    }
+    assert!(h.sync_new().await.is_empty());
+    let first = h.grant("u1").await.calendar.unwrap().id;
+    assert_eq!(h.live_in(ALICE, &first).await, ["One", "Three", "Two"]);
+
+    h.stack.google.delete_calendar(ALICE, &first).await.unwrap();
+    // The next write meets 404: one new calendar, recorded on the grant, the row written there.
+    h.put_row("e1", "u1", "One v2", &[]).await;
+    assert!(h.sync_new().await.is_empty());
+    let second = h.grant("u1").await.calendar.unwrap().id;
+    assert_ne!(second, first);
+    assert_eq!(h.app_calendars(ALICE).await, std::slice::from_ref(&second));
+    assert_eq!(h.live_in(ALICE, &second).await, ["One v2"]);
+    // The resync it queued brings every other current row back.
+    assert!(
+        h.drain_resync().await >= 1,
+        "the recreation queued a resync"
+    );
+    assert_eq!(h.live_in(ALICE, &second).await, ["One v2", "Three", "Two"]);
+    assert_eq!(h.stats().await["calendar"]["calendars_insert"], 2);
+    let events = tap.drain().await.unwrap();
+    let recreated: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["detail-type"] == "Calendar Recreated")
+        .collect();
+    assert_eq!(recreated.len(), 1, "{events:?}");
+    assert_eq!(recreated[0]["detail"]["calendar_id"], second.as_str());
+    assert_eq!(recreated[0]["detail"]["status"], "active");
+    assert_eq!(h.status_json("u1").await["calendar"]["id"], second.as_str());
+
+    h.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_connects_of_one_user_keep_one_calendar() {
+    let h = Harness::dedicated().await;
+    tokio::join!(h.connect_only("u1", ALICE), h.connect_only("u1", ALICE));
+    let kept = h.grant("u1").await.calendar.unwrap().id;
+    // Each callback made one; the one whose grant write lost deleted its own again.
+    assert_eq!(h.stats().await["calendar"]["calendars_insert"], 2);
+    assert_eq!(h.app_calendars(ALICE).await, [kept]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_may_delete_the_calendar_on_disconnect() {
+    let h = Harness::start_with(&[
+        ("CalendarMode", "dedicated"),
+        ("CalendarName", APP_CALENDAR),
+        ("DeleteCalendarOnDisconnect", "true"),
+    ])
+    .await;
+    h.connect("u1", ALICE).await;
+    h.put_row("e1", "u1", "Planning", &[]).await;
+    assert!(h.sync_new().await.is_empty());
+    assert_eq!(h.app_calendars(ALICE).await.len(), 1);
+    let gone = http::callback_router(
+        &h.callback,
+        HttpApiEvent::new(
+            lambda_http::http::Method::DELETE,
+            "/oauth/google/connection",
+        )
+        .user("u1")
+        .request(),
+    )
+    .await;
+    assert_eq!(gone.status(), 204);
+    assert!(h.app_calendars(ALICE).await.is_empty());
+    assert_eq!(h.stats().await["calendar"]["calendars_delete"], 1);
+    h.assert_no_leaks().await;
 }

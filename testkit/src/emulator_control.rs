@@ -96,4 +96,26 @@ impl EmulatorControl {
             other => anyhow::bail!("the emulator listed {email}'s {calendar_id} as {other}"),
         }
     }
+
+    /// `email`'s calendars, each `{"id", "summary", "created_by"}` (the primary one's id is the
+    /// email).
+    pub async fn calendars(&self, email: &str) -> Result<Vec<Value>> {
+        let mut answer = self.control_get(&format!("calendars/{email}")).await?;
+        match answer["items"].take() {
+            Value::Array(items) => Ok(items),
+            other => anyhow::bail!("the emulator listed {email}'s calendars as {other}"),
+        }
+    }
+
+    /// `email` deletes their calendar `calendar_id` in Google's own interface.
+    pub async fn delete_calendar(&self, email: &str, calendar_id: &str) -> Result<()> {
+        let url = self.control(&format!("calendars/{email}/{calendar_id}"));
+        let response = self.http.delete(url).send().await?;
+        ensure!(
+            response.status().is_success(),
+            "emulator delete calendar {calendar_id}: {}",
+            response.status()
+        );
+        Ok(())
+    }
 }

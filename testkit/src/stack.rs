@@ -109,8 +109,15 @@ pub struct TestStack {
 impl TestStack {
     /// A stack on loopback, on the moto server every test of this process shares.
     pub async fn start() -> Result<Self> {
+        Self::start_with_parameters(&[]).await
+    }
+
+    /// [`TestStack::start`] with template parameters overridden (`("CalendarMode",
+    /// "dedicated")`), as `sam deploy --parameter-overrides` would.
+    pub async fn start_with_parameters(parameters: &[(&str, &str)]) -> Result<Self> {
         let moto = shared_moto().await?;
-        Self::start_with(moto.endpoint.clone(), None, IpAddr::from([127, 0, 0, 1])).await
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        Self::start_with(moto.endpoint.clone(), None, ip, parameters).await
     }
 
     /// A stack whose moto (`moto_server`, its log in `moto_log`) and emulator listen on `ip`, for
@@ -124,13 +131,14 @@ impl TestStack {
         let moto = moto::start_tied_on(moto_server, ip, port, moto_log)
             .await
             .with_context(|| format!("starting moto (log: {})", moto_log.display()))?;
-        Self::start_with(format!("http://{ip}:{port}"), Some(moto), ip).await
+        Self::start_with(format!("http://{ip}:{port}"), Some(moto), ip, &[]).await
     }
 
     async fn start_with(
         aws_endpoint: String,
         own_moto: Option<std::process::Child>,
         ip: IpAddr,
+        parameters: &[(&str, &str)],
     ) -> Result<Self> {
         let sdk = aws::local_sdk_config(&aws_endpoint).await;
         let emulator = google_emulator::Emulator::start(google_emulator::Options {
@@ -150,6 +158,9 @@ impl TestStack {
         // A bus of the stack's own: tests sharing one moto never read each other's events.
         ctx.parameters
             .insert("EventBusName".into(), format!("{prefix}bus"));
+        for (name, value) in parameters {
+            ctx.parameters.insert(name.to_string(), value.to_string());
+        }
         let template = Template::load_workspace()?;
         let provisioned = provision(&sdk, &template, &ctx, &emulator.base_url, &secrets).await?;
         let StackSecrets {

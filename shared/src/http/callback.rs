@@ -15,21 +15,29 @@ use url::Url;
 
 use super::{AfterConnect, CallbackDeps, CallbackPorts, cookies, query, responses};
 use crate::{
+    calendar::Calendar,
+    config::CalendarMode,
     flows::{Flow, FlowStore, nonce_hash, nonce_matches},
     google_oauth::{CodeExchange, GoogleIdentity, OAuthError},
-    grants::{Grant, GrantError, GrantStatus, GrantStore, account_in_use},
+    grants::{AppCalendar, Grant, GrantError, GrantStatus, GrantStore, account_in_use},
     lifecycle::{self, LifecycleEvent},
     metrics,
 };
 
-/// Scopes that let calsync write events (full URLs as Google reports them; short forms too).
+/// Scopes that let calsync write events (full URLs as Google reports them; short forms too): in
+/// the user's calendars, or in a calendar calsync makes (which needs a scope that makes one).
 const WRITE_SCOPES: [&str; 3] = ["calendar", "calendar.events", "calendar.events.owned"];
+const DEDICATED_WRITE_SCOPES: [&str; 2] = ["calendar", "calendar.app.created"];
 const SCOPE_PREFIX: &str = "https://www.googleapis.com/auth/";
 
-pub fn can_write_events(scopes: &[String]) -> bool {
+pub fn can_write_events(mode: CalendarMode, scopes: &[String]) -> bool {
+    let needed: &[&str] = match mode {
+        CalendarMode::Primary => &WRITE_SCOPES,
+        CalendarMode::Dedicated => &DEDICATED_WRITE_SCOPES,
+    };
     scopes.iter().any(|scope| {
         let short = scope.strip_prefix(SCOPE_PREFIX).unwrap_or(scope);
-        WRITE_SCOPES.contains(&short)
+        needed.contains(&short)
     })
 }
 
@@ -290,7 +298,7 @@ async fn connect<P: CallbackPorts>(
         .unwrap_or_else(|| deps.config.oauth.scopes.clone());
     let identity = exchange.identity.clone();
     let sub = identity.as_ref().map(|i| i.sub.as_str());
-    if !can_write_events(&scopes) {
+    if !can_write_events(deps.config.calendar.mode, &scopes) {
         // Without a scope that writes events the grant is useless: give it back to Google
         // (unless that would end a grant calsync still uses).
         revoke_unless_held(deps, user_id, sub, &exchange).await;
@@ -329,7 +337,100 @@ async fn store_grant<P: CallbackPorts>(
     scopes: Vec<String>,
     exchange: &CodeExchange,
 ) -> Result<Option<Grant>, &'static str> {
-    for _ in 0..SAVE_ATTEMPTS {
+    // The calendar this callback made, if it made one: deleted again when another connect's
+    // calendar won the race, or when nothing is stored.
+    let mut made: Option<AppCalendar> = None;
+    let result = async {
+        for _ in 0..SAVE_ATTEMPTS {
+            match save_grant(deps, user_id, sub, &email, &scopes, exchange, &mut made).await? {
+                Some(replaced) => return Ok(replaced),
+                None => continue,
+            }
+        }
+        tracing::error!(
+            user_id,
+            outcome = "store_failed",
+            "the grant kept changing under the write"
+        );
+        Err("storage_failed")
+    }
+    .await;
+    let stored_ours = result.is_ok();
+    if let Some(ours) = made.filter(|_| !stored_ours) {
+        drop_calendar(deps, user_id, &exchange.access_token, &ours.id).await;
+    }
+    result
+}
+
+/// The dedicated calendar the grant of `sub` keeps (the one the stored grant of the same Google
+/// account names), or a new one this callback makes, remembered in `made`.
+async fn calendar_for<P: CallbackPorts>(
+    deps: &CallbackDeps<P>,
+    user_id: &str,
+    existing: Option<&Grant>,
+    sub: &str,
+    token: &SecretString,
+    made: &mut Option<AppCalendar>,
+) -> Result<Option<AppCalendar>, &'static str> {
+    let Some(name) = deps.config.calendar.dedicated() else {
+        return Ok(None);
+    };
+    let kept = existing
+        .filter(|g| g.google_sub == sub)
+        .and_then(|g| g.calendar.clone());
+    if let Some(kept) = kept {
+        // Another connect of the same account stored its calendar first: ours goes.
+        if let Some(ours) = made.take() {
+            drop_calendar(deps, user_id, token, &ours.id).await;
+        }
+        return Ok(Some(kept));
+    }
+    if made.is_none() {
+        let id = deps
+            .calendar
+            .create_calendar(token, name)
+            .await
+            .map_err(|error| {
+                tracing::warn!(user_id, outcome = "calendar_failed", %error, "Google did not make the calendar");
+                "calendar_failed"
+            })?;
+        tracing::info!(user_id, calendar_id = id, "the app's calendar was made");
+        *made = Some(AppCalendar {
+            id,
+            created_at: Utc::now(),
+        });
+    }
+    Ok(made.clone())
+}
+
+/// Deletes a calendar this callback made and does not keep (best effort: an empty calendar).
+async fn drop_calendar<P: CallbackPorts>(
+    deps: &CallbackDeps<P>,
+    user_id: &str,
+    token: &SecretString,
+    calendar_id: &str,
+) {
+    match deps.calendar.delete_calendar(token, calendar_id).await {
+        Ok(()) => tracing::info!(user_id, calendar_id, "a calendar made twice was deleted"),
+        Err(error) => {
+            tracing::warn!(user_id, calendar_id, %error, "a calendar made twice could not be deleted; it stays empty")
+        }
+    }
+}
+
+/// One attempt at writing the grant: the grant it replaced (`Some(None)`: none), or `None` when
+/// another writer changed it first (read again and retry).
+#[allow(clippy::too_many_arguments)]
+async fn save_grant<P: CallbackPorts>(
+    deps: &CallbackDeps<P>,
+    user_id: &str,
+    sub: &str,
+    email: &Option<String>,
+    scopes: &[String],
+    exchange: &CodeExchange,
+    made: &mut Option<AppCalendar>,
+) -> Result<Option<Option<Grant>>, &'static str> {
+    {
         let existing = deps.grants.get(user_id).await.map_err(|error| {
             tracing::error!(user_id, outcome = "store_failed", %error, "reading the grant failed");
             "storage_failed"
@@ -355,7 +456,7 @@ async fn store_grant<P: CallbackPorts>(
             status: GrantStatus::Active,
             google_sub: sub.to_string(),
             google_email: email.clone(),
-            scopes: scopes.clone(),
+            scopes: scopes.to_vec(),
             connected_at: Utc::now(),
             refreshed_at: None,
             access_token: Some(SecretString::from(
@@ -367,23 +468,26 @@ async fn store_grant<P: CallbackPorts>(
             reauth_reason: None,
             needs_reauth_reported_at: None,
             parked_reported_at: None,
+            calendar: calendar_for(
+                deps,
+                user_id,
+                existing.as_ref(),
+                sub,
+                &exchange.access_token,
+                made,
+            )
+            .await?,
             version: existing.as_ref().map_or(0, |g| g.version),
         };
         match deps.grants.save(&grant).await {
-            Ok(_) => return Ok(existing),
-            Err(GrantError::Conflict { .. }) => continue,
+            Ok(_) => Ok(Some(existing)),
+            Err(GrantError::Conflict { .. }) => Ok(None),
             Err(error) => {
                 tracing::error!(user_id, outcome = "store_failed", %error, "writing the grant failed");
-                return Err("storage_failed");
+                Err("storage_failed")
             }
         }
     }
-    tracing::error!(
-        user_id,
-        outcome = "store_failed",
-        "the grant kept changing under the write"
-    );
-    Err("storage_failed")
 }
 
 #[cfg(test)]
@@ -393,25 +497,39 @@ mod tests {
     #[test]
     fn write_scopes() {
         let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(can_write_events(&s(&[
-            "openid",
-            "https://www.googleapis.com/auth/calendar.events.owned"
-        ])));
-        assert!(can_write_events(&s(&[
-            "https://www.googleapis.com/auth/calendar"
-        ])));
-        assert!(can_write_events(&s(&[
-            "https://www.googleapis.com/auth/calendar.events"
-        ])));
-        assert!(!can_write_events(&s(&[
-            "openid",
-            "email",
-            "https://www.googleapis.com/auth/calendar.readonly"
-        ])));
-        assert!(!can_write_events(&s(&[
-            "https://www.googleapis.com/auth/calendar.events.readonly"
-        ])));
-        assert!(!can_write_events(&[]));
+        assert!(can_write_events(
+            CalendarMode::Primary,
+            &s(&[
+                "openid",
+                "https://www.googleapis.com/auth/calendar.events.owned"
+            ])
+        ));
+        assert!(can_write_events(
+            CalendarMode::Primary,
+            &s(&["https://www.googleapis.com/auth/calendar"])
+        ));
+        assert!(can_write_events(
+            CalendarMode::Primary,
+            &s(&["https://www.googleapis.com/auth/calendar.events"])
+        ));
+        assert!(!can_write_events(
+            CalendarMode::Primary,
+            &s(&[
+                "openid",
+                "email",
+                "https://www.googleapis.com/auth/calendar.readonly"
+            ])
+        ));
+        assert!(!can_write_events(
+            CalendarMode::Primary,
+            &s(&["https://www.googleapis.com/auth/calendar.events.readonly"])
+        ));
+        assert!(!can_write_events(CalendarMode::Primary, &[]));
+        let app_created = s(&["https://www.googleapis.com/auth/calendar.app.created"]);
+        assert!(can_write_events(CalendarMode::Dedicated, &app_created));
+        assert!(!can_write_events(CalendarMode::Primary, &app_created));
+        let owned = s(&["https://www.googleapis.com/auth/calendar.events.owned"]);
+        assert!(!can_write_events(CalendarMode::Dedicated, &owned));
     }
 
     #[test]

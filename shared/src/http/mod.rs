@@ -19,6 +19,7 @@ use lambda_http::{Body, Request, Response, http::Method, http::StatusCode};
 
 use crate::{
     aws::Clients,
+    calendar::CalendarClient,
     config::Config,
     flows::FlowStore,
     google_oauth::GoogleOAuth,
@@ -85,6 +86,9 @@ pub struct CallbackDeps<P: CallbackPorts> {
     pub sync_states: P::SyncStates,
     pub after_connect: P::AfterConnect,
     pub google: GoogleOAuth,
+    /// Makes the dedicated calendar on a connect (`CALENDAR_MODE=dedicated`), and deletes it on
+    /// a disconnect when the deployment asks.
+    pub calendar: CalendarClient,
 }
 
 impl StartDeps<DynamoFlowStore> {
@@ -133,6 +137,10 @@ impl<A: AfterConnect> CallbackDeps<Production<A>> {
             sync_states: stores.sync_state(),
             after_connect,
             google: GoogleOAuth::new(&config, stores.secrets()),
+            calendar: CalendarClient::new(
+                config.google.calendar_api_url.clone(),
+                crate::calendar::DEFAULT_TIMEOUT,
+            ),
             config,
         }
     }
@@ -309,6 +317,10 @@ mod tests {
         };
         let callback = CallbackDeps {
             google: google(&config),
+            calendar: CalendarClient::new(
+                config.google.calendar_api_url.clone(),
+                crate::calendar::DEFAULT_TIMEOUT,
+            ),
             config,
             grants: InMemoryGrantStore::new(),
             lifecycle: crate::lifecycle::RecordedEvents::new(),
@@ -422,6 +434,7 @@ mod tests {
             reauth_reason: None,
             needs_reauth_reported_at: None,
             parked_reported_at: None,
+            calendar: None,
             version: 0,
         };
         callback.grants.save(&grant).await.unwrap();

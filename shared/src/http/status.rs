@@ -6,8 +6,9 @@ use serde_json::json;
 
 use super::{CallbackDeps, CallbackPorts, identity, responses};
 use crate::{
+    calendar::Calendar,
     google_oauth::OAuthError,
-    grants::{GrantError, GrantStatus, GrantStore, account_in_use},
+    grants::{Grant, GrantError, GrantStatus, GrantStore, account_in_use},
     lifecycle::{self, LifecycleEvent},
     sync_state::SyncSummaries,
 };
@@ -41,6 +42,10 @@ pub async fn status<P: CallbackPorts>(deps: &CallbackDeps<P>, request: Request) 
             "google_email": grant.google_email,
             "scopes": grant.scopes,
             "connected_at": time(grant.connected_at),
+            "calendar": grant.calendar.as_ref().map(|c| json!({
+                "id": c.id,
+                "created_at": time(c.created_at),
+            })),
         }),
         None => json!({
             "connected": false,
@@ -48,6 +53,7 @@ pub async fn status<P: CallbackPorts>(deps: &CallbackDeps<P>, request: Request) 
             "google_email": null,
             "scopes": [],
             "connected_at": null,
+            "calendar": null,
         }),
     };
     body["parked_changes"] = json!(summary.parked);
@@ -58,6 +64,37 @@ pub async fn status<P: CallbackPorts>(deps: &CallbackDeps<P>, request: Request) 
         "at": time(error.at),
     })));
     responses::json(StatusCode::OK, body, None)
+}
+
+/// Deletes the dedicated calendar of `grant` (`DELETE_CALENDAR_ON_DISCONNECT`), before its tokens
+/// are revoked. Best effort: a calendar left behind is the user's, and the disconnect goes on.
+async fn delete_app_calendar<P: CallbackPorts>(deps: &CallbackDeps<P>, grant: &Grant) {
+    let (user_id, Some(calendar), Some(refresh)) = (
+        grant.user_id.as_str(),
+        grant.calendar.as_ref(),
+        grant.refresh_token.as_ref(),
+    ) else {
+        return;
+    };
+    // The stored access token may have expired long ago; a disconnect is rare, refresh it.
+    let result = match deps.google.refresh(refresh).await {
+        Ok(fresh) => deps
+            .calendar
+            .delete_calendar(&fresh.access_token, &calendar.id)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(error) => Err(error.to_string()),
+    };
+    match result {
+        Ok(()) => tracing::info!(
+            user_id,
+            calendar_id = calendar.id,
+            "the app's calendar was deleted"
+        ),
+        Err(error) => {
+            tracing::warn!(user_id, calendar_id = calendar.id, %error, "the app's calendar could not be deleted; it stays the user's")
+        }
+    }
 }
 
 pub async fn disconnect<P: CallbackPorts>(
@@ -93,6 +130,9 @@ pub async fn disconnect<P: CallbackPorts>(
                 return responses::internal("could not read the connection; try again");
             }
         };
+        if deps.config.calendar.delete_on_disconnect {
+            delete_app_calendar(deps, &grant).await;
+        }
         let token = grant.refresh_token.as_ref().or(grant.access_token.as_ref());
         if let Some(token) = token.filter(|_| !shared) {
             match deps.google.revoke(token).await {

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{Item, SealedTable, page_after, resume_key, unless_condition_failed};
 use crate::{
-    grants::{Grant, GrantError, GrantStatus, GrantStore, Marker, ReauthReason, RefreshLease},
+    grants::{
+        AppCalendar, Grant, GrantError, GrantStatus, GrantStore, Marker, ReauthReason, RefreshLease,
+    },
     secrets::SecretsCache,
     sync_state::{PAGE_SIZE, Page},
     vault::{VaultError, sealed_key_id},
@@ -46,6 +48,11 @@ struct StoredGrant {
     needs_reauth_reported_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     parked_reported_at: Option<DateTime<Utc>>,
+    // The dedicated calendar (`Grant::calendar`), both or neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    calendar_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    calendar_created_at: Option<DateTime<Utc>>,
     version: u64,
     updated_at: DateTime<Utc>,
 }
@@ -233,6 +240,10 @@ impl GrantStore for DynamoGrantStore {
             reauth_reason,
             needs_reauth_reported_at: stored.needs_reauth_reported_at,
             parked_reported_at: stored.parked_reported_at,
+            calendar: stored
+                .calendar_id
+                .zip(stored.calendar_created_at)
+                .map(|(id, created_at)| AppCalendar { id, created_at }),
             version: stored.version,
         }))
     }
@@ -256,6 +267,8 @@ impl GrantStore for DynamoGrantStore {
             reauth_reason: grant.reauth_reason,
             needs_reauth_reported_at: grant.needs_reauth_reported_at,
             parked_reported_at: grant.parked_reported_at,
+            calendar_id: grant.calendar.as_ref().map(|c| c.id.clone()),
+            calendar_created_at: grant.calendar.as_ref().map(|c| c.created_at),
             version: new_version,
             updated_at: Utc::now(),
         };

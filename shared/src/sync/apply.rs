@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::{
     SyncPorts, Syncer, Tokens,
+    app_calendar::calendar_missing,
     pacing::PacedOut,
     retry::{Deadline, Retryable},
 };
@@ -47,7 +48,7 @@ pub struct RecordFailure(pub String);
 
 /// Why one Google call did not succeed, after retries.
 #[derive(Debug)]
-enum CallError {
+pub(super) enum CallError {
     Token(TokenError),
     Calendar(CalendarError),
     Paced(PacedOut),
@@ -140,7 +141,7 @@ fn state(
 impl<P: SyncPorts> Syncer<P> {
     /// One Google call with the user's token, each attempt in its slot of the user's pace: 401
     /// refreshes once and retries once; retryable errors are retried by the policy.
-    async fn call<T, F, Fut>(
+    pub(super) async fn call<T, F, Fut>(
         &self,
         tokens: &Tokens<'_, P>,
         user_id: &str,
@@ -198,6 +199,13 @@ impl<P: SyncPorts> Syncer<P> {
         google_event_id: &str,
         deadline: Deadline,
     ) -> Result<(), Refusal> {
+        let Some(calendar_id) = self
+            .google_calendar(tokens, user_id, calendar_id, false, deadline)
+            .await?
+        else {
+            return Ok(()); // no such calendar: nothing there to delete
+        };
+        let calendar_id = calendar_id.as_str();
         let result = self
             .call(tokens, user_id, deadline, |token| async move {
                 match self
@@ -223,6 +231,13 @@ impl<P: SyncPorts> Syncer<P> {
         page_token: Option<&str>,
         deadline: Deadline,
     ) -> Result<EventPage, Refusal> {
+        let Some(calendar_id) = self
+            .google_calendar(tokens, user_id, calendar_id, false, deadline)
+            .await?
+        else {
+            return Ok(EventPage::default());
+        };
+        let calendar_id = calendar_id.as_str();
         self.call(tokens, user_id, deadline, |token| async move {
             self.calendar
                 .list_ours(&token, calendar_id, page_token)
@@ -232,6 +247,8 @@ impl<P: SyncPorts> Syncer<P> {
         .map_err(Refusal::from)
     }
 
+    /// Writes `row` where its calendar is in Google; a dedicated calendar the user deleted is
+    /// made again once (see [`super::app_calendar`]) and the row written there.
     async fn write_event(
         &self,
         tokens: &Tokens<'_, P>,
@@ -239,9 +256,42 @@ impl<P: SyncPorts> Syncer<P> {
         expect_existing: bool,
         deadline: Deadline,
     ) -> Result<(), Refusal> {
+        let user = row.user_id.as_str();
+        let place = self
+            .google_calendar(tokens, user, &row.calendar_id, true, deadline)
+            .await?;
+        let Some(calendar) = place else {
+            return Err(Refusal::Reject(CalendarError::NotFound));
+        };
+        match self
+            .write_event_at(tokens, row, &calendar, expect_existing, deadline)
+            .await
+        {
+            Err(refusal) if self.app_calendar.is_some() && calendar_missing(&refusal) => match self
+                .calendar_gone(tokens, user, &calendar, deadline)
+                .await?
+            {
+                Some(new) => {
+                    self.write_event_at(tokens, row, &new, false, deadline)
+                        .await
+                }
+                None => Err(refusal),
+            },
+            other => other,
+        }
+    }
+
+    async fn write_event_at(
+        &self,
+        tokens: &Tokens<'_, P>,
+        row: &EventRow,
+        calendar: &str,
+        expect_existing: bool,
+        deadline: Deadline,
+    ) -> Result<(), Refusal> {
         let event = row.to_google_event();
         let google_id = row.google_event_id();
-        let (user, calendar) = (row.user_id.as_str(), row.calendar_id.as_str());
+        let user = row.user_id.as_str();
         let insert = || {
             self.call(tokens, user, deadline, |token| {
                 let event = &event;
@@ -458,7 +508,8 @@ impl<P: SyncPorts> Syncer<P> {
         }
         let old_copy =
             previous.and_then(|p| Some((p, p.user_id.clone()?, p.google_event_id.clone()?)));
-        let row = match EventRow::from_image(event_id, image) {
+        let row = EventRow::from_image(event_id, image).map_err(|e| e.to_string());
+        let row = match row.and_then(|row| self.placeable(row)) {
             Ok(row) => row,
             Err(error) => {
                 tracing::warn!(event_id, %error, "invalid event row");

@@ -19,7 +19,8 @@ use crate::{
     config::Config,
     google_oauth::{GoogleOAuth, REQUEST_TIMEOUT, http_client},
     lifecycle::eventbridge::EventBridgeEvents,
-    store::{DynamoEvents, DynamoGrantStore, DynamoSyncStateStore, Stores},
+    resync::ResyncOnConnect,
+    store::{DynamoEvents, DynamoGrantStore, DynamoSyncStateStore, SqsJobQueue, Stores},
     tokens::StoredGrants,
 };
 
@@ -67,6 +68,7 @@ impl SyncPorts for Production {
     type Refresher = GoogleOAuth;
     type Events = DynamoEvents;
     type Lifecycle = EventBridgeEvents;
+    type Backfill = ResyncOnConnect<SqsJobQueue>;
 }
 
 /// The production wiring.
@@ -130,6 +132,11 @@ impl Syncer<Production> {
             },
             pacer: Pacer::new(pacing),
             concurrency: config.sync_concurrency,
+            app_calendar: config.calendar.dedicated().map(str::to_string),
+            backfill: ResyncOnConnect(SqsJobQueue::new(
+                clients.sqs.clone(),
+                config.resync_queue_url.clone(),
+            )),
         }
     }
 }

@@ -398,10 +398,18 @@ impl<P: SyncPorts> Syncer<P> {
         deadline: Deadline,
     ) -> Result<(), ResyncError> {
         let state = self.states.get(event_id).await?;
-        let in_sync = state.as_ref().is_some_and(|s| {
+        let mut in_sync = state.as_ref().is_some_and(|s| {
             matches!(s.status, SyncStatus::Synced | SyncStatus::Invalid)
                 && s.fingerprint.as_deref() == Some(fingerprint(listed).as_str())
         });
+        if let Some(state) = state.as_ref().filter(|_| in_sync) {
+            // A copy in a dedicated calendar the user deleted since is not in Google any more
+            // (an unreadable grant counts as in sync here: the apply would park it anyway).
+            in_sync = !self
+                .copy_predates_calendar(tokens, state)
+                .await
+                .unwrap_or(false);
+        }
         if in_sync {
             report.in_sync += 1;
             return Ok(());

@@ -163,6 +163,7 @@ impl<C: Calendar> SyncPorts for Fakes<C> {
     type Grants = FakeGrants;
     type Refresher = FakeRefresher;
     type Events = InMemoryEvents;
+    type Backfill = crate::http::NothingAfterConnect;
     type Lifecycle = RecordedEvents;
 }
 
@@ -185,6 +186,8 @@ fn syncer(grants: FakeGrants) -> TestSyncer {
         // Google's own limits would make these tests wait; the pacing tests set theirs.
         pacer: Pacer::new(UNHURRIED),
         concurrency: 4,
+        app_calendar: None,
+        backfill: crate::http::NothingAfterConnect,
     }
 }
 
@@ -535,6 +538,8 @@ async fn a_remove_racing_a_resync_leaves_no_copy_in_google() {
         retry: plain.retry,
         pacer: plain.pacer,
         concurrency: plain.concurrency,
+        app_calendar: None,
+        backfill: crate::http::NothingAfterConnect,
     };
     s.events.set("e5", Some(item(image("e5", "u1", "Racing"))));
     s.events.set("e6", Some(item(image("e6", "u1", "Calm"))));
@@ -683,6 +688,8 @@ async fn events_run_concurrently_up_to_the_limit() {
         retry: RetryPolicy::default(),
         pacer: Pacer::new(UNHURRIED),
         concurrency: 3,
+        app_calendar: None,
+        backfill: crate::http::NothingAfterConnect,
     };
     let open_gate = async {
         // Every event that may start reaches the calendar in the batch's first poll, so once 3
@@ -1036,6 +1043,8 @@ async fn a_state_written_after_the_batch_read_is_read_again_and_the_record_appli
         retry: plain.retry,
         pacer: plain.pacer,
         concurrency: plain.concurrency,
+        app_calendar: None,
+        backfill: plain.backfill,
     };
     let failed = s
         .sync_batch(vec![insert("7", "e5", "u1", "Racing")], deadline())
@@ -1127,4 +1136,89 @@ async fn an_event_id_no_table_can_hold_fails_alone() {
         None,
         "no Google call for it"
     );
+}
+
+/// Google that makes calendars but keeps answering 404 in them, as if the user deleted each one
+/// at once: the worst case of a dedicated calendar the user keeps deleting.
+#[derive(Default)]
+struct VanishingCalendars {
+    made: AtomicUsize,
+    writes: AtomicUsize,
+}
+
+impl Calendar for VanishingCalendars {
+    async fn insert(&self, _: &SecretString, _: &str, _: &Value) -> Result<(), CalendarError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        Err(CalendarError::NotFound)
+    }
+
+    async fn update(
+        &self,
+        _: &SecretString,
+        _: &str,
+        _: &str,
+        _: &Value,
+    ) -> Result<(), CalendarError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        Err(CalendarError::NotFound)
+    }
+
+    async fn delete(&self, _: &SecretString, _: &str, _: &str) -> Result<(), CalendarError> {
+        Ok(())
+    }
+
+    async fn create_calendar(&self, _: &SecretString, _: &str) -> Result<String, CalendarError> {
+        let n = self.made.fetch_add(1, Ordering::SeqCst);
+        Ok(format!("cal{n}@group.calendar.google.com"))
+    }
+}
+
+#[tokio::test]
+async fn a_calendar_google_keeps_losing_is_made_once_a_batch_and_the_rows_marked_invalid() {
+    let plain = connected_syncer();
+    let s: Syncer<Fakes<VanishingCalendars>> = Syncer {
+        calendar: VanishingCalendars::default(),
+        states: plain.states,
+        grants: plain.grants,
+        refresher: plain.refresher,
+        events: plain.events,
+        lifecycle: plain.lifecycle,
+        retry: plain.retry,
+        pacer: plain.pacer,
+        concurrency: plain.concurrency,
+        app_calendar: Some("Acme".into()),
+        backfill: plain.backfill,
+    };
+    let batch = |base: u32| {
+        (0..3)
+            .map(|i| {
+                let seq = (base + i).to_string();
+                insert(&seq, &format!("e{i}"), "u1", "A")
+            })
+            .collect::<Vec<_>>()
+    };
+    let made = || s.calendar.made.load(Ordering::SeqCst);
+    let recreated = || {
+        s.lifecycle
+            .kinds()
+            .iter()
+            .filter(|k| **k == Kind::CalendarRecreated)
+            .count()
+    };
+    // The grant names none: the first write makes one, and its 404 makes no other in this batch.
+    assert!(s.sync_batch(batch(100), deadline()).await.is_empty());
+    assert_eq!((made(), recreated()), (1, 0));
+    // The next batch remakes it once (the app hears it), then gives up on what still fails.
+    assert!(s.sync_batch(batch(200), deadline()).await.is_empty());
+    assert_eq!((made(), recreated()), (2, 1));
+    let recorded = s.grants.grants.lock().unwrap()["u1"].calendar.clone();
+    assert_eq!(recorded.unwrap().id, "cal1@group.calendar.google.com");
+    let states = s.states.snapshot().await;
+    for i in 0..3 {
+        let state = &states[&format!("e{i}")];
+        assert_eq!(state.status, SyncStatus::Invalid, "e{i}");
+        assert_eq!(state.calendar_id, "primary");
+    }
+    // Each write tried at most twice: in the calendar it knew, then in the one made for it.
+    assert!(s.calendar.writes.load(Ordering::SeqCst) <= 3 + 2 * 3);
 }

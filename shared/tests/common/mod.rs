@@ -41,8 +41,15 @@ impl Write for Capture {
 /// A fresh test stack (logs captured), the configuration the functions read from its environment,
 /// and the AWS clients on it.
 pub async fn stack_with_config() -> (TestStack, Config, Clients) {
+    stack_with_parameters(&[]).await
+}
+
+/// [`stack_with_config`] with template parameters overridden (`("CalendarMode", "dedicated")`).
+pub async fn stack_with_parameters(parameters: &[(&str, &str)]) -> (TestStack, Config, Clients) {
     capture_logs();
-    let stack = TestStack::start().await.expect("test stack");
+    let stack = TestStack::start_with_parameters(parameters)
+        .await
+        .expect("test stack");
     let config = Config::from_source(&stack.env).expect("config from the stack's env");
     let clients = Clients::new(&stack.sdk);
     (stack, config, clients)
