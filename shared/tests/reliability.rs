@@ -585,3 +585,75 @@ async fn a_function_killed_mid_batch_and_redelivered_loses_nothing() {
     );
     h.assert_calendar_is(ALICE, &ids).await;
 }
+
+// ---- load on the stream path -----------------------------------------------------------------
+
+/// One stream batch of 1,000 records across 100 users (ten rows each), every user's access token
+/// expired at Google beforehand: one invocation as `main` builds it applies them all, each once
+/// in its user's calendar, with one refresh per user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_record_batch_across_a_hundred_users_applies_each_once() {
+    use futures::{StreamExt as _, stream};
+    const USERS: usize = 100;
+    const ROWS_EACH: usize = 10;
+    let h = Harness::start().await;
+    let accounts: Vec<(String, String)> = (0..USERS)
+        .map(|i| (format!("load{i}"), format!("load{i}@example.com")))
+        .collect();
+    for (user, email) in &accounts {
+        h.control("accounts", json!({"email": email})).await;
+        h.connect(user, email).await;
+    }
+    // Written concurrently, as an app's many writers would; the stream orders them per item.
+    let ids: Vec<Vec<String>> = stream::iter(&accounts)
+        .map(|(user, _)| {
+            let h = &h;
+            async move { h.put_rows(&format!("{user}-"), user, ROWS_EACH).await }
+        })
+        .buffered(8)
+        .collect()
+        .await;
+    let records = h.new_records().await;
+    assert_eq!(records.len(), USERS * ROWS_EACH);
+    for (_, email) in &accounts {
+        h.control("expire-access-tokens", json!({"email": email}))
+            .await;
+    }
+    let stats_before = h.stack.control_get("stats").await.unwrap();
+
+    let unauthorized_before = metric_total("event-sync", "GoogleCallsUnauthorized", None);
+    let started = std::time::Instant::now();
+    let failed = run_event_sync(&h.invocation(), records).await;
+    let wall = started.elapsed();
+    assert!(failed.is_empty(), "{} record(s) failed", failed.len());
+
+    let stats = h.stack.control_get("stats").await.unwrap();
+    let delta = |path: &[&str]| {
+        let read = |v: &Value| path.iter().fold(v, |v, k| &v[*k]).as_u64().unwrap();
+        read(&stats) - read(&stats_before)
+    };
+    let refreshes = delta(&["token", "refresh_token"]);
+    let inserts = delta(&["calendar", "insert"]);
+    let calls: u64 = ["insert", "update", "patch", "delete", "get", "list"]
+        .iter()
+        .map(|call| delta(&["calendar", call]))
+        .sum();
+    let unauthorized =
+        metric_total("event-sync", "GoogleCallsUnauthorized", None) - unauthorized_before;
+    println!(
+        "stream load: {} records across {USERS} users in one batch: applied in {:.1} s \
+         ({:.0} records/s), {refreshes} refreshes, {calls} Calendar calls ({inserts} inserts, \
+         {unauthorized} of them answered 401 before their user's refresh)",
+        USERS * ROWS_EACH,
+        wall.as_secs_f64(),
+        (USERS * ROWS_EACH) as f64 / wall.as_secs_f64()
+    );
+    assert_eq!(refreshes, USERS as u64, "one refresh per user in a batch");
+    // Only the calls that met the expired token were tried again.
+    assert_eq!(inserts, (USERS * ROWS_EACH) as u64 + unauthorized as u64);
+    for ((_, email), ids) in accounts.iter().zip(&ids) {
+        let expected: BTreeMap<String, usize> = ids.iter().map(|id| (id.clone(), 1)).collect();
+        assert_eq!(h.calendar(email).await, expected, "{email}'s calendar");
+    }
+    h.assert_calendar_is(&accounts[0].1, &ids[0]).await;
+}
