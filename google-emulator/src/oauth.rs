@@ -18,9 +18,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use crate::state::{
-    AuthCode, FaultTarget, Grant, SharedState, State as World, sentinel_token,
-};
+use crate::state::{AuthCode, FaultTarget, Grant, SharedState, State as World, sentinel_token};
 
 pub const SCOPE_OPENID: &str = "openid";
 pub const SCOPE_EMAIL: &str = "email";

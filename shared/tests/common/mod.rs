@@ -170,10 +170,11 @@ pub fn answered(answer: Response<Body>) -> Response<Body> {
 /// log line, a handler's answer (status, headers, body), an item of any of the stack's tables,
 /// one of `events` (the lifecycle events its tap read), or a panic message.
 pub async fn assert_nothing_leaked(stack: &TestStack, events: &[Value]) {
+    let tables = stack.dump_tables().await.unwrap();
     let places = [
         ("a log line", logs_text()),
         ("an answer", ANSWERS.lock().unwrap().join("\n")),
-        ("a table", stack.dump_tables().await.unwrap()),
+        ("a table", tables),
         ("a lifecycle event", serde_json::to_string(events).unwrap()),
         ("a panic message", PANICS.lock().unwrap().join("\n")),
     ];
