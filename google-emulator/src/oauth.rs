@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use crate::state::{AuthCode, FaultTarget, Grant, SharedState, State as World, random_token};
+use crate::state::{AuthCode, FaultTarget, Grant, SharedState, State as World, sentinel_token};
 
 pub const SCOPE_OPENID: &str = "openid";
 pub const SCOPE_EMAIL: &str = "email";
@@ -311,7 +311,7 @@ pub fn decide(
         .or_default()
         .extend(granted.iter().cloned());
 
-    let code = format!("4/0{}", random_token(70));
+    let code = format!("4/0{}", sentinel_token(70));
     world.remember_secret(&code);
     let now = world.now();
     world.codes.insert(

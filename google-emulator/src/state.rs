@@ -305,7 +305,7 @@ impl State {
 
     /// Mints an access token for a grant on the emulator clock.
     pub fn mint_access_token(&mut self, grant_id: u64) -> (String, i64) {
-        let token = format!("ya29.{}", random_token(120));
+        let token = format!("ya29.{}", sentinel_token(120));
         let lifetime = self.access_token_lifetime_seconds;
         let expires_at = self.now() + Duration::seconds(lifetime);
         self.access_tokens.insert(
@@ -320,7 +320,7 @@ impl State {
     }
 
     pub fn mint_refresh_token(&mut self, grant_id: u64) -> String {
-        let token = format!("1//{}", random_token(100));
+        let token = format!("1//{}", sentinel_token(100));
         self.refresh_tokens.insert(token.clone(), grant_id);
         let expires_at = self
             .refresh_token_lifetime_seconds
@@ -407,6 +407,24 @@ pub fn random_calendar_id() -> String {
     format!("{}@group.calendar.google.com", random_event_id())
 }
 
+/// Marks every token, code and client secret a test stack hands out, every 24 characters, so a
+/// leak scan finds any of them, or any piece of one of 47 characters or more, by one search,
+/// whatever else it was cut from or pasted into.
+pub const SENTINEL: &str = "LEAKsentinel";
+
+/// [`random_token`] of `len` random characters with [`SENTINEL`] before each 24 of them.
+pub fn sentinel_token(len: usize) -> String {
+    let random = random_token(len);
+    let mut out = String::with_capacity(len + SENTINEL.len() * (len / 24 + 1));
+    for (i, c) in random.chars().enumerate() {
+        if i % 24 == 0 {
+            out.push_str(SENTINEL);
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A random string of ASCII letters, digits, `-` and `_` like Google's opaque tokens.
 pub fn random_token(len: usize) -> String {
     let mut rng = rand::thread_rng();
@@ -466,6 +484,9 @@ mod tests {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         );
         assert_ne!(random_token(40), random_token(40));
+        let marked = sentinel_token(100);
+        assert_eq!(marked.len(), 100 + 5 * SENTINEL.len());
+        assert!(marked.split(SENTINEL).all(|piece| piece.len() <= 24));
     }
 
     #[test]

@@ -411,11 +411,12 @@ pub struct StackSecrets {
 }
 
 impl StackSecrets {
-    /// A client id and secret shaped like Google's, and a keyring of one fresh key.
+    /// A client id and secret shaped like Google's (the secret marked for leak scans), and a
+    /// keyring of one fresh key.
     pub fn generate() -> Self {
         Self {
             client_id: format!("{}.apps.googleusercontent.com", seed::random_token(24)),
-            client_secret: format!("GOCSPX-{}", seed::random_token(28)),
+            client_secret: format!("GOCSPX-{}", google_emulator::state::sentinel_token(28)),
             keyring: seed::generate_keyring(),
         }
     }

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use testkit::{moto, paths, process};
 
 use crate::checks::sample_events as event_checks;
-use crate::checks::{browser, sam};
+use crate::checks::{browser, load, sam};
 use crate::local_aws::stack;
 use crate::{chromium, demo, docker, setup};
 
@@ -243,6 +243,13 @@ pub async fn run(options: &Options) -> Result<()> {
         )
         .await;
 
+    summary
+        .step(
+            "load on the connect routes (oha, local stack)",
+            load_on_connect_routes(),
+        )
+        .await;
+
     let (arm64, docker) = (
         "sam build with the template's defaults (arm64)",
         "sam build + sam local invoke (x86_64, Docker)",
@@ -269,7 +276,7 @@ pub async fn run(options: &Options) -> Result<()> {
 
 /// Prepares, in the background from the start, what the later steps need from the machine:
 /// Chromium, a running Docker engine with the local Lambda base image, the default
-/// architecture's Rust target. apt, debootstrap and rustup mostly wait on the network while the
+/// architecture's Rust target, and oha (the load step's tool, built by cargo into `.dev/`). apt, debootstrap and rustup mostly wait on the network while the
 /// steps before them (pip, clippy, the tests) use the CPU; on a fresh machine that takes them off
 /// the critical path. The steps that need them wait for this first (so apt never runs twice at
 /// once) and then find them ready; a failure here is only announced, and the step then tries
@@ -307,6 +314,12 @@ fn prepare_machine(options: &Options) -> tokio::task::JoinHandle<()> {
                 sam::ensure_default_rust_target(&root).await,
             );
         }
+        // Last: the others wait on the network, oha's build on the CPU.
+        let oha = tokio::task::spawn_blocking(load::ensure_oha).await;
+        report(
+            "oha",
+            oha.map_err(anyhow::Error::from).and_then(|f| f.map(drop)),
+        );
         if !ready.is_empty() {
             println!(
                 "machine: {} ready ({:.0} s, in the background)",
@@ -412,6 +425,11 @@ where
             paths::logs_dir().display()
         )
     })
+}
+
+/// oha on the connect routes through the local stack's front (started here if not running).
+pub async fn load_on_connect_routes() -> Result<String> {
+    on_local_stack(|state| async move { load::run(&state).await }).await
 }
 
 /// The real-browser scenarios through the local HTTP front.

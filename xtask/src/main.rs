@@ -15,6 +15,8 @@ cargo xtask test [--no-browser] [--no-sam]
                                --no-browser / --no-sam skip those steps (the summary says so)
 cargo xtask jwt USER_ID        print a JWT for USER_ID that the running stack's authorizer accepts
                                (curl -H \"Authorization: Bearer $(cargo xtask jwt u1)\" ...)
+cargo xtask load               oha on the connect routes through the running stack's front (installs
+                               oha into .dev/tools/ if missing), with figures
 cargo xtask browser            the real-browser tests (headless Chromium) against the running stack
 cargo xtask events             regenerate the stream events in events/ from moto's real stream
 cargo xtask sam [--fresh-engine]
@@ -51,6 +53,9 @@ async fn main() -> ExitCode {
             .and_then(|_| stack::mint_jwt(user))
             .map(|token| println!("{}", secrecy::ExposeSecret::expose_secret(&token))),
         ["browser"] => browser().await,
+        ["load"] => xtask::ci::load_on_connect_routes()
+            .await
+            .map(|summary| println!("load: {summary}")),
         ["sam"] => xtask::checks::sam::run_sam_checks(&testkit::paths::workspace_root()).await,
         ["sam", "--fresh-engine"] => {
             xtask::docker::run_on_fresh_engine(&testkit::paths::workspace_root()).await

@@ -19,10 +19,15 @@ use calsync::{
     resync::handler::{self as resync_handler, ResyncDeps, ResyncEvent},
     sync::{self, handler::SyncDeps, retry::RetryPolicy},
 };
+use lambda_http::{Body, Response};
 use serde_json::Value;
 use testkit::{TestStack, invocation::with_deadline};
 
 static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+/// Every panic message of this test binary, and every answer of the HTTP handlers called through
+/// [`connect`] or [`answered`] (status, headers and body), for the leak scans.
+static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static ANSWERS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// A tracing writer appending every line to one buffer shared with the test.
 #[derive(Clone)]
@@ -55,9 +60,17 @@ pub async fn stack_with_parameters(parameters: &[(&str, &str)]) -> (TestStack, C
     (stack, config, clients)
 }
 
-/// Installs the capturing subscriber once per test binary and returns its buffer.
+/// Installs the capturing subscriber (and a panic hook that keeps each message, then reports it
+/// as usual) once per test binary and returns the log buffer.
 pub fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
     LOGS.get_or_init(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |panic| {
+            if let Ok(mut panics) = PANICS.lock() {
+                panics.push(panic.to_string());
+            }
+            report(panic);
+        }));
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let writer = Capture(buffer.clone());
         calsync::telemetry::init_with_writer(move || writer.clone());
@@ -147,6 +160,43 @@ pub fn assert_no_secret_in(secrets: &[String], places: &[(&str, &str)]) {
     }
 }
 
+/// Keeps a handler's answer for [`assert_nothing_leaked`] and hands it back.
+pub fn answered(answer: Response<Body>) -> Response<Body> {
+    ANSWERS.lock().unwrap().push(format!(
+        "{} {:?} {:?}",
+        answer.status(),
+        answer.headers(),
+        answer.body()
+    ));
+    answer
+}
+
+/// The leak scan every scenario ends with: no sentinel-marked secret (every token, code and
+/// client secret the stack handed out carries [`SENTINEL`](google_emulator::state::SENTINEL)),
+/// whole or cut, and no other value the emulator issued or received (the PKCE verifiers), in a
+/// log line, a handler's answer (status, headers, body), an item of any of the stack's tables,
+/// one of `events` (the lifecycle events its tap read), or a panic message.
+pub async fn assert_nothing_leaked(stack: &TestStack, events: &[Value]) {
+    let tables = stack.dump_tables().await.unwrap();
+    let places = [
+        ("a log line", logs_text()),
+        ("an answer", ANSWERS.lock().unwrap().join("\n")),
+        ("a table", tables),
+        ("a lifecycle event", serde_json::to_string(events).unwrap()),
+        ("a panic message", PANICS.lock().unwrap().join("\n")),
+    ];
+    for (place, text) in &places {
+        assert!(
+            !text.contains(google_emulator::state::SENTINEL),
+            "a sentinel-marked secret appears in {place}"
+        );
+    }
+    let places: Vec<(&str, &str)> = places.iter().map(|(p, t)| (*p, t.as_str())).collect();
+    let mut secrets = issued_secrets(stack).await;
+    secrets.push(stack.client_secret.clone());
+    assert_no_secret_in(&secrets, &places);
+}
+
 /// Refresh calls the emulator's token endpoint has answered.
 pub async fn refreshes(stack: &TestStack) -> u64 {
     let stats = stack.control_get("stats").await.unwrap();
@@ -166,8 +216,8 @@ pub async fn connect<F: FlowStore, P: CallbackPorts>(
         .connect_through(
             user,
             account,
-            async |request| http::start_router(start, request).await,
-            async |request| http::callback_router(callback, request).await,
+            async |request| answered(http::start_router(start, request).await),
+            async |request| answered(http::callback_router(callback, request).await),
         )
         .await
         .expect("connected");

@@ -195,6 +195,18 @@ fn each_function_may_do_only_what_its_code_does_on_the_tables() {
         ["dynamodb:GetItem", "dynamodb:PutItem"]
     );
     assert!(grants("OAuthStartRole").is_empty() && states("OAuthStartRole").is_empty());
+    // Flow records: oauth-start writes them and uses links up; the callback reads flows and uses
+    // them up; the sync functions never see one.
+    let flows = |role| actions_on(&root, role, "OAuthFlowsTable");
+    assert_eq!(
+        flows("OAuthStartRole"),
+        ["dynamodb:DeleteItem", "dynamodb:PutItem"]
+    );
+    assert_eq!(
+        flows("OAuthCallbackRole"),
+        ["dynamodb:DeleteItem", "dynamodb:GetItem"]
+    );
+    assert!(flows("EventSyncRole").is_empty() && flows("ResyncRole").is_empty());
     // Only the resync reads the app's rows; event-sync sees them only in its stream.
     let events = |role| actions_on(&root, role, "EventsTable");
     let existing_stream = |role| actions_on(&root, role, "ExistingEventsStreamArn");

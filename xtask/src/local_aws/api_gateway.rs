@@ -205,6 +205,10 @@ fn claim_string(value: &Value) -> String {
 struct Front {
     routes: Vec<Route>,
     invokers: Invokers,
+    /// One per function: an RIE is one Lambda environment, which takes one event at a time (a
+    /// second invocation while one runs crashes the RIE: `ReserveFailed: AlreadyReserved`, then
+    /// a nil pointer). AWS would start another environment; locally they wait their turn.
+    environments: HashMap<String, Mutex<()>>,
     http: reqwest::Client,
     authorizer: Option<JwtAuthorizer>,
     cors: Option<CorsSpec>,
@@ -234,9 +238,14 @@ pub async fn serve(
             );
         }
     }
+    let environments = invokers
+        .keys()
+        .map(|function| (function.clone(), Mutex::new(())))
+        .collect();
     let state = Arc::new(Front {
         routes,
         invokers,
+        environments,
         http: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()?,
@@ -371,6 +380,7 @@ async fn route_request(
     };
     let event = api_gateway_event(route, uri, headers, body, claims);
     let url = &front.invokers[&route.function];
+    let _environment = front.environments[&route.function].lock().await;
     let answer = match front.http.post(url).json(&event).send().await {
         Ok(response) => response.json::<Value>().await,
         Err(e) => Err(e),
