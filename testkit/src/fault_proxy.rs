@@ -4,8 +4,14 @@
 //!
 //! It speaks just enough HTTP/1.1 for the AWS SDK (`Content-Length` bodies, keep-alive), so a
 //! fault can also end a connection the client already holds, as a network failure would.
+//!
+//! It also counts what it forwards, by AWS operation (`X-Amz-Target`, else the HTTP method), with
+//! the time the service took to answer: the benchmark's DynamoDB calls per record, and the
+//! emulators' own time it subtracts.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use tokio::{
@@ -36,6 +42,14 @@ struct Plan {
     then: Option<(usize, Fault)>,
     forwarded: usize,
     faulted: usize,
+    calls: BTreeMap<String, Calls>,
+}
+
+/// Requests forwarded for one operation, and the time the service took to answer them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Calls {
+    pub count: usize,
+    pub upstream: Duration,
 }
 
 impl Plan {
@@ -79,6 +93,7 @@ impl FaultProxy {
             then: None,
             forwarded: 0,
             faulted: 0,
+            calls: BTreeMap::new(),
         }));
         let mut tasks = JoinSet::new();
         let (target, shared) = (target.trim_end_matches('/').to_string(), plan.clone());
@@ -119,6 +134,11 @@ impl FaultProxy {
     pub fn counts(&self) -> (usize, usize) {
         let plan = self.plan.lock().unwrap();
         (plan.forwarded, plan.faulted)
+    }
+
+    /// The requests forwarded since the last call, by operation; the count starts again.
+    pub fn take_calls(&self) -> BTreeMap<String, Calls> {
+        std::mem::take(&mut self.plan.lock().unwrap().calls)
     }
 }
 
@@ -188,7 +208,20 @@ async fn serve(
                 "com.amazonaws.dynamodb.v20120810#InternalServerError",
                 "Internal server error",
             ),
-            Fault::Forward => forward(http, target, request).await?,
+            Fault::Forward => {
+                let operation = request
+                    .headers
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case("x-amz-target"))
+                    .map_or_else(|| request.method.clone(), |(_, value)| value.clone());
+                let sent = Instant::now();
+                let answer = forward(http, target, request).await?;
+                let mut plan = plan.lock().unwrap();
+                let calls = plan.calls.entry(operation).or_default();
+                calls.count += 1;
+                calls.upstream += sent.elapsed();
+                answer
+            }
         };
         let stream = reader.get_mut();
         let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));

@@ -65,8 +65,16 @@ pub async fn start_detached(
 
 /// A function under the RIE for one test; it stops when this is dropped.
 pub struct TiedFunction {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     pub invoke_url: String,
+}
+
+impl TiedFunction {
+    /// The function's own process (the RIE's child, started on the first invocation), for what
+    /// `/proc` says of it; `None` before that.
+    pub fn runtime_pid(&self) -> Option<u32> {
+        process::children(self.child.id()?).into_iter().next()
+    }
 }
 
 /// Starts `binary` under the project venv's RIE on free ports, for one test.
@@ -74,17 +82,38 @@ pub async fn start_tied<K: AsRef<OsStr>, V: AsRef<OsStr>>(
     binary: &Path,
     env: impl IntoIterator<Item = (K, V)>,
 ) -> Result<TiedFunction> {
+    start_tied_with(binary, env, Stdio::null).await
+}
+
+/// [`start_tied`] with the RIE's output (its `REPORT` lines, the function's logs) in `log`.
+pub async fn start_tied_logged<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+    binary: &Path,
+    env: impl IntoIterator<Item = (K, V)>,
+    log: &Path,
+) -> Result<TiedFunction> {
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    start_tied_with(binary, env, || {
+        out.try_clone().map_or_else(|_| Stdio::null(), Stdio::from)
+    })
+    .await
+}
+
+async fn start_tied_with<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+    binary: &Path,
+    env: impl IntoIterator<Item = (K, V)>,
+    output: impl Fn() -> Stdio,
+) -> Result<TiedFunction> {
     let rie = paths::rie(&paths::venv()?)?;
     let (port, api_port) = (process::free_port()?, process::free_port()?);
     let child = tokio::process::Command::from(command(&rie, binary, port, api_port, env))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(output())
+        .stderr(output())
         .kill_on_drop(true)
         .spawn()
         .context("starting the Runtime Interface Emulator")?;
     wait_until_invocable(port).await?;
     Ok(TiedFunction {
-        _child: child,
+        child,
         invoke_url: invoke_url(port),
     })
 }
