@@ -62,7 +62,7 @@ struct ColdStart {
     spawn_to_answer_ms: f64,
     /// The first invocation alone (the RIE starts the function then).
     first_invoke_ms: f64,
-    /// The RIE's `Init Duration` (from starting the function to its first poll for work).
+    /// The RIE's `INIT REPORT` (from starting the function to its first poll for work).
     init_ms: Option<f64>,
     /// The first invocation's CPU time in the function process (its init included).
     cpu_ms: f64,
@@ -84,6 +84,9 @@ struct Batch {
     /// Every forwarded AWS operation and Calendar method, with its count and answer time.
     calls: BTreeMap<String, (usize, f64)>,
     emulators_ms: f64,
+    /// CPU time of moto (unless `CALSYNC_TEST_AWS_ENDPOINT` named one already running) and of
+    /// this process (the Google emulator and the proxies run in it).
+    emulators_cpu_ms: f64,
     efficiency: Option<f64>,
     calibrated_efficiency: Option<f64>,
     failures: usize,
@@ -117,7 +120,11 @@ const ZIP_TOOL: &str = "python3 zipfile (ZIP_DEFLATED, as sam build), the binary
 pub async fn run() -> Result<()> {
     let venv = setup::ensure()?;
     let functions = Template::load_workspace()?.functions()?;
-    let bin = build_release(&functions)?;
+    // Another build's binaries (a profiling build with symbols, a copy of `main`'s) can stand in.
+    let bin = match std::env::var_os("CALSYNC_BENCH_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => build_release(&functions)?,
+    };
     let out = paths::dev_dir().join("bench");
     std::fs::create_dir_all(&out)?;
     let artifacts = functions
@@ -200,6 +207,9 @@ pub async fn run() -> Result<()> {
     let event = TestStack::stream_event(records);
     cold_starts.push(sync.first(&stack.http, &event, 0).await?);
     let pid = sync.tied.runtime_pid().context("event-sync's process")?;
+    let moto = descendants(std::process::id()).into_iter().find(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("python"))
+    });
 
     let mut batches = Vec::new();
     for latency_ms in LATENCIES_MS {
@@ -224,9 +234,11 @@ pub async fn run() -> Result<()> {
                 google.take_calls();
                 let stats = stack.control_get("stats").await?;
                 let (cpu, ticks) = (cpu_ns(pid)?, cpu_ticks(pid)?);
+                let emulators_cpu = emulators_cpu_ns(moto)?;
                 let started = Instant::now();
                 let answer = rie::invoke(&stack.http, &sync.tied.invoke_url, &event).await?;
                 let wall = started.elapsed();
+                let emulators_cpu = emulators_cpu_ns(moto)? - emulators_cpu;
                 let mut batch = Batch {
                     latency_ms,
                     records,
@@ -235,6 +247,7 @@ pub async fn run() -> Result<()> {
                     wall_ms: ms(wall),
                     cpu_ms: (cpu_ns(pid)? - cpu) as f64 / 1e6,
                     cpu_ticks_ms: (cpu_ticks(pid)? - ticks) as f64 * 10.0,
+                    emulators_cpu_ms: emulators_cpu as f64 / 1e6,
                     google_calls: google_calls(&stack.control_get("stats").await?)
                         - google_calls(&stats),
                     failures: answer["batchItemFailures"]
@@ -428,11 +441,11 @@ fn efficiency(ideal_ms: f64, wall_ms: f64, emulators_ms: f64) -> f64 {
     ideal_ms / (wall_ms - emulators_ms).max(f64::EPSILON)
 }
 
-/// The RIE's `Init Duration: 1.23 ms` on its first `REPORT` line.
+/// The RIE's `INIT REPORT(durationMs: 50.9)`: from starting the function to its first poll for
+/// work. (Its `REPORT` line's `Init Duration` is not that: a fraction of a millisecond, always.)
 fn init_duration(log: &str) -> Option<f64> {
-    let report = log.lines().find(|line| line.contains("REPORT RequestId"))?;
-    let (_, rest) = report.split_once("Init Duration: ")?;
-    rest.split_whitespace().next()?.parse().ok()
+    let (_, rest) = log.split_once("INIT REPORT(durationMs: ")?;
+    rest.split(')').next()?.trim().parse().ok()
 }
 
 /// CPU time of every thread of `pid`, in nanoseconds (`schedstat`, precise where `stat` counts
@@ -448,6 +461,22 @@ fn cpu_ns(pid: u32) -> Result<u64> {
 
 fn schedstat_ns(schedstat: &str) -> Option<u64> {
     schedstat.split_whitespace().next()?.parse().ok()
+}
+
+/// CPU time of moto's server and of this process (the Google emulator and the proxies), from
+/// `stat`: moto serves each request on a thread of its own, which `schedstat` forgets once it ends.
+fn emulators_cpu_ns(moto: Option<u32>) -> Result<u64> {
+    let moto = moto.map_or(Ok(0), cpu_ticks)?;
+    Ok((moto + cpu_ticks(std::process::id())?) * 10_000_000)
+}
+
+fn descendants(pid: u32) -> Vec<u32> {
+    let children = testkit::process::children(pid);
+    let grandchildren = children
+        .iter()
+        .flat_map(|&child| descendants(child))
+        .collect::<Vec<_>>();
+    children.into_iter().chain(grandchildren).collect()
 }
 
 /// utime + stime of `pid` in clock ticks (`/proc/<pid>/stat`; exited threads included).
@@ -491,7 +520,15 @@ fn machine() -> BTreeMap<&'static str, String> {
         .unwrap_or("unknown");
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    // Other work on the machine stretches wall times (not CPU times): the load says how much.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
     BTreeMap::from([
+        ("load average at the end", load),
         ("cpu", model.to_string()),
         ("cores", cores.to_string()),
         ("kernel", kernel.trim().to_string()),
@@ -502,7 +539,7 @@ fn machine() -> BTreeMap<&'static str, String> {
 fn batch_line(b: &Batch) -> String {
     let eff = |e: Option<f64>| e.map_or("-".into(), |e| format!("{:.0}%", e * 100.0));
     format!(
-        "{:>5} ms {:>5} rec {:>4} users {:<7} {:>8.1} ms  {:>6.3} ms/rec  {:>5.2} ddb/rec  {:>4.2} google/rec  {:>7.1} ms emulators  {:>5} eff  {:>5} calibrated  {:>6.1} MB  {}",
+        "{:>5} ms {:>5} rec {:>4} users {:<7} {:>8.1} ms  {:>6.3} ms/rec  {:>5.2} ddb/rec  {:>4.2} google/rec  {:>7.1} ms emulators ({:.3} ms CPU/rec)  {:>5} eff  {:>5} calibrated  {:>6.1} MB  {}",
         b.latency_ms,
         b.records,
         b.users,
@@ -512,6 +549,7 @@ fn batch_line(b: &Batch) -> String {
         b.per_record(b.dynamodb_calls as f64),
         b.per_record(b.google_calls as f64),
         b.emulators_ms,
+        b.per_record(b.emulators_cpu_ms),
         eff(b.efficiency),
         eff(b.calibrated_efficiency),
         b.rss_kb as f64 / 1024.0,
@@ -633,8 +671,13 @@ fn budgets(report: &Report) -> Vec<(String, String, bool)> {
 fn print_report(report: &Report) {
     let m = &report.machine;
     println!(
-        "\ncalsync bench on {} ({} cores, {}, Linux {}); SYNC_CONCURRENCY={}",
-        m["cpu"], m["cores"], m["arch"], m["kernel"], report.sync_concurrency
+        "\ncalsync bench on {} ({} cores, {}, Linux {}, load {}); SYNC_CONCURRENCY={}",
+        m["cpu"],
+        m["cores"],
+        m["arch"],
+        m["kernel"],
+        m["load average at the end"],
+        report.sync_concurrency
     );
     println!(
         "calibration: {}\nzips: {}\n",
@@ -667,7 +710,7 @@ fn print_report(report: &Report) {
     for b in &report.batches {
         let eff = |e: Option<f64>| e.map_or("-".into(), |e| format!("{:.0}%", e * 100.0));
         println!(
-            "| {} ms | {} | {} | {} | {:.1} ms | {:.3} ms | {:.2} | {:.2} | {:.1} ms | {} | {} |",
+            "| {} ms | {} | {} | {} | {:.1} ms | {:.3} ms | {:.2} | {:.2} | {:.1} ms | {:.3} ms | {} | {} |",
             b.latency_ms,
             b.records,
             b.users,
@@ -677,6 +720,7 @@ fn print_report(report: &Report) {
             b.per_record(b.dynamodb_calls as f64),
             b.per_record(b.google_calls as f64),
             b.emulators_ms,
+            b.per_record(b.emulators_cpu_ms),
             eff(b.efficiency),
             eff(b.calibrated_efficiency),
         );
@@ -712,10 +756,10 @@ mod tests {
 
     #[test]
     fn the_rie_report_gives_the_init_duration() {
-        let log = "START RequestId: a Version: $LATEST\n\
-                   REPORT RequestId: a\tInit Duration: 3.52 ms\tDuration: 21.07 ms\tBilled Duration: 22 ms\n\
-                   REPORT RequestId: b\tDuration: 5.00 ms\n";
-        assert_eq!(init_duration(log), Some(3.52));
+        let log = "07:57:17,275 [INFO] (rapid) INIT START(type: on-demand, phase: init)\n\
+                   07:57:17,326 [INFO] (rapid) INIT REPORT(durationMs: 50.901000)\n\
+                   REPORT RequestId: a\tInit Duration: 0.03 ms\tDuration: 207.87 ms\n";
+        assert_eq!(init_duration(log), Some(50.901));
         assert_eq!(
             init_duration("REPORT RequestId: b\tDuration: 5.00 ms"),
             None
