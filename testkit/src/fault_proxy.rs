@@ -6,8 +6,8 @@
 //! fault can also end a connection the client already holds, as a network failure would.
 //!
 //! It also counts what it forwards, by AWS operation (`X-Amz-Target`, else the HTTP method), with
-//! the time the service took to answer: the benchmark's DynamoDB calls per record, and the
-//! emulators' own time it subtracts.
+//! the time the service and the proxy took to answer: the benchmark's DynamoDB calls per record,
+//! and the emulators' own time it subtracts.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -45,7 +45,8 @@ struct Plan {
     calls: BTreeMap<String, Calls>,
 }
 
-/// Requests forwarded for one operation, and the time the service took to answer them.
+/// Requests forwarded for one operation, and the time from having read each to having relayed
+/// its answer (the service's time and the proxy's own).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Calls {
     pub count: usize,
@@ -194,6 +195,7 @@ async fn serve(
 ) -> Result<()> {
     let mut reader = BufReader::new(stream);
     while let Some(request) = read_request(&mut reader).await? {
+        let (read, mut forwarded) = (Instant::now(), None);
         let fault = plan.lock().unwrap().next();
         let (status, headers, body) = match fault {
             Fault::Refuse => return Ok(()),
@@ -214,13 +216,8 @@ async fn serve(
                     .iter()
                     .find(|(name, _)| name.eq_ignore_ascii_case("x-amz-target"))
                     .map_or_else(|| request.method.clone(), |(_, value)| value.clone());
-                let sent = Instant::now();
-                let answer = forward(http, target, request).await?;
-                let mut plan = plan.lock().unwrap();
-                let calls = plan.calls.entry(operation).or_default();
-                calls.count += 1;
-                calls.upstream += sent.elapsed();
-                answer
+                forwarded = Some(operation);
+                forward(http, target, request).await?
             }
         };
         let stream = reader.get_mut();
@@ -232,6 +229,12 @@ async fn serve(
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(&body).await?;
         stream.flush().await?;
+        if let Some(operation) = forwarded {
+            let mut plan = plan.lock().unwrap();
+            let calls = plan.calls.entry(operation).or_default();
+            calls.count += 1;
+            calls.upstream += read.elapsed();
+        }
     }
     Ok(())
 }
