@@ -749,9 +749,9 @@ fn print_report(report: &Report) {
         report.calibration, report.zip_tool
     );
     println!(
-        "| function | binary | zip | spawn to first answer | first invoke | init (RIE report) | first invoke CPU |"
+        "| function | binary | zip | spawn to first answer | first invoke | init (RIE report) | first invoke CPU | its AWS and Google calls (Secrets Manager) |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for a in &report.artifacts {
         let c = report.cold_starts.iter().find(|c| c.function == a.function);
         let cold = |f: fn(&ColdStart) -> Option<f64>| {
@@ -771,7 +771,7 @@ fn print_report(report: &Report) {
         );
     }
     println!(
-        "\n| latency | records | users | kind | wall | CPU/record | DynamoDB/record | Google/record | emulators' share | emulators' CPU/record | efficiency | calibrated |"
+        "\n| latency | records | users | kind | wall | CPU/record | DynamoDB/record | Google/record | emulators' share | emulators' CPU/record (10 ms ticks) | efficiency | calibrated |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for b in &report.batches {
