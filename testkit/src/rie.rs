@@ -77,32 +77,23 @@ impl TiedFunction {
     }
 }
 
-/// Starts `binary` under the project venv's RIE on free ports, for one test.
+/// Starts `binary` under the project venv's RIE on free ports, for one test; the RIE's output
+/// (its `INIT REPORT` and `REPORT` lines, the function's logs) goes to `log`, or nowhere.
 pub async fn start_tied<K: AsRef<OsStr>, V: AsRef<OsStr>>(
     binary: &Path,
     env: impl IntoIterator<Item = (K, V)>,
+    log: Option<&Path>,
 ) -> Result<TiedFunction> {
-    start_tied_with(binary, env, Stdio::null).await
-}
-
-/// [`start_tied`] with the RIE's output (its `REPORT` lines, the function's logs) in `log`.
-pub async fn start_tied_logged<K: AsRef<OsStr>, V: AsRef<OsStr>>(
-    binary: &Path,
-    env: impl IntoIterator<Item = (K, V)>,
-    log: &Path,
-) -> Result<TiedFunction> {
-    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    start_tied_with(binary, env, || {
-        out.try_clone().map_or_else(|_| Stdio::null(), Stdio::from)
-    })
-    .await
-}
-
-async fn start_tied_with<K: AsRef<OsStr>, V: AsRef<OsStr>>(
-    binary: &Path,
-    env: impl IntoIterator<Item = (K, V)>,
-    output: impl Fn() -> Stdio,
-) -> Result<TiedFunction> {
+    let out = log
+        .map(|log| {
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))
+        })
+        .transpose()?;
+    let output = || {
+        out.as_ref()
+            .and_then(|f| f.try_clone().ok())
+            .map_or_else(Stdio::null, Stdio::from)
+    };
     let rie = paths::rie(&paths::venv()?)?;
     let (port, api_port) = (process::free_port()?, process::free_port()?);
     let child = tokio::process::Command::from(command(&rie, binary, port, api_port, env))
@@ -125,7 +116,7 @@ pub async fn invoke_once<K: AsRef<OsStr>, V: AsRef<OsStr>>(
     env: impl IntoIterator<Item = (K, V)>,
     event: &Value,
 ) -> Result<Value> {
-    let function = start_tied(binary, env)
+    let function = start_tied(binary, env, None)
         .await
         .context("the function under the RIE (cargo xtask setup installs the RIE)")?;
     invoke(http, &function.invoke_url, event).await

@@ -212,14 +212,18 @@ pub async fn run() -> Result<()> {
 
     let dynamodb = aws_sdk_dynamodb::Client::new(&stack.sdk);
     let events_table = stack.table("EVENTS_TABLE").to_string();
-    let mut stream = Stream::default();
+    let mut seen = 0;
     let mut write_rows = async |ids: &[(String, String)], title: &str| -> Result<Vec<Value>> {
         futures::stream::iter(ids)
             .map(|(id, user)| rows::put(&dynamodb, &events_table, rows::event_row(id, user, title)))
             .buffer_unordered(16)
             .try_collect::<Vec<()>>()
             .await?;
-        stream.new_records(&stack).await
+        // moto's stream from the start, less what earlier batches were handed.
+        let all = stack.stream_records("EVENTS_TABLE").await?;
+        let new = all[seen.min(all.len())..].to_vec();
+        seen = all.len();
+        Ok(new)
     };
 
     let records = write_rows(&[("bench-cold-1".into(), "bench-u0".into())], "cold").await?;
@@ -227,9 +231,15 @@ pub async fn run() -> Result<()> {
     let (sync, figures) = cold("EventSyncFunction", &TestStack::stream_event(records), 0).await?;
     cold_starts.push(figures);
     let pid = sync.tied.runtime_pid().context("event-sync's process")?;
-    let moto = descendants(std::process::id()).into_iter().find(|p| {
-        std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("python"))
-    });
+    // moto's server runs under a shell of ours (`testkit::process::spawn_tied`).
+    let shells = testkit::process::children(std::process::id());
+    let moto = shells
+        .into_iter()
+        .flat_map(testkit::process::children)
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.starts_with("python"))
+        });
 
     let mut batches = Vec::new();
     println!("\nevent-sync, warm (SYNC_CONCURRENCY={concurrency}):\n{BATCH_HEADER}");
@@ -275,7 +285,7 @@ pub async fn run() -> Result<()> {
                         .as_array()
                         .with_context(|| format!("event-sync answered {answer}"))?
                         .len(),
-                    rss_kb: vm_hwm_kb(pid)?,
+                    rss_kb: vm_hwm_kb(pid),
                     ..Batch::default()
                 };
                 let calls: BTreeMap<String, Calls> = aws
@@ -315,7 +325,7 @@ pub async fn run() -> Result<()> {
         sync_concurrency: concurrency,
         calibration: CALIBRATION,
         zip_tool: ZIP_TOOL,
-        event_sync_peak_rss_kb: vm_hwm_kb(pid)?,
+        event_sync_peak_rss_kb: vm_hwm_kb(pid),
         budgets: Vec::new(),
         artifacts,
         cold_starts,
@@ -389,7 +399,7 @@ struct Cold {
 impl Cold {
     async fn start(binary: &Path, env: &HashMap<String, String>, log: &Path) -> Result<Self> {
         let spawned = Instant::now();
-        let tied = rie::start_tied_logged(binary, env, log).await?;
+        let tied = rie::start_tied(binary, env, Some(log)).await?;
         let name = binary.file_name().unwrap_or_default().to_string_lossy();
         Ok(Self {
             tied,
@@ -473,19 +483,6 @@ impl ColdStart {
     }
 }
 
-/// The Events table's stream, handed out once each.
-#[derive(Default)]
-struct Stream(usize);
-
-impl Stream {
-    async fn new_records(&mut self, stack: &TestStack) -> Result<Vec<Value>> {
-        let all = stack.stream_records("EVENTS_TABLE").await?;
-        let new = all[self.0.min(all.len())..].to_vec();
-        self.0 = all.len();
-        Ok(new)
-    }
-}
-
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e3
 }
@@ -530,15 +527,6 @@ fn emulators_cpu_ns(moto: Option<u32>) -> Result<u64> {
     Ok((moto + cpu_ticks(std::process::id())?) * 10_000_000)
 }
 
-fn descendants(pid: u32) -> Vec<u32> {
-    let children = testkit::process::children(pid);
-    let grandchildren = children
-        .iter()
-        .flat_map(|&child| descendants(child))
-        .collect::<Vec<_>>();
-    children.into_iter().chain(grandchildren).collect()
-}
-
 /// utime + stime of `pid` in clock ticks (`/proc/<pid>/stat`; exited threads included).
 fn cpu_ticks(pid: u32) -> Result<u64> {
     stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)
@@ -552,20 +540,17 @@ fn stat_ticks(stat: &str) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-/// Peak resident set of `pid` (`VmHWM`), in kB.
-fn vm_hwm_kb(pid: u32) -> Result<u64> {
-    status_kb(
-        &std::fs::read_to_string(format!("/proc/{pid}/status"))?,
-        "VmHWM",
-    )
-    .context("no VmHWM in /proc/<pid>/status")
-}
-
+/// A `kB` field of `/proc/<pid>/status`, such as `VmHWM` (the peak resident set).
 fn status_kb(status: &str, field: &str) -> Option<u64> {
     let line = status
         .lines()
         .find(|l| l.starts_with(&format!("{field}:")))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn vm_hwm_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status_kb(&status, "VmHWM").unwrap_or_default()
 }
 
 fn machine() -> BTreeMap<&'static str, String> {
