@@ -4,8 +4,14 @@
 //!
 //! It speaks just enough HTTP/1.1 for the AWS SDK (`Content-Length` bodies, keep-alive), so a
 //! fault can also end a connection the client already holds, as a network failure would.
+//!
+//! It also counts what it forwards, by AWS operation (`X-Amz-Target`, else the HTTP method), with
+//! the time the service and the proxy took to answer: the benchmark's DynamoDB calls per record,
+//! and the emulators' own time it subtracts.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use tokio::{
@@ -36,6 +42,15 @@ struct Plan {
     then: Option<(usize, Fault)>,
     forwarded: usize,
     faulted: usize,
+    calls: BTreeMap<String, Calls>,
+}
+
+/// Requests forwarded for one operation, and the time from having read each to having relayed
+/// its answer (the service's time and the proxy's own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Calls {
+    pub count: usize,
+    pub upstream: Duration,
 }
 
 impl Plan {
@@ -79,6 +94,7 @@ impl FaultProxy {
             then: None,
             forwarded: 0,
             faulted: 0,
+            calls: BTreeMap::new(),
         }));
         let mut tasks = JoinSet::new();
         let (target, shared) = (target.trim_end_matches('/').to_string(), plan.clone());
@@ -119,6 +135,11 @@ impl FaultProxy {
     pub fn counts(&self) -> (usize, usize) {
         let plan = self.plan.lock().unwrap();
         (plan.forwarded, plan.faulted)
+    }
+
+    /// The requests forwarded since the last call, by operation; the count starts again.
+    pub fn take_calls(&self) -> BTreeMap<String, Calls> {
+        std::mem::take(&mut self.plan.lock().unwrap().calls)
     }
 }
 
@@ -174,6 +195,7 @@ async fn serve(
 ) -> Result<()> {
     let mut reader = BufReader::new(stream);
     while let Some(request) = read_request(&mut reader).await? {
+        let (read, mut forwarded) = (Instant::now(), None);
         let fault = plan.lock().unwrap().next();
         let (status, headers, body) = match fault {
             Fault::Refuse => return Ok(()),
@@ -188,7 +210,15 @@ async fn serve(
                 "com.amazonaws.dynamodb.v20120810#InternalServerError",
                 "Internal server error",
             ),
-            Fault::Forward => forward(http, target, request).await?,
+            Fault::Forward => {
+                let operation = request
+                    .headers
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case("x-amz-target"))
+                    .map_or_else(|| request.method.clone(), |(_, value)| value.clone());
+                forwarded = Some(operation);
+                forward(http, target, request).await?
+            }
         };
         let stream = reader.get_mut();
         let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
@@ -199,6 +229,12 @@ async fn serve(
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(&body).await?;
         stream.flush().await?;
+        if let Some(operation) = forwarded {
+            let mut plan = plan.lock().unwrap();
+            let calls = plan.calls.entry(operation).or_default();
+            calls.count += 1;
+            calls.upstream += read.elapsed();
+        }
     }
     Ok(())
 }

@@ -32,7 +32,8 @@ pub async fn wait_for_port(addr: SocketAddr, timeout: Duration, what: &str) -> R
         if Instant::now() > deadline {
             bail!("{what} did not open {addr} within {timeout:?}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Short: the benchmark's spawn-to-first-answer includes this wait.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -81,6 +82,21 @@ pub fn is_alive(pid: u32) -> bool {
             .unwrap_or(false),
         Err(_) => false,
     }
+}
+
+/// The pids of `pid`'s children (of every thread of it).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 /// Reads a pid file; `None` when it is absent or unreadable.

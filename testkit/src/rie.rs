@@ -65,26 +65,46 @@ pub async fn start_detached(
 
 /// A function under the RIE for one test; it stops when this is dropped.
 pub struct TiedFunction {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     pub invoke_url: String,
 }
 
-/// Starts `binary` under the project venv's RIE on free ports, for one test.
+impl TiedFunction {
+    /// The function's own process (the RIE's child, started on the first invocation), for what
+    /// `/proc` says of it; `None` before that.
+    pub fn runtime_pid(&self) -> Option<u32> {
+        process::children(self.child.id()?).into_iter().next()
+    }
+}
+
+/// Starts `binary` under the project venv's RIE on free ports, for one test; the RIE's output
+/// (its `INIT REPORT` and `REPORT` lines, the function's logs) goes to `log`, or nowhere.
 pub async fn start_tied<K: AsRef<OsStr>, V: AsRef<OsStr>>(
     binary: &Path,
     env: impl IntoIterator<Item = (K, V)>,
+    log: Option<&Path>,
 ) -> Result<TiedFunction> {
+    let out = log
+        .map(|log| {
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))
+        })
+        .transpose()?;
+    let output = || {
+        out.as_ref()
+            .and_then(|f| f.try_clone().ok())
+            .map_or_else(Stdio::null, Stdio::from)
+    };
     let rie = paths::rie(&paths::venv()?)?;
     let (port, api_port) = (process::free_port()?, process::free_port()?);
     let child = tokio::process::Command::from(command(&rie, binary, port, api_port, env))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(output())
+        .stderr(output())
         .kill_on_drop(true)
         .spawn()
         .context("starting the Runtime Interface Emulator")?;
     wait_until_invocable(port).await?;
     Ok(TiedFunction {
-        _child: child,
+        child,
         invoke_url: invoke_url(port),
     })
 }
@@ -96,7 +116,7 @@ pub async fn invoke_once<K: AsRef<OsStr>, V: AsRef<OsStr>>(
     env: impl IntoIterator<Item = (K, V)>,
     event: &Value,
 ) -> Result<Value> {
-    let function = start_tied(binary, env)
+    let function = start_tied(binary, env, None)
         .await
         .context("the function under the RIE (cargo xtask setup installs the RIE)")?;
     invoke(http, &function.invoke_url, event).await

@@ -6,12 +6,14 @@
 //!   RIE, the browser scenarios, and `sam build` plus `sam local invoke` in Docker;
 //! - what the checks need on the machine: [`apt`] (Debian packages), [`docker`] (the engine, the
 //!   local Lambda base image, the address containers reach this machine at), [`chromium`];
-//! - the commands: [`setup`], [`regenerate_samples`], [`demo`], [`ci`] (`main.rs` dispatches).
+//! - the commands: [`setup`], [`regenerate_samples`], [`demo`], [`ci`], [`bench`] (`main.rs`
+//!   dispatches).
 //!
 //! What the tests need too (moto, the template, tables, secrets, streams, the RIE) is in
 //! `testkit`; `template.yaml` is the one description of the stack that both read.
 
 pub mod apt;
+pub mod bench;
 pub mod checks;
 pub mod chromium;
 pub mod ci;

@@ -24,6 +24,9 @@ cargo xtask sam [--fresh-engine]
                                checked; --fresh-engine: on a brand-new engine (own network namespace,
                                data root and socket), as on a machine that never ran Docker
 cargo xtask events check       only the last step of `test`: events/ under the RIE, answers checked
+cargo xtask bench              release builds under the RIE against moto and the Google emulator:
+                               cold starts, event-sync batches, RSS, sizes, against the budgets
+                               (a table, and JSON in .dev/bench/)
 cargo xtask demo [--keep-running]
                                install, build, start the stack and run the story end to end
                                (--keep-running leaves the stack up and prints its URLs)";
@@ -60,6 +63,7 @@ async fn main() -> ExitCode {
         ["sam", "--fresh-engine"] => {
             xtask::docker::run_on_fresh_engine(&testkit::paths::workspace_root()).await
         }
+        ["bench"] => xtask::bench::run().await,
         ["demo"] => demo(false).await,
         ["demo", "--keep-running"] => demo(true).await,
         ["help" | "--help" | "-h"] | [] => {

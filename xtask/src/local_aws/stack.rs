@@ -185,7 +185,7 @@ pub fn mint_jwt(user: &str) -> Result<SecretString> {
     issuer(&options)?.mint(user, &audience)
 }
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| paths::workspace_root().join("target"))
