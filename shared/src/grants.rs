@@ -167,6 +167,21 @@ pub enum GrantError {
 pub trait GrantStore: Send + Sync {
     fn get(&self, user_id: &str) -> impl Future<Output = Result<Option<Grant>, GrantError>> + Send;
 
+    /// The grants of `user_ids` (distinct) that exist, in no particular order: what a batch
+    /// reads at once instead of one read per user.
+    fn get_many(
+        &self,
+        user_ids: &[&str],
+    ) -> impl Future<Output = Result<Vec<Grant>, GrantError>> + Send {
+        async move {
+            let mut grants = Vec::new();
+            for user_id in user_ids {
+                grants.extend(self.get(user_id).await?);
+            }
+            Ok(grants)
+        }
+    }
+
     /// Writes `grant` if the stored version is still `grant.version` (0: no item may exist).
     /// Returns the grant with its new version.
     fn save(&self, grant: &Grant) -> impl Future<Output = Result<Grant, GrantError>> + Send;

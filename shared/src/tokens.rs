@@ -119,6 +119,23 @@ pub trait GrantAccess: Send + Sync {
         user_id: &str,
     ) -> impl Future<Output = Result<Option<GrantTokens>, TokenError>> + Send;
 
+    /// The grants of `user_ids` that exist, keyed by user, read at once (see
+    /// [`TokenProvider::prefetch`]).
+    fn load_many(
+        &self,
+        user_ids: &[&str],
+    ) -> impl Future<Output = Result<HashMap<String, GrantTokens>, TokenError>> + Send {
+        async move {
+            let mut grants = HashMap::new();
+            for user_id in user_ids {
+                if let Some(grant) = self.load(user_id).await? {
+                    grants.insert(user_id.to_string(), grant);
+                }
+            }
+            Ok(grants)
+        }
+    }
+
     /// Stores a refreshed access token on the user's grant (re-reading on a version conflict).
     fn record_refresh(
         &self,
@@ -341,19 +358,45 @@ impl<'a, G: GrantAccess, R: TokenRefresher> TokenProvider<'a, G, R> {
         }
     }
 
+    /// Reads the grants of a batch's users at once, so each user's first token costs no read
+    /// of its own. Best effort: a user it could not read is read alone when first needed.
+    pub async fn prefetch(&self, user_ids: &[&str]) {
+        let grants = match self.grants.load_many(user_ids).await {
+            Ok(grants) => grants,
+            Err(error) => {
+                tracing::debug!(%error, "the batch's grants were not read at once; each is read when first needed");
+                return;
+            }
+        };
+        let mut grants = grants;
+        for user_id in user_ids {
+            let slot = self.slot(user_id);
+            let Ok(mut slot) = slot.try_lock() else {
+                continue;
+            };
+            if matches!(*slot, Slot::Unknown) {
+                *slot = Self::slot_of(grants.remove(*user_id));
+            }
+        }
+    }
+
     async fn load(&self, user_id: &str) -> Result<Slot, TokenError> {
-        let Some(grant) = self.grants.load(user_id).await? else {
-            return Ok(Slot::Unusable(TokenError::NotConnected));
+        Ok(Self::slot_of(self.grants.load(user_id).await?))
+    }
+
+    fn slot_of(grant: Option<GrantTokens>) -> Slot {
+        let Some(grant) = grant else {
+            return Slot::Unusable(TokenError::NotConnected);
         };
         if !grant.active || grant.refresh_token.is_none() {
-            return Ok(Slot::Unusable(TokenError::NeedsReauth));
+            return Slot::Unusable(TokenError::NeedsReauth);
         }
         // No stored access token: an empty one with no expiry, so the first use refreshes.
         let expires_at = grant
             .access_token
             .as_ref()
             .and(grant.access_token_expires_at);
-        Ok(Slot::Ready {
+        Slot::Ready {
             token: grant
                 .access_token
                 .unwrap_or_else(|| SecretString::from(String::new())),
@@ -361,7 +404,7 @@ impl<'a, G: GrantAccess, R: TokenRefresher> TokenProvider<'a, G, R> {
             refresh_token: grant.refresh_token,
             refreshed: false,
             version: grant.version,
-        })
+        }
     }
 
     /// Replaces the slot's token, unless another invocation is refreshing it right now: then
@@ -685,6 +728,21 @@ pub struct StoredGrants<G>(pub G);
 /// Attempts of a refreshed-token write that keeps meeting newer versions.
 const SAVE_ATTEMPTS: usize = 3;
 
+fn grant_tokens(g: crate::grants::Grant) -> GrantTokens {
+    GrantTokens {
+        active: g.status == crate::grants::GrantStatus::Active,
+        access_token: g.access_token,
+        access_token_expires_at: g.access_token_expires_at,
+        refresh_token: g.refresh_token,
+        last_used_at: g
+            .refreshed_at
+            .map_or(g.connected_at, |at| at.max(g.connected_at)),
+        version: g.version,
+        calendar: g.calendar,
+        google_email: g.google_email,
+    }
+}
+
 fn grant_error(error: crate::grants::GrantError) -> TokenError {
     TokenError::Store(error.to_string())
 }
@@ -692,18 +750,18 @@ fn grant_error(error: crate::grants::GrantError) -> TokenError {
 impl<G: crate::grants::GrantStore> GrantAccess for StoredGrants<G> {
     async fn load(&self, user_id: &str) -> Result<Option<GrantTokens>, TokenError> {
         let grant = self.0.get(user_id).await.map_err(grant_error)?;
-        Ok(grant.map(|g| GrantTokens {
-            active: g.status == crate::grants::GrantStatus::Active,
-            access_token: g.access_token,
-            access_token_expires_at: g.access_token_expires_at,
-            refresh_token: g.refresh_token,
-            last_used_at: g
-                .refreshed_at
-                .map_or(g.connected_at, |at| at.max(g.connected_at)),
-            version: g.version,
-            calendar: g.calendar,
-            google_email: g.google_email,
-        }))
+        Ok(grant.map(grant_tokens))
+    }
+
+    async fn load_many(
+        &self,
+        user_ids: &[&str],
+    ) -> Result<HashMap<String, GrantTokens>, TokenError> {
+        let grants = self.0.get_many(user_ids).await.map_err(grant_error)?;
+        Ok(grants
+            .into_iter()
+            .map(|g| (g.user_id.clone(), grant_tokens(g)))
+            .collect())
     }
 
     async fn replace_calendar(

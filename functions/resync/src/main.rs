@@ -9,7 +9,9 @@ use calsync::{
 };
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
-#[tokio::main]
+// One thread: an environment gets one event at a time and at most a vCPU, so worker threads
+// would only park and wake each other on every answer (README, "Performance").
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     telemetry::init();
     let config = config::load_or_exit("resync");

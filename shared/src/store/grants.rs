@@ -106,6 +106,67 @@ impl DynamoGrantStore {
         })?;
         Ok(Some(stored))
     }
+
+    /// A stored grant with its tokens opened; one whose tokens cannot be opened reads as
+    /// needs_reauth.
+    async fn open_stored(&self, stored: StoredGrant) -> Result<Grant, GrantError> {
+        let user_id = stored.user_id.as_str();
+        let sealed: Vec<&str> = [&stored.access_token_sealed, &stored.refresh_token_sealed]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        let vault = self.0.vault_opening(sealed.iter().copied()).await?;
+        let open = |sealed: &Option<String>| {
+            each_token(user_id, sealed.as_deref(), |v| {
+                self.0.open(&vault, user_id, v)
+            })
+        };
+        let opened = open(&stored.access_token_sealed)
+            .and_then(|access| Ok((access, open(&stored.refresh_token_sealed)?)));
+        let (access_token, refresh_token, status, reauth_reason) = match opened {
+            Ok((access, refresh)) => (access, refresh, stored.status, stored.reauth_reason),
+            // Corrupt ciphertext, or a key no longer in the keyring: only a new connect can
+            // help, so the grant reads as needs_reauth (status says so, sync parks, a reconnect
+            // overwrites it). The item is left as it is, in case the key comes back.
+            Err(GrantError::Vault { source, .. }) => {
+                let key_ids: Vec<&str> = sealed.iter().filter_map(|s| sealed_key_id(s)).collect();
+                tracing::warn!(
+                    user_id = %stored.user_id,
+                    ?key_ids,
+                    error = %source,
+                    "the stored grant's tokens cannot be opened: it counts as needs_reauth until the user reconnects"
+                );
+                (
+                    None,
+                    None,
+                    GrantStatus::NeedsReauth,
+                    Some(ReauthReason::UnreadableGrant),
+                )
+            }
+            Err(other) => return Err(other),
+        };
+        Ok(Grant {
+            access_token,
+            refresh_token,
+            user_id: stored.user_id,
+            status,
+            google_sub: stored.google_sub,
+            google_email: stored.google_email,
+            scopes: stored.scopes,
+            connected_at: stored.connected_at,
+            refreshed_at: stored.refreshed_at,
+            access_token_expires_at: stored.access_token_expires_at,
+            reauth_reason,
+            needs_reauth_reported_at: stored.needs_reauth_reported_at,
+            parked_reported_at: stored.parked_reported_at,
+            calendar: stored
+                .calendar_id
+                .zip(stored.calendar_created_at)
+                .map(|(id, created_at)| AppCalendar { id, created_at }),
+            version: stored.version,
+        })
+    }
 }
 
 impl GrantStore for DynamoGrantStore {
@@ -191,61 +252,32 @@ impl GrantStore for DynamoGrantStore {
         let Some(stored) = self.stored(user_id).await? else {
             return Ok(None);
         };
-        let sealed: Vec<&str> = [&stored.access_token_sealed, &stored.refresh_token_sealed]
-            .into_iter()
-            .flatten()
-            .map(String::as_str)
-            .collect();
-        let vault = self.0.vault_opening(sealed.iter().copied()).await?;
-        let open = |sealed: &Option<String>| {
-            each_token(user_id, sealed.as_deref(), |v| {
-                self.0.open(&vault, user_id, v)
-            })
-        };
-        let opened = open(&stored.access_token_sealed)
-            .and_then(|access| Ok((access, open(&stored.refresh_token_sealed)?)));
-        let (access_token, refresh_token, status, reauth_reason) = match opened {
-            Ok((access, refresh)) => (access, refresh, stored.status, stored.reauth_reason),
-            // Corrupt ciphertext, or a key no longer in the keyring: only a new connect can
-            // help, so the grant reads as needs_reauth (status says so, sync parks, a reconnect
-            // overwrites it). The item is left as it is, in case the key comes back.
-            Err(GrantError::Vault { source, .. }) => {
-                let key_ids: Vec<&str> = sealed.iter().filter_map(|s| sealed_key_id(s)).collect();
-                tracing::warn!(
+        self.open_stored(stored).await.map(Some)
+    }
+
+    async fn get_many(&self, user_ids: &[&str]) -> Result<Vec<Grant>, GrantError> {
+        let mut grants = Vec::with_capacity(user_ids.len());
+        for keys in user_ids.chunks(crate::sync_state::BATCH_READ_LIMIT) {
+            let items = self
+                .0
+                .table
+                .get_many(keys)
+                .await
+                .map_err(GrantError::Store)?;
+            for item in items {
+                let user_id = item
+                    .get("user_id")
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default();
+                let stored = serde_dynamo::from_item(item).map_err(|e| GrantError::Corrupt {
                     user_id,
-                    ?key_ids,
-                    error = %source,
-                    "the stored grant's tokens cannot be opened: it counts as needs_reauth until the user reconnects"
-                );
-                (
-                    None,
-                    None,
-                    GrantStatus::NeedsReauth,
-                    Some(ReauthReason::UnreadableGrant),
-                )
+                    reason: e.to_string(),
+                })?;
+                grants.push(self.open_stored(stored).await?);
             }
-            Err(other) => return Err(other),
-        };
-        Ok(Some(Grant {
-            access_token,
-            refresh_token,
-            user_id: stored.user_id,
-            status,
-            google_sub: stored.google_sub,
-            google_email: stored.google_email,
-            scopes: stored.scopes,
-            connected_at: stored.connected_at,
-            refreshed_at: stored.refreshed_at,
-            access_token_expires_at: stored.access_token_expires_at,
-            reauth_reason,
-            needs_reauth_reported_at: stored.needs_reauth_reported_at,
-            parked_reported_at: stored.parked_reported_at,
-            calendar: stored
-                .calendar_id
-                .zip(stored.calendar_created_at)
-                .map(|(id, created_at)| AppCalendar { id, created_at }),
-            version: stored.version,
-        }))
+        }
+        Ok(grants)
     }
 
     async fn save(&self, grant: &Grant) -> Result<Grant, GrantError> {

@@ -111,6 +111,26 @@ pub fn group_records(records: Vec<EventRecord>) -> (Vec<Group>, Vec<PoisonRecord
     (groups, poison)
 }
 
+/// The users a batch's rows name (old and new images), each once: the grants it reads at once.
+fn users_of(groups: &[Group]) -> Vec<&str> {
+    let mut users: Vec<&str> = groups
+        .iter()
+        .flat_map(|g| &g.changes)
+        .flat_map(|c| [&c.new_image, &c.old_image])
+        .filter_map(|image| match image.get("user_id") {
+            Some(serde_dynamo::AttributeValue::S(user))
+                if !user.is_empty() && user.len() <= MAX_KEY_BYTES =>
+            {
+                Some(user.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    users
+}
+
 /// DynamoDB's limit on a partition key.
 const MAX_KEY_BYTES: usize = 2048;
 
@@ -126,9 +146,10 @@ impl<P: SyncPorts> Syncer<P> {
             tracing::error!(error = %p, "skipping a stream record that cannot be applied");
             metrics::count(Metric::RecordsPoison);
         }
-        let read = self.read_states(&groups).await;
         let tokens = TokenProvider::new(&self.grants, &self.refresher);
         let tokens = &tokens;
+        let users = users_of(&groups);
+        let (read, ()) = futures::join!(self.read_states(&groups), tokens.prefetch(&users));
         let mut failures: Vec<(Sequence, String)> =
             futures::stream::iter(groups.into_iter().zip(read))
                 .map(|(group, state)| async move {

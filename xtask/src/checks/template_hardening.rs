@@ -163,10 +163,12 @@ fn each_function_may_do_only_what_its_code_does_on_the_tables() {
         ]
     );
     // UpdateItem: the lifecycle events' markers (`GrantStore::mark_reported`) and the refresh
-    // lease (`GrantStore::claim_refresh`); Scan: the sweep.
+    // lease (`GrantStore::claim_refresh`); Scan: the sweep; BatchGetItem: a stream batch reads
+    // its users' grants at once (`GrantStore::get_many`).
     assert_eq!(
         grants("EventSyncRole"),
         [
+            "dynamodb:BatchGetItem",
             "dynamodb:GetItem",
             "dynamodb:PutItem",
             "dynamodb:UpdateItem"
