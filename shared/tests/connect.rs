@@ -1,8 +1,7 @@
 //! The connect flow end to end: the start and callback handlers called with API Gateway v2
 //! events, against moto's server (DynamoDB, Secrets Manager) and the Google emulator over HTTP.
 //!
-//! Every test ends with a leak check: no token, code, verifier or client secret the emulator
-//! issued or received may appear in any table, captured log line or answer of that test.
+//! Every test ends with the leak scan ([`common::assert_nothing_leaked`]).
 
 use std::{
     collections::HashMap,
@@ -55,8 +54,6 @@ struct Harness {
     callback: CallbackDeps<http::Production<Replays>>,
     replays: Replays,
     dynamodb: aws_sdk_dynamodb::Client,
-    /// Every answer of this test, as text, for the leak check.
-    answers: Mutex<Vec<String>>,
 }
 
 /// What the start route handed to the browser.
@@ -94,29 +91,15 @@ impl Harness {
             dynamodb: clients.dynamodb.clone(),
             config,
             stack,
-            answers: Mutex::new(Vec::new()),
         }
-    }
-
-    fn record(&self, response: &Response<Body>) {
-        let mut text = format!("{}\n", response.status());
-        for (name, value) in response.headers() {
-            text.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("")));
-        }
-        text.push_str(&body_text(response));
-        self.answers.lock().unwrap().push(text);
     }
 
     async fn call_start(&self, request: Request) -> Response<Body> {
-        let response = http::start_router(&self.start, request).await;
-        self.record(&response);
-        response
+        common::answered(http::start_router(&self.start, request).await)
     }
 
     async fn call_callback(&self, request: Request) -> Response<Body> {
-        let response = http::callback_router(&self.callback, request).await;
-        self.record(&response);
-        response
+        common::answered(http::callback_router(&self.callback, request).await)
     }
 
     /// `GET /oauth/google/start` for `user`, returning the consent URL, state and cookie nonce.
@@ -299,31 +282,11 @@ impl Harness {
         self.stack.tables[logical_id].clone()
     }
 
-    /// No value the emulator issued or received appears in any table, log line or answer.
+    /// The leak scan ([`common::assert_nothing_leaked`], no lifecycle tap here).
     async fn assert_no_leaks(&self) {
-        let values = common::issued_secrets(&self.stack).await;
-        assert!(!values.is_empty(), "the emulator lists what it issued");
-        // The keyring's keys must not leak either.
-        let keyring = self.keyring().await;
-        let keys: Vec<String> = keyring["keys"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_str().unwrap().to_string())
-            .collect();
-        assert!(!keys.is_empty());
-        let values: Vec<String> = values.into_iter().chain(keys).collect();
-        let tables = self.stack.dump_tables().await.unwrap();
-        let logs = logs_text();
-        let answers = self.answers.lock().unwrap().join("\n");
-        common::assert_no_secret_in(
-            &values,
-            &[
-                ("a table", &tables),
-                ("the logs", &logs),
-                ("an answer", &answers),
-            ],
-        );
+        let issued = common::issued_secrets(&self.stack).await;
+        assert!(!issued.is_empty(), "the emulator lists what it issued");
+        common::assert_nothing_leaked(&self.stack, &[]).await;
     }
 }
 

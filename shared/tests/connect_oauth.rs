@@ -1,6 +1,7 @@
 //! `google_oauth::GoogleOAuth` against the Google emulator over HTTP: code exchange, refresh,
 //! revoke, and how each failure of the token endpoint is typed (the sync's retry and
-//! `needs_reauth` decisions rest on these).
+//! `needs_reauth` decisions rest on these). Each test ends with the leak scan (no tables or
+//! lifecycle events of its own: what it scans are the log lines and panic messages).
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,6 +15,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use testkit::TestStack;
 
+mod common;
+
 struct Google {
     stack: TestStack,
     config: Config,
@@ -21,8 +24,7 @@ struct Google {
 
 impl Google {
     async fn start() -> Self {
-        let stack = TestStack::start().await.expect("test stack");
-        let config = Config::from_source(&stack.env).unwrap();
+        let (stack, config, _) = common::stack_with_config().await;
         Self { stack, config }
     }
 
@@ -101,6 +103,7 @@ async fn code_exchange_gives_tokens_and_identity() {
         oauth.exchange_code(&code, &verifier).await,
         Err(OAuthError::InvalidGrant)
     ));
+    common::assert_nothing_leaked(&g.stack, &[]).await;
 }
 
 #[tokio::test]
@@ -111,6 +114,7 @@ async fn a_wrong_verifier_is_refused() {
     let wrong = SecretString::from(calsync::flows::random_token());
     let error = oauth.exchange_code(&code, &wrong).await.unwrap_err();
     assert!(matches!(error, OAuthError::InvalidGrant), "{error}");
+    common::assert_nothing_leaked(&g.stack, &[]).await;
 }
 
 #[tokio::test]
@@ -124,6 +128,7 @@ async fn refresh_gives_a_new_access_token() {
     assert!(!refreshed.access_token.expose_secret().is_empty());
     let lifetime = refreshed.expires_at - chrono::Utc::now();
     assert!(lifetime <= chrono::Duration::seconds(120) && lifetime > chrono::Duration::seconds(60));
+    common::assert_nothing_leaked(&g.stack, &[]).await;
 }
 
 #[tokio::test]
@@ -169,6 +174,7 @@ async fn token_endpoint_failures_are_typed() {
         oauth.refresh(&refresh_token).await,
         Err(OAuthError::InvalidGrant)
     ));
+    common::assert_nothing_leaked(&g.stack, &[]).await;
 }
 
 #[tokio::test]
@@ -187,4 +193,5 @@ async fn revoke_kills_the_grant_and_is_idempotent() {
     // A token Google never issued is answered invalid_token, which also counts as revoked.
     let another = SecretString::from("1//not-a-token".to_string());
     oauth.revoke(&another).await.unwrap();
+    common::assert_nothing_leaked(&g.stack, &[]).await;
 }

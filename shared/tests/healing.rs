@@ -157,7 +157,7 @@ impl Stack {
         let request = HttpApiEvent::get("/oauth/google/status")
             .user(user)
             .request();
-        match http::callback_router(&self.callback, request).await.body() {
+        match common::answered(http::callback_router(&self.callback, request).await).body() {
             Body::Text(text) => serde_json::from_str(text).unwrap(),
             other => panic!("unexpected body {other:?}"),
         }
@@ -236,6 +236,7 @@ async fn a_move_away_from_a_revoked_grant_deletes_the_old_copy_once_its_owner_re
     let status = s.status("u1").await;
     assert_eq!(status["parked_changes"], 0);
     assert_eq!(status["last_error"], Value::Null);
+    common::assert_nothing_leaked(&s.stack, &[]).await;
 }
 
 /// Lambda's on-failure record of the batch `records`, arrived at `arrived` (default: as the
@@ -297,6 +298,7 @@ async fn failure_records_arriving_apart_start_one_sweep_while_it_covers_them() {
         .remove("approximateArrivalOfLastRecord");
     assert_eq!(s.consume_failures(&[unknown]).await, 1);
     assert_eq!(metric_total("resync", "SweepsCovered", None), 1.0);
+    common::assert_nothing_leaked(&s.stack, &[]).await;
 }
 
 impl Stack {
@@ -424,6 +426,7 @@ async fn reconciliation_deletes_orphans_and_restores_what_was_deleted_or_changed
     let writes = s.writes().await;
     assert_eq!(s.resync("u1").await, 1);
     assert_eq!(s.writes().await, writes);
+    common::assert_nothing_leaked(&s.stack, &[]).await;
 }
 
 impl Stack {
@@ -573,4 +576,5 @@ async fn key_rotation_under_load_fails_no_request() {
         metric_total("resync", "GrantsResealed", None),
         resealed as f64
     );
+    common::assert_nothing_leaked(&s.stack, &[]).await;
 }

@@ -6,6 +6,11 @@
 //! and that would rebuild chrono and everything above it for the tests (see ARCHITECTURE.md).
 //! The generator is `rand`'s seeded `StdRng`, which the product already builds; a failing case
 //! prints its seed and index to replay it.
+//!
+//! The callback tests end with the leak scan's stack-free half ([`common::assert_nothing_leaked_in`]:
+//! log lines, answers, panic messages; their events are asserted empty and there are no tables).
+//! None of the generated values is a secret; a sentinel-marked code and state sent last stand for
+//! a real one, which no log line or answer may hold.
 
 use std::collections::HashMap;
 
@@ -25,6 +30,8 @@ use lambda_http::Body;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde_json::{Value, json};
 use testkit::api_gateway::HttpApiEvent;
+
+mod common;
 
 /// API Gateway's HTTP API refuses a request whose request line and headers exceed 10,240 bytes,
 /// so no longer query or cookie reaches a function. (Past 64 KB, lambda_http's conversion of the
@@ -351,6 +358,7 @@ impl CallbackPorts for Fakes {
 }
 
 async fn callback_deps() -> CallbackDeps<Fakes> {
+    common::capture_logs();
     let mut env: HashMap<String, String> = REQUIRED_VARIABLES
         .iter()
         .map(|name| (name.to_string(), format!("hostile-{name}")))
@@ -427,7 +435,8 @@ async fn hostile_callbacks_get_a_clear_4xx_and_touch_nothing() {
         if rng.gen_range(0..5) == 0 {
             event = event.header("accept", "application/json");
         }
-        let answer = Box::pin(http::callback_router(&deps, event.request())).await;
+        let answer =
+            common::answered(Box::pin(http::callback_router(&deps, event.request())).await);
         let status = answer.status().as_u16();
         assert!(
             (400..500).contains(&status),
@@ -449,6 +458,18 @@ async fn hostile_callbacks_get_a_clear_4xx_and_touch_nothing() {
     assert!(deps.grants.get("anyone").await.unwrap().is_none());
     assert!(deps.lifecycle.events().is_empty());
     println!("callbacks: {CASES} cases, answers {statuses:?}");
+    assert_a_real_code_is_refused_unseen(&deps).await;
+}
+
+/// A callback with a real-looking code (sentinel-marked) and no cookie is refused, and the code
+/// reaches no log line or answer; then the scan.
+async fn assert_a_real_code_is_refused_unseen(deps: &CallbackDeps<Fakes>) {
+    let marked = google_emulator::state::sentinel_token;
+    let query = format!("code={}&state={}", marked(40), marked(30));
+    let event = HttpApiEvent::get("/oauth/google/callback").query(&query);
+    let answer = common::answered(Box::pin(http::callback_router(deps, event.request())).await);
+    assert!(answer.status().is_client_error());
+    common::assert_nothing_leaked_in(&[], &[], None);
 }
 
 #[tokio::test]
@@ -464,7 +485,7 @@ async fn oversized_and_malformed_api_gateway_events() {
     for i in 0..50 {
         event = event.cookie(&format!("c{i}={}", &huge[..part / 50]));
     }
-    let answer = Box::pin(http::callback_router(&deps, event.request())).await;
+    let answer = common::answered(Box::pin(http::callback_router(&deps, event.request())).await);
     assert_eq!(answer.status().as_u16(), 400);
 
     // Events that are not API Gateway v2 requests are refused by the runtime's parser, with a
@@ -482,4 +503,5 @@ async fn oversized_and_malformed_api_gateway_events() {
         let error = parsed.expect_err(text);
         assert!(!error.to_string().is_empty());
     }
+    assert_a_real_code_is_refused_unseen(&deps).await;
 }

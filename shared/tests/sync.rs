@@ -241,26 +241,34 @@ impl Harness {
 
     /// `GET /oauth/google/status` of `user`, through the real handler.
     async fn status_json(&self, user: &str) -> Value {
-        let status = http::callback_router(
-            &self.callback,
-            HttpApiEvent::get("/oauth/google/status")
-                .user(user)
-                .request(),
-        )
-        .await;
+        let status = common::answered(
+            http::callback_router(
+                &self.callback,
+                HttpApiEvent::get("/oauth/google/status")
+                    .user(user)
+                    .request(),
+            )
+            .await,
+        );
         match status.body() {
             Body::Text(text) => serde_json::from_str(text).unwrap(),
             other => panic!("unexpected body {other:?}"),
         }
     }
 
-    /// No value the emulator issued appears in a table or a log line.
+    /// `DELETE /oauth/google/connection` of `user`, through the real handler.
+    async fn disconnect(&self, user: &str) -> lambda_http::Response<Body> {
+        let request = HttpApiEvent::new(
+            lambda_http::http::Method::DELETE,
+            "/oauth/google/connection",
+        );
+        common::answered(http::callback_router(&self.callback, request.user(user).request()).await)
+    }
+
+    /// The leak scan ([`common::assert_nothing_leaked`]; no lifecycle tap on this harness).
     async fn assert_no_leaks(&self) {
-        let issued = common::issued_secrets(&self.stack).await;
-        assert!(issued.len() >= 2);
-        let tables = self.stack.dump_tables().await.unwrap();
-        let logs = common::logs_text();
-        common::assert_no_secret_in(&issued, &[("a table", &tables), ("the logs", &logs)]);
+        assert!(common::issued_secrets(&self.stack).await.len() >= 2);
+        common::assert_nothing_leaked(&self.stack, &[]).await;
     }
 }
 
@@ -379,6 +387,7 @@ async fn remove_of_an_event_google_deleted_and_delete_then_insert() {
     assert!(h.sync_new().await.is_empty());
     h.assert_live(ALICE, "e2", Some("Dentist again")).await;
     assert_eq!(h.state("e2").await.unwrap().status, SyncStatus::Synced);
+    h.assert_no_leaks().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,6 +419,7 @@ async fn same_batch_twice_makes_one_event_and_409_turns_into_update() {
     );
     assert_eq!(h.calendar(ALICE).await.len(), 1, "one Google event");
     assert_eq!(h.state("e3").await.unwrap().status, SyncStatus::Synced);
+    h.assert_no_leaks().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,6 +437,7 @@ async fn an_older_record_in_a_later_batch_is_skipped() {
         h.state("e4").await.unwrap().last_sequence.unwrap().as_str(),
         seq(&records[1]).trim_start_matches('0')
     );
+    h.assert_no_leaks().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,6 +457,7 @@ async fn an_expired_access_token_is_refreshed_once() {
         grant.refreshed_at.is_some(),
         "the refreshed token is stored"
     );
+    h.assert_no_leaks().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -623,6 +635,7 @@ async fn a_record_that_keeps_failing_is_reported_and_blocks_only_its_event() {
             .is_empty()
     );
     h.assert_live(ALICE, "bad", Some("Bad 2")).await;
+    h.assert_no_leaks().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -655,6 +668,7 @@ async fn an_answer_slower_than_the_client_timeout_is_retried() {
         h.run_with(&deps, records.clone()).await,
         vec![seq(&records[0])]
     );
+    h.assert_no_leaks().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -722,6 +736,7 @@ async fn invalid_rows_are_marked_and_do_not_fail_the_batch() {
     assert_eq!(state.status, SyncStatus::Invalid);
     assert!(state.last_error.unwrap().contains("400"));
     h.assert_live(ALICE, "i5", None).await;
+    h.assert_no_leaks().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -751,6 +766,7 @@ async fn a_changed_user_or_calendar_moves_the_event() {
         (state.user_id.as_deref(), state.calendar_id.as_str()),
         (Some("u2"), "team")
     );
+    h.assert_no_leaks().await;
 }
 
 // ---- resync: backfill, durable replay, the failure queue (issue 12) -------------------------
@@ -928,6 +944,7 @@ async fn what_the_stream_gave_up_on_during_an_outage_arrives_through_the_failure
         .await;
     h.assert_live(ALICE, "gone", None).await;
     assert_eq!(h.state("gone").await.unwrap().status, SyncStatus::Deleted);
+    h.assert_no_leaks().await;
 }
 
 /// A range DynamoDB Streams will not hand out again (here a shard it does not have; past the
@@ -950,6 +967,7 @@ async fn a_failure_range_the_stream_cannot_read_again_is_swept() {
         "the sweep queued both connected users"
     );
     h.assert_live(ALICE, "lost", Some("Given up on")).await;
+    h.assert_no_leaks().await;
 }
 
 // ---- CALENDAR_MODE=dedicated (issue 16) ----------------------------------------------------
@@ -1029,16 +1047,7 @@ async fn dedicated_mode_writes_only_to_the_calendar_it_made_and_a_reconnect_keep
     let status = h.status_json("u1").await;
     assert_eq!(status["calendar"]["id"], calendar.as_str());
     // Disconnecting leaves the calendar to the user (DeleteCalendarOnDisconnect is false).
-    let gone = http::callback_router(
-        &h.callback,
-        HttpApiEvent::new(
-            lambda_http::http::Method::DELETE,
-            "/oauth/google/connection",
-        )
-        .user("u1")
-        .request(),
-    )
-    .await;
+    let gone = h.disconnect("u1").await;
     assert_eq!(gone.status(), 204);
     assert_eq!(h.live_in(ALICE, &calendar).await, ["Planning"]);
     assert_eq!(h.stats().await["calendar"]["calendars_insert"], 1);
@@ -1081,8 +1090,7 @@ async fn a_calendar_the_user_deleted_is_made_once_more_and_every_row_comes_back(
     assert_eq!(recreated[0]["detail"]["calendar_id"], second.as_str());
     assert_eq!(recreated[0]["detail"]["status"], "active");
     assert_eq!(h.status_json("u1").await["calendar"]["id"], second.as_str());
-
-    h.assert_no_leaks().await;
+    common::assert_nothing_leaked(&h.stack, &events).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1093,6 +1101,7 @@ async fn racing_connects_of_one_user_keep_one_calendar() {
     // Each callback made one; the one whose grant write lost deleted its own again.
     assert_eq!(h.stats().await["calendar"]["calendars_insert"], 2);
     assert_eq!(h.app_calendars(ALICE).await, [kept]);
+    h.assert_no_leaks().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1107,16 +1116,7 @@ async fn a_deployment_may_delete_the_calendar_on_disconnect() {
     h.put_row("e1", "u1", "Planning", &[]).await;
     assert!(h.sync_new().await.is_empty());
     assert_eq!(h.app_calendars(ALICE).await.len(), 1);
-    let gone = http::callback_router(
-        &h.callback,
-        HttpApiEvent::new(
-            lambda_http::http::Method::DELETE,
-            "/oauth/google/connection",
-        )
-        .user("u1")
-        .request(),
-    )
-    .await;
+    let gone = h.disconnect("u1").await;
     assert_eq!(gone.status(), 204);
     assert!(h.app_calendars(ALICE).await.is_empty());
     assert_eq!(h.stats().await["calendar"]["calendars_delete"], 1);

@@ -175,13 +175,32 @@ pub fn answered(answer: Response<Body>) -> Response<Body> {
 /// client secret the stack handed out carries [`SENTINEL`](google_emulator::state::SENTINEL)),
 /// whole or cut, and no other value the emulator issued or received (the PKCE verifiers), in a
 /// log line, a handler's answer (status, headers, body), an item of any of the stack's tables,
-/// one of `events` (the lifecycle events its tap read), or a panic message.
+/// one of `events` (the lifecycle events its tap read), or a panic message; nor a key of the
+/// token keyring.
 pub async fn assert_nothing_leaked(stack: &TestStack, events: &[Value]) {
     let tables = stack.dump_tables().await.unwrap();
+    let mut secrets = issued_secrets(stack).await;
+    secrets.push(stack.client_secret.clone());
+    let keyring = aws_sdk_secretsmanager::Client::new(&stack.sdk)
+        .get_secret_value()
+        .secret_id(&stack.env["TOKEN_KEYS_SECRET_ID"])
+        .send()
+        .await
+        .unwrap();
+    let keyring: Value = serde_json::from_str(keyring.secret_string().unwrap()).unwrap();
+    let keys = keyring["keys"].as_object().expect("the keyring's keys");
+    assert!(!keys.is_empty());
+    secrets.extend(keys.values().map(|key| key.as_str().unwrap().to_string()));
+    assert_nothing_leaked_in(&secrets, events, Some(tables));
+}
+
+/// [`assert_nothing_leaked`] where `secrets` are the values to look for besides the sentinel and
+/// `tables` the tables' text, if there are tables: what a test without a stack can scan.
+pub fn assert_nothing_leaked_in(secrets: &[String], events: &[Value], tables: Option<String>) {
     let places = [
         ("a log line", logs_text()),
         ("an answer", ANSWERS.lock().unwrap().join("\n")),
-        ("a table", tables),
+        ("a table", tables.unwrap_or_default()),
         ("a lifecycle event", serde_json::to_string(events).unwrap()),
         ("a panic message", PANICS.lock().unwrap().join("\n")),
     ];
@@ -192,9 +211,7 @@ pub async fn assert_nothing_leaked(stack: &TestStack, events: &[Value]) {
         );
     }
     let places: Vec<(&str, &str)> = places.iter().map(|(p, t)| (*p, t.as_str())).collect();
-    let mut secrets = issued_secrets(stack).await;
-    secrets.push(stack.client_secret.clone());
-    assert_no_secret_in(&secrets, &places);
+    assert_no_secret_in(secrets, &places);
 }
 
 /// Refresh calls the emulator's token endpoint has answered.
