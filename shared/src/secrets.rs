@@ -156,8 +156,8 @@ impl SecretsCache {
     /// Both secrets, fetched now (a cold start does this during init, where Lambda gives the
     /// function a full CPU and a failure is one clear error instead of one per record).
     pub async fn fetch_all(&self) -> Result<(), SecretsError> {
-        self.google_client().await?;
-        self.keyring().await?;
+        // At once: a cold start waits for one round trip to Secrets Manager, not two.
+        futures::try_join!(self.google_client(), self.keyring())?;
         Ok(())
     }
 

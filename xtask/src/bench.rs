@@ -38,6 +38,8 @@ const BATCHES: [(usize, usize); 8] = [
     (1000, 100),
 ];
 const LATENCIES_MS: [u64; 2] = [0, 100];
+/// The template's stream `BatchSize`: a batch's two reads (states, grants) are shared by this many.
+const FULL_BATCH: usize = 50;
 const USERS: usize = 100;
 const COLD_STARTS: usize = 5;
 
@@ -243,6 +245,7 @@ pub async fn run() -> Result<()> {
 
     let mut batches = Vec::new();
     println!("\nevent-sync, warm (SYNC_CONCURRENCY={concurrency}):\n{BATCH_HEADER}");
+    let mut next_user = 0;
     for latency_ms in LATENCIES_MS {
         if latency_ms > 0 {
             // A delay without a status is a slow but normal answer, for every call from now on.
@@ -251,12 +254,15 @@ pub async fn run() -> Result<()> {
             ensure!(status.is_success(), "emulator faults: {answer}");
         }
         for (records, users) in BATCHES {
+            // Each batch's users are the next ones round the connected 100, so no batch starts
+            // with a user whose pace (README, "Google's quotas") the batch before used up.
             let ids: Vec<(String, String)> = (0..records)
                 .map(|i| {
                     let id = format!("bench-{latency_ms}-{records}x{users}-{i}");
-                    (id, format!("bench-u{}", i % users))
+                    (id, format!("bench-u{}", (next_user + i % users) % USERS))
                 })
                 .collect();
+            next_user += users;
             for (known, title) in [(false, "inserted"), (true, "updated")] {
                 let records_written = write_rows(&ids, title).await?;
                 ensure!(records_written.len() == records, "the stream lost records");
@@ -652,12 +658,12 @@ fn budgets(report: &Report) -> Vec<(String, String, bool)> {
     );
     let (at, calls) = worst(
         rows.iter()
-            .filter(|b| b.known && b.records >= 10 * b.users)
+            .filter(|b| b.known && b.records >= FULL_BATCH)
             .map(|b| (label(b), b.per_record(b.dynamodb_calls as f64)))
             .collect(),
     );
     judge(
-        "DynamoDB <= 1.1 calls/record, known events (10+ records a user)",
+        "DynamoDB <= 1.1 calls/record, known events (batches of 50+)",
         at,
         format!("{calls:.2}"),
         calls <= DYNAMODB_PER_KNOWN_RECORD,
