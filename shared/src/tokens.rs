@@ -370,12 +370,23 @@ impl<'a, G: GrantAccess, R: TokenRefresher> TokenProvider<'a, G, R> {
         };
         let mut grants = grants;
         for user_id in user_ids {
+            let grant = grants.remove(*user_id);
+            // The dedicated calendar the grant names is known from the same read.
+            let calendar = self.calendar_slot(user_id);
+            if let Ok(mut calendar) = calendar.try_lock()
+                && matches!(*calendar, CalendarSlot::Unknown)
+            {
+                *calendar = CalendarSlot::Known {
+                    calendar: grant.as_ref().and_then(|g| g.calendar.clone()),
+                    remade: false,
+                };
+            }
             let slot = self.slot(user_id);
             let Ok(mut slot) = slot.try_lock() else {
                 continue;
             };
             if matches!(*slot, Slot::Unknown) {
-                *slot = Self::slot_of(grants.remove(*user_id));
+                *slot = Self::slot_of(grant);
             }
         }
     }
