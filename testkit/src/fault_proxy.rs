@@ -51,6 +51,9 @@ struct Plan {
 pub struct Calls {
     pub count: usize,
     pub upstream: Duration,
+    /// From the first request read to the last answer relayed: the time a caller waited for
+    /// calls it made at once (`upstream` counts their overlap twice).
+    pub span: Option<(Instant, Instant)>,
 }
 
 impl Plan {
@@ -234,6 +237,8 @@ async fn serve(
             let calls = plan.calls.entry(operation).or_default();
             calls.count += 1;
             calls.upstream += read.elapsed();
+            let (first, _) = calls.span.get_or_insert((read, read));
+            calls.span = Some((*first, Instant::now()));
         }
     }
     Ok(())
