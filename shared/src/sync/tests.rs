@@ -487,6 +487,19 @@ struct RemoveRacingInsert {
     raced: std::sync::atomic::AtomicBool,
 }
 
+/// [`connected_syncer`] over a [`RemoveRacingInsert`] of `racing`, which sees its rows and states.
+fn remove_racing_insert_of(racing: &'static str) -> Syncer<Fakes<RemoveRacingInsert>> {
+    let plain = connected_syncer();
+    let calendar = RemoveRacingInsert {
+        inner: FakeCalendar::default(),
+        racing,
+        states: plain.states.clone(),
+        events: plain.events.clone(),
+        raced: Default::default(),
+    };
+    plain.with_calendar(calendar)
+}
+
 impl Calendar for RemoveRacingInsert {
     async fn insert(
         &self,
@@ -540,15 +553,7 @@ impl Calendar for RemoveRacingInsert {
 
 #[tokio::test]
 async fn a_remove_racing_a_resync_leaves_no_copy_in_google() {
-    let plain = connected_syncer();
-    let racing = RemoveRacingInsert {
-        inner: FakeCalendar::default(),
-        racing: "e5",
-        states: plain.states.clone(),
-        events: plain.events.clone(),
-        raced: Default::default(),
-    };
-    let s = plain.with_calendar(racing);
+    let s = remove_racing_insert_of("e5");
     s.events.set("e5", Some(item(image("e5", "u1", "Racing"))));
     s.events.set("e6", Some(item(image("e6", "u1", "Calm"))));
     let (report, _) = s
@@ -1027,15 +1032,7 @@ async fn a_batch_reads_its_states_in_one_request_per_hundred_events() {
 async fn a_state_written_after_the_batch_read_is_read_again_and_the_record_applied_on_it() {
     // While the INSERT of e5 is in Google, another writer stores e5's state (at an older
     // sequence): the batch's read is stale, its conditional write loses.
-    let plain = connected_syncer();
-    let racing = RemoveRacingInsert {
-        inner: FakeCalendar::default(),
-        racing: "e5",
-        states: plain.states.clone(),
-        events: plain.events.clone(),
-        raced: Default::default(),
-    };
-    let s = plain.with_calendar(racing);
+    let s = remove_racing_insert_of("e5");
     let failed = s
         .sync_batch(vec![insert("7", "e5", "u1", "Racing")], deadline())
         .await;
