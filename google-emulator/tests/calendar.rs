@@ -645,19 +645,25 @@ fn assert_insufficient_scopes(status: StatusCode, body: &Value, what: &str) {
     );
 }
 
-#[tokio::test]
-async fn calendars_insert_get_and_delete_a_secondary_calendar() {
-    let h = Harness::start().await;
-    let token = app_created_token(&h).await;
+/// The secondary calendar titled `summary` that `calendars.insert` makes with `token`.
+async fn make_calendar(h: &Harness, token: &str, summary: &str) -> Value {
     let (status, _, made) = h
         .calendar(
             Method::POST,
             "calendars",
-            Some(&token),
-            Some(json!({"summary": "Acme events"})),
+            Some(token),
+            Some(json!({"summary": summary})),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{made}");
+    made
+}
+
+#[tokio::test]
+async fn calendars_insert_get_and_delete_a_secondary_calendar() {
+    let h = Harness::start().await;
+    let token = app_created_token(&h).await;
+    let made = make_calendar(&h, &token, "Acme events").await;
     assert_eq!(made["kind"], "calendar#calendar");
     assert_eq!(made["summary"], "Acme events");
     let id = made["id"].as_str().unwrap();
@@ -794,14 +800,7 @@ async fn app_created_reaches_only_the_calendars_its_client_made() {
 async fn the_user_deleting_the_calendar_in_google_makes_its_calls_404() {
     let h = Harness::start().await;
     let token = app_created_token(&h).await;
-    let (_, _, made) = h
-        .calendar(
-            Method::POST,
-            "calendars",
-            Some(&token),
-            Some(json!({"summary": "Acme events"})),
-        )
-        .await;
+    let made = make_calendar(&h, &token, "Acme events").await;
     let id = made["id"].as_str().unwrap();
     h.control.delete_calendar(ALICE, id).await.unwrap();
     let (status, _, body) = h

@@ -228,6 +228,20 @@ enum Slot {
     Unusable(TokenError),
 }
 
+/// `user_id`'s slot in one of the provider's per-user caches, made empty the first time it is asked
+/// for.
+fn user_slot<T: Default>(
+    slots: &Mutex<HashMap<String, Arc<AsyncMutex<T>>>>,
+    user_id: &str,
+) -> Arc<AsyncMutex<T>> {
+    slots
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .entry(user_id.to_string())
+        .or_default()
+        .clone()
+}
+
 /// Per-batch token cache. Each user has an async mutex, so concurrent tasks of one user wait for
 /// the single load or refresh instead of starting their own.
 pub struct TokenProvider<'a, G, R> {
@@ -257,12 +271,7 @@ impl<'a, G: GrantAccess, R: TokenRefresher> TokenProvider<'a, G, R> {
 
     /// What this batch knows of `user_id`'s dedicated calendar (see [`CalendarSlot`]).
     pub fn calendar_slot(&self, user_id: &str) -> Arc<AsyncMutex<CalendarSlot>> {
-        self.calendars
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(user_id.to_string())
-            .or_default()
-            .clone()
+        user_slot(&self.calendars, user_id)
     }
 
     /// True the first time it is asked about `user_id` in this batch: only then does a parked
@@ -275,12 +284,7 @@ impl<'a, G: GrantAccess, R: TokenRefresher> TokenProvider<'a, G, R> {
     }
 
     fn slot(&self, user_id: &str) -> Arc<AsyncMutex<Slot>> {
-        self.users
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(user_id.to_string())
-            .or_default()
-            .clone()
+        user_slot(&self.users, user_id)
     }
 
     /// The user's access token, refreshed first if it expires within [`REFRESH_MARGIN`].
@@ -736,7 +740,7 @@ pub mod fakes {
 /// [`GrantAccess`] over the connect flow's [`crate::grants::GrantStore`].
 pub struct StoredGrants<G>(pub G);
 
-/// Attempts of a refreshed-token write that keeps meeting newer versions.
+/// Attempts of a grant write that keeps meeting newer versions.
 const SAVE_ATTEMPTS: usize = 3;
 
 fn grant_tokens(g: crate::grants::Grant) -> GrantTokens {
@@ -756,6 +760,45 @@ fn grant_tokens(g: crate::grants::Grant) -> GrantTokens {
 
 fn grant_error(error: crate::grants::GrantError) -> TokenError {
     TokenError::Store(error.to_string())
+}
+
+/// What [`StoredGrants::update_grant`] does with the grant it read.
+enum GrantUpdate<T> {
+    /// Leave the stored grant as it is and answer this.
+    Decline(T),
+    /// Save the changed grant, then answer this.
+    Save(T),
+}
+
+impl<G: crate::grants::GrantStore> StoredGrants<G> {
+    /// Reads `user_id`'s grant, lets `change` decline or change it, and saves the change. A save
+    /// that meets a newer version reads and changes the grant again, up to [`SAVE_ATTEMPTS`] times;
+    /// `storing` says what was being stored in the error when all of them met one.
+    async fn update_grant<T>(
+        &self,
+        user_id: &str,
+        storing: &str,
+        no_grant: impl FnOnce() -> Result<T, TokenError>,
+        mut change: impl FnMut(&mut crate::grants::Grant) -> GrantUpdate<T>,
+    ) -> Result<T, TokenError> {
+        for _ in 0..SAVE_ATTEMPTS {
+            let Some(mut grant) = self.0.get(user_id).await.map_err(grant_error)? else {
+                return no_grant();
+            };
+            let answer = match change(&mut grant) {
+                GrantUpdate::Decline(answer) => return Ok(answer),
+                GrantUpdate::Save(answer) => answer,
+            };
+            match self.0.save(&grant).await {
+                Ok(_) => return Ok(answer),
+                Err(crate::grants::GrantError::Conflict { .. }) => continue,
+                Err(e) => return Err(grant_error(e)),
+            }
+        }
+        Err(TokenError::Store(format!(
+            "the grant of user {user_id:?} kept changing while {storing}"
+        )))
+    }
 }
 
 impl<G: crate::grants::GrantStore> GrantAccess for StoredGrants<G> {
@@ -781,24 +824,19 @@ impl<G: crate::grants::GrantStore> GrantAccess for StoredGrants<G> {
         gone: Option<&str>,
         made: &AppCalendar,
     ) -> Result<AppCalendar, TokenError> {
-        for _ in 0..SAVE_ATTEMPTS {
-            let Some(mut grant) = self.0.get(user_id).await.map_err(grant_error)? else {
-                return Err(TokenError::NotConnected);
-            };
-            match &grant.calendar {
-                Some(held) if Some(held.id.as_str()) != gone => return Ok(held.clone()),
-                _ => {}
-            }
-            grant.calendar = Some(made.clone());
-            match self.0.save(&grant).await {
-                Ok(_) => return Ok(made.clone()),
-                Err(crate::grants::GrantError::Conflict { .. }) => continue,
-                Err(e) => return Err(grant_error(e)),
-            }
-        }
-        Err(TokenError::Store(format!(
-            "the grant of user {user_id:?} kept changing while recording its calendar"
-        )))
+        self.update_grant(
+            user_id,
+            "recording its calendar",
+            || Err(TokenError::NotConnected),
+            |grant| match &grant.calendar {
+                Some(held) if Some(held.id.as_str()) != gone => GrantUpdate::Decline(held.clone()),
+                _ => {
+                    grant.calendar = Some(made.clone());
+                    GrantUpdate::Save(made.clone())
+                }
+            },
+        )
+        .await
     }
 
     async fn claim_refresh(
@@ -821,27 +859,24 @@ impl<G: crate::grants::GrantStore> GrantAccess for StoredGrants<G> {
     }
 
     async fn record_refresh(&self, user_id: &str, token: &FreshToken) -> Result<(), TokenError> {
-        for _ in 0..SAVE_ATTEMPTS {
-            let Some(mut grant) = self.0.get(user_id).await.map_err(grant_error)? else {
-                return Ok(());
-            };
-            // A grant that was disconnected or replaced meanwhile must not get this token.
-            if grant.status != crate::grants::GrantStatus::Active || grant.refresh_token.is_none() {
-                return Ok(());
-            }
-            let now = Utc::now();
-            grant.access_token = Some(token.access_token.clone());
-            grant.access_token_expires_at = Some(token.expires_at);
-            grant.refreshed_at = Some(now);
-            match self.0.save(&grant).await {
-                Ok(_) => return Ok(()),
-                Err(crate::grants::GrantError::Conflict { .. }) => continue,
-                Err(e) => return Err(grant_error(e)),
-            }
-        }
-        Err(TokenError::Store(format!(
-            "the grant of user {user_id:?} kept changing while storing a refreshed token"
-        )))
+        self.update_grant(
+            user_id,
+            "storing a refreshed token",
+            || Ok(()),
+            |grant| {
+                // A grant that was disconnected or replaced meanwhile must not get this token.
+                if grant.status != crate::grants::GrantStatus::Active
+                    || grant.refresh_token.is_none()
+                {
+                    return GrantUpdate::Decline(());
+                }
+                grant.access_token = Some(token.access_token.clone());
+                grant.access_token_expires_at = Some(token.expires_at);
+                grant.refreshed_at = Some(Utc::now());
+                GrantUpdate::Save(())
+            },
+        )
+        .await
     }
 
     async fn mark_needs_reauth(

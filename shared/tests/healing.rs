@@ -8,13 +8,10 @@ use calsync::{
     aws::Clients,
     calendar,
     config::Config,
-    http::{self, CallbackDeps, StartDeps},
+    http::{self, StartDeps},
     mapping::google_event_id,
-    resync::{
-        ResyncOnConnect,
-        handler::{self as resync_handler, ResyncDeps, ResyncEvent},
-    },
-    store::{DynamoFlowStore, SqsJobQueue},
+    resync::handler::{self as resync_handler, ResyncDeps, ResyncEvent},
+    store::DynamoFlowStore,
     sync::handler::SyncDeps,
 };
 use lambda_http::Body;
@@ -28,21 +25,9 @@ use testkit::{
 };
 
 mod common;
-use common::{metric_total, quick_retries, stack_with_config};
-
-/// event-sync's and resync's dependencies as a cold start builds them (fresh secrets caches),
-/// with short retry delays.
-fn functions(
-    config: &Config,
-    clients: &Clients,
-) -> (SyncDeps, ResyncDeps<resync_handler::Production>) {
-    let mut sync = SyncDeps::from_config(config, clients, calendar::DEFAULT_TIMEOUT);
-    let mut resync = ResyncDeps::from_config(config, clients);
-    for retry in [&mut sync.retry, &mut resync.syncer.retry] {
-        quick_retries(retry);
-    }
-    (sync, resync)
-}
+use common::{
+    QueueingCallback, metric_total, queueing_callback, stack_with_config, sync_and_resync,
+};
 
 struct Stack {
     stack: TestStack,
@@ -50,7 +35,7 @@ struct Stack {
     clients: Clients,
     sync: SyncDeps,
     start: StartDeps<DynamoFlowStore>,
-    callback: CallbackDeps<http::Production<ResyncOnConnect<SqsJobQueue>>>,
+    callback: QueueingCallback,
     resync: ResyncDeps<resync_handler::Production>,
     /// Stream records already handed to event-sync.
     seen: usize,
@@ -59,11 +44,10 @@ struct Stack {
 impl Stack {
     async fn start() -> Self {
         let (stack, config, clients) = stack_with_config().await;
-        let (sync, resync) = functions(&config, &clients);
-        let queue = SqsJobQueue::new(clients.sqs.clone(), config.resync_queue_url.clone());
+        let (sync, resync) = sync_and_resync(&config, &clients);
         Self {
             start: StartDeps::new(config.clone(), &clients),
-            callback: CallbackDeps::new(config.clone(), &clients, ResyncOnConnect(queue)),
+            callback: queueing_callback(&config, &clients),
             sync,
             resync,
             stack,
@@ -514,7 +498,7 @@ async fn key_rotation_under_load_fails_no_request() {
         if step == "re-seal" {
             // The README's wait: a secrets cache's lifetime after the switch, every instance
             // holds the keyring whose current key is the new one (here: new instances).
-            (s.sync, s.resync) = functions(&s.config, &s.clients);
+            (s.sync, s.resync) = sync_and_resync(&s.config, &s.clients);
         }
         for email in [ALICE, BOB] {
             s.control("expire-access-tokens", json!({"email": email}))

@@ -333,6 +333,17 @@ fn redelivery(records: &[Value], failed: &[String]) -> Vec<Value> {
     records[first..].to_vec()
 }
 
+/// Hands the function that redelivery, which must apply every record (`what` names the case).
+async fn assert_redelivery_applies(
+    deps: &SyncDeps,
+    records: &[Value],
+    failed: &[String],
+    what: &str,
+) {
+    let redelivered = run_event_sync(deps, redelivery(records, failed)).await;
+    assert!(redelivered.is_empty(), "{what}: {redelivered:?}");
+}
+
 impl Harness {
     /// An invocation one call at a time (so a queued fault meets the call the test means), three
     /// attempts per call, and a Calendar client that gives up after 300 ms.
@@ -379,8 +390,8 @@ impl Harness {
             } else {
                 assert_eq!(failed, vec![sequence(&records[0])], "{target} {fault}");
                 assert!(!self.calendar(ALICE).await.contains_key(&row[0]));
-                let redelivered = run_event_sync(deps, redelivery(&records, &failed)).await;
-                assert!(redelivered.is_empty(), "{target} {fault}: {redelivered:?}");
+                assert_redelivery_applies(deps, &records, &failed, &format!("{target} {fault}"))
+                    .await;
             }
             ids.extend(row);
         }
@@ -505,11 +516,7 @@ async fn dynamodb_faults_in_the_middle_of_a_batch_lose_nothing() {
         );
 
         proxy.set(Fault::Forward);
-        assert!(
-            run_event_sync(&deps, redelivery(&records, &failed))
-                .await
-                .is_empty()
-        );
+        assert_redelivery_applies(&deps, &records, &failed, &format!("{fault:?}")).await;
         ids.extend(batch);
         h.assert_calendar_is(ALICE, &ids).await;
     }
@@ -563,11 +570,7 @@ async fn secrets_manager_unreachable_at_cold_start_then_back() {
     assert!(h.calendar(ALICE).await.is_empty());
 
     proxy.set(Fault::Forward);
-    assert!(
-        run_event_sync(&deps, redelivery(&records, &failed))
-            .await
-            .is_empty()
-    );
+    assert_redelivery_applies(&deps, &records, &failed, "secrets back").await;
     h.assert_calendar_is(ALICE, &ids).await;
 }
 

@@ -13,13 +13,10 @@ use calsync::{
     calendar,
     config::Config,
     grants::{Grant, GrantStatus, GrantStore},
-    http::{self, CallbackDeps, StartDeps},
+    http::{self, StartDeps},
     mapping::google_event_id,
-    resync::{
-        ResyncOnConnect,
-        handler::{self as resync_handler, ResyncDeps},
-    },
-    store::{DynamoFlowStore, SqsJobQueue, Stores},
+    resync::handler::{self as resync_handler, ResyncDeps},
+    store::{DynamoFlowStore, Stores},
     sync::handler::SyncDeps,
     sync_state::{SyncState, SyncStateStore, SyncStatus},
 };
@@ -46,7 +43,7 @@ struct Harness {
     clients: Clients,
     deps: SyncDeps,
     start: StartDeps<DynamoFlowStore>,
-    callback: CallbackDeps<http::Production<ResyncOnConnect<SqsJobQueue>>>,
+    callback: common::QueueingCallback,
     resync: ResyncDeps<resync_handler::Production>,
     events_table: String,
     stream: StreamCursor,
@@ -68,15 +65,11 @@ impl Harness {
 
     async fn start_with(parameters: &[(&str, &str)]) -> Self {
         let (stack, config, clients) = common::stack_with_parameters(parameters).await;
-        let mut deps = SyncDeps::from_config(&config, &clients, calendar::DEFAULT_TIMEOUT);
-        common::quick_retries(&mut deps.retry);
-        let queue = SqsJobQueue::new(clients.sqs.clone(), config.resync_queue_url.clone());
-        let mut resync = ResyncDeps::from_config(&config, &clients);
-        common::quick_retries(&mut resync.syncer.retry);
+        let (deps, resync) = common::sync_and_resync(&config, &clients);
         Self {
             events_table: stack.table("EVENTS_TABLE").to_string(),
             start: StartDeps::new(config.clone(), &clients),
-            callback: CallbackDeps::new(config.clone(), &clients, ResyncOnConnect(queue)),
+            callback: common::queueing_callback(&config, &clients),
             resync,
             deps,
             clients,

@@ -191,6 +191,25 @@ fn syncer(grants: FakeGrants) -> TestSyncer {
     }
 }
 
+impl TestSyncer {
+    /// This syncer over a calendar of a test's own, everything else kept.
+    fn with_calendar<C: Calendar>(self, calendar: C) -> Syncer<Fakes<C>> {
+        Syncer {
+            calendar,
+            states: self.states,
+            grants: self.grants,
+            refresher: self.refresher,
+            events: self.events,
+            lifecycle: self.lifecycle,
+            retry: self.retry,
+            pacer: self.pacer,
+            concurrency: self.concurrency,
+            app_calendar: self.app_calendar,
+            backfill: self.backfill,
+        }
+    }
+}
+
 /// Rates no test here reaches.
 const UNHURRIED: PacingLimits = PacingLimits {
     per_user: Rate {
@@ -468,6 +487,19 @@ struct RemoveRacingInsert {
     raced: std::sync::atomic::AtomicBool,
 }
 
+/// [`connected_syncer`] over a [`RemoveRacingInsert`] of `racing`, which sees its rows and states.
+fn remove_racing_insert_of(racing: &'static str) -> Syncer<Fakes<RemoveRacingInsert>> {
+    let plain = connected_syncer();
+    let calendar = RemoveRacingInsert {
+        inner: FakeCalendar::default(),
+        racing,
+        states: plain.states.clone(),
+        events: plain.events.clone(),
+        raced: Default::default(),
+    };
+    plain.with_calendar(calendar)
+}
+
 impl Calendar for RemoveRacingInsert {
     async fn insert(
         &self,
@@ -521,26 +553,7 @@ impl Calendar for RemoveRacingInsert {
 
 #[tokio::test]
 async fn a_remove_racing_a_resync_leaves_no_copy_in_google() {
-    let plain = connected_syncer();
-    let s: Syncer<Fakes<RemoveRacingInsert>> = Syncer {
-        calendar: RemoveRacingInsert {
-            inner: FakeCalendar::default(),
-            racing: "e5",
-            states: plain.states.clone(),
-            events: plain.events.clone(),
-            raced: Default::default(),
-        },
-        states: plain.states,
-        grants: plain.grants,
-        refresher: plain.refresher,
-        events: plain.events,
-        lifecycle: plain.lifecycle,
-        retry: plain.retry,
-        pacer: plain.pacer,
-        concurrency: plain.concurrency,
-        app_calendar: None,
-        backfill: crate::http::NothingAfterConnect,
-    };
+    let s = remove_racing_insert_of("e5");
     s.events.set("e5", Some(item(image("e5", "u1", "Racing"))));
     s.events.set("e6", Some(item(image("e6", "u1", "Calm"))));
     let (report, _) = s
@@ -673,23 +686,16 @@ async fn events_run_concurrently_up_to_the_limit() {
             None,
         ));
     }
-    let s: Syncer<Fakes<GatedCalendar>> = Syncer {
-        calendar: GatedCalendar {
-            gate: tokio::sync::Semaphore::new(0),
-            started: tokio::sync::Notify::new(),
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: AtomicUsize::new(0),
-        },
-        states: InMemorySyncStateStore::new(),
-        grants,
-        refresher: FakeRefresher::default(),
-        events: InMemoryEvents::new(),
-        lifecycle: RecordedEvents::new(),
+    let gated = GatedCalendar {
+        gate: tokio::sync::Semaphore::new(0),
+        started: tokio::sync::Notify::new(),
+        in_flight: AtomicUsize::new(0),
+        max_in_flight: AtomicUsize::new(0),
+    };
+    let s = Syncer {
         retry: RetryPolicy::default(),
-        pacer: Pacer::new(UNHURRIED),
         concurrency: 3,
-        app_calendar: None,
-        backfill: crate::http::NothingAfterConnect,
+        ..syncer(grants).with_calendar(gated)
     };
     let open_gate = async {
         // Every event that may start reaches the calendar in the batch's first poll, so once 3
@@ -1026,26 +1032,7 @@ async fn a_batch_reads_its_states_in_one_request_per_hundred_events() {
 async fn a_state_written_after_the_batch_read_is_read_again_and_the_record_applied_on_it() {
     // While the INSERT of e5 is in Google, another writer stores e5's state (at an older
     // sequence): the batch's read is stale, its conditional write loses.
-    let plain = connected_syncer();
-    let s: Syncer<Fakes<RemoveRacingInsert>> = Syncer {
-        calendar: RemoveRacingInsert {
-            inner: FakeCalendar::default(),
-            racing: "e5",
-            states: plain.states.clone(),
-            events: plain.events.clone(),
-            raced: Default::default(),
-        },
-        states: plain.states,
-        grants: plain.grants,
-        refresher: plain.refresher,
-        events: plain.events,
-        lifecycle: plain.lifecycle,
-        retry: plain.retry,
-        pacer: plain.pacer,
-        concurrency: plain.concurrency,
-        app_calendar: None,
-        backfill: plain.backfill,
-    };
+    let s = remove_racing_insert_of("e5");
     let failed = s
         .sync_batch(vec![insert("7", "e5", "u1", "Racing")], deadline())
         .await;
@@ -1175,19 +1162,9 @@ impl Calendar for VanishingCalendars {
 
 #[tokio::test]
 async fn a_calendar_google_keeps_losing_is_made_once_a_batch_and_the_rows_marked_invalid() {
-    let plain = connected_syncer();
-    let s: Syncer<Fakes<VanishingCalendars>> = Syncer {
-        calendar: VanishingCalendars::default(),
-        states: plain.states,
-        grants: plain.grants,
-        refresher: plain.refresher,
-        events: plain.events,
-        lifecycle: plain.lifecycle,
-        retry: plain.retry,
-        pacer: plain.pacer,
-        concurrency: plain.concurrency,
+    let s = Syncer {
         app_calendar: Some("Acme".into()),
-        backfill: plain.backfill,
+        ..connected_syncer().with_calendar(VanishingCalendars::default())
     };
     let batch = |base: u32| {
         (0..3)

@@ -13,10 +13,15 @@ use aws_lambda_events::event::dynamodb::Event as DynamodbEvent;
 use aws_sdk_dynamodb::types::AttributeValue;
 use calsync::{
     aws::Clients,
+    calendar,
     config::Config,
     flows::FlowStore,
     http::{self, CallbackDeps, CallbackPorts, StartDeps},
-    resync::handler::{self as resync_handler, ResyncDeps, ResyncEvent},
+    resync::{
+        ResyncOnConnect,
+        handler::{self as resync_handler, ResyncDeps, ResyncEvent},
+    },
+    store::SqsJobQueue,
     sync::{self, handler::SyncDeps, retry::RetryPolicy},
 };
 use lambda_http::{Body, Response};
@@ -271,6 +276,29 @@ pub async fn damage_sealed_refresh_token(stack: &TestStack, user: &str) {
 pub fn quick_retries(retry: &mut RetryPolicy) {
     retry.base = std::time::Duration::from_millis(20);
     retry.cap = std::time::Duration::from_millis(200);
+}
+
+/// event-sync's and resync's dependencies as a cold start builds them (fresh secrets caches),
+/// with short retry delays.
+pub fn sync_and_resync(
+    config: &Config,
+    clients: &Clients,
+) -> (SyncDeps, ResyncDeps<resync_handler::Production>) {
+    let mut sync = SyncDeps::from_config(config, clients, calendar::DEFAULT_TIMEOUT);
+    let mut resync = ResyncDeps::from_config(config, clients);
+    for retry in [&mut sync.retry, &mut resync.syncer.retry] {
+        quick_retries(retry);
+    }
+    (sync, resync)
+}
+
+/// The callback handler as deployed: each connect queues the user's resync.
+pub type QueueingCallback = CallbackDeps<http::Production<ResyncOnConnect<SqsJobQueue>>>;
+
+/// [`QueueingCallback`] on the stack's resync queue.
+pub fn queueing_callback(config: &Config, clients: &Clients) -> QueueingCallback {
+    let queue = SqsJobQueue::new(clients.sqs.clone(), config.resync_queue_url.clone());
+    CallbackDeps::new(config.clone(), clients, ResyncOnConnect(queue))
 }
 
 /// Rates far above Google's, for resyncs of thousands of rows against the emulator, which has
