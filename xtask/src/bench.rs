@@ -336,33 +336,32 @@ pub async fn run() -> Result<()> {
         }
     }
     for i in 0..batches.len() {
-        let same = |b: &Batch, o: &Batch| {
-            (b.records, b.users, b.known) == (o.records, o.users, o.known) && o.latency_ms == 0
-        };
-        let Some(zero) = batches.iter().find(|o| same(&batches[i], o)) else {
+        let b = &batches[i];
+        if b.latency_ms == 0 || !within_bursts(b) {
+            continue;
+        }
+        let Some(zero) = at_zero(&batches, b) else {
             continue;
         };
-        let (zero_wall, b) = (zero.wall_ms, &batches[i]);
-        if b.latency_ms > 0 && within_bursts(b) {
-            let ideal = (b.records as u64 * b.latency_ms) as f64 / concurrency as f64;
-            batches[i].baseline_efficiency = Some(efficiency(ideal, b.wall_ms, zero_wall));
-        }
+        let ideal = (b.records as u64 * b.latency_ms) as f64 / concurrency as f64;
+        let measured = efficiency(ideal, b.wall_ms, zero.wall_ms);
+        batches[i].baseline_efficiency = Some(measured);
     }
     println!(
         "\nagainst the same batch at 0 ms:\n| records | users | kind | wall at 0 ms | at 100 ms | efficiency |\n| --- | --- | --- | --- | --- | --- |"
     );
-    for b in batches.iter().filter(|b| b.baseline_efficiency.is_some()) {
-        let zero = batches.iter().find(|o| {
-            (o.records, o.users, o.known, o.latency_ms) == (b.records, b.users, b.known, 0)
-        });
+    for b in &batches {
+        let (Some(measured), Some(zero)) = (b.baseline_efficiency, at_zero(&batches, b)) else {
+            continue;
+        };
         println!(
             "| {} | {} | {} | {:.0} ms | {:.0} ms | {:.0}% |",
             b.records,
             b.users,
             if b.known { "update" } else { "insert" },
-            zero.map_or(0.0, |z| z.wall_ms),
+            zero.wall_ms,
             b.wall_ms,
-            b.baseline_efficiency.unwrap_or_default() * 100.0
+            measured * 100.0
         );
     }
     // One row per function in the printed table.
@@ -549,6 +548,13 @@ fn google_calls(stats: &Value) -> u64 {
     let calendar = stats["calendar"].as_object().into_iter().flatten();
     calendar.filter_map(|(_, n)| n.as_u64()).sum::<u64>()
         + stats["token"]["refresh_token"].as_u64().unwrap_or(0)
+}
+
+/// The same batch (records, users, kind) without added latency.
+fn at_zero<'b>(batches: &'b [Batch], b: &Batch) -> Option<&'b Batch> {
+    batches
+        .iter()
+        .find(|o| (o.records, o.users, o.known, o.latency_ms) == (b.records, b.users, b.known, 0))
 }
 
 /// Whether the batch goes at the pace of its calls' answers, not of Google's quotas: it fits in
